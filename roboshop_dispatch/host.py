@@ -1,0 +1,151 @@
+"""Facts about the host (OS family, init system, privileges) and a command runner."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
+DEBIAN_FAMILY = ("debian", "ubuntu")
+
+
+class CommandError(RuntimeError):
+    """A command that failed: carries the argv, exit code and the tail of its output."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.strip().splitlines()[-5:])
+        super().__init__(f"`{shlex.join(self.argv)}` exited {returncode}" + (f": {tail}" if tail else ""))
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: Tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Runner:
+    """Runs commands with a timeout, never through a shell. Output is captured as text."""
+
+    def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None) -> None:
+        self.timeout = timeout
+        self.env = dict(env) if env is not None else None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: Optional[float] = None,
+        input: Optional[str] = None,
+        cwd: Optional[Path] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> Result:
+        merged = None
+        if self.env is not None or env is not None:
+            merged = dict(os.environ if self.env is None else self.env)
+            merged.update(env or {})
+        try:
+            proc = subprocess.run(
+                list(argv), capture_output=True, text=True, timeout=timeout or self.timeout,
+                input=input, cwd=cwd, env=merged, stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            if check:
+                raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
+            return Result(tuple(argv), 127, "", f"{argv[0]}: command not found")
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(argv, -1, f"timed out after {exc.timeout:.0f}s") from None
+        result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, (proc.stderr or proc.stdout))
+        return result
+
+
+def parse_os_release(text: str) -> Dict[str, str]:
+    values: Dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        try:
+            parts = shlex.split(value)
+        except ValueError:
+            parts = [value.strip("\"'")]
+        values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    os_id: str = ""
+    os_like: Tuple[str, ...] = ()
+    os_name: str = ""
+    os_version: str = ""
+    is_root: bool = False
+    systemd_pid1: bool = False
+    selinux: Optional[str] = None
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def family(self) -> Optional[str]:
+        """``rhel`` (dnf), ``debian`` (apt-get) or None for anything else."""
+        ids = (self.os_id, *self.os_like)
+        if any(i in RHEL_FAMILY for i in ids):
+            return "rhel"
+        if any(i in DEBIAN_FAMILY for i in ids):
+            return "debian"
+        return None
+
+    @property
+    def package_manager(self) -> Optional[str]:
+        return {"rhel": "dnf", "debian": "apt-get"}.get(self.family or "")
+
+    @classmethod
+    def from_os_release(cls, text: str, **kwargs) -> "HostFacts":
+        info = parse_os_release(text)
+        return cls(
+            os_id=info.get("ID", "").lower(),
+            os_like=tuple(info.get("ID_LIKE", "").lower().split()),
+            os_name=info.get("PRETTY_NAME", info.get("NAME", "")),
+            os_version=info.get("VERSION_ID", ""),
+            **kwargs,
+        )
+
+    @classmethod
+    def gather(cls, root: Path = Path("/")) -> "HostFacts":
+        text = ""
+        for candidate in ("etc/os-release", "usr/lib/os-release"):
+            try:
+                text = (root / candidate).read_text(encoding="utf-8", errors="replace")
+                break
+            except OSError:
+                continue
+        selinux = None
+        enforce = root / "sys/fs/selinux/enforce"
+        if enforce.exists():
+            try:
+                selinux = "enforcing" if enforce.read_text().strip() == "1" else "permissive"
+            except OSError:
+                selinux = None
+        elif (root / "etc/selinux/config").exists():
+            selinux = "disabled"
+        return cls.from_os_release(
+            text,
+            is_root=os.geteuid() == 0,
+            systemd_pid1=(root / "run/systemd/system").is_dir(),
+            selinux=selinux,
+        )

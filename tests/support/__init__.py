@@ -1,0 +1,1 @@
+"""Real test hosts: a throwaway RabbitMQ node and a systemd-nspawn host (no mocks)."""

@@ -1,0 +1,146 @@
+"""A throwaway RabbitMQ node owned by the test run (recipe: ../shared/real-test-hosts.md).
+
+The node listens on a free loopback port, keeps its data in a temp dir, and is stopped (and its
+dir removed) at the end. ``outage()`` closes the AMQP listener and every connection
+(``stop_app``) and ``recover()`` brings it back, which is how the tests make a broker outage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+USER = "roboshop"
+PASSWORD = "roboshop123"
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Broker:
+    def __init__(self, port: Optional[int] = None) -> None:
+        if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
+            raise BrokerUnavailable(
+                "rabbitmq-server is not installed: run scripts/setup-dev (apt-get install -y rabbitmq-server)"
+            )
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.node = f"dispatchtest{uuid.uuid4().hex[:8]}@localhost"
+        self.dir = Path(tempfile.mkdtemp(prefix="dispatch-broker-"))
+        self.user = USER
+        self.password = PASSWORD
+        self.started = False
+
+    # -- process control ----------------------------------------------------------------------
+    def _env(self) -> dict:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_PID_FILE=str(self.dir / "node.pid"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.dir / "advanced.config"),
+        )
+        return env
+
+    def start(self) -> "Broker":
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        # loopback_users = none: lets tests use any user from 127.0.0.1 exactly like a remote host
+        (self.dir / "rabbitmq.conf").write_text("loopback_users = none\nlog.console = false\n")
+        (self.dir / "advanced.config").write_text("[].\n")
+        try:
+            uid = __import__("pwd").getpwnam("rabbitmq").pw_uid
+            gid = __import__("grp").getgrnam("rabbitmq").gr_gid
+            for p in [self.dir, *self.dir.rglob("*")]:
+                os.chown(p, uid, gid)
+        except KeyError:
+            pass
+        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        self.started = True
+        self.ctl("wait", "--timeout", "60", str(self.dir / "node.pid"), timeout=90)
+        self.ctl("await_startup", timeout=90)
+        self.ctl("add_user", self.user, self.password)
+        self.ctl("set_permissions", "-p", "/", self.user, ".*", ".*", ".*")
+        return self
+
+    def ctl(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args], env=self._env(), capture_output=True,
+            text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise BrokerUnavailable(f"rabbitmqctl {' '.join(args)} failed ({proc.returncode}): "
+                                    f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def outage(self) -> None:
+        """Close the AMQP port and every connection: the broker is down for clients."""
+        self.ctl("stop_app", timeout=120)
+
+    def recover(self) -> None:
+        self.ctl("start_app", timeout=120)
+        self.ctl("await_startup", timeout=120)
+
+    def stop(self) -> None:
+        if self.started:
+            self.ctl("stop", timeout=120, check=False)
+            self.started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- helpers for tests --------------------------------------------------------------------
+    def add_user(self, name: str, password: str, *, permissions: Optional[tuple] = (".*", ".*", ".*"),
+                 vhost: str = "/") -> None:
+        self.ctl("add_user", "--", name, password)
+        if permissions is not None:
+            self.ctl("set_permissions", "-p", vhost, "--", name, *permissions)
+
+    def delete_user(self, name: str) -> None:
+        self.ctl("delete_user", "--", name, check=False)
+
+    def queue_counts(self, vhost: str = "/") -> dict:
+        out = self.ctl("list_queues", "-p", vhost, "name", "messages", "consumers", "--no-table-headers").stdout
+        counts = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1].isdigit():
+                counts[parts[0]] = (int(parts[1]), int(parts[2]))
+        return counts
+
+    def wait_port(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"port {self.port} not open after {timeout}s")
+            time.sleep(0.1)
+
+    def url(self) -> str:
+        return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/%2F"
