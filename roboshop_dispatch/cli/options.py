@@ -20,13 +20,16 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 
-AmqpHost = typer.Option(..., "--amqp-host", help="RabbitMQ host: an IP, an RFC 1123 name, or a comma-separated cluster list.")
+AmqpHost = typer.Option(
+    ..., "--amqp-host", help="RabbitMQ host: an IP, an RFC 1123 name, or a comma-separated cluster list."
+)
 AmqpHostOptional = typer.Option(None, "--amqp-host", help="RabbitMQ host (default: the installed configuration).")
 AmqpPort = typer.Option(5672, "--amqp-port", help="RabbitMQ port.")
 AmqpVhost = typer.Option("/", "--amqp-vhost", help="RabbitMQ virtual host.")
 AmqpUser = typer.Option("roboshop", "--amqp-user", help="RabbitMQ user.")
 AmqpPassFile = typer.Option(
-    None, "--amqp-pass-file", help="File holding the RabbitMQ password (else $DISPATCHCTL_AMQP_PASS, else a hidden prompt)."
+    None, "--amqp-pass-file",
+    help="File holding the RabbitMQ password (else $DISPATCHCTL_AMQP_PASS, else a hidden prompt).",
 )
 AmqpPass = typer.Option(
     None, "--amqp-pass", help="The RabbitMQ password on the command line: visible in `ps`, prefer --amqp-pass-file.",
@@ -36,7 +39,7 @@ DryRun = typer.Option(False, "--dry-run", "--check", help="Report what would cha
 Diff = typer.Option(False, "--diff", help="Show unified diffs of the changes (passwords masked).")
 
 
-def usage_error(message: str) -> "typer.Exit":
+def usage_error(message: str) -> typer.Exit:
     """Print one line naming the bad option and return the exit (code 2) to raise."""
     typer.echo(f"dispatchctl: error: {message}", err=True)
     return typer.Exit(EXIT_USAGE)

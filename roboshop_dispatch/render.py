@@ -1,0 +1,72 @@
+"""Render the systemd unit and the environment file from the Jinja templates in ``templates/``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from . import __version__, envfile
+from .settings import Settings
+
+WATCHDOG_SEC = 30
+
+
+def templates_dir() -> Path:
+    """Installed wheels carry the templates inside the package; a source checkout has them at
+    the top level."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "dispatch.service.j2").is_file():
+            return candidate
+    raise FileNotFoundError("dispatch.service.j2 not found beside the package or in ../templates")
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["systemd_quote"] = envfile.quote
+    return env
+
+
+def unit_quote(arg: str) -> str:
+    """Quote one ExecStart= argument: systemd splits on spaces and expands % and $."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"' if any(c in arg for c in " \t'\"") else escaped
+
+
+def exec_start(settings: Settings, python: Optional[str] = None) -> str:
+    """The go flavour runs the binary directly; the bundled one is a zipapp run by ``python``
+    (isolated mode: no PYTHON* variables, no user site-packages)."""
+    binary = unit_quote(str(settings.binary))
+    if settings.flavour == "bundled" and python:
+        return f"{unit_quote(python)} -I {binary}"
+    return binary
+
+
+def render_unit(settings: Settings, python: Optional[str] = "/usr/bin/python3") -> str:
+    return _environment().get_template("dispatch.service.j2").render(
+        version=__version__,
+        flavour=settings.flavour,
+        user=settings.service_user,
+        group=settings.service_user,
+        env_file=str(settings.env_file),
+        app_dir=str(settings.app_dir),
+        exec_start=exec_start(settings, python),
+        watchdog_sec=WATCHDOG_SEC,
+    )
+
+
+def render_env(settings: Settings) -> str:
+    return _environment().get_template("dispatch.env.j2").render(
+        version=__version__, values=settings.environment(),
+    )

@@ -1,0 +1,65 @@
+"""The self-contained consumer executable (zipapp) that the bundled flavour installs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zipfile
+
+from roboshop_dispatch import bundle
+
+
+def test_bytes_are_deterministic():
+    assert bundle.build_zipapp() == bundle.build_zipapp()
+
+
+def test_interpreter_line_and_fingerprint(tmp_path):
+    data = bundle.build_zipapp("/usr/libexec/platform-python")
+    assert data.startswith(b"#!/usr/libexec/platform-python -I\n")
+    path = tmp_path / "dispatch"
+    path.write_bytes(data)
+    assert bundle.installed_fingerprint(path) == bundle.fingerprint(interpreter="/usr/libexec/platform-python")
+    assert bundle.installed_fingerprint(path) != bundle.fingerprint(interpreter="/usr/bin/python3")
+
+
+def test_fingerprint_follows_content():
+    files = bundle.sources()
+    changed = dict(files)
+    changed["roboshop_dispatch/amqp.py"] = files["roboshop_dispatch/amqp.py"] + b"\n# edit\n"
+    assert bundle.fingerprint(files) != bundle.fingerprint(changed)
+
+
+def test_not_ours_has_no_fingerprint(tmp_path):
+    other = tmp_path / "dispatch"
+    other.write_bytes(b"\x7fELF a go binary")
+    assert bundle.installed_fingerprint(other) is None
+    assert bundle.installed_fingerprint(tmp_path / "absent") is None
+
+
+def test_contains_consumer_and_pika_only(tmp_path):
+    path = tmp_path / "dispatch"
+    path.write_bytes(bundle.build_zipapp())
+    names = zipfile.ZipFile(path).namelist()
+    assert "__main__.py" in names
+    assert "roboshop_dispatch/consumer/__main__.py" in names
+    assert "pika/__init__.py" in names
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"__main__.py", "roboshop_dispatch", "pika", "LICENSES"}
+    # none of the CLI's dependencies: the target host needs only python3
+    assert not any(n.startswith(("roboshop_dispatch/cli", "roboshop_dispatch/steps")) for n in names)
+
+
+def test_runs_standalone_with_the_system_python(tmp_path):
+    """Run by a python3 that has neither pika nor our package installed, in isolated mode."""
+    python = shutil.which("python3", path="/usr/bin") or shutil.which("python3")
+    assert python, "no python3 on this machine"
+    path = tmp_path / "dispatch"
+    path.write_bytes(bundle.build_zipapp(python))
+    path.chmod(0o755)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AMQP_HOST": "127.0.0.1", "AMQP_USER": "roboshop"}
+    proc = subprocess.run([str(path)], env=env, capture_output=True, text=True, timeout=30)
+    # no AMQP_PASS: the consumer itself answers (so it was imported from the zip) with one line
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "AMQP_PASS" in lines[0], proc.stderr

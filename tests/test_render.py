@@ -1,0 +1,104 @@
+"""The unit and environment file templates (rendering is pure; the score is systemd's own)."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from roboshop_dispatch import envfile
+from roboshop_dispatch.render import render_env, render_unit, unit_quote
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings
+
+PASSWORD = 'p@ss w0rd:/%#?&"\'$`\\ ünï'
+
+
+def _settings(**kw):
+    amqp = AmqpSettings.build(hosts="10.0.0.5,10.0.0.6", password=Secret(PASSWORD))
+    return Settings.build(amqp=amqp, **kw)
+
+
+def _unit(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return parser
+
+
+def test_unit_has_what_the_manual_needs_and_more():
+    unit = _unit(render_unit(_settings()))
+    svc = unit["Service"]
+    assert svc["User"] == "roboshop"
+    assert svc["SyslogIdentifier"] == "dispatch"
+    assert svc["Restart"] == "on-failure"
+    assert svc["RestartSec"] == "2s"
+    assert svc["Type"] == "notify"
+    assert svc["WatchdogSec"] == "30"
+    assert svc["EnvironmentFile"] == "/etc/roboshop/dispatch.env"
+    assert svc["ExecStart"] == "/usr/bin/python3 -I /app/dispatch"
+    assert unit["Unit"]["After"] == "network-online.target"
+    assert unit["Unit"]["Wants"] == "network-online.target"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_go_flavour_runs_the_binary_without_notify():
+    svc = _unit(render_unit(_settings(flavour="go")))["Service"]
+    assert svc["ExecStart"] == "/app/dispatch"
+    assert svc["Type"] == "simple"
+    assert "WatchdogSec" not in svc
+
+
+def test_unit_never_holds_the_password_or_environment():
+    text = render_unit(_settings())
+    assert PASSWORD not in text
+    assert "AMQP_PASS" not in text
+    assert "Environment=" not in text
+
+
+def test_env_file_round_trips_the_settings():
+    s = _settings(error_percent=7)
+    assert envfile.parse(render_env(s)) == s.environment()
+    assert envfile.parse(render_env(s))["AMQP_PASS"] == PASSWORD
+
+
+def test_exec_start_quoting():
+    assert unit_quote("/opt/my app/dispatch") == '"/opt/my app/dispatch"'
+    assert unit_quote("/a%b$c") == "/a%%b$$c"
+
+
+def _analyze(*args: str) -> subprocess.CompletedProcess:
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd): cannot score the unit")
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("flavour, limit", [("bundled", 2.0), ("go", 2.0)])
+def test_security_exposure_score(tmp_path, flavour, limit):
+    path = tmp_path / "dispatch.service"
+    path.write_text(render_unit(_settings(flavour=flavour)))
+    res = _analyze("security", "--offline=true", f"--threshold={int(limit * 10)}", str(path))
+    last = res.stdout.strip().splitlines()[-1]
+    assert "Overall exposure level" in last, res.stdout + res.stderr
+    score = float(last.split(":", 1)[1].split()[0])
+    assert score <= limit, res.stdout
+    assert res.returncode == 0, res.stdout
+    checks = json.loads(_analyze("security", "--offline=true", "--json=short", str(path)).stdout)
+    by_name = {c["name"]: c for c in checks}
+    # the knobs that matter most for a network consumer are all set
+    for name in ("User=/DynamicUser=", "NoNewPrivileges=", "ProtectSystem=", "PrivateTmp="):
+        assert by_name[name]["set"] is True, by_name[name]
+
+
+def test_course_unit_scores_unsafe_for_comparison(tmp_path):
+    """The same scorer rates the course's unit as unsafe: the check above can fail."""
+    path = tmp_path / "dispatch.service"
+    path.write_text(
+        "[Unit]\nDescription=Dispatch Service\n[Service]\nUser=roboshop\n"
+        "Environment=AMQP_HOST=10.0.0.5\nExecStart=/app/dispatch\nSyslogIdentifier=dispatch\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    last = _analyze("security", "--offline=true", str(path)).stdout.strip().splitlines()[-1]
+    assert float(last.split(":", 1)[1].split()[0]) > 8.0
