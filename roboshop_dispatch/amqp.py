@@ -6,7 +6,8 @@ and by dispatchctl's diagnostics. Keep it that way: no import of the CLI or of o
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
+from typing import List, Optional
 
 import pika
 

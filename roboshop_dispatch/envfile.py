@@ -10,7 +10,8 @@ represented safely and is rejected by the settings validators before we get here
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping
+from collections.abc import Mapping
+from typing import Dict
 
 _NEEDS_ESCAPE = '"\\`$'
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -115,7 +116,7 @@ class HostFacts:
         return {"rhel": "dnf", "debian": "apt-get"}.get(self.family or "")
 
     @classmethod
-    def from_os_release(cls, text: str, **kwargs) -> "HostFacts":
+    def from_os_release(cls, text: str, **kwargs) -> HostFacts:
         info = parse_os_release(text)
         return cls(
             os_id=info.get("ID", "").lower(),
@@ -126,7 +127,7 @@ class HostFacts:
         )
 
     @classmethod
-    def gather(cls, root: Path = Path("/")) -> "HostFacts":
+    def gather(cls, root: Path = Path("/")) -> HostFacts:
         text = ""
         for candidate in ("etc/os-release", "usr/lib/os-release"):
             try:

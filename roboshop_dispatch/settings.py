@@ -214,7 +214,7 @@ class AmqpSettings:
     def build(
         cls, *, hosts: str, port: int = 5672, vhost: str = "/", user: str = "roboshop",
         password: Optional[Secret] = None,
-    ) -> "AmqpSettings":
+    ) -> AmqpSettings:
         if password is None:
             raise SettingsError(
                 "--amqp-pass-file",
@@ -252,7 +252,7 @@ class Settings:
     def build(
         cls, *, amqp: AmqpSettings, service_user: str = "roboshop", app_dir: str = "/app",
         flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: int = 0,
-    ) -> "Settings":
+    ) -> Settings:
         return cls(
             amqp=amqp,
             service_user=validate_user_name("--user", service_user),

@@ -71,7 +71,7 @@ class Broker:
         )
         return env
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         (self.dir / "enabled_plugins").write_text("[].\n")
         # loopback_users = none: lets tests use any user from 127.0.0.1 exactly like a remote host
         (self.dir / "rabbitmq.conf").write_text("loopback_users = none\nlog.console = false\n")
