@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -43,6 +43,7 @@ class Runner:
     def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None) -> None:
         self.timeout = timeout
         self.env = dict(env) if env is not None else None
+        self.calls: List[Tuple[str, ...]] = []  # every argv run, in order (reports and tests)
 
     def run(
         self,
@@ -54,6 +55,7 @@ class Runner:
         cwd: Optional[Path] = None,
         env: Optional[Mapping[str, str]] = None,
     ) -> Result:
+        self.calls.append(tuple(argv))
         merged = None
         if self.env is not None or env is not None:
             merged = dict(os.environ if self.env is None else self.env)

@@ -35,3 +35,34 @@ def vhost(broker):
     broker.ctl("set_permissions", "-p", name, broker.user, ".*", ".*", ".*")
     yield name
     broker.ctl("delete_vhost", name, check=False)
+
+
+# -- a real systemd host (systemd-nspawn): tests/support/nspawn.py ------------------------------
+
+
+@pytest.fixture(scope="session")
+def systemd_rootfs():
+    """The cached Debian rootfs (built with debootstrap on first use, minutes; then reused)."""
+    import subprocess
+
+    from tests.support.nspawn import HostError, ensure_rootfs
+
+    try:
+        return ensure_rootfs(log=lambda msg: print(msg, file=sys.stderr))
+    except (HostError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"cannot build the systemd test host: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def systemd_host(systemd_rootfs):
+    """A freshly booted, throwaway systemd host (PID 1 systemd, volatile root, host network).
+    This checkout's CLI runs inside with ``host.dispatchctl(...)``; powered off afterwards."""
+    from tests.support.nspawn import Container, HostError
+
+    container = Container(systemd_rootfs)
+    try:
+        container.boot()
+    except HostError as exc:
+        pytest.fail(f"cannot boot the systemd test host: {exc}", pytrace=False)
+    yield container
+    container.poweroff()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Any, Dict, FrozenSet, List, Optional, Set
 
 from ..files import diff_stat
 from ..host import CommandError, HostFacts, Runner
@@ -39,6 +39,11 @@ class Change:
     message: str
     diff: str = ""
     data: Dict[str, object] = field(default_factory=dict)
+    # what the change touches that later steps react to (``unit``, ``envfile``, ``binary``):
+    # added to ``Context.changed`` with the step's name, in check mode too
+    marks: FrozenSet[str] = frozenset()
+    # JSON-safe facts reported with the result (``--json``): the actions, the files
+    report: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class StepResult:
     diff: str = ""
     next_action: str = ""
     duration_s: float = 0.0
+    data: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -68,6 +74,7 @@ class StepResult:
             "diff": diff_stat(self.diff) if self.diff else {"added": 0, "removed": 0},
             "next_action": self.next_action,
             "duration_s": round(self.duration_s, 3),
+            **({"data": self.data} if self.data else {}),
         }
 
 
@@ -80,6 +87,12 @@ class Context:
     dry_run: bool = False
     changed: Set[str] = field(default_factory=set)
     root: Path = Path("/")
+
+    def host_path(self, path: Path) -> Path:
+        """``path`` (absolute, as on the host) under ``root``: tests point ``root`` at a temp dir."""
+        if self.root == Path("/"):
+            return Path(path)
+        return self.root / Path(path).relative_to("/")
 
 
 class Step:
@@ -100,14 +113,17 @@ class Step:
         try:
             change = self.check(ctx)
             if not change.needed:
-                result = StepResult(self.name, OK, change.message)
+                result = StepResult(self.name, OK, change.message, data=dict(change.report))
             elif ctx.dry_run:
                 ctx.changed.add(self.name)
-                result = StepResult(self.name, CHANGED, "would " + change.message, change.diff)
+                ctx.changed.update(change.marks)
+                result = StepResult(self.name, CHANGED, "would " + change.message, change.diff,
+                                    data=dict(change.report))
             else:
                 message = self.apply(ctx, change)
                 ctx.changed.add(self.name)
-                result = StepResult(self.name, CHANGED, message, change.diff)
+                ctx.changed.update(change.marks)
+                result = StepResult(self.name, CHANGED, message, change.diff, data=dict(change.report))
         except StepFailed as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=exc.next_action)
         except CommandError as exc:

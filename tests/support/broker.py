@@ -92,10 +92,11 @@ class Broker:
         self.ctl("set_permissions", "-p", "/", self.user, ".*", ".*", ".*")
         return self
 
-    def ctl(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    def ctl(self, *args: str, timeout: float = 60, check: bool = True,
+            input: Optional[str] = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             ["rabbitmqctl", "-q", "-n", self.node, *args], env=self._env(), capture_output=True,
-            text=True, timeout=timeout,
+            text=True, timeout=timeout, input=input,
         )
         if check and proc.returncode != 0:
             raise BrokerUnavailable(f"rabbitmqctl {' '.join(args)} failed ({proc.returncode}): "
@@ -119,7 +120,9 @@ class Broker:
     # -- helpers for tests --------------------------------------------------------------------
     def add_user(self, name: str, password: str, *, permissions: Optional[tuple] = (".*", ".*", ".*"),
                  vhost: str = "/") -> None:
-        self.ctl("add_user", "--", name, password)
+        # on stdin, not argv: Debian's rabbitmqctl wrapper re-quotes argv through `su -c`,
+        # which mangles `$` and backquotes
+        self.ctl("add_user", "--", name, input=password + "\n")
         if permissions is not None:
             self.ctl("set_permissions", "-p", vhost, "--", name, *permissions)
 

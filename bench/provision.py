@@ -1,0 +1,156 @@
+"""Benchmark: ``dispatchctl install`` on a fresh systemd host, and the idempotent re-run.
+
+In fresh systemd-nspawn containers (tests/support/nspawn.py) against a throwaway RabbitMQ node
+(tests/support/broker.py), as the issue asks:
+
+- ``first_install_s``: the first ``install`` (bundled flavour; python3 already present), median
+  over 3 fresh containers;
+- ``rerun_s``: the idempotent re-run with the same options, median of 3, each checked to report
+  zero changes and to leave MainPID, InvocationID and NRestarts as they were;
+- ``dry_run_exact``: on each fresh container, ``--dry-run --json`` predicted exactly the steps the
+  real run then changed;
+- ``version_s``: ``dispatchctl --version`` (a cold interpreter each time), median of 10.
+
+Wall times of the whole command as a user runs it (not --json), measured from the host around
+``nsenter``: into a pipe (a plain table) and, as ``rerun_tty_s``, on a terminal (rich progress and
+table, through script(1)). Targets: re-run < 0.4 s, first install < 1.5 s, --version < 150 ms.
+The last line is ``rerun_s=<seconds>``. Run as root: ``.venv/bin/python bench/provision.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.broker import Broker  # noqa: E402
+from tests.support.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
+
+RUNS = 3
+PASS_FILE = "/root/amqp.pass"
+
+
+def parse_table(stdout: str) -> Dict[str, str]:
+    """step -> status from the plain summary table (rows: step  result  time  details)."""
+    statuses = {}
+    for line in stdout.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 3 and cells[1] in ("ok", "changed", "failed", "would change"):
+            statuses[cells[0]] = cells[1]
+    return statuses
+
+
+CPU: List[float] = []
+
+
+def timed(host: Container, args: List[str]) -> Tuple[float, subprocess.CompletedProcess]:
+    """Wall time, and (in CPU) the CPU time of the command and its children: on a busy machine
+    the wall time stretches, the CPU time much less."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    res = host.dispatchctl(*args)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall, res
+
+
+def service_state(host: Container) -> Dict[str, str]:
+    return host.show("dispatch.service", ["MainPID", "InvocationID", "NRestarts", "ActiveState"])
+
+
+def main() -> int:
+    # what `pip install` does for a deployed dispatchctl: byte-compile the package (this machine
+    # sets PYTHONDONTWRITEBYTECODE, and the checkout is read-only inside the container)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "roboshop_dispatch")], check=True)
+    rootfs = ensure_rootfs(log=lambda m: print(m, file=sys.stderr))
+    broker = Broker()
+    broker.start()
+    args = ["install", "--amqp-host", "127.0.0.1", "--amqp-port", str(broker.port), "--amqp-pass-file", PASS_FILE]
+    firsts: List[float] = []
+    reruns: List[float] = []
+    first_cpu: List[float] = []
+    tty: List[float] = []
+    rerun_cpu: List[float] = []
+    exact = True
+    problems: List[str] = []
+    try:
+        for i in range(RUNS):
+            host = Container(rootfs).boot()
+            try:
+                host.write(PASS_FILE, broker.password + "\n")
+                predicted = json.loads(host.dispatchctl(*args, "--dry-run", "--json").stdout)
+                would = sorted(s["name"] for s in predicted["steps"] if s["changed"])
+                seconds, res = timed(host, args)
+                if res.returncode != 0:
+                    raise SystemExit(f"first install failed:\n{res.stdout}\n{res.stderr}")
+                firsts.append(seconds)
+                first_cpu.append(CPU[-1])
+                did = sorted(n for n, st in parse_table(res.stdout).items() if st == "changed")
+                if did != would:
+                    exact = False
+                    problems.append(f"run {i}: dry run predicted {would}, install changed {did}")
+                if service_state(host)["ActiveState"] != "active":
+                    problems.append(f"run {i}: dispatch is not active after install")
+                if i == RUNS - 1:
+                    for _ in range(RUNS):
+                        before = service_state(host)
+                        seconds, res = timed(host, args)
+                        statuses = parse_table(res.stdout)
+                        if res.returncode != 0 or set(statuses.values()) != {"ok"}:
+                            problems.append(f"re-run changed something: {statuses}\n{res.stderr}")
+                        if service_state(host) != before:
+                            problems.append(f"re-run restarted dispatch: {before} -> {service_state(host)}")
+                        reruns.append(seconds)
+                        rerun_cpu.append(CPU[-1])
+                    # the same re-run on a terminal (rich progress and table), through script(1)
+                    line = shlex.join([venv_bin("dispatchctl"), *args])
+                    for _ in range(RUNS):
+                        before = service_state(host)
+                        started = time.perf_counter()
+                        res = host.run(["script", "-qec", line, "/dev/null"], check=False)
+                        tty.append(time.perf_counter() - started)
+                        if res.returncode != 0 or "0 changed" not in res.stdout or service_state(host) != before:
+                            problems.append(f"re-run on a terminal changed something:\n{res.stdout}")
+            finally:
+                host.poweroff()
+    finally:
+        broker.stop()
+
+    versions = []
+    for _ in range(10):
+        started = time.perf_counter()
+        subprocess.run([venv_bin("dispatchctl"), "--version"], check=True, capture_output=True)
+        versions.append(time.perf_counter() - started)
+
+    import importlib.metadata as md
+
+    print(f"# typer {md.version('typer')}, rich {md.version('rich')}, python {sys.version.split()[0]}, "
+          f"rootfs {rootfs.name}")
+    print(f"# load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; cpu_s = user+sys of the "
+          "command and its children")
+    print("first_install_runs_s=" + ",".join(f"{s:.3f}" for s in firsts))
+    print(f"first_install_cpu_s={statistics.median(first_cpu):.3f} rerun_cpu_s={statistics.median(rerun_cpu):.3f}")
+    print("rerun_runs_s=" + ",".join(f"{s:.3f}" for s in reruns))
+    print(f"first_install_s={statistics.median(firsts):.3f}   (target < 1.5)")
+    print(f"rerun_tty_s={statistics.median(tty):.3f}   (the same on a terminal: rich progress and table)")
+    print(f"version_s={statistics.median(versions):.3f}   (target < 0.150)")
+    print(f"dry_run_exact={'yes' if exact else 'no'}")
+    print("rerun_changes=0 rerun_restarts=0" if not problems else "problems=" + " | ".join(problems))
+    print(f"rerun_s={statistics.median(reruns):.3f}")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

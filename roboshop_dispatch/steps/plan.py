@@ -1,0 +1,76 @@
+"""Which steps each command runs, and the checks that come before any of them.
+
+- ``install``: packages, user, appdir, build, config, service (reload, enable, start/restart)
+- ``build``: packages, appdir, build, then restart a *running* service whose binary changed
+- ``configure``: user, config, then reload and restart a *running* service whose settings changed
+- ``start``: service (reload if needed, enable, start when stopped, restart when a change is pending)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+from ..host import HostFacts, Runner
+from ..settings import Settings
+from ..systemd import Systemd
+from .base import Context, Step
+
+COMMANDS = ("install", "build", "configure", "start")
+
+
+def _steps(names: List[str], service_mode: str) -> List[Step]:
+    from .appdir import AppDirStep
+    from .build import BuildStep
+    from .config import ConfigStep
+    from .packages import PackagesStep
+    from .service import ServiceStep
+    from .user import UserStep
+
+    factories: Dict[str, Callable[[], Step]] = {
+        "packages": PackagesStep, "user": UserStep, "appdir": AppDirStep, "build": BuildStep,
+        "config": ConfigStep, "service": lambda: ServiceStep(service_mode),
+    }
+    return [factories[name]() for name in names]
+
+
+PLANS: Dict[str, List[str]] = {
+    "install": ["packages", "user", "appdir", "build", "config", "service"],
+    "build": ["packages", "appdir", "build", "service"],
+    "configure": ["user", "config", "service"],
+    "start": ["service"],
+}
+
+
+def plan(command: str) -> List[Step]:
+    """The steps of ``command``, in order."""
+    if command not in PLANS:
+        raise ValueError(f"unknown command {command!r}")
+    return _steps(PLANS[command], "start" if command in ("install", "start") else "follow")
+
+
+class PreflightError(RuntimeError):
+    """The host cannot run the command at all; nothing was touched."""
+
+
+def preflight(facts: HostFacts, *, dry_run: bool) -> None:
+    """Checks before any step: OS family always; root and systemd as PID 1 unless dry run."""
+    if facts.family is None:
+        name = facts.os_name or facts.os_id or "an unknown OS"
+        raise PreflightError(
+            f"unsupported OS: {name} (ID={facts.os_id or '?'}, ID_LIKE={' '.join(facts.os_like) or '-'}); "
+            "dispatchctl supports the RHEL family (dnf) and the Debian family (apt-get)")
+    if dry_run:
+        return
+    if not facts.is_root:
+        raise PreflightError("must run as root to change the host (use sudo), "
+                             "or add --dry-run to see what would change")
+    if not facts.systemd_pid1:
+        raise PreflightError("systemd is not running as PID 1 on this host (no /run/systemd/system): "
+                             "dispatch needs a systemd host; --dry-run works without one")
+
+
+def context(settings: Settings, *, dry_run: bool, facts: Optional[HostFacts] = None,
+            runner: Optional[Runner] = None) -> Context:
+    runner = runner or Runner(timeout=300)
+    return Context(settings=settings, facts=facts or HostFacts.gather(), runner=runner,
+                   systemd=Systemd(runner), dry_run=dry_run)

@@ -1,0 +1,329 @@
+"""A real systemd (PID 1) host for the tests: a Debian rootfs booted with systemd-nspawn.
+
+Recipe: ../shared/real-test-hosts.md. ``ensure_rootfs()`` builds the rootfs with debootstrap the
+first time (minutes) and caches it under /var/cache/dispatchctl-test/, keyed by a hash of the
+recipe, so a changed package list builds a new one. ``Container`` boots a throwaway host from it
+with ``--volatile=overlay`` (a tmpfs over the root: nothing a test does persists), runs commands
+inside with nsenter and powers it off.
+
+The repository, its virtualenv and the interpreter the virtualenv links to are bind-mounted
+read-only at the same paths, so ``Container.dispatchctl(...)`` runs this checkout's CLI inside the
+host, while the service itself runs with the container's own /usr/bin/python3. The container shares
+the host's network: a service inside reaches the test broker on 127.0.0.1.
+
+Nothing here skips: when the host cannot be built or booted, the caller fails with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+CACHE = Path(os.environ.get("DISPATCHCTL_TEST_CACHE", "/var/cache/dispatchctl-test"))
+SUITE = "bookworm"
+# what a RHEL/Debian host has for the bundled flavour (python3, useradd) plus golang for the go
+# flavour (a real `go build`), procps for ps/kill, and systemd as PID 1.
+PACKAGES: Tuple[str, ...] = (
+    "systemd", "systemd-sysv", "dbus", "python3", "passwd", "procps", "golang-go",
+)
+RECIPE_VERSION = 2
+# units that only slow the boot or do background work a test must not race with
+MASKED_UNITS = (
+    "systemd-remount-fs.service", "getty@tty1.service", "console-getty.service",
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "e2scrub_reap.service", "fstrim.timer", "systemd-pstore.service",
+)
+READY_MARK = ".dispatchctl-rootfs-ready"
+PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class HostError(RuntimeError):
+    """The test host could not be built, booted or driven; the message says why."""
+
+
+def recipe_key() -> str:
+    recipe = {"suite": SUITE, "variant": "minbase", "packages": sorted(PACKAGES),
+              "masked": sorted(MASKED_UNITS), "version": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def rootfs_path() -> Path:
+    return CACHE / f"rootfs-{SUITE}-{recipe_key()}"
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def ensure_rootfs(log=None) -> Path:
+    """The cached rootfs, built first when missing. Safe against concurrent test runs (a lock)."""
+    for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
+        if shutil.which(tool) is None:
+            raise HostError(f"{tool} is not installed: run scripts/setup-dev "
+                            "(apt-get install -y systemd-container debootstrap)")
+    if os.geteuid() != 0:
+        raise HostError("building and booting a systemd-nspawn host needs root")
+    target = rootfs_path()
+    if (target / READY_MARK).exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / READY_MARK).exists():  # another run built it while we waited
+            return target
+        work = CACHE / f".{target.name}.build-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        if target.exists():  # a half-built leftover from an interrupted build
+            shutil.rmtree(target)
+        argv = ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), SUITE, str(work)]
+        if log:
+            log(f"building the test rootfs (once): {' '.join(argv)}")
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1500,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            debootstrap_log = work / "debootstrap" / "debootstrap.log"
+            detail = debootstrap_log.read_text(errors="replace") if debootstrap_log.exists() else ""
+            shutil.rmtree(work, ignore_errors=True)
+            raise HostError(f"debootstrap failed (exit {proc.returncode}):\n"
+                            f"{_tail(proc.stdout + proc.stderr)}\n{_tail(detail)}")
+        _customise(work)
+        missing = [p for p in ("usr/bin/python3", "usr/bin/go", "usr/sbin/useradd", "lib/systemd/systemd")
+                   if not (work / p).exists()]
+        if missing:
+            raise HostError(f"the built rootfs lacks {', '.join(missing)} (see {work})")
+        (work / READY_MARK).write_text(json.dumps({"packages": PACKAGES, "built_s": time.monotonic() - started}))
+        os.rename(work, target)
+        return target
+
+
+def _customise(root: Path) -> None:
+    (root / "etc/machine-id").write_text("")  # a fresh id per boot (uninitialized)
+    (root / "etc/hostname").write_text("dispatch-test\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    system = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        link = system / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    for wants in system.glob("*.wants"):
+        for link in wants.iterdir():
+            if link.name in MASKED_UNITS:
+                link.unlink()
+    default = system / "default.target"
+    if default.is_symlink() or default.exists():
+        default.unlink()
+    default.symlink_to("/lib/systemd/system/multi-user.target")
+
+
+def _binds() -> List[str]:
+    """Read-only binds that let the CLI of this checkout run inside at the same paths."""
+    paths = {REPO, Path(sys.prefix).resolve()}
+    base = Path(sys.base_prefix).resolve()
+    if not str(base).startswith("/usr"):  # a pyenv or /opt interpreter the venv links to
+        paths.add(base)
+    exe = Path(sys.executable).resolve()
+    if not str(exe).startswith("/usr") and not any(exe.is_relative_to(p) for p in paths):
+        paths.add(exe.parent.parent)
+    # drop paths already inside another bound path
+    ordered = sorted(paths, key=lambda p: len(p.parts))
+    kept: List[Path] = []
+    for p in ordered:
+        if not any(p.is_relative_to(k) for k in kept):
+            kept.append(p)
+    return [f"--bind-ro={p}" for p in kept]
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.prefix) / "bin" / name)
+
+
+def run_unbooted(rootfs: Path, argv: Sequence[str], *, binds_ro: Sequence[Tuple[str, str]] = (),
+                 env: Optional[Dict[str, str]] = None, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run ``argv`` as PID 1 of a throwaway container that is *not* booted: a host without
+    systemd (what a Docker container or a chroot looks like). Volatile: nothing persists."""
+    environ = {"PATH": PATH_INSIDE, "HOME": "/root", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    environ.update(env or {})
+    full = ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--volatile=overlay",
+            "-M", f"dtest-{uuid.uuid4().hex[:8]}", "--console=pipe", *_binds(),
+            *(f"--bind-ro={src}:{dst}" for src, dst in binds_ro),
+            *(f"--setenv={k}={v}" for k, v in environ.items()), "--", *argv]
+    return subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class Container:
+    """One booted, throwaway systemd host."""
+
+    def __init__(self, rootfs: Path, name: Optional[str] = None, extra_args: Sequence[str] = ()) -> None:
+        self.rootfs = rootfs
+        self.name = name or f"dtest-{uuid.uuid4().hex[:8]}"
+        self.extra_args = list(extra_args)
+        self.proc: Optional[subprocess.Popen] = None
+        self.leader = 0
+        self.log_path = CACHE / "logs" / f"{self.name}.log"
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def boot(self, timeout: float = 60.0) -> Container:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["systemd-nspawn", "-D", str(self.rootfs), "--boot", "--register=no", "--keep-unit",
+                "--console=passive", "-M", self.name, "--volatile=overlay", *_binds(), *self.extra_args]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.leader:
+            if self.proc.poll() is not None:
+                raise HostError(f"systemd-nspawn exited {self.proc.returncode}:\n{self.boot_log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise HostError(f"the container's init did not appear within {timeout}s:\n{self.boot_log()}")
+            self.leader = self._container_init(self.proc.pid)
+            if not self.leader:
+                time.sleep(0.02)
+        state = ""
+        while time.monotonic() < deadline:
+            res = self.run(["systemctl", "is-system-running"], check=False, timeout=10)
+            state = res.stdout.strip() or res.stderr.strip()
+            if state in ("running", "degraded"):
+                break
+            if self.proc.poll() is not None:
+                raise HostError(f"the container stopped while booting:\n{self.boot_log()}")
+            time.sleep(0.05)
+        else:
+            failed = self.run(["systemctl", "--failed", "--no-legend"], check=False).stdout
+            self.kill()
+            raise HostError(f"the container did not finish booting in {timeout}s (state {state!r}); "
+                            f"failed units: {failed.strip()}\n{self.boot_log()}")
+        return self
+
+    @staticmethod
+    def _container_init(pid: int) -> int:
+        """The container's PID 1 as seen from here: the child of systemd-nspawn that lives in
+        another PID namespace and runs systemd (nspawn forks a short-lived helper first)."""
+        try:
+            own = os.readlink("/proc/self/ns/pid")
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    if (os.readlink(f"/proc/{child}/ns/pid") != own
+                            and Path(f"/proc/{child}/comm").read_text().strip() == "systemd"):
+                        return int(child)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def boot_log(self) -> str:
+        try:
+            return _tail(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return ""
+
+    def poweroff(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None and self.leader:
+            try:
+                os.kill(self.leader, signal.SIGRTMIN + 4)
+                self.proc.wait(timeout=timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill()
+        self.proc = None
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        for pid in (self.leader, self.proc.pid):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+
+    def __enter__(self) -> Container:
+        return self.boot()
+
+    def __exit__(self, *exc) -> None:
+        self.poweroff()
+
+    # -- running things inside ----------------------------------------------------------------
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, input: Optional[str] = None,
+        timeout: float = 120.0, env: Optional[Dict[str, str]] = None,
+    ) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside (all namespaces of the container's PID 1), with a clean environment."""
+        if not self.leader:
+            raise HostError("the container is not running")
+        environ = {"PATH": PATH_INSIDE, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
+                   "PYTHONDONTWRITEBYTECODE": "1"}
+        environ.update(env or {})
+        full = ["nsenter", "-t", str(self.leader), "-a", "env", "-i",
+                *(f"{k}={v}" for k, v in environ.items()), *argv]
+        proc = subprocess.run(full, capture_output=True, text=True, input=input, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise HostError(f"{' '.join(argv)} exited {proc.returncode} inside {self.name}:\n"
+                            f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def sh(self, script: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(["sh", "-c", script], **kw)
+
+    def dispatchctl(self, *args: str, check: bool = False, env: Optional[Dict[str, str]] = None,
+                    timeout: float = 300.0) -> subprocess.CompletedProcess:
+        """This checkout's CLI, run as root inside the container."""
+        return self.run([venv_bin("dispatchctl"), *args], check=check, env=env, timeout=timeout)
+
+    def path(self, inside: str) -> Path:
+        """The host-side path of a file inside the container (through /proc/PID/root)."""
+        return Path(f"/proc/{self.leader}/root") / inside.lstrip("/")
+
+    def write(self, inside: str, data: str, mode: int = 0o600) -> None:
+        path = self.path(inside)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data)
+        os.chmod(path, mode)
+
+    # -- systemd helpers ----------------------------------------------------------------------
+    def show(self, unit: str, properties: Iterable[str]) -> Dict[str, str]:
+        out = self.run(["systemctl", "show", unit, "--property=" + ",".join(properties)]).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def main_pid(self, unit: str = "dispatch.service") -> int:
+        return int(self.show(unit, ["MainPID"]).get("MainPID", "0") or 0)
+
+    def journal(self, unit: str = "dispatch.service", since: str = "") -> str:
+        argv = ["journalctl", "-u", unit, "--no-pager", "-o", "cat"]
+        if since:
+            argv += ["--since", since]
+        return self.run(argv, check=False).stdout
+
+    def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise HostError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
+    def listing(self, *roots: str) -> List[str]:
+        """Every path under ``roots`` with type, mode, owner, size and mtime: for 'nothing changed'."""
+        script = ("for r in \"$@\"; do [ -e \"$r\" ] && find \"$r\" -xdev -printf '%p %y %m %u %s %T@\\n'; "
+                  "done; true")
+        return sorted(self.run(["sh", "-c", script, "sh", *roots]).stdout.splitlines())
