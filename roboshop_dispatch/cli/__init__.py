@@ -17,13 +17,14 @@ def main() -> None:
 
     # click's standalone mode prints a multi-line box for a usage error; ours is one line
     # naming the problem, exit 2, like every other bad option.
-    usage_error = typer.BadParameter.__mro__[1]  # click's UsageError, vendored or not
+    usage_error: type[Exception] = typer.BadParameter.__mro__[1]  # click's UsageError, vendored or not
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:
         message = exc.format_message()  # type: ignore[attr-defined]
         if message:  # empty for `no_args_is_help`, which has printed the help already
-            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             print(f"dispatchctl: error: {message}{hint}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:

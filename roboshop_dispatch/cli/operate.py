@@ -1,0 +1,422 @@
+"""``dispatchctl status | check | check-rabbitmq | logs | uninstall``: what on-call runs.
+
+Imported on every ``dispatchctl`` start, so everything heavy (rich, pika, psutil) is imported
+inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import typer
+
+from ..settings import ENV_FILE, PASSWORD_ENV, SettingsError
+from . import options as opt
+from .app import app
+
+EnvFileOpt = typer.Option(str(ENV_FILE), "--env-file", hidden=True,
+                          help="The installed environment file (for tests).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
+
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=120, color_system=None)
+    return console
+
+
+def _print_json(document: Dict[str, Any]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    raise typer.Exit(code)
+
+
+# -- check-rabbitmq ----------------------------------------------------------------------------
+
+
+def _int(option: str, value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise SettingsError(option, f"{value!r} is not a whole number") from None
+
+
+def resolve_amqp(
+    *, host: Optional[str], port: Optional[str], vhost: Optional[str], user: Optional[str],
+    pass_file: Optional[str], env_file: Path,
+):
+    """The AMQP settings to check: each option given wins, else the installed configuration, else
+    the contract's default. The password: --amqp-pass-file, $DISPATCHCTL_AMQP_PASS, the installed
+    AMQP_PASS, a hidden prompt on a TTY. Raises SettingsError naming what is wrong or missing."""
+    import os
+
+    from ..diagnostics import read_env_file
+    from ..settings import AmqpSettings, Secret, read_password
+
+    # the options given are validated first, so that a typo never costs a password prompt
+    if host is not None:
+        AmqpSettings.build(hosts=host, port=5672, password=Secret("x"))
+    _int("--amqp-port", port)
+    if port is not None:
+        AmqpSettings.build(hosts="localhost", port=_int("--amqp-port", port) or 0, password=Secret("x"))
+    installed: Dict[str, str] = {}
+    need_installed = host is None or (pass_file is None and os.environ.get(PASSWORD_ENV) is None)
+    if need_installed:
+        try:
+            installed = read_env_file(env_file)
+        except FileNotFoundError:
+            if host is None:
+                raise SettingsError("--amqp-host", f"not given, and there is no installed configuration "
+                                    f"({env_file} does not exist)") from None
+        except PermissionError:
+            if host is None:
+                raise SettingsError("--amqp-host", f"not given, and {env_file} is not readable "
+                                    "(run as root, or give --amqp-host and --amqp-pass-file)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            if host is None:
+                raise SettingsError("--amqp-host", f"not given, and {env_file} cannot be read: {exc}") from None
+    password = read_password(pass_file=pass_file)
+    if password is None and installed.get("AMQP_PASS"):
+        password = Secret(installed["AMQP_PASS"])
+    if password is None and sys.stdin.isatty():
+        password = read_password(pass_file=None, prompt=opt._prompt)
+    port_value = _int("--amqp-port", port)
+    if port_value is None:
+        port_value = _int("AMQP_PORT", installed.get("AMQP_PORT") or "5672")
+    return AmqpSettings.build(
+        hosts=host if host is not None else installed.get("AMQP_HOST", ""),
+        port=port_value if port_value is not None else 5672,
+        vhost=vhost if vhost is not None else (installed.get("AMQP_VHOST") or "/"),
+        user=user if user is not None else (installed.get("AMQP_USER") or "roboshop"),
+        password=password,
+    )
+
+
+ANSI = {"ok": "32", "warn": "33", "fail": "1;31", "skip": "2"}
+
+
+def print_findings(report: Any, *, title: str, mask: Callable[[str], str]) -> None:
+    """The findings as an aligned text table, then each diagnosis with its cause and fix.
+
+    Plain text on purpose: it pastes into a ticket as it is, and leaving rich out saves a third of
+    the command's start-up time (these commands run while something is on fire). Colours only on
+    a terminal, and never with $NO_COLOR."""
+    import os
+    import shutil
+    import textwrap
+
+    out = sys.stdout
+    tty = out.isatty() and not os.environ.get("NO_COLOR")
+    width = shutil.get_terminal_size((120, 24)).columns if tty else 0
+
+    def paint(text: str, status: str) -> str:
+        return f"\x1b[{ANSI[status]}m{text}\x1b[0m" if tty and status in ANSI else text
+
+    title_width = max(len(f.title) for f in report.findings) if report.findings else 10
+    lines = [title, ""]
+    indent = 2 + 6 + title_width + 2
+    for f in report.findings:
+        summary = mask(f.summary)
+        if width > indent + 20:
+            wrapped = textwrap.wrap(summary, width - indent) or [""]
+            summary = ("\n" + " " * indent).join(wrapped)
+        lines.append(f"  {paint(f.status.ljust(4), f.status)}  {f.title.ljust(title_width)}  {summary}")
+    for f in report.findings:
+        if f.status not in ("fail", "warn") or not f.diagnosis:
+            continue
+        lines.append("")
+        lines.append(paint(f"{'FAIL' if f.status == 'fail' else 'WARN'}: {mask(f.diagnosis)}", f.status))
+        if f.issue:
+            lines.append(f"  manual's common issue: {f.issue}")
+        if f.cause:
+            lines.append("  cause: " + mask(f.cause).replace("\n", "\n         "))
+        if f.fix:
+            lines.append("  fix:   " + mask(f.fix).replace("\n", "\n         "))
+    counts = report.counts()
+    summary = (f"{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failure(s)"
+               f"{', ' + str(counts['skip']) + ' skipped' if counts['skip'] else ''} in {report.elapsed_s:.2f}s")
+    if report.issues:
+        summary += " — common issues: " + ", ".join(report.issues)
+    lines.append("")
+    lines.append(paint(summary, "ok" if report.ok else "fail"))
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+@app.command("check-rabbitmq")
+def check_rabbitmq(
+    amqp_host: Optional[str] = typer.Option(
+        None, "--amqp-host", metavar="HOST[,HOST...]", help="RabbitMQ host(s) (default: the installed AMQP_HOST)."),
+    amqp_port: Optional[str] = typer.Option(None, "--amqp-port", metavar="PORT",
+                                            help="RabbitMQ port (default: installed, else 5672)."),
+    amqp_vhost: Optional[str] = typer.Option(None, "--amqp-vhost", help="Virtual host (default: installed, else /)."),
+    amqp_user: Optional[str] = typer.Option(None, "--amqp-user",
+                                            help="RabbitMQ user (default: installed, else roboshop)."),
+    amqp_pass_file: Optional[str] = typer.Option(
+        None, "--amqp-pass-file", help=f"File holding the password (else ${PASSWORD_ENV}, else the installed one)."),
+    declare: bool = typer.Option(False, "--declare",
+                                 help="Declare the contract's exchange, queues and binding first (else nothing "
+                                      "is ever created or changed)."),
+    json_output: bool = JsonOpt,
+    env_file: str = EnvFileOpt,
+    timeout: float = typer.Option(4.0, "--timeout", hidden=True, help="Time budget in seconds."),
+) -> None:
+    """Can dispatch reach RabbitMQ and use its queue? Name, port, handshake, login, vhost,
+    permissions, exchange, queue, binding, counts, latency: each with its fix. Changes nothing on the
+    broker unless --declare. Exit 0 when no check fails (warnings are shown, not failures), 1 otherwise."""
+    try:
+        amqp = resolve_amqp(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
+                            pass_file=amqp_pass_file, env_file=Path(env_file))
+    except SettingsError as exc:
+        raise opt.usage_error(str(exc)) from None
+
+    from ..diagnostics import check_rabbitmq as run_checks
+    from ..diagnostics import mask_document, masker
+
+    report = run_checks(amqp, declare=declare, budget=max(0.5, timeout))
+    mask = masker([amqp.password.reveal()])
+    target = amqp.masked()
+    if json_output:
+        _print_json(mask_document({"command": "check-rabbitmq", "target": target, **report.as_dict()}, mask))
+    else:
+        hosts = ",".join(amqp.hosts)
+        print_findings(report, mask=mask, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
+                                                 f"user {amqp.user} (password ********)"))
+    _exit(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    user: str = typer.Option("roboshop", "--user", help="The service user the unit must run as."),
+    app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
+    lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
+    json_output: bool = JsonOpt,
+    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
+                                           help="The installed environment file (default: the unit's)."),
+) -> None:
+    """Host health, each item ok/warn/fail with its fix, then check-rabbitmq with the installed
+    settings. Names the manual's common issues when it finds them. Exit 0 healthy, 1 not."""
+    from ..diagnostics import check_host, mask_document
+
+    report, mask = check_host(service_user=user, app_dir=Path(app_dir),
+                              env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
+    if json_output:
+        _print_json(mask_document({"command": "check", **report.as_dict()}, mask))
+    else:
+        print_findings(report, mask=mask, title="dispatchctl check")
+    _exit(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def print_status(doc: Dict[str, Any]) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..status import human_bytes, human_duration
+
+    console = _console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    if not doc["installed"]:
+        grid.add_row("unit", Text(f"{doc['unit']} is not installed", style="bold red"))
+        grid.add_row("next", "dispatchctl install --amqp-host HOST --amqp-pass-file FILE")
+        console.print(Panel(grid, title="dispatch", title_align="left", border_style="red"))
+        return
+    running = doc["running"]
+    state = f"{doc['active_state']} ({doc['sub_state']})"
+    if doc["result"] and doc["result"] != "success":
+        state += f", result {doc['result']}"
+    grid.add_row("state", Text(state, style="green" if running else "bold red"))
+    grid.add_row("enabled", doc["enabled"] or "-")
+    grid.add_row("main PID", str(doc["main_pid"] or "-"))
+    grid.add_row("uptime", human_duration(doc["uptime_s"]))
+    grid.add_row("restarts", str(doc["restarts"]))
+    proc = doc.get("process") or {}
+    if proc and "error" not in proc:
+        grid.add_row("runs as", Text(proc["user"], style="bold red" if proc["user"] == "root" else ""))
+        grid.add_row("memory", f"{human_bytes(proc['rss_bytes'])} RSS")
+        grid.add_row("CPU", f"{proc['cpu_percent']:.2f}% average ({proc['cpu_seconds']:.2f}s since start)")
+    else:
+        grid.add_row("runs as", f"User={doc['unit_user'] or '(root)'} (no process)")
+    binary = doc["binary"]
+    grid.add_row("binary", Text(f"{binary['path']} ({binary['flavour'] or 'missing'})",
+                                style="" if binary["exists"] else "bold red"))
+    config = doc["config"]
+    if "hosts" in config:
+        grid.add_row("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
+                                 f"user {config['user']} password {config['password']}")
+    if config.get("error"):
+        grid.add_row("config", Text(f"{config['path']}: {config['error']}", style="yellow"))
+    queue = doc.get("queue")
+    if queue is not None:
+        if "error" in queue:
+            grid.add_row("orders queue", Text(f"unknown: {queue['error']}", style="yellow"))
+        else:
+            grid.add_row("orders queue", Text(
+                f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
+                style="yellow" if not queue["consumers"] else ""))
+    console.print(Panel(grid, title="dispatch", title_align="left", border_style="green" if running else "red"))
+    if doc["logs"]:
+        console.print(Text(f"last {len(doc['logs'])} log line(s):", style="bold"))
+        for line in doc["logs"]:
+            console.print(Text(line))
+
+
+@app.command()
+def status(
+    lines: int = typer.Option(10, "--lines", "-n", help="How many recent log lines to show."),
+    json_output: bool = JsonOpt,
+    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
+                                           help="The installed environment file (default: the unit's)."),
+) -> None:
+    """The service at a glance. Exit 0 running, 3 not running, 4 not installed (like systemctl is-active)."""
+    from ..status import exit_code, gather, prefetch
+
+    if not json_output:
+        prefetch(["rich.console", "rich.panel", "rich.table", "rich.text"])
+    doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None)
+    if json_output:
+        _print_json(doc)
+    else:
+        print_status(doc)
+    _exit(exit_code(doc))
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+@app.command()
+def logs(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    lines: int = typer.Option(50, "--lines", "-n", help="How many recent lines."),
+    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True, help="For masking the password."),
+) -> None:
+    """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
+    import subprocess
+
+    from ..diagnostics import masker, read_env_file
+    from ..systemd import UNIT
+
+    secrets: List[str] = []
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        secrets.append(read_env_file(Path(env_file) if env_file else ENV_FILE).get("AMQP_PASS", ""))
+    mask = masker(secrets)
+    argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                errors="replace", bufsize=1)
+    except FileNotFoundError:
+        typer.echo("dispatchctl: error: journalctl not found: is this a systemd host?", err=True)
+        _exit(opt.EXIT_CHECK_FAILED)
+        return
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(mask(line))
+            if follow:
+                sys.stdout.flush()
+        code = proc.wait()
+        if follow and code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+            code = 0  # -f ends when it is interrupted: that is its normal end
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        code = 0
+    except BrokenPipeError:  # `dispatchctl logs | head`
+        proc.terminate()
+        code = 0
+    _exit(code)
+
+
+# -- uninstall ---------------------------------------------------------------------------------
+
+
+def _lock():
+    import fcntl
+    import os
+
+    from .provision import LOCK
+
+    os.makedirs(os.path.dirname(LOCK), mode=0o700, exist_ok=True)
+    fh = open(LOCK, "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        typer.echo("dispatchctl: waiting for another dispatchctl run on this host to finish…", err=True)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    return fh
+
+
+@app.command()
+def uninstall(
+    purge: bool = typer.Option(False, "--purge", help="Also remove the app directory and the service user."),
+    user: str = typer.Option("roboshop", "--user", help="The service user (deleted only with --purge)."),
+    app_dir: str = typer.Option("/app", "--app-dir", help="The app directory (removed only with --purge)."),
+    dry_run: bool = opt.DryRun,
+    json_output: bool = JsonOpt,
+) -> None:
+    """Stop and disable the service, remove the unit, the environment file and /app/dispatch.
+    Keeps the user and the app directory unless --purge. Idempotent."""
+    from ..settings import AmqpSettings, Secret, Settings
+
+    try:
+        settings = Settings.build(amqp=AmqpSettings(hosts=("localhost",), password=Secret("unused")),
+                                  service_user=user, app_dir=app_dir)
+    except SettingsError as exc:
+        raise opt.usage_error(str(exc)) from None
+
+    from ..host import HostFacts, Runner
+    from ..steps.base import Context, run_steps
+    from ..steps.uninstall import plan, preflight
+    from ..systemd import Systemd
+    from .render import Progress, show
+
+    facts = HostFacts.gather()
+    try:
+        preflight(is_root=facts.is_root, systemd_pid1=facts.systemd_pid1, dry_run=dry_run)
+    except RuntimeError as exc:
+        typer.echo(f"dispatchctl: error: {exc}", err=True)
+        _exit(opt.EXIT_CHECK_FAILED)
+    lock = None if dry_run else _lock()
+    try:
+        started = time.monotonic()
+        steps = plan(purge)
+        runner = Runner(timeout=120)
+        ctx = Context(settings=settings, facts=facts, runner=runner, systemd=Systemd(runner), dry_run=dry_run)
+        with Progress(not json_output, len(steps), "uninstall") as progress:
+            results = run_steps(steps, ctx, progress.on_start, progress.on_done)
+        document = show("uninstall", results, dry_run=dry_run, planned=[s.name for s in steps],
+                        duration_s=time.monotonic() - started, as_json=json_output, show_diff=False)
+    finally:
+        if lock is not None:
+            lock.close()
+    _exit(opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED)

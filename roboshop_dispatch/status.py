@@ -1,0 +1,232 @@
+"""What ``dispatchctl status`` shows: the unit's state, the process (psutil), the binary, the
+configuration (password masked), the ``orders`` queue when the broker answers, the last log lines.
+
+Exit codes follow ``systemctl is-active``: 0 running, 3 not running, 4 not installed. The slow
+parts (the journal and the broker) run side by side, each bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .settings import ENV_FILE, MASK
+
+EXIT_RUNNING = 0
+EXIT_NOT_RUNNING = 3
+EXIT_NOT_INSTALLED = 4
+
+PROPERTIES = (
+    "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
+    "ExecStart", "EnvironmentFiles", "FragmentPath", "ActiveEnterTimestamp", "Type",
+)
+BROKER_TIMEOUT_S = 1.5
+
+
+def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]:
+    """``{"messages": n, "consumers": n, "broker": "host:port"}`` of ``orders`` by a passive
+    ``queue.declare`` (reads, never creates or changes anything), or ``{"error": reason}``; the
+    hosts of a cluster in turn, never longer than ``timeout`` in all."""
+    import pika
+    import pika.exceptions as pe
+
+    from . import amqp as contract
+
+    deadline = time.monotonic() + timeout
+    last = "no broker answered"
+    for host in amqp.hosts:
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            break
+        params = contract.parameters([host], amqp.port, amqp.vhost, amqp.user, amqp.password.reveal(),
+                                     heartbeat=0, socket_timeout=left, blocked_connection_timeout=None,
+                                     client_name="dispatchctl status")[0]
+        try:
+            conn = pika.BlockingConnection(params)
+        except pe.ProbableAuthenticationError:
+            return {"error": "Auth failure: check AMQP user/pass (ACCESS_REFUSED)"}
+        except pe.ConnectionClosedByBroker as exc:
+            return {"error": f"{exc.reply_code} {exc.reply_text}"}
+        except pe.AMQPError as exc:
+            last = f"{host}:{amqp.port}: {type(exc).__name__} {exc}".rstrip()
+            continue
+        except OSError as exc:
+            last = f"{host}:{amqp.port}: {exc.strerror or type(exc).__name__}"
+            continue
+        try:
+            ok = conn.channel().queue_declare(contract.QUEUE, passive=True)
+            return {"messages": ok.method.message_count, "consumers": ok.method.consumer_count,
+                    "broker": f"{host}:{amqp.port}"}
+        except pe.ChannelClosedByBroker as exc:
+            return {"error": f"{exc.reply_code} {exc.reply_text}"}
+        except (pe.AMQPError, OSError) as exc:
+            last = f"{host}:{amqp.port}: {type(exc).__name__} {exc}".rstrip()
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+    return {"error": last}
+
+
+def prefetch(modules: List[str]) -> None:
+    """Import ``modules`` in a background thread: the main thread spends its first tens of
+    milliseconds waiting on systemctl and journalctl, which leaves the interpreter free for it."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+    threading.Thread(target=run, name="dispatchctl-prefetch", daemon=True).start()
+
+
+def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
+           runner: Any = None) -> Dict[str, Any]:
+    """Everything ``status`` shows, as a JSON-ready dict (the password masked)."""
+    prefetch(["psutil", "pika"])
+    from .diagnostics import (
+        amqp_from_environment,
+        binary_from_unit,
+        env_file_from_unit,
+        flavour_of,
+        masker,
+        read_env_file,
+    )
+    from .host import Runner
+    from .systemd import Systemd
+
+    systemd = Systemd(runner or Runner(timeout=15))
+    props = systemd.show(PROPERTIES)
+    load = props.get("LoadState", "")
+    installed = load not in ("", "not-found")
+    active = props.get("ActiveState", "")
+    pid = int(props.get("MainPID", "0") or 0)
+    doc: Dict[str, Any] = {
+        "unit": systemd.unit,
+        "installed": installed,
+        "load_state": load or "unknown",
+        "active_state": active or "unknown",
+        "sub_state": props.get("SubState", ""),
+        "result": props.get("Result", ""),
+        "enabled": props.get("UnitFileState", ""),
+        "main_pid": pid,
+        "restarts": int(props.get("NRestarts", "0") or 0),
+        "unit_user": props.get("User", ""),
+        "unit_file": props.get("FragmentPath", ""),
+    }
+    # the journal in the background while the rest is gathered
+    journal_box: Dict[str, List[str]] = {}
+
+    def read_journal() -> None:
+        journal_box["lines"] = systemd.journal_lines(lines) if lines > 0 else []
+
+    import threading
+
+    journal_thread = threading.Thread(target=read_journal, daemon=True)
+    if installed and lines > 0:
+        journal_thread.start()
+
+    # the process
+    process: Optional[Dict[str, Any]] = None
+    if pid:
+        try:
+            import psutil
+
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                created = proc.create_time()
+                cpu = proc.cpu_times()
+                uptime = max(0.001, time.time() - created)
+                process = {
+                    "pid": pid,
+                    "user": proc.username(),
+                    "rss_bytes": proc.memory_info().rss,
+                    "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
+                    "cpu_seconds": round(cpu.user + cpu.system, 2),
+                    "threads": proc.num_threads(),
+                    "uptime_s": round(uptime, 1),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
+                    "cmdline": proc.cmdline(),
+                }
+        except Exception as exc:  # the process ended in between, or psutil cannot see it
+            process = {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+    doc["process"] = process
+    doc["uptime_s"] = process.get("uptime_s") if process else None
+
+    # the binary
+    binary = binary_from_unit(props, Path("/app/dispatch"))
+    exists = binary.exists()
+    doc["binary"] = {"path": str(binary), "exists": exists, "flavour": flavour_of(binary) if exists else None}
+
+    # the configuration
+    env_path = env_file or env_file_from_unit(props, ENV_FILE)
+    config: Dict[str, Any] = {"path": str(env_path)}
+    mask: Callable[[str], str] = masker(())
+    amqp = None
+    try:
+        env = read_env_file(env_path)
+        mask = masker([env.get("AMQP_PASS", "")])
+        config.update({
+            "hosts": [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
+            "port": env.get("AMQP_PORT", "5672") or "5672",
+            "vhost": env.get("AMQP_VHOST", "/") or "/",
+            "user": env.get("AMQP_USER", "roboshop") or "roboshop",
+            "password": MASK if env.get("AMQP_PASS") else "(not set)",
+            "error_percent": env.get("DISPATCH_ERROR_PERCENT", "0") or "0",
+        })
+        try:
+            amqp = amqp_from_environment(env, source=str(env_path))
+        except ValueError as exc:
+            config["error"] = str(exc)
+    except FileNotFoundError:
+        config["error"] = "not present"
+    except (OSError, UnicodeDecodeError) as exc:
+        config["error"] = getattr(exc, "strerror", None) or str(exc)
+    doc["config"] = config
+
+    # the queue, when the broker answers
+    if broker and amqp is not None:
+        doc["queue"] = queue_counts(amqp)
+    else:
+        doc["queue"] = None
+    if journal_thread.ident is not None:
+        journal_thread.join(10)
+    doc["logs"] = [mask(line) for line in journal_box.get("lines", [])]
+    doc["running"] = installed and active == "active"
+    return doc
+
+
+def exit_code(doc: Dict[str, Any]) -> int:
+    if not doc["installed"]:
+        return EXIT_NOT_INSTALLED
+    return EXIT_RUNNING if doc["running"] else EXIT_NOT_RUNNING
+
+
+def human_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m {s}s"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{seconds:.1f}s"

@@ -1,0 +1,275 @@
+"""The pure logic of the diagnostics, status and uninstall: parsing systemd's answers, masking,
+settings from the installed environment file, the time bound, the uninstall steps on a temp
+root. Plus the commands on this machine, which is not a systemd host."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from roboshop_dispatch import diagnostics as d
+from roboshop_dispatch import envfile, status
+from roboshop_dispatch.cli.operate import resolve_amqp
+from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
+from roboshop_dispatch.steps.base import Context, run_steps
+from roboshop_dispatch.steps.uninstall import plan
+from roboshop_dispatch.systemd import Systemd
+
+SHOW_BUNDLED = ("{ path=/usr/bin/python3 ; argv[]=/usr/bin/python3 -I /app/dispatch ; ignore_errors=no ; "
+                "start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }")
+SHOW_GO = "{ path=/app/dispatch ; argv[]=/app/dispatch ; ignore_errors=no ; start_time=[n/a] ; pid=0 }"
+
+
+# -- parsing systemd's answers -----------------------------------------------------------------
+
+
+def test_exec_argv_and_the_binary_of_each_flavour():
+    assert d.exec_argv(SHOW_BUNDLED) == ["/usr/bin/python3", "-I", "/app/dispatch"]
+    assert d.binary_from_unit({"ExecStart": SHOW_BUNDLED}, Path("/x")) == Path("/app/dispatch")
+    assert d.binary_from_unit({"ExecStart": SHOW_GO}, Path("/x")) == Path("/app/dispatch")
+    assert d.binary_from_unit({"ExecStart": "{ path=/opt/d/run ; argv[]=/opt/d/run ; }"}, Path("/srv/dispatch")) \
+        == Path("/srv/dispatch")
+    assert d.binary_from_unit({}, Path("/app/dispatch")) == Path("/app/dispatch")
+
+
+def test_env_file_from_unit():
+    props = {"EnvironmentFiles": "/etc/roboshop/dispatch.env (ignore_errors=no)"}
+    assert d.env_file_from_unit(props, Path("/x")) == Path("/etc/roboshop/dispatch.env")
+    assert d.env_file_from_unit({"EnvironmentFiles": "-/etc/other.env (ignore_errors=yes)"}, Path("/x")) \
+        == Path("/etc/other.env")
+    assert d.env_file_from_unit({}, Path("/default.env")) == Path("/default.env")
+
+
+def test_flavour_of(tmp_path):
+    elf = tmp_path / "elf"
+    elf.write_bytes(b"\x7fELF\x02\x01\x01")
+    zipapp = tmp_path / "zipapp"
+    zipapp.write_bytes(b"#!/usr/bin/env python3\nPK\x03\x04")
+    other = tmp_path / "other"
+    other.write_bytes(b"hello")
+    assert d.flavour_of(elf) == "go"
+    assert d.flavour_of(zipapp) == "bundled"
+    assert d.flavour_of(other) == "unknown"
+    assert d.flavour_of(tmp_path / "missing") is None
+
+
+# -- masking -----------------------------------------------------------------------------------
+
+
+def test_masker_hides_the_password_raw_and_url_encoded():
+    secret = "p@ss:w/rd %#"
+    mask = d.masker([secret, ""])
+    assert mask(f"amqp://u:{secret}@h/") == "amqp://u:********@h/"
+    assert mask("amqp://u:p%40ss%3Aw%2Frd%20%25%23@h/") == "amqp://u:********@h/"
+    assert mask("nothing secret") == "nothing secret"
+    doc = d.mask_document({"a": [f"x{secret}", {"b": secret}], "n": 3}, mask)
+    assert doc == {"a": ["x********", {"b": "********"}], "n": 3}
+    assert d.masker([])("text") == "text"
+
+
+# -- settings from the installed configuration -------------------------------------------------
+
+
+def test_amqp_from_environment():
+    amqp = d.amqp_from_environment({"AMQP_HOST": "10.0.0.5,10.0.0.6", "AMQP_PASS": "pw", "AMQP_PORT": "5673",
+                                    "AMQP_VHOST": "shop", "AMQP_USER": "u"})
+    assert amqp.hosts == ("10.0.0.5", "10.0.0.6") and amqp.port == 5673 and amqp.vhost == "shop"
+    assert amqp.user == "u" and amqp.password.reveal() == "pw"
+    defaults = d.amqp_from_environment({"AMQP_HOST": "rabbit", "AMQP_PASS": "pw"})
+    assert (defaults.port, defaults.vhost, defaults.user) == (5672, "/", "roboshop")
+    with pytest.raises(SettingsError, match="AMQP_HOST"):
+        d.amqp_from_environment({"AMQP_PASS": "pw"})
+    with pytest.raises(SettingsError, match="AMQP_PORT"):
+        d.amqp_from_environment({"AMQP_HOST": "h", "AMQP_PASS": "pw", "AMQP_PORT": "x"})
+    with pytest.raises(SettingsError, match="password"):
+        d.amqp_from_environment({"AMQP_HOST": "h"})
+
+
+def _env(tmp_path: Path, **values: str) -> Path:
+    path = tmp_path / "dispatch.env"
+    path.write_text(envfile.render(values))
+    return path
+
+
+def test_resolve_amqp_options_win_then_the_installed_configuration(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPATCHCTL_AMQP_PASS", raising=False)
+    env = _env(tmp_path, AMQP_HOST="10.1.1.1", AMQP_PORT="5673", AMQP_VHOST="shop", AMQP_USER="inst",
+               AMQP_PASS="installed-pw")
+    amqp = resolve_amqp(host=None, port=None, vhost=None, user=None, pass_file=None, env_file=env)
+    assert (amqp.hosts, amqp.port, amqp.vhost, amqp.user) == (("10.1.1.1",), 5673, "shop", "inst")
+    assert amqp.password.reveal() == "installed-pw"
+    pass_file = tmp_path / "pass"
+    pass_file.write_text("from-file\n")
+    amqp = resolve_amqp(host="10.2.2.2", port="5674", vhost="v", user="opt", pass_file=str(pass_file), env_file=env)
+    assert (amqp.hosts, amqp.port, amqp.vhost, amqp.user) == (("10.2.2.2",), 5674, "v", "opt")
+    assert amqp.password.reveal() == "from-file"
+    monkeypatch.setenv("DISPATCHCTL_AMQP_PASS", "from-env")
+    amqp = resolve_amqp(host="10.2.2.2", port=None, vhost=None, user=None, pass_file=None, env_file=env)
+    assert amqp.password.reveal() == "from-env" and amqp.port == 5672  # nothing read from the file
+
+
+def test_resolve_amqp_errors_name_the_option(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPATCHCTL_AMQP_PASS", raising=False)
+    with pytest.raises(SettingsError, match=r"--amqp-host.*does not exist"):
+        resolve_amqp(host=None, port=None, vhost=None, user=None, pass_file=None, env_file=tmp_path / "none")
+    with pytest.raises(SettingsError, match="--amqp-pass-file"):
+        resolve_amqp(host="10.0.0.1", port=None, vhost=None, user=None, pass_file=None, env_file=tmp_path / "none")
+    with pytest.raises(SettingsError, match="--amqp-port"):
+        resolve_amqp(host="10.0.0.1", port="99999", vhost=None, user=None, pass_file=None, env_file=tmp_path / "n")
+    with pytest.raises(SettingsError, match="--amqp-host"):
+        resolve_amqp(host="not a host", port=None, vhost=None, user=None, pass_file=None, env_file=tmp_path / "n")
+
+
+# -- reports and the time bound ----------------------------------------------------------------
+
+
+def test_report_ok_issues_and_counts():
+    report = d.Report()
+    report.add(d.Finding("a", "A", d.OK, "fine"))
+    report.add(d.Finding("b", "B", d.WARN, "meh"))
+    assert report.ok and report.issues == []
+    report.add(d.Finding("c", "C", d.FAIL, "bad", issue=d.AUTH_FAILURE))
+    report.add(d.Finding("e", "E", d.FAIL, "bad", issue=d.SERVICE_NOT_STARTING))
+    report.add(d.Finding("f", "F", d.FAIL, "bad", issue=d.AUTH_FAILURE))
+    report.add(d.Finding("g", "G", d.SKIP, "not run"))
+    assert not report.ok
+    assert report.issues == [d.AUTH_FAILURE, d.SERVICE_NOT_STARTING]
+    assert report.counts() == {"ok": 1, "warn": 1, "fail": 3, "skip": 1}
+    assert json.loads(json.dumps(report.as_dict()))["findings"][2]["issue"] == "Auth failure"
+
+
+def test_run_bounded_never_waits_past_its_timeout():
+    started = time.monotonic()
+    finished, result, error = d.run_bounded(lambda: time.sleep(5), 0.2)
+    assert not finished and result is None and error is None
+    assert time.monotonic() - started < 1
+    assert d.run_bounded(lambda: 42, 1) == (True, 42, None)
+    finished, _, error = d.run_bounded(lambda: 1 / 0, 1)
+    assert finished and isinstance(error, ZeroDivisionError)
+
+
+def test_a_closed_port_is_refused_at_once_and_named():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        amqp = AmqpSettings.build(hosts="127.0.0.1", port=port, password=Secret("pw"))
+        report = d.check_rabbitmq(amqp)
+    tcp = report.get("tcp")
+    assert tcp is not None and tcp.status == d.FAIL and tcp.issue == d.SERVICE_NOT_STARTING
+    assert "wrong RabbitMQ IP" in tcp.diagnosis
+    assert [f.status for f in report.findings[2:]] == [d.SKIP] * (len(report.findings) - 2)
+    assert report.elapsed_s < 1
+
+
+# -- status helpers ----------------------------------------------------------------------------
+
+
+def test_status_exit_codes_and_formatting():
+    assert status.exit_code({"installed": False, "running": False}) == 4
+    assert status.exit_code({"installed": True, "running": False}) == 3
+    assert status.exit_code({"installed": True, "running": True}) == 0
+    assert status.human_bytes(29032448) == "27.7 MiB"
+    assert status.human_bytes(512) == "512 B"
+    assert status.human_duration(3.25) == "3.2s"
+    assert status.human_duration(3725) == "1h 2m 5s"
+    assert status.human_duration(90061) == "1d 1h 1m"
+
+
+# -- uninstall steps on a temp root ------------------------------------------------------------
+
+
+def _installed_tree(root: Path) -> None:
+    unit_dir = root / "etc/systemd/system"
+    (unit_dir / "dispatch.service.d").mkdir(parents=True)
+    (unit_dir / "dispatch.service").write_text("[Service]\nExecStart=/app/dispatch\n")
+    (unit_dir / "dispatch.service.d/override.conf").write_text("[Service]\n")
+    (unit_dir / "multi-user.target.wants").mkdir()
+    (unit_dir / "multi-user.target.wants/dispatch.service").symlink_to("/etc/systemd/system/dispatch.service")
+    (root / "etc/roboshop").mkdir(parents=True)
+    (root / "etc/roboshop/dispatch.env").write_text('AMQP_PASS="x"\n')
+    (root / "app").mkdir()
+    (root / "app/dispatch").write_text("#!/usr/bin/python3\n")
+    (root / "app/go.mod").write_text("module dispatch\n")
+
+
+def _context(root: Path, *, dry_run: bool) -> Context:
+    settings = Settings.build(amqp=AmqpSettings(hosts=("localhost",), password=Secret("unused")),
+                              service_user="dispatchctl-test-nobody")
+    runner = Runner(timeout=30)
+    ctx = Context(settings=settings, facts=HostFacts(is_root=True, systemd_pid1=False), runner=runner,
+                  systemd=Systemd(runner), dry_run=dry_run)
+    ctx.root = root
+    return ctx
+
+
+def _tree(root: Path) -> list:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_uninstall_dry_run_predicts_the_real_run_which_is_idempotent(tmp_path):
+    _installed_tree(tmp_path)
+    before = _tree(tmp_path)
+    dry = run_steps(plan(purge=False), _context(tmp_path, dry_run=True))
+    assert _tree(tmp_path) == before
+    predicted = {r.name: r.status for r in dry}
+    assert predicted == {"stop": "ok", "disable": "changed", "unit": "changed", "config": "changed",
+                         "binary": "changed"}
+    real = run_steps(plan(purge=False), _context(tmp_path, dry_run=False))
+    assert {r.name: r.status for r in real} == predicted
+    assert _tree(tmp_path) == sorted(["app", "app/go.mod", "etc", "etc/systemd", "etc/systemd/system",
+                                      "etc/systemd/system/multi-user.target.wants"])
+    again = run_steps(plan(purge=False), _context(tmp_path, dry_run=False))
+    assert {r.status for r in again} == {"ok"}
+
+
+def test_uninstall_purge_removes_the_app_dir(tmp_path):
+    _installed_tree(tmp_path)
+    results = run_steps(plan(purge=True), _context(tmp_path, dry_run=False))
+    by = {r.name: r for r in results}
+    assert by["appdir"].status == "changed" and not (tmp_path / "app").exists()
+    assert by["user"].status == "ok" and "does not exist" in by["user"].message
+    assert {r.status for r in run_steps(plan(purge=True), _context(tmp_path, dry_run=False))} == {"ok"}
+
+
+# -- the commands on a host without systemd as PID 1 (a real, unbooted container) --------------
+
+
+def test_commands_on_a_host_without_systemd(systemd_rootfs):
+    from tests.support.nspawn import run_unbooted, venv_bin
+
+    cli = venv_bin("dispatchctl")
+    script = "; ".join(
+        f"echo '=== {name}'; {cli} {args}; echo \"=== rc=$?\""
+        for name, args in [
+            ("status", "status --json"),
+            ("check", "check --json"),
+            ("uninstall", "uninstall"),
+            ("dry", "uninstall --dry-run --json"),
+        ])
+    res = run_unbooted(systemd_rootfs, ["sh", "-c", "exec 2>&1; " + script])
+    parts = {}
+    name, text = "", ""
+    for chunk in res.stdout.split("=== ")[1:]:
+        head, _, body = chunk.partition("\n")
+        if head.startswith("rc="):
+            parts[name] = (int(head[3:]), text)
+        else:
+            name, text = head.strip(), body
+    rc, out = parts["status"]
+    assert rc == 4 and json.loads(out)["installed"] is False, out
+    rc, out = parts["check"]
+    assert rc == 1, out
+    by = {f["name"]: f for f in json.loads(out)["findings"]}
+    assert by["systemd"]["status"] == "fail" and by["envfile"]["status"] == "fail"
+    assert by["rabbitmq"]["status"] == "skip"
+    rc, out = parts["uninstall"]
+    assert rc == 1 and "systemd is not running as PID 1" in out
+    rc, out = parts["dry"]
+    assert rc == 0, out
+    assert [(s["name"], s["status"]) for s in json.loads(out)["steps"]] == [
+        ("stop", "ok"), ("disable", "ok"), ("unit", "ok"), ("config", "ok"), ("binary", "ok")]
