@@ -100,3 +100,86 @@ def declare_topology(channel) -> None:
     declare_queue(channel)
     bind_queue(channel)
     declare_quarantine(channel)
+
+
+# -- connection errors: one line each, and the fix ---------------------------------------------
+AUTH = "auth"
+VHOST = "vhost"
+NETWORK = "network"
+OTHER = "other"
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """Unwrap pika's connection-workflow wrappers down to the error that says what went wrong."""
+    from pika.adapters.utils import connection_workflow as workflow
+
+    for _ in range(8):
+        if isinstance(exc, workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(exc, workflow.AMQPConnectorPhaseErrorBase) and exc.exception is not None:
+            exc = exc.exception
+        elif (type(exc) is pika.exceptions.AMQPConnectionError and exc.args
+              and isinstance(exc.args[0], BaseException)):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, one-line description of a pika or socket error (it never contains credentials)."""
+    cause = root_cause(exc)
+    if isinstance(cause, pika.exceptions.ConnectionClosed):
+        text = f"({cause.reply_code}) {cause.reply_text}"
+    elif isinstance(cause, (pika.exceptions.ProbableAuthenticationError,
+                            pika.exceptions.ProbableAccessDeniedError)) and cause.args:
+        # pika wraps the broker's Connection.Close as text: "ConnectionClosedByBroker: (403) '...'"
+        text = str(cause.args[0])
+        for prefix in ("ConnectionClosedByBroker: ", "ConnectionClosedByClient: "):
+            if text.startswith(prefix):
+                return text[len(prefix):].replace("'", "", 2) if text.endswith("'") else text[len(prefix):]
+    elif isinstance(cause, OSError) and cause.strerror:
+        text = cause.strerror
+    else:
+        text = str(cause) or type(cause).__name__
+        if text.startswith(type(cause).__name__ + ":"):
+            text = text[len(type(cause).__name__) + 1:].strip()
+    text = " ".join(text.split())
+    name = type(cause).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def classify_error(exc: BaseException) -> str:
+    """``auth`` (bad user/password), ``vhost`` (no access to the vhost), ``network`` or ``other``."""
+    cause = root_cause(exc)
+    text = describe_error(exc)
+    if isinstance(cause, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+        return AUTH
+    if "ACCESS_REFUSED" in text and "Login was refused" in text:
+        return AUTH
+    if isinstance(cause, pika.exceptions.ProbableAccessDeniedError) or (
+        "NOT_ALLOWED" in text and "vhost" in text
+    ):
+        return VHOST
+    if isinstance(cause, (OSError, pika.exceptions.StreamLostError, pika.exceptions.AMQPHeartbeatTimeout)):
+        return NETWORK
+    from pika.adapters.utils import connection_workflow as workflow
+
+    if isinstance(cause, workflow.AMQPConnectorException):
+        return NETWORK
+    return OTHER
+
+
+def fix_hint(kind: str, user: str, vhost: str) -> str:
+    """What to do about an error of ``classify_error`` kind (with the password left out)."""
+    from shlex import quote
+
+    perms = f"rabbitmqctl set_permissions -p {quote(vhost)} {quote(user)} '.*' '.*' '.*'"
+    if kind == AUTH:
+        return (f"check AMQP_USER/AMQP_PASS; on the broker: rabbitmqctl add_user {quote(user)} '<password>' "
+                f"(or rabbitmqctl change_password) and {perms}")
+    if kind == VHOST:
+        return f"check AMQP_VHOST; on the broker: rabbitmqctl add_vhost {quote(vhost)} and {perms}"
+    if kind == NETWORK:
+        return "check AMQP_HOST/AMQP_PORT and that RabbitMQ is running and reachable"
+    return "see the broker's log"

@@ -1,0 +1,172 @@
+"""Configuration of the consumer, from the environment (the original's variables plus a few).
+
+Every variable is read on its own: an unset variable takes its documented default and never
+changes another one (the original silently reused a value when ``AMQP_PASS`` was unset). An
+invalid value raises :class:`ConfigError`, whose message is one line that names the variable and
+never contains the password.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+from .. import amqp
+
+DEFAULT_HOST = "rabbitmq"  # the original binary's default (the broker's name in RoboShop's compose file)
+DEFAULT_USER = "guest"  # the original binary's default
+DEFAULT_PREFETCH = 500
+DEFAULT_PROCESSING_MS = (42, 83)  # the original sleeps 42..83 ms, twice, per order
+MAX_PROCESSING_MS = 60_000
+MAX_PREFETCH = 65535  # basic.qos prefetch_count is an unsigned short; 0 (unlimited) is refused
+
+# name -> (default shown in --help, one-line description); the README's reference mirrors this.
+VARIABLES: Tuple[Tuple[str, str, str], ...] = (
+    ("AMQP_HOST", DEFAULT_HOST, "broker host name or address; a comma-separated list of cluster nodes "
+     "is tried in turn"),
+    ("AMQP_PORT", str(amqp.DEFAULT_PORT), "broker AMQP port (1..65535)"),
+    ("AMQP_VHOST", amqp.DEFAULT_VHOST, "virtual host"),
+    ("AMQP_USER", DEFAULT_USER, "user name (any characters)"),
+    ("AMQP_PASS", "none, required", "password (any characters; never logged)"),
+    ("DISPATCH_ERROR_PERCENT", "0", "share of orders logged as failed, 0..100 (demo of error tracing)"),
+    ("DISPATCH_PREFETCH", str(DEFAULT_PREFETCH), "orders in flight at most (basic.qos prefetch), 1..65535"),
+    ("DISPATCH_PROCESSING_MS", "42-83", "simulated work per order, slept twice: 'MIN-MAX' or 'N' ms; "
+     "0 turns it off"),
+)
+
+
+class ConfigError(ValueError):
+    """An invalid setting: ``str(err)`` is one line naming the variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(variable + ("" if message.startswith("=") else " ") + message)
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Config:
+    hosts: Tuple[str, ...]
+    port: int
+    vhost: str
+    user: str
+    password: str = field(repr=False)
+    error_percent: float = 0.0
+    prefetch: int = DEFAULT_PREFETCH
+    processing_ms: Optional[Tuple[int, int]] = DEFAULT_PROCESSING_MS  # None: no simulated work
+
+    def describe(self) -> str:
+        """One line for the start-up log. Never includes the password."""
+        if self.processing_ms is None:
+            work = "off"
+        elif self.processing_ms[0] == self.processing_ms[1]:
+            work = f"{self.processing_ms[0]}ms x2"
+        else:
+            work = f"{self.processing_ms[0]}-{self.processing_ms[1]}ms x2"
+        return (
+            f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
+            f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g}"
+        )
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """A setting's value, quoted, short and on one line, for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, what: str) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii():
+        raise ConfigError(name, f"={_show(raw)} is not {what} ({low}..{high})")
+    value = int(text)
+    if not low <= value <= high:
+        raise ConfigError(name, f"={_show(raw)} is out of range: {what} must be {low}..{high}")
+    return value
+
+
+def _hosts(env: Mapping[str, str]) -> Tuple[str, ...]:
+    raw = env.get("AMQP_HOST")
+    if raw is None:
+        return (DEFAULT_HOST,)
+    if not raw.strip():
+        raise ConfigError("AMQP_HOST", "is empty: set it to the RabbitMQ host (or a comma-separated list)")
+    hosts = tuple(part.strip() for part in raw.split(","))
+    for host in hosts:
+        if not host:
+            raise ConfigError("AMQP_HOST", f"={_show(raw)} has an empty entry in its comma-separated list")
+        if any(ch.isspace() for ch in host) or "/" in host or "@" in host:
+            raise ConfigError("AMQP_HOST", f"={_show(raw)}: {_show(host)} is not a host name or address")
+    return hosts
+
+
+def _text(env: Mapping[str, str], name: str, default: Optional[str], *, secret: bool = False) -> str:
+    raw = env.get(name)
+    if raw is None:
+        if default is None:
+            raise ConfigError(name, "is not set: it is required (the broker password for AMQP_USER)")
+        return default
+    if raw == "":
+        raise ConfigError(name, "is empty")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = "" if secret else f"={_show(raw)}"
+        raise ConfigError(name, f"{shown} is not valid UTF-8") from None
+    return raw
+
+
+def _error_percent(env: Mapping[str, str]) -> float:
+    raw = env.get("DISPATCH_ERROR_PERCENT")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError("DISPATCH_ERROR_PERCENT", f"={_show(raw)} is not a number (0..100)") from None
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise ConfigError("DISPATCH_ERROR_PERCENT", f"={_show(raw)} is out of range: must be 0..100")
+    return value
+
+
+def _processing(env: Mapping[str, str]) -> Optional[Tuple[int, int]]:
+    raw = env.get("DISPATCH_PROCESSING_MS")
+    if raw is None:
+        return DEFAULT_PROCESSING_MS
+    text = raw.strip()
+    low_s, sep, high_s = text.partition("-")
+    parts = [low_s.strip(), high_s.strip()] if sep else [low_s.strip()]
+    if not all(p.isdigit() and p.isascii() for p in parts):
+        raise ConfigError(
+            "DISPATCH_PROCESSING_MS", f"={_show(raw)} is not 'MIN-MAX' or 'N' milliseconds (0 turns it off)"
+        )
+    low, high = int(parts[0]), int(parts[-1])
+    if low > high or high > MAX_PROCESSING_MS:
+        raise ConfigError(
+            "DISPATCH_PROCESSING_MS", f"={_show(raw)} is out of range: need MIN <= MAX <= {MAX_PROCESSING_MS}"
+        )
+    if high == 0:
+        return None
+    return (low, high)
+
+
+def load(env: Mapping[str, str]) -> Config:
+    """Parse and validate the settings; raises ConfigError on the first invalid one."""
+    hosts = _hosts(env)
+    port = _int(env, "AMQP_PORT", amqp.DEFAULT_PORT, 1, 65535, "a TCP port")
+    vhost = _text(env, "AMQP_VHOST", amqp.DEFAULT_VHOST)
+    user = _text(env, "AMQP_USER", DEFAULT_USER)
+    password = _text(env, "AMQP_PASS", None, secret=True)
+    return Config(
+        hosts=hosts,
+        port=port,
+        vhost=vhost,
+        user=user,
+        password=password,
+        error_percent=_error_percent(env),
+        prefetch=_int(env, "DISPATCH_PREFETCH", DEFAULT_PREFETCH, 1, MAX_PREFETCH, "a number of orders"),
+        processing_ms=_processing(env),
+    )

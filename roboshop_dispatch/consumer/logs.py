@@ -1,0 +1,107 @@
+"""Compact line logging to stdout: ``LEVEL message``, one line per event, no timestamps.
+
+systemd's journal adds the timestamps; when stdout *is* the journal (``JOURNAL_STREAM`` names it)
+each line also starts with the ``<N>`` syslog priority prefix, which journald turns into the
+entry's priority and strips. Per-order lines are buffered and written in batches (one write per
+ack batch, always *before* the ack goes out); every other event is written at once.
+
+The standard ``logging`` module is bridged here too, so pika's own records (kept to errors
+only) come out in the same format.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+from typing import List, Mapping, Optional
+
+PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def _is_journal(env: Mapping[str, str], fd: int) -> bool:
+    stream = env.get("JOURNAL_STREAM", "")
+    dev, sep, ino = stream.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(fd)
+        return int(dev) == st.st_dev and int(ino) == st.st_ino
+    except (OSError, ValueError):
+        return False
+
+
+class LineLog:
+    def __init__(self, fd: int = 1, env: Optional[Mapping[str, str]] = None) -> None:
+        self.fd: Optional[int] = fd
+        self.journal = _is_journal(env if env is not None else os.environ, fd)
+        self._buf: List[str] = []
+
+    def _prefix(self, level: str) -> str:
+        return f"<{PRIORITY[level]}>{level} " if self.journal else f"{level} "
+
+    # -- per-order lines: buffered --------------------------------------------------------------
+    def order_line(self, level: str, text: str) -> None:
+        self._buf.append(self._prefix(level) + text + "\n")
+
+    # -- events: written at once ------------------------------------------------------------------
+    def event(self, level: str, text: str) -> None:
+        self._buf.append(self._prefix(level) + " ".join(text.splitlines()) + "\n")
+        self.flush()
+
+    def info(self, text: str) -> None:
+        self.event("INFO", text)
+
+    def warning(self, text: str) -> None:
+        self.event("WARNING", text)
+
+    def error(self, text: str) -> None:
+        self.event("ERROR", text)
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = "".join(self._buf).encode("utf-8", "backslashreplace")
+        self._buf.clear()
+        if self.fd is None:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                select.select([], [self.fd], [], 1.0)
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF, errno.EIO):
+                    self.fd = None  # nobody reads our output any more: keep working without it
+                    return
+                raise
+            view = view[written:]
+
+
+class _Bridge(logging.Handler):
+    def __init__(self, log: LineLog) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken format string must not take the consumer down
+            text = str(record.msg)
+        level = record.levelname if record.levelname in PRIORITY else "ERROR"
+        self.log.event(level, f"{record.name}: {text}")
+
+
+def bridge_logging(log: LineLog) -> None:
+    """Route the logging module (pika) through ``log``; pika is chatty, keep only its errors."""
+    root = logging.getLogger()
+    root.handlers[:] = [_Bridge(log)]
+    root.setLevel(logging.WARNING)
+    # pika logs every connection failure as ERROR, with tracebacks, from several modules; the
+    # consumer reports each of those events itself, on one line, with its fix.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -1,0 +1,611 @@
+"""The bundled dispatch consumer against a real RabbitMQ node (fixtures in conftest.py).
+
+Each test runs ``python -m roboshop_dispatch.consumer`` as a real subprocess in its own vhost and
+reads its output to learn what was dispatched (each order's line names its id). Nothing here
+mocks pika or the broker: outages are the broker's application really stopping and starting.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pika
+import pytest
+
+from roboshop_dispatch import amqp
+from roboshop_dispatch.consumer import config
+from roboshop_dispatch.consumer import orders as orders_mod
+from tests.support.payment import ConfirmingPublisher, PaymentPublisher, make_order, parameters
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER_LINE = re.compile(r"^(?:INFO|ERROR) order (\S+) (dispatched|failed) (.*)$")
+SPECIAL_PASSWORD = "p@ss:w/rd %2F#?&= \"dq\" 'sq' ünï€ode end"
+SPECIAL_USER = "dïspatch user@x:y/z%#?&"
+# The interpreter that runs the consumer: this one, unless DISPATCH_TEST_PYTHON names another (e.g. a
+# Python 3.9 to try the target hosts' floor; DISPATCH_TEST_PYTHONPATH then says where its pika is).
+CONSUMER_PYTHON = os.environ.get("DISPATCH_TEST_PYTHON", sys.executable).split()
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("DISPATCH_TEST_PYTHONPATH")]))
+
+
+# == a consumer subprocess and what it printed =====================================================
+class Consumer:
+    def __init__(self, env: Dict[str, str], args: Optional[List[str]] = None) -> None:
+        self.env = env
+        self.lines: List[str] = []
+        self.orders: collections.Counter = collections.Counter()
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer", *(args or [])], env=env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
+            with self.cond:
+                self.lines.append(line)
+                m = ORDER_LINE.match(line)
+                if m:
+                    self.orders[json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)] += 1
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def count(self, text: str) -> int:
+        with self.cond:
+            return sum(text in line for line in self.lines)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    tail = "\n".join(self.lines[-30:])
+                    state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+                    pytest.fail(f"timed out waiting for {what} ({state}); output tail:\n{tail}")
+                self.cond.wait(min(left, 0.5))
+
+    def wait_line(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        self.wait(lambda: sum(text in ln for ln in self.lines) >= count, timeout, f"{count}x {text!r}")
+
+    def wait_consuming(self, count: int = 1, timeout: float = 30) -> None:
+        self.wait_line(" consuming orders ", timeout, count)
+
+    def wait_orders(self, ids, timeout: float = 60) -> None:
+        wanted = set(ids)
+        self.wait(lambda: wanted.issubset(self.orders), timeout,
+                  f"{len(wanted)} orders (have {len(wanted & set(self.orders))})")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple:
+        """Send ``sig``; returns (exit code, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the consumer did not exit within {timeout}s of {signal.Signals(sig).name}:\n"
+                        + self.output[-3000:])
+        self.reader.join(5)
+        return code, time.monotonic() - start
+
+    def assert_no_password(self) -> None:
+        password = self.env.get("AMQP_PASS")
+        if password:
+            out = self.output
+            for form in {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password)}:
+                assert form not in out, "the password appears in the consumer's output"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def consumers(broker, vhost):
+    """Start consumers with ``consumers(**env)``; killed at the end, their output checked for the
+    password (it must never appear)."""
+    started: List[Consumer] = []
+
+    def start(args: Optional[List[str]] = None, **overrides: Optional[str]) -> Consumer:
+        c = Consumer(consumer_env(broker, vhost, **overrides), args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.kill()
+        c.assert_no_password()
+
+
+def consumer_env(broker, vhost: str, **overrides: Optional[str]) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AMQP_", "DISPATCH_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))}
+    env.update(AMQP_HOST=broker.host, AMQP_PORT=str(broker.port), AMQP_VHOST=vhost, AMQP_USER=broker.user,
+               AMQP_PASS=broker.password, PYTHONPATH=PYTHONPATH)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def params(broker, vhost: str) -> pika.ConnectionParameters:
+    return parameters(broker.host, broker.port, vhost, broker.user, broker.password)
+
+
+def queue_state(broker, vhost: str, queue: str = amqp.QUEUE) -> tuple:
+    """(messages ready, consumers) from a passive declare: fast, no rabbitmqctl."""
+    conn = pika.BlockingConnection(params(broker, vhost))
+    try:
+        ok = conn.channel().queue_declare(queue, passive=True).method
+        return ok.message_count, ok.consumer_count
+    finally:
+        conn.close()
+
+
+def drain(broker, vhost: str, queue: str) -> List[tuple]:
+    """Every message of ``queue`` as (properties, body), acked."""
+    conn = pika.BlockingConnection(params(broker, vhost))
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+    finally:
+        conn.close()
+
+
+def assert_contract_topology(broker, vhost: str) -> None:
+    queues = broker.ctl("list_queues", "-p", vhost, "name", "durable", "auto_delete", "exclusive",
+                        "arguments", "--no-table-headers").stdout
+    rows = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in queues.splitlines() if ln.strip()}
+    assert rows[amqp.QUEUE] == ["true", "false", "false", "[]"], rows  # durable, no arguments
+    assert rows[amqp.QUARANTINE_QUEUE][:3] == ["true", "false", "false"], rows
+    exchanges = broker.ctl("list_exchanges", "-p", vhost, "name", "type", "durable", "auto_delete",
+                           "internal", "arguments", "--no-table-headers").stdout
+    ex = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in exchanges.splitlines() if ln.strip()}
+    assert ex[amqp.EXCHANGE] == ["direct", "true", "false", "false", "[]"], ex
+    bindings = broker.ctl("list_bindings", "-p", vhost, "source_name", "destination_name", "routing_key",
+                          "--no-table-headers").stdout
+    assert f"{amqp.EXCHANGE}\t{amqp.QUEUE}\t{amqp.ROUTING_KEY}" in bindings
+
+
+# == every order exactly once =====================================================================
+@pytest.mark.parametrize("payment_first", [False, True], ids=["consumer-first", "payment-first"])
+def test_payment_orders_are_dispatched_exactly_once(broker, vhost, consumers, payment_first):
+    payment = PaymentPublisher(params(broker, vhost))
+    if payment_first:
+        payment.connect()  # payment declared the exchange and published before any dispatch existed:
+        payment.publish(make_order(0, "lost-before-any-queue"))  # unroutable, dropped by the broker
+    consumer = consumers()  # default simulated processing: 42-83 ms twice, concurrently
+    consumer.wait_consuming()
+    sent = [make_order(i) for i in range(400)]
+    with payment:
+        for order in sent:
+            payment.publish(order)
+    ids = [str(o["orderid"]) for o in sent]
+    consumer.wait_orders(ids, timeout=60)
+    code, took = consumer.stop()
+    assert code == 0 and took < 10
+    assert all(consumer.orders[i] == 1 for i in ids), "an order was dispatched twice"
+    assert set(consumer.orders) == set(ids)
+    # the line names the order, user, item count and total
+    first = sent[0]
+    cart: dict = first["cart"]  # type: ignore[assignment]
+    line = next(ln for ln in consumer.lines if str(first["orderid"]) in ln)
+    assert line == (f"INFO order {first['orderid']} dispatched user={first['user']} "
+                    f"items={len(cart['items'])} total={cart['total']:.2f}")
+    assert queue_state(broker, vhost) == (0, 0)
+    assert_contract_topology(broker, vhost)
+
+
+def test_error_percent_logs_that_share_as_failed(broker, vhost, consumers):
+    consumer = consumers(DISPATCH_ERROR_PERCENT="100", DISPATCH_PROCESSING_MS="0")
+    consumer.wait_consuming()
+    sent = [make_order(i) for i in range(20)]
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        for order in sent:
+            payment.publish(order)
+    consumer.wait_orders([o["orderid"] for o in sent])
+    failed = [ln for ln in consumer.lines if ORDER_LINE.match(ln) and " failed " in ln]
+    assert len(failed) == 20 and all(ln.startswith("ERROR order ") for ln in failed)
+    assert consumer.stop()[0] == 0
+    assert queue_state(broker, vhost) == (0, 0)  # failed (simulated) orders are handled and acked too
+
+
+# == bad messages =================================================================================
+def _big_body() -> bytes:
+    return b'{"orderid": "big", "pad": "' + b"a" * orders_mod.MAX_BODY + b'"}'
+
+
+BAD = [
+    ("invalid JSON", b'{"orderid": "x", oops', {}),
+    ("not a JSON object", b'["orderid", "x"]', {}),
+    ("no orderid", b'{"user": "u1", "cart": {}}', {}),
+    ("orderid is not a string", b'{"orderid": 1234, "user": "u1"}', {}),
+    ("header x-trace is not a string", json.dumps(make_order(1)).encode(), {"x-trace": 7, "keep": "me"}),
+    ("body is not UTF-8", b'{"orderid": "caf\xe9"}', {}),
+    ("body too large", _big_body(), {}),
+]
+
+
+def test_each_bad_message_is_quarantined_and_the_next_order_handled(broker, vhost, consumers):
+    consumer = consumers(DISPATCH_PROCESSING_MS="0-5")
+    consumer.wait_consuming()
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        for n, (reason, body, headers) in enumerate(BAD, start=1):
+            props = pika.BasicProperties(headers=headers)
+            if headers:
+                props = pika.BasicProperties(headers=headers, content_type="application/json", message_id="m-1")
+            payment.publish_raw(body, props)
+            good = make_order(n)
+            payment.publish(good)
+            consumer.wait_orders([good["orderid"]], timeout=30)  # alive, and on to the next order
+            assert consumer.proc.poll() is None
+            assert consumer.count("bad message quarantined") == n
+            assert consumer.count(reason) == 1, f"{reason!r} not logged exactly once"
+    assert consumer.stop()[0] == 0
+    assert queue_state(broker, vhost) == (0, 0)
+
+    quarantined = drain(broker, vhost, amqp.QUARANTINE_QUEUE)
+    assert len(quarantined) == len(BAD)
+    for (reason, body, headers), (props, q_body) in zip(BAD, quarantined):
+        assert q_body == body  # unchanged
+        assert reason in props.headers["x-dispatch-error"]
+        for key, value in headers.items():
+            assert props.headers[key] == value
+        if headers:
+            assert (props.content_type, props.message_id) == ("application/json", "m-1")
+        assert props.delivery_mode == 2  # the quarantine survives a broker restart
+
+
+def test_a_burst_of_bad_messages_among_good_ones(broker, vhost, consumers):
+    """Quarantine and dispatch interleaved under load: every good order once, every bad one kept."""
+    consumer = consumers(DISPATCH_PROCESSING_MS="0-20")
+    consumer.wait_consuming()
+    good_ids = []
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        for i in range(600):
+            if i % 10 == 0:
+                payment.publish_raw(b"not json %d" % i)
+            else:
+                order = make_order(i)
+                good_ids.append(order["orderid"])
+                payment.publish(order)
+    consumer.wait_orders(good_ids)
+    consumer.wait_line("bad message quarantined", count=60)
+    assert consumer.stop()[0] == 0
+    assert all(consumer.orders[i] == 1 for i in good_ids)
+    assert queue_state(broker, vhost) == (0, 0)
+    assert queue_state(broker, vhost, amqp.QUARANTINE_QUEUE)[0] == 60
+
+
+# == broker outages ===============================================================================
+def _notifications(path: str) -> tuple:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    got: List[str] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            try:
+                got.append(sock.recv(65536).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+
+    def finish() -> List[str]:
+        stop.set()
+        t.join(2)
+        sock.close()
+        return got
+
+    return got, finish
+
+
+@pytest.fixture
+def quiet_pika():
+    """The test's own publisher reconnects through outages: pika logs each failed attempt as an
+    error with a traceback, which would bury a real failure's report."""
+    logger = logging.getLogger("pika")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+def test_orders_survive_three_broker_outages(broker, vhost, consumers, tmp_path, quiet_pika, record_property):
+    notify_path = str(tmp_path / "notify")
+    _notes, finish_notes = _notifications(notify_path)
+    consumer = consumers(DISPATCH_PROCESSING_MS="0-3", NOTIFY_SOCKET=notify_path)
+    consumer.wait_consuming()
+
+    total = 5000
+    sent = [make_order(i) for i in range(total)]
+    publisher = ConfirmingPublisher(params(broker, vhost))
+    failure: List[BaseException] = []
+
+    def publish_all() -> None:
+        try:
+            for order in sent:
+                publisher.publish(order)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=publish_all, daemon=True)
+    thread.start()
+    try:
+        for k in range(1, 4):
+            deadline = time.monotonic() + 120
+            while len(publisher.confirmed) < k * 1200 and thread.is_alive():
+                assert time.monotonic() < deadline, "the publisher stalled"
+                time.sleep(0.05)
+            consumer.wait_consuming(count=k, timeout=60)  # each outage hits a live consumer connection
+            broker.outage()
+            time.sleep(1.0)  # the broker stays down a moment: the consumer must back off and retry
+            broker.recover()
+    finally:
+        thread.join(180)
+    assert not failure, f"the publisher gave up: {failure[0]!r}"
+    assert len(publisher.confirmed) == total
+
+    confirmed = set(publisher.confirmed)
+    consumer.wait_orders(confirmed, timeout=120)
+    assert consumer.proc.poll() is None
+    dispatched = sum(consumer.orders.values())
+    duplicates = dispatched - len(consumer.orders)
+    assert set(consumer.orders) <= {o["orderid"] for o in sent}
+    print(f"outage test: {total} confirmed, {dispatched} dispatched, {duplicates} duplicates "
+          f"(redeliveries after an outage), {publisher.reconnects} publisher reconnects, 0 lost")
+    record_property("duplicates", duplicates)
+    assert consumer.count("connection to ") >= 3 and consumer.count(" lost: ") >= 3
+    consumer.wait_consuming(count=4)
+    code, _ = consumer.stop()
+    assert code == 0
+    assert queue_state(broker, vhost) == (0, 0)
+
+    got = finish_notes()
+    assert sum("READY=1" in n for n in got) == 1
+    statuses = [n for n in got if n.startswith("STATUS=")]
+    assert sum("consuming orders" in n for n in statuses) >= 3  # READY carries the first one
+    assert any(n.startswith("STATUS=connecting to") for n in statuses)
+    assert any("STOPPING=1" in n for n in got)
+
+
+# == SIGTERM ======================================================================================
+def test_sigterm_mid_stream_loses_nothing_and_handles_nothing_twice(broker, vhost, consumers):
+    conn = pika.BlockingConnection(params(broker, vhost))
+    amqp.declare_topology(conn.channel())  # as a consumer that ran before would have left it
+    conn.close()
+    sent = [make_order(i) for i in range(6000)]
+    ids = {o["orderid"] for o in sent}
+    with PaymentPublisher(params(broker, vhost)) as payment:  # a backlog
+        for order in sent:
+            payment.publish(order)
+    consumer = consumers()  # the default processing time: orders are in flight when SIGTERM comes
+    consumer.wait(lambda: len(consumer.orders) >= 300, 30, "300 orders")
+    code, took = consumer.stop(signal.SIGTERM)
+    assert code == 0 and took < 10
+    first = collections.Counter(consumer.orders)
+    assert len(first) < len(ids), "the stop came too late to be mid-stream"
+    assert max(first.values()) == 1
+    expected = len(ids) - len(first)  # everything not dispatched is back in the queue, nothing more
+    deadline = time.monotonic() + 10
+    while True:
+        ready, consumers_left = queue_state(broker, vhost)
+        if ready >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # the broker may still be requeueing what the closed channel had
+    assert consumers_left == 0
+    assert ready == expected, "orders in flight were dispatched but not acked, or some were lost"
+
+    second = consumers(DISPATCH_PROCESSING_MS="0")
+    second.wait_orders(ids - set(first), timeout=60)
+    assert second.stop(signal.SIGINT)[0] == 0
+    assert not set(first) & set(second.orders), "an order was handled twice across a clean stop"
+    assert set(first) | set(second.orders) == ids
+    assert queue_state(broker, vhost) == (0, 0)
+
+
+def test_sigterm_while_the_broker_is_unreachable(broker):
+    consumer = Consumer(consumer_env(broker, "/", AMQP_PORT=str(_closed_port())))
+    try:
+        consumer.wait_line("retrying in", count=2)
+        code, took = consumer.stop()
+        assert code == 0 and took < 3
+        assert "cannot connect to 127.0.0.1:" in consumer.output and "check AMQP_HOST/AMQP_PORT" in consumer.output
+    finally:
+        consumer.kill()
+        consumer.assert_no_password()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+
+# == credentials ==================================================================================
+def test_special_character_credentials_authenticate(broker, vhost, consumers):
+    broker.add_user(SPECIAL_USER, SPECIAL_PASSWORD, vhost=vhost)
+    try:
+        consumer = consumers(AMQP_USER=SPECIAL_USER, AMQP_PASS=SPECIAL_PASSWORD, DISPATCH_PROCESSING_MS="0")
+        consumer.wait_consuming()
+        order = make_order(3)
+        with PaymentPublisher(params(broker, vhost)) as payment:
+            payment.publish(order)
+        consumer.wait_orders([order["orderid"]])
+        assert consumer.stop()[0] == 0
+        consumer.assert_no_password()
+        assert SPECIAL_USER in consumer.output  # the user name is fine to show
+    finally:
+        broker.delete_user(SPECIAL_USER)
+
+
+def test_auth_failure_is_explained_backed_off_and_recovers(broker, vhost, consumers):
+    user = f"late-{uuid.uuid4().hex[:6]}"
+    password = "not yet created: s3cr3t!"
+    consumer = consumers(AMQP_USER=user, AMQP_PASS=password, DISPATCH_PROCESSING_MS="0")
+    consumer.wait_line("authentication failed", count=3, timeout=30)
+    consumer.wait_line("retrying in", count=3, timeout=10)
+    fails = [ln for ln in consumer.lines if "authentication failed" in ln]
+    assert all(ln.startswith("ERROR ") and "check AMQP_USER/AMQP_PASS" in ln and "rabbitmqctl add_user" in ln
+               for ln in fails)
+    delays = [float(m.group(1)) for m in re.finditer(r"retrying in ([0-9.]+)s", consumer.output)]
+    assert len(delays) >= 3 and delays[2] > delays[0], f"no backoff: {delays}"
+    assert consumer.proc.poll() is None
+    broker.add_user(user, password, vhost=vhost)  # the operator applies the fix
+    try:
+        consumer.wait_consuming(timeout=40)
+        order = make_order(1)
+        with PaymentPublisher(params(broker, vhost)) as payment:
+            payment.publish(order)
+        consumer.wait_orders([order["orderid"]])
+        assert consumer.stop()[0] == 0
+    finally:
+        broker.delete_user(user)
+
+
+# == configuration ================================================================================
+INVALID = [
+    ({"AMQP_PASS": None}, "AMQP_PASS"),
+    ({"AMQP_HOST": ""}, "AMQP_HOST"),
+    ({"AMQP_PORT": "0"}, "AMQP_PORT"),
+    ({"AMQP_PORT": "65536"}, "AMQP_PORT"),
+    ({"AMQP_PORT": "5672x"}, "AMQP_PORT"),
+    ({"DISPATCH_ERROR_PERCENT": "101"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_ERROR_PERCENT": "-5"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_PREFETCH": "0"}, "DISPATCH_PREFETCH"),
+    ({"DISPATCH_PROCESSING_MS": "soon"}, "DISPATCH_PROCESSING_MS"),
+    ({"AMQP_USER": ""}, "AMQP_USER"),
+]
+
+
+@pytest.mark.parametrize("change, variable", INVALID, ids=[f"{v}={c[v]!r}" for c, v in INVALID])
+def test_invalid_configuration_exits_2_with_one_line(change, variable):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "DISPATCH_"))}
+    env.update(AMQP_HOST="127.0.0.1", AMQP_USER="roboshop", AMQP_PASS="hunter2-secret", PYTHONPATH=PYTHONPATH)
+    for key, value in change.items():
+        if value is None:
+            env.pop(key)
+        else:
+            env[key] = value
+    start = time.monotonic()
+    proc = subprocess.run([*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 10  # at once: no connection attempt
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert variable in lines[0] and lines[0].startswith("dispatch: invalid configuration: ")
+    assert "hunter2-secret" not in proc.stderr
+
+
+def test_an_unset_variable_keeps_its_own_default_only():
+    """The original reused another value when AMQP_PASS was unset; here each one stands alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "DISPATCH_"))}
+    env.update(AMQP_HOST="h1,h2", AMQP_PASS="pw-not-shown", PYTHONPATH=PYTHONPATH)
+    proc = subprocess.run([*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer", "--check-config"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("configuration OK: hosts=h1,h2 port=5672 vhost=/ user='guest' prefetch="
+                                   f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0")
+    assert "pw-not-shown" not in proc.stdout + proc.stderr
+
+
+# == clusters, topology conflicts, systemd ========================================================
+def test_hosts_are_tried_in_turn(broker, vhost, consumers):
+    consumer = consumers(AMQP_HOST="127.0.0.2," + broker.host, DISPATCH_PROCESSING_MS="0")
+    consumer.wait_consuming()
+    assert consumer.count("cannot connect to 127.0.0.2:") >= 1
+    assert f"consuming orders on {broker.host}:{broker.port}" in consumer.output
+    order = make_order(2)
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        payment.publish(order)
+    consumer.wait_orders([order["orderid"]])
+    assert consumer.stop()[0] == 0
+
+
+def test_a_conflicting_orders_queue_is_reported_and_survived(broker, vhost, consumers):
+    conn = pika.BlockingConnection(params(broker, vhost))
+    conn.channel().queue_declare(amqp.QUEUE, durable=True, arguments={"x-max-length": 10})
+    conn.close()
+    consumer = consumers(DISPATCH_PROCESSING_MS="0")
+    consumer.wait_line("PRECONDITION_FAILED", count=2)
+    assert "with no arguments" in consumer.output and consumer.proc.poll() is None
+    conn = pika.BlockingConnection(params(broker, vhost))
+    conn.channel().queue_delete(amqp.QUEUE)  # the operator removes the wrong queue
+    conn.close()
+    consumer.wait_consuming(timeout=40)
+    assert_contract_topology(broker, vhost)  # declared the contract's way: no arguments
+    assert consumer.stop()[0] == 0
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_systemd_notify_and_watchdog(broker, vhost, consumers, tmp_path, abstract):
+    name = f"@dispatch-test-{uuid.uuid4().hex}" if abstract else str(tmp_path / "notify")
+    notes, finish = _notifications("\0" + name[1:] if abstract else name)
+    consumer = consumers(NOTIFY_SOCKET=name, WATCHDOG_USEC="200000", DISPATCH_PROCESSING_MS="0")
+    consumer.wait_consuming()
+    deadline = time.monotonic() + 10
+    while sum(n == "WATCHDOG=1" for n in notes) < 3:
+        assert time.monotonic() < deadline, f"no watchdog pings: {notes}"
+        time.sleep(0.05)
+    assert consumer.stop()[0] == 0
+    got = finish()
+    ready = [n for n in got if "READY=1" in n]
+    assert len(ready) == 1 and "STATUS=consuming orders" in ready[0]
+    assert any("STOPPING=1" in n for n in got)
+    assert any(n.startswith("STATUS=connecting to") for n in got)
+
+
+def test_watchdog_for_another_pid_is_ignored(broker, vhost, consumers, tmp_path):
+    path = str(tmp_path / "notify")
+    _notes, finish = _notifications(path)
+    consumer = consumers(NOTIFY_SOCKET=path, WATCHDOG_USEC="100000", WATCHDOG_PID="1",
+                         DISPATCH_PROCESSING_MS="0")
+    consumer.wait_consuming()
+    time.sleep(0.5)
+    assert consumer.stop()[0] == 0
+    got = finish()
+    assert any("READY=1" in n for n in got)
+    assert not any("WATCHDOG=1" in n for n in got)

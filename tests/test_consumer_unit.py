@@ -1,0 +1,455 @@
+"""Fast tests of the consumer's pure logic: configuration, message validation, ack tracking,
+backoff, the log writer and sd_notify (against real datagram sockets this test binds)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import socket
+import struct
+import uuid
+
+import pika
+import pika.exceptions
+import pytest
+from pika import spec
+from pika.adapters.utils import connection_workflow
+
+from roboshop_dispatch import amqp
+from roboshop_dispatch.consumer import config, orders, service
+from roboshop_dispatch.consumer.acks import AckTracker
+from roboshop_dispatch.consumer.logs import LineLog
+from roboshop_dispatch.consumer.sdnotify import Notifier, socket_address, watchdog_interval
+
+BASE = {"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop", "AMQP_PASS": "roboshop123"}
+SPECIAL = "p@ss:w/rd %41 #?&= \"dq\" 'sq' ünï€ode\t end "
+
+
+# == configuration ================================================================================
+def test_defaults():
+    cfg = config.load({"AMQP_PASS": "x"})
+    assert cfg.hosts == ("rabbitmq",)
+    assert cfg.port == 5672
+    assert cfg.vhost == "/"
+    assert cfg.user == "guest"
+    assert cfg.password == "x"
+    assert cfg.error_percent == 0
+    assert cfg.prefetch == config.DEFAULT_PREFETCH
+    assert cfg.processing_ms == (42, 83)
+
+
+def test_all_settings():
+    cfg = config.load({**BASE, "AMQP_HOST": " rmq-1 , rmq-2,10.0.0.7 ", "AMQP_PORT": "5673",
+                       "AMQP_VHOST": "shop", "DISPATCH_ERROR_PERCENT": "12.5", "DISPATCH_PREFETCH": "64",
+                       "DISPATCH_PROCESSING_MS": "5-10"})
+    assert cfg.hosts == ("rmq-1", "rmq-2", "10.0.0.7")
+    assert (cfg.port, cfg.vhost, cfg.error_percent, cfg.prefetch) == (5673, "shop", 12.5, 64)
+    assert cfg.processing_ms == (5, 10)
+
+
+@pytest.mark.parametrize("value, expected", [("0", None), ("0-0", None), ("7", (7, 7)), ("0-3", (0, 3)),
+                                             (" 42 - 83 ", (42, 83))])
+def test_processing_time(value, expected):
+    assert config.load({**BASE, "DISPATCH_PROCESSING_MS": value}).processing_ms == expected
+
+
+def test_credentials_are_taken_verbatim():
+    cfg = config.load({**BASE, "AMQP_USER": " üser@x:y/z ", "AMQP_PASS": SPECIAL})
+    assert cfg.user == " üser@x:y/z "
+    assert cfg.password == SPECIAL
+
+
+def test_password_never_in_repr_or_description():
+    cfg = config.load({**BASE, "AMQP_PASS": SPECIAL})
+    assert SPECIAL not in repr(cfg)
+    assert SPECIAL not in cfg.describe()
+    assert "ünï€ode" not in repr(cfg) + cfg.describe()
+
+
+INVALID = [
+    ({"AMQP_HOST": ""}, "AMQP_HOST"),
+    ({"AMQP_HOST": "   "}, "AMQP_HOST"),
+    ({"AMQP_HOST": "a,,b"}, "AMQP_HOST"),
+    ({"AMQP_HOST": "amqp://user:pw@host"}, "AMQP_HOST"),
+    ({"AMQP_PORT": "0"}, "AMQP_PORT"),
+    ({"AMQP_PORT": "65536"}, "AMQP_PORT"),
+    ({"AMQP_PORT": "-1"}, "AMQP_PORT"),
+    ({"AMQP_PORT": "amqp"}, "AMQP_PORT"),
+    ({"AMQP_PORT": ""}, "AMQP_PORT"),
+    ({"AMQP_VHOST": ""}, "AMQP_VHOST"),
+    ({"AMQP_USER": ""}, "AMQP_USER"),
+    ({"AMQP_PASS": ""}, "AMQP_PASS"),
+    ({"DISPATCH_ERROR_PERCENT": "101"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_ERROR_PERCENT": "-1"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_ERROR_PERCENT": "nan"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_ERROR_PERCENT": "lots"}, "DISPATCH_ERROR_PERCENT"),
+    ({"DISPATCH_PREFETCH": "0"}, "DISPATCH_PREFETCH"),
+    ({"DISPATCH_PREFETCH": "70000"}, "DISPATCH_PREFETCH"),
+    ({"DISPATCH_PROCESSING_MS": "83-42"}, "DISPATCH_PROCESSING_MS"),
+    ({"DISPATCH_PROCESSING_MS": "fast"}, "DISPATCH_PROCESSING_MS"),
+    ({"DISPATCH_PROCESSING_MS": "-5"}, "DISPATCH_PROCESSING_MS"),
+    ({"DISPATCH_PROCESSING_MS": "1-999999"}, "DISPATCH_PROCESSING_MS"),
+]
+
+
+@pytest.mark.parametrize("change, variable", INVALID, ids=[f"{v}={next(iter(c.values()))!r}" for c, v in INVALID])
+def test_invalid_setting_names_its_variable(change, variable):
+    with pytest.raises(config.ConfigError) as err:
+        config.load({**BASE, **change})
+    assert err.value.variable == variable
+    message = str(err.value)
+    assert message.startswith((variable + " ", variable + "="))
+    assert "\n" not in message
+    assert "roboshop123" not in message
+
+
+def test_missing_password_is_an_error_never_a_default():
+    for env in ({"AMQP_USER": "roboshop"}, {}, {"AMQP_USER": "guest", "AMQP_HOST": "h"}):
+        with pytest.raises(config.ConfigError) as err:
+            config.load(env)
+        assert err.value.variable == "AMQP_PASS"
+
+
+def test_password_error_never_shows_the_password():
+    bad = "sekrit\udcff"  # what os.environ makes of a non-UTF-8 byte
+    with pytest.raises(config.ConfigError) as err:
+        config.load({**BASE, "AMQP_PASS": bad})
+    assert err.value.variable == "AMQP_PASS"
+    assert "sekrit" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", [name for name, _default, _desc in config.VARIABLES if name != "AMQP_PASS"])
+def test_an_unset_variable_never_changes_another(name):
+    """Unsetting one variable only gives that one its default: every other setting stays put."""
+    full = {"AMQP_HOST": "h1,h2", "AMQP_PORT": "5673", "AMQP_VHOST": "v", "AMQP_USER": "u",
+            "AMQP_PASS": "p", "DISPATCH_ERROR_PERCENT": "3", "DISPATCH_PREFETCH": "7",
+            "DISPATCH_PROCESSING_MS": "1-2"}
+    before = config.load(full)
+    after = config.load({k: v for k, v in full.items() if k != name})
+    attr = {"AMQP_HOST": "hosts", "AMQP_PORT": "port", "AMQP_VHOST": "vhost", "AMQP_USER": "user",
+            "DISPATCH_ERROR_PERCENT": "error_percent", "DISPATCH_PREFETCH": "prefetch",
+            "DISPATCH_PROCESSING_MS": "processing_ms"}
+    default = config.load({"AMQP_PASS": "p"})
+    for field, value in vars(before).items():
+        if field == attr[name]:
+            assert getattr(after, field) == getattr(default, field)
+        else:
+            assert getattr(after, field) == value, f"unsetting {name} changed {field}"
+    assert after.password == "p"
+
+
+# == message validation ===========================================================================
+GOOD = b'{"orderid": "3f2a", "user": "u1", "cart": {"total": 12.5, "tax": 2.1, "items": [{"qty": 1}]}}'
+
+
+@pytest.mark.parametrize("body, headers, reason", [
+    (b"{not json", {}, "invalid JSON"),
+    (b"", {}, "invalid JSON"),
+    (b'{"orderid": "a"} trailing', {}, "invalid JSON"),
+    (b"[" * 100_000, {}, "invalid JSON"),
+    (b'["orderid", "x"]', {}, "not a JSON object (array)"),
+    (b'"just a string"', {}, "not a JSON object (string)"),
+    (b"42", {}, "not a JSON object (number)"),
+    (b"null", {}, "not a JSON object (null)"),
+    (b'{"user": "u"}', {}, "no orderid"),
+    (b'{"orderid": 42}', {}, "orderid is not a string (number)"),
+    (b'{"orderid": null}', {}, "orderid is not a string (null)"),
+    (b'{"orderid": ["a"]}', {}, "orderid is not a string (array)"),
+    (b'{"orderid": "  "}', {}, "orderid is empty"),
+    (GOOD, {"trace": 1}, 'header trace is not a string (number)'),
+    (GOOD, {"ok": "x", "b": True}, "header b is not a string (boolean)"),
+    (GOOD, {"t": {"nested": "x"}}, "header t is not a string (object)"),
+    (GOOD, {"raw": b"\xff\xfe"}, "header raw is not a string (bytes)"),
+    (GOOD, {"v": None}, "header v is not a string (null)"),
+    (b'{"orderid": "\xff"}', {}, "body is not UTF-8"),
+    (b"\xef\xbb\xbf" + GOOD, {}, "invalid JSON"),  # a BOM is not JSON
+    (b" " * (orders.MAX_BODY + 1), {}, "body too large"),
+])
+def test_bad_messages_and_their_reasons(body, headers, reason):
+    with pytest.raises(orders.InvalidMessage) as err:
+        orders.parse_order(body, headers)
+    assert reason in err.value.reason
+    assert "\n" not in err.value.reason and len(err.value.reason) < 300
+
+
+def test_good_orders():
+    assert orders.parse_order(GOOD, {})["orderid"] == "3f2a"
+    assert orders.parse_order(GOOD, None)["user"] == "u1"
+    assert orders.parse_order(GOOD, {"traceid": "abc", "x-b3": ""})["cart"]["total"] == 12.5
+    assert orders.parse_order(b' \n{"orderid": "x"}\r\n ')["orderid"] == "x"
+    big = b'{"orderid": "x", "pad": "' + b"a" * (orders.MAX_BODY - 40) + b'"}'
+    assert len(big) <= orders.MAX_BODY and orders.parse_order(big)["orderid"] == "x"
+
+
+def test_log_line_details():
+    order = orders.parse_order(GOOD)
+    assert orders.details(order) == "user=u1 items=1 total=12.50"
+    assert orders.details({"orderid": "x"}) == "user=? items=? total=?"
+    assert orders.details({"orderid": "x", "user": 7, "cart": {"total": "n/a", "items": "none"}}) == \
+        'user=7 items=? total="\\"n/a\\""'
+
+
+@pytest.mark.parametrize("value", ["line\nbreak", "with space", 'q"uote', "a=b", "", "y \n" * 500, "\x1b[31m"])
+def test_log_fields_stay_on_one_unambiguous_line(value):
+    text = orders.field(value)
+    assert "\n" not in text and "\x1b" not in text
+    assert len(text) <= 6 * orders.MAX_FIELD + 5  # bounded, even when every character needs escaping
+    assert text.startswith('"')
+
+
+def test_plain_fields_stay_bare():
+    oid = str(uuid.uuid4())
+    assert orders.field(oid) == oid
+    assert orders.field("x" * 500) == "x" * orders.MAX_FIELD + "…"
+    assert orders.field("ünïcode") == "ünïcode"
+
+
+# == ack tracking =================================================================================
+def test_acks_in_order():
+    t = AckTracker()
+    for tag in range(1, 6):
+        t.delivered()
+        t.complete(tag)
+    assert t.take() == 5 and t.take() is None and t.in_flight == 0
+
+
+def test_acks_wait_for_the_gap():
+    t = AckTracker()
+    for _ in range(5):
+        t.delivered()
+    for tag in (2, 3, 5):
+        t.complete(tag)
+    assert t.take() is None
+    assert t.in_flight == 2 and t.unacked_done == 3
+    t.complete(1)
+    assert t.take() == 3
+    t.complete(4)
+    assert t.take() == 5
+    assert t.unacked_done == 0
+
+
+def test_acks_take_all_covers_tags_beyond_a_gap():
+    t = AckTracker()
+    for _ in range(6):
+        t.delivered()
+    for tag in (1, 2, 4, 6):
+        t.complete(tag)
+    assert t.take_all() == (2, [4, 6])
+    assert t.take_all() == (None, [])
+
+
+def test_acks_never_cover_an_unfinished_tag():
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        t = AckTracker()
+        for _ in range(n):
+            t.delivered()
+        order = list(range(1, n + 1))
+        rng.shuffle(order)
+        done = set()
+        acked = 0
+        for tag in order:
+            t.complete(tag)
+            done.add(tag)
+            upto = t.take()
+            if upto is not None:
+                assert upto > acked
+                assert all(x in done for x in range(1, upto + 1))
+                acked = upto
+            # the prefix is maximal: the next tag is not done
+            assert acked + 1 not in done
+        assert acked == n and t.in_flight == 0
+
+
+# == backoff ======================================================================================
+def test_backoff_grows_to_the_cap_with_jitter():
+    rng = random.Random(1)
+    delays = [service.backoff(n, rng) for n in range(1, 12)]
+    assert 0.39 <= delays[0] <= 0.61
+    assert all(d <= service.BACKOFF_CAP for d in delays)
+    assert delays[-1] >= 0.8 * service.BACKOFF_CAP
+    assert all(b >= a * 0.9 for a, b in itertools.pairwise(delays[:6]))
+    assert len({round(service.backoff(3, rng), 6) for _ in range(20)}) > 10  # jittered
+    assert service.backoff(10_000, rng) <= service.BACKOFF_CAP
+
+
+# == connection error descriptions (real pika exception objects) ==================================
+def test_auth_failure_is_recognised_with_its_fix():
+    err = pika.exceptions.ProbableAuthenticationError(
+        "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused using authentication "
+        "mechanism PLAIN. For details see the broker logfile.'")
+    assert amqp.classify_error(err) == amqp.AUTH
+    assert "ACCESS_REFUSED" in amqp.describe_error(err)
+    hint = amqp.fix_hint(amqp.AUTH, "robo shop", "/")
+    assert "AMQP_USER/AMQP_PASS" in hint and "rabbitmqctl add_user 'robo shop'" in hint
+
+
+def test_network_errors_are_unwrapped():
+    refused = ConnectionRefusedError(111, "Connection refused")
+    err = pika.exceptions.AMQPConnectionError(connection_workflow.AMQPConnectionWorkflowFailed(
+        [connection_workflow.AMQPConnectorSocketConnectError(refused)]))
+    assert amqp.classify_error(err) == amqp.NETWORK
+    assert amqp.describe_error(err) == "ConnectionRefusedError: Connection refused"
+    vhost = pika.exceptions.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost x'")
+    assert amqp.classify_error(vhost) == amqp.VHOST
+    forced = pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown")
+    assert amqp.describe_error(forced) == "ConnectionClosedByBroker: (320) CONNECTION_FORCED - shutdown"
+
+
+# == the log writer ===============================================================================
+def test_log_lines_and_batching():
+    r, w = os.pipe()
+    try:
+        log = LineLog(w, env={})
+        log.order_line("INFO", "order a dispatched")
+        log.order_line("ERROR", "order b failed")
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r, 100)  # order lines wait for the next flush (the one before the ack)
+        log.warning("two\nlines")
+        assert os.read(r, 1000).decode() == "INFO order a dispatched\nERROR order b failed\nWARNING two lines\n"
+        log.info("surrogate \udcff kept")
+        assert os.read(r, 1000) == b"INFO surrogate \\udcff kept\n"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_log_uses_journal_priorities_only_when_stdout_is_the_journal(tmp_path):
+    path = tmp_path / "out"
+    with open(path, "wb") as f:
+        st = os.fstat(f.fileno())
+        LineLog(f.fileno(), env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}).error("boom")
+        LineLog(f.fileno(), env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}).error("plain")
+    assert path.read_text() == "<3>ERROR boom\nERROR plain\n"
+
+
+def test_log_survives_a_closed_reader():
+    r, w = os.pipe()
+    os.close(r)
+    log = LineLog(w, env={})
+    log.info("nobody listens")  # EPIPE: dropped, no exception
+    log.info("still fine")
+    os.close(w)
+
+
+# == sd_notify ====================================================================================
+def _bound(address):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(2)
+    return sock
+
+
+def test_notify_to_a_socket_path(tmp_path):
+    path = str(tmp_path / "notify")
+    with _bound(path) as server:
+        n = Notifier({"NOTIFY_SOCKET": path})
+        assert n.enabled
+        assert n.ready("consuming orders")
+        assert server.recv(4096) == b"READY=1\nSTATUS=consuming orders"
+        assert n.status("reconnecting\nnow")
+        assert server.recv(4096) == b"STATUS=reconnecting now"
+        assert n.stopping("bye") and server.recv(4096) == b"STOPPING=1\nSTATUS=bye"
+        assert n.watchdog() and server.recv(4096) == b"WATCHDOG=1"
+        n.close()
+
+
+def test_notify_to_an_abstract_socket():
+    name = f"dispatch-test-{uuid.uuid4().hex}"
+    with _bound("\0" + name) as server:
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.ready("up")
+        assert server.recv(4096) == b"READY=1\nSTATUS=up"
+        n.close()
+
+
+def test_notify_is_a_noop_without_socket_and_never_raises(tmp_path):
+    assert not Notifier({}).enabled and not Notifier({}).ready("x")
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing")})
+    assert gone.enabled and not gone.ready("x")
+    assert gone.failed and "FileNotFoundError" in gone.failed
+    assert Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).unsupported
+    assert socket_address("@abc") == "\0abc" and socket_address("/run/x") == "/run/x"
+    assert socket_address("") is None
+
+
+def test_watchdog_interval():
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "20000000"}) == 10.0
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "junk"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())}) == 0.5
+    assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "77"}, pid=77) == 0.5
+
+
+# == the fast delivery path: same result as pika's own decoding ====================================
+def _frames(channel: int, tag: int, props: pika.BasicProperties, body: bytes, frame_max: int = 4096) -> bytes:
+    from pika import frame as pika_frame
+
+    out = [pika_frame.Method(channel, spec.Basic.Deliver("ctag1.x", tag, tag % 2 == 0, "robot-shop",
+                                                         "orders")).marshal(),
+           pika_frame.Header(channel, len(body), props).marshal()]
+    for i in range(0, len(body), frame_max - 8):
+        out.append(pika_frame.Body(channel, body[i:i + frame_max - 8]).marshal())
+    return b"".join(out)
+
+
+class _Recorder:
+    """Stands in for the connection state the fast path touches (no socket, no broker)."""
+
+    def __init__(self):
+        from roboshop_dispatch.consumer.fastpath import DispatchConnection
+
+        self.cls = DispatchConnection
+        self.seen = []
+        self.slow = []
+
+    def make(self):
+        conn = self.cls.__new__(self.cls)
+        conn._frame_buffer = b""
+        conn.bytes_received = 0
+        conn.frames_received = 0
+        conn._process_frame = self.slow.append
+        conn.fast_deliveries(1, lambda *args: self.seen.append(args))
+        return conn
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 4096, 1 << 20])
+def test_fast_path_decodes_deliveries_in_any_chunking(chunk):
+    rec = _Recorder()
+    conn = rec.make()
+    msgs = [
+        (1, pika.BasicProperties(headers={}), GOOD),
+        (2, pika.BasicProperties(), b""),
+        (3, pika.BasicProperties(headers={"trace": "abc", "n": 5}, content_type="application/json",
+                                 delivery_mode=2, message_id="m"), b"x" * 10_000),
+        (4, pika.BasicProperties(headers={}), b"\xff" * 5000),
+    ]
+    data = b"".join(_frames(1, tag, props, body) for tag, props, body in msgs)
+    # a heartbeat and a frame of another channel, in the middle: pika's path gets them
+    from pika import frame as pika_frame
+    data = pika_frame.Heartbeat().marshal() + data + \
+        pika_frame.Method(2, spec.Basic.Ack(1, False)).marshal()
+    for i in range(0, len(data), chunk):
+        conn._on_data_available(data[i:i + chunk])
+    assert [s[0] for s in rec.seen] == [1, 2, 3, 4]
+    for (tag, props, body), (_tag, s_redelivered, s_props, s_body) in zip(msgs, rec.seen, strict=True):
+        assert s_body == body
+        assert s_redelivered == (tag % 2 == 0)
+        assert s_props.headers == props.headers
+        assert s_props.content_type == props.content_type
+        assert s_props.delivery_mode == props.delivery_mode
+    assert len(rec.slow) == 2 and conn.bytes_received == len(data) and conn._frame_buffer == b""
+
+
+def test_fast_path_rejects_a_corrupt_frame():
+    rec = _Recorder()
+    conn = rec.make()
+    data = bytearray(_frames(1, 1, pika.BasicProperties(headers={}), GOOD))
+    data[struct.unpack_from(">L", data, 3)[0] + 7] = 0  # the first frame's end marker
+    with pytest.raises(pika.exceptions.InvalidFrameError):
+        conn._on_data_available(bytes(data))
