@@ -137,7 +137,11 @@ def describe_error(exc: BaseException) -> str:
         text = str(cause.args[0])
         for prefix in ("ConnectionClosedByBroker: ", "ConnectionClosedByClient: "):
             if text.startswith(prefix):
-                return text[len(prefix):].replace("'", "", 2) if text.endswith("'") else text[len(prefix):]
+                # "(530) 'text'", or "(530) \"text\"" when the text itself holds a single quote
+                code, _, reply = text[len(prefix):].partition(" ")
+                if len(reply) >= 2 and reply[0] == reply[-1] and reply[0] in "'\"":
+                    reply = reply[1:-1]
+                return f"{code} {reply}".strip()
     elif isinstance(cause, OSError) and cause.strerror:
         text = cause.strerror
     else:

@@ -45,15 +45,13 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
                                      client_name="dispatchctl status")[0]
         try:
             conn = pika.BlockingConnection(params)
-        except pe.ProbableAuthenticationError:
-            return {"error": "Auth failure: check AMQP user/pass (ACCESS_REFUSED)"}
-        except pe.ConnectionClosedByBroker as exc:
-            return {"error": f"{exc.reply_code} {exc.reply_text}"}
-        except pe.AMQPError as exc:
-            last = f"{host}:{amqp.port}: {type(exc).__name__} {exc}".rstrip()
-            continue
-        except OSError as exc:
-            last = f"{host}:{amqp.port}: {exc.strerror or type(exc).__name__}"
+        except (pe.AMQPError, OSError) as exc:
+            kind = contract.classify_error(exc)
+            if kind == contract.AUTH:
+                return {"error": "Auth failure: check AMQP user/pass (ACCESS_REFUSED)"}
+            if kind == contract.VHOST:
+                return {"error": contract.describe_error(exc)}
+            last = f"{host}:{amqp.port}: {contract.describe_error(exc)}"
             continue
         try:
             ok = conn.channel().queue_declare(contract.QUEUE, passive=True)
@@ -62,7 +60,7 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
         except pe.ChannelClosedByBroker as exc:
             return {"error": f"{exc.reply_code} {exc.reply_text}"}
         except (pe.AMQPError, OSError) as exc:
-            last = f"{host}:{amqp.port}: {type(exc).__name__} {exc}".rstrip()
+            last = f"{host}:{amqp.port}: {contract.describe_error(exc)}"
         finally:
             with contextlib.suppress(Exception):
                 conn.close()

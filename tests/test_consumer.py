@@ -18,10 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import pika
 import pytest
@@ -29,103 +28,24 @@ import pytest
 from roboshop_dispatch import amqp
 from roboshop_dispatch.consumer import config
 from roboshop_dispatch.consumer import orders as orders_mod
+from tests.support.consumer import ORDER_LINE, Consumer
 from tests.support.payment import ConfirmingPublisher, PaymentPublisher, make_order, parameters
 
 pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER_LINE = re.compile(r"^(?:INFO|ERROR) order (\S+) (dispatched|failed) (.*)$")
 SPECIAL_PASSWORD = "p@ss:w/rd %2F#?&= \"dq\" 'sq' ünï€ode end"
 SPECIAL_USER = "dïspatch user@x:y/z%#?&"
 # The interpreter that runs the consumer: this one, unless DISPATCH_TEST_PYTHON names another (e.g. a
 # Python 3.9 to try the target hosts' floor; DISPATCH_TEST_PYTHONPATH then says where its pika is).
 CONSUMER_PYTHON = os.environ.get("DISPATCH_TEST_PYTHON", sys.executable).split()
+
+
+def consumer_argv(args: Optional[List[str]] = None) -> List[str]:
+    return [*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer", *(args or [])]
+
+
 PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("DISPATCH_TEST_PYTHONPATH")]))
-
-
-# == a consumer subprocess and what it printed =====================================================
-class Consumer:
-    def __init__(self, env: Dict[str, str], args: Optional[List[str]] = None) -> None:
-        self.env = env
-        self.lines: List[str] = []
-        self.orders: collections.Counter = collections.Counter()
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer", *(args or [])], env=env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            with self.cond:
-                self.lines.append(line)
-                m = ORDER_LINE.match(line)
-                if m:
-                    self.orders[json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)] += 1
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self.cond:
-            return "\n".join(self.lines)
-
-    def count(self, text: str) -> int:
-        with self.cond:
-            return sum(text in line for line in self.lines)
-
-    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    tail = "\n".join(self.lines[-30:])
-                    state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-                    pytest.fail(f"timed out waiting for {what} ({state}); output tail:\n{tail}")
-                self.cond.wait(min(left, 0.5))
-
-    def wait_line(self, text: str, timeout: float = 30, count: int = 1) -> None:
-        self.wait(lambda: sum(text in ln for ln in self.lines) >= count, timeout, f"{count}x {text!r}")
-
-    def wait_consuming(self, count: int = 1, timeout: float = 30) -> None:
-        self.wait_line(" consuming orders ", timeout, count)
-
-    def wait_orders(self, ids, timeout: float = 60) -> None:
-        wanted = set(ids)
-        self.wait(lambda: wanted.issubset(self.orders), timeout,
-                  f"{len(wanted)} orders (have {len(wanted & set(self.orders))})")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple:
-        """Send ``sig``; returns (exit code, seconds it took)."""
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"the consumer did not exit within {timeout}s of {signal.Signals(sig).name}:\n"
-                        + self.output[-3000:])
-        self.reader.join(5)
-        return code, time.monotonic() - start
-
-    def assert_no_password(self) -> None:
-        password = self.env.get("AMQP_PASS")
-        if password:
-            out = self.output
-            for form in {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password)}:
-                assert form not in out, "the password appears in the consumer's output"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -135,7 +55,7 @@ def consumers(broker, vhost):
     started: List[Consumer] = []
 
     def start(args: Optional[List[str]] = None, **overrides: Optional[str]) -> Consumer:
-        c = Consumer(consumer_env(broker, vhost, **overrides), args)
+        c = Consumer(consumer_env(broker, vhost, **overrides), consumer_argv(args))
         started.append(c)
         return c
 
@@ -446,7 +366,7 @@ def test_sigterm_mid_stream_loses_nothing_and_handles_nothing_twice(broker, vhos
 
 
 def test_sigterm_while_the_broker_is_unreachable(broker):
-    consumer = Consumer(consumer_env(broker, "/", AMQP_PORT=str(_closed_port())))
+    consumer = Consumer(consumer_env(broker, "/", AMQP_PORT=str(_closed_port())), consumer_argv())
     try:
         consumer.wait_line("retrying in", count=2)
         code, took = consumer.stop()
