@@ -123,14 +123,21 @@ def assert_contract_topology(broker, vhost: str) -> None:
 
 
 # == every order exactly once =====================================================================
-@pytest.mark.parametrize("payment_first", [False, True], ids=["consumer-first", "payment-first"])
-def test_payment_orders_are_dispatched_exactly_once(broker, vhost, consumers, payment_first):
+@pytest.mark.parametrize(
+    "payment_first, fast_path",
+    [(False, "1"), (True, "1"), (False, "0")],
+    ids=["consumer-first", "payment-first", "pika-delivery-path"],
+)
+def test_payment_orders_are_dispatched_exactly_once(broker, vhost, consumers, payment_first, fast_path):
     payment = PaymentPublisher(params(broker, vhost))
     if payment_first:
         payment.connect()  # payment declared the exchange and published before any dispatch existed:
         payment.publish(make_order(0, "lost-before-any-queue"))  # unroutable, dropped by the broker
-    consumer = consumers()  # default simulated processing: 42-83 ms twice, concurrently
+    # default simulated processing: 42-83 ms twice, concurrently; DISPATCH_FASTPATH=0 proves pika's
+    # own delivery path (the fallback when pika's internals change) as well
+    consumer = consumers(DISPATCH_FASTPATH=fast_path)
     consumer.wait_consuming()
+    assert f"fastpath={'on' if fast_path == '1' else 'off'}" in consumer.output
     sent = [make_order(i) for i in range(400)]
     with payment:
         for order in sent:

@@ -85,6 +85,8 @@ INVALID = [
     ({"DISPATCH_ERROR_PERCENT": "nan"}, "DISPATCH_ERROR_PERCENT"),
     ({"DISPATCH_ERROR_PERCENT": "lots"}, "DISPATCH_ERROR_PERCENT"),
     ({"DISPATCH_PREFETCH": "0"}, "DISPATCH_PREFETCH"),
+    ({"DISPATCH_FASTPATH": "2"}, "DISPATCH_FASTPATH"),
+    ({"DISPATCH_FASTPATH": "yes"}, "DISPATCH_FASTPATH"),
     ({"DISPATCH_PREFETCH": "70000"}, "DISPATCH_PREFETCH"),
     ({"DISPATCH_PROCESSING_MS": "83-42"}, "DISPATCH_PROCESSING_MS"),
     ({"DISPATCH_PROCESSING_MS": "fast"}, "DISPATCH_PROCESSING_MS"),
@@ -124,12 +126,12 @@ def test_an_unset_variable_never_changes_another(name):
     """Unsetting one variable only gives that one its default: every other setting stays put."""
     full = {"AMQP_HOST": "h1,h2", "AMQP_PORT": "5673", "AMQP_VHOST": "v", "AMQP_USER": "u",
             "AMQP_PASS": "p", "DISPATCH_ERROR_PERCENT": "3", "DISPATCH_PREFETCH": "7",
-            "DISPATCH_PROCESSING_MS": "1-2"}
+            "DISPATCH_PROCESSING_MS": "1-2", "DISPATCH_FASTPATH": "0"}
     before = config.load(full)
     after = config.load({k: v for k, v in full.items() if k != name})
     attr = {"AMQP_HOST": "hosts", "AMQP_PORT": "port", "AMQP_VHOST": "vhost", "AMQP_USER": "user",
             "DISPATCH_ERROR_PERCENT": "error_percent", "DISPATCH_PREFETCH": "prefetch",
-            "DISPATCH_PROCESSING_MS": "processing_ms"}
+            "DISPATCH_PROCESSING_MS": "processing_ms", "DISPATCH_FASTPATH": "fast_path"}
     default = config.load({"AMQP_PASS": "p"})
     for field, value in vars(before).items():
         if field == attr[name]:

@@ -33,6 +33,8 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("DISPATCH_PREFETCH", str(DEFAULT_PREFETCH), "orders in flight at most (basic.qos prefetch), 1..65535"),
     ("DISPATCH_PROCESSING_MS", "42-83", "simulated work per order, slept twice: 'MIN-MAX' or 'N' ms; "
      "0 turns it off"),
+    ("DISPATCH_FASTPATH", "1", "1: decode deliveries with the lean frame path (fastpath.py); 0: pika's own "
+     "path (slower, for ruling the fast path out)"),
 )
 
 
@@ -54,6 +56,7 @@ class Config:
     error_percent: float = 0.0
     prefetch: int = DEFAULT_PREFETCH
     processing_ms: Optional[Tuple[int, int]] = DEFAULT_PROCESSING_MS  # None: no simulated work
+    fast_path: bool = True  # decode deliveries with fastpath.DispatchConnection when pika allows
 
     def describe(self) -> str:
         """One line for the start-up log. Never includes the password."""
@@ -65,7 +68,8 @@ class Config:
             work = f"{self.processing_ms[0]}-{self.processing_ms[1]}ms x2"
         return (
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
-            f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g}"
+            f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
+            f"fastpath={'on' if self.fast_path else 'off'}"
         )
 
 
@@ -169,4 +173,5 @@ def load(env: Mapping[str, str]) -> Config:
         error_percent=_error_percent(env),
         prefetch=_int(env, "DISPATCH_PREFETCH", DEFAULT_PREFETCH, 1, MAX_PREFETCH, "a number of orders"),
         processing_ms=_processing(env),
+        fast_path=bool(_int(env, "DISPATCH_FASTPATH", 1, 0, 1, "0 or 1")),
     )

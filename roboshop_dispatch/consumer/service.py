@@ -191,7 +191,7 @@ class Dispatcher:
         self.log.info(f"connecting to {where} vhost={self.cfg.vhost} as {self.cfg.user!r}")
         sess = Session(self.sessions, where)
         self.session = sess
-        factory = fastpath.DispatchConnection if fastpath.SUPPORTED else pika.SelectConnection
+        factory = fastpath.DispatchConnection if self.cfg.fast_path and fastpath.SUPPORTED else pika.SelectConnection
         sess.conn = factory(
             params,
             on_open_callback=lambda _conn: self._on_open(sess),
