@@ -549,7 +549,9 @@ def _check_rabbitmq(report: Report, amqp: AmqpSettings, clock: _Clock, *, declar
 
 def _amqp_checks(out: List[Finding], progress: Dict[str, str], amqp: AmqpSettings, address: str,
                  host: str, clock: _Clock, declare: bool) -> None:
-    import pika
+    from .pikaload import load
+
+    pika = load()
     import pika.exceptions as pe
 
     from . import amqp as contract

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .settings import ENV_FILE, MASK
 
@@ -29,7 +29,9 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
     """``{"messages": n, "consumers": n, "broker": "host:port"}`` of ``orders`` by a passive
     ``queue.declare`` (reads, never creates or changes anything), or ``{"error": reason}``; the
     hosts of a cluster in turn, never longer than ``timeout`` in all."""
-    import pika
+    from .pikaload import load
+
+    pika = load()
     import pika.exceptions as pe
 
     from . import amqp as contract
@@ -67,24 +69,80 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
     return {"error": last}
 
 
-def prefetch(modules: List[str]) -> None:
-    """Import ``modules`` in a background thread: the main thread spends its first tens of
-    milliseconds waiting on systemctl and journalctl, which leaves the interpreter free for it."""
-    import importlib
+def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
+    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer.
+
+    ``status`` is CPU-bound (the imports of typer, rich, psutil and pika), and a thread shares one
+    core through the GIL; a child uses the machine's other core, so pika's import and the round
+    trip cost no wall time. Call it before starting any thread (fork copies only the caller)."""
+    import json
+    import os
+    import select
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer on the pipe, then leave without running any exit handler
+        code = 0
+        try:
+            os.close(read_fd)
+            try:
+                counts = queue_counts(amqp, timeout)
+            except Exception as exc:
+                counts = {"error": f"{type(exc).__name__}: {exc}"}
+            data = json.dumps(counts).encode()
+            while data:
+                data = data[os.write(write_fd, data):]
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+
+    def answer() -> Dict[str, Any]:
+        chunks: List[bytes] = []
+        deadline = time.monotonic() + timeout + 2.0
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                    os.kill(pid, 9)
+                    return {"error": f"no answer within {timeout + 2.0:.1f}s"}
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+        try:
+            return dict(json.loads(b"".join(chunks)))
+        except ValueError:
+            return {"error": "the broker query ended without an answer"}
+
+    return answer
+
+
+def prefetch(*loaders: Callable[[], Any]) -> None:
+    """Run ``loaders`` (imports) in a background thread: the main thread spends its first tens of
+    milliseconds waiting on systemctl and journalctl, which leaves the interpreter free for them."""
     import threading
 
     def run() -> None:
-        for name in modules:
+        for loader in loaders:
             with contextlib.suppress(ImportError):
-                importlib.import_module(name)
+                loader()
 
     threading.Thread(target=run, name="dispatchctl-prefetch", daemon=True).start()
 
 
+def _import_psutil() -> None:
+    import psutil  # noqa: F401
+
+
 def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
-           runner: Any = None) -> Dict[str, Any]:
-    """Everything ``status`` shows, as a JSON-ready dict (the password masked)."""
-    prefetch(["psutil", "pika"])
+           runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
+    """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
+    imports the caller needs afterwards, run in the background meanwhile."""
     from .diagnostics import (
         amqp_from_environment,
         binary_from_unit,
@@ -115,6 +173,37 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
         "unit_user": props.get("User", ""),
         "unit_file": props.get("FragmentPath", ""),
     }
+
+    # the configuration
+    env_path = env_file or env_file_from_unit(props, ENV_FILE)
+    config: Dict[str, Any] = {"path": str(env_path)}
+    mask: Callable[[str], str] = masker(())
+    amqp = None
+    try:
+        env = read_env_file(env_path)
+        mask = masker([env.get("AMQP_PASS", "")])
+        config.update({
+            "hosts": [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
+            "port": env.get("AMQP_PORT", "5672") or "5672",
+            "vhost": env.get("AMQP_VHOST", "/") or "/",
+            "user": env.get("AMQP_USER", "roboshop") or "roboshop",
+            "password": MASK if env.get("AMQP_PASS") else "(not set)",
+            "error_percent": env.get("DISPATCH_ERROR_PERCENT", "0") or "0",
+        })
+        try:
+            amqp = amqp_from_environment(env, source=str(env_path))
+        except ValueError as exc:
+            config["error"] = str(exc)
+    except FileNotFoundError:
+        config["error"] = "not present"
+    except (OSError, UnicodeDecodeError) as exc:
+        config["error"] = getattr(exc, "strerror", None) or str(exc)
+
+    # the queue: asked by a child process on the other core while this one gathers the rest
+    # (forked before any thread of ours starts)
+    queue_answer = ask_broker_in_child(amqp) if broker and amqp is not None else None
+    prefetch(_import_psutil, *preload)
+
     # the journal in the background while the rest is gathered
     journal_box: Dict[str, List[str]] = {}
 
@@ -158,38 +247,9 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     binary = binary_from_unit(props, Path("/app/dispatch"))
     exists = binary.exists()
     doc["binary"] = {"path": str(binary), "exists": exists, "flavour": flavour_of(binary) if exists else None}
-
-    # the configuration
-    env_path = env_file or env_file_from_unit(props, ENV_FILE)
-    config: Dict[str, Any] = {"path": str(env_path)}
-    mask: Callable[[str], str] = masker(())
-    amqp = None
-    try:
-        env = read_env_file(env_path)
-        mask = masker([env.get("AMQP_PASS", "")])
-        config.update({
-            "hosts": [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
-            "port": env.get("AMQP_PORT", "5672") or "5672",
-            "vhost": env.get("AMQP_VHOST", "/") or "/",
-            "user": env.get("AMQP_USER", "roboshop") or "roboshop",
-            "password": MASK if env.get("AMQP_PASS") else "(not set)",
-            "error_percent": env.get("DISPATCH_ERROR_PERCENT", "0") or "0",
-        })
-        try:
-            amqp = amqp_from_environment(env, source=str(env_path))
-        except ValueError as exc:
-            config["error"] = str(exc)
-    except FileNotFoundError:
-        config["error"] = "not present"
-    except (OSError, UnicodeDecodeError) as exc:
-        config["error"] = getattr(exc, "strerror", None) or str(exc)
     doc["config"] = config
+    doc["queue"] = queue_answer() if queue_answer is not None else None
 
-    # the queue, when the broker answers
-    if broker and amqp is not None:
-        doc["queue"] = queue_counts(amqp)
-    else:
-        doc["queue"] = None
     if journal_thread.ident is not None:
         journal_thread.join(10)
     doc["logs"] = [mask(line) for line in journal_box.get("lines", [])]

@@ -285,6 +285,13 @@ def print_status(doc: Dict[str, Any]) -> None:
             console.print(Text(line))
 
 
+def _import_rich() -> None:
+    import rich.console
+    import rich.panel
+    import rich.table
+    import rich.text  # noqa: F401
+
+
 @app.command()
 def status(
     lines: int = typer.Option(10, "--lines", "-n", help="How many recent log lines to show."),
@@ -293,11 +300,10 @@ def status(
                                            help="The installed environment file (default: the unit's)."),
 ) -> None:
     """The service at a glance. Exit 0 running, 3 not running, 4 not installed (like systemctl is-active)."""
-    from ..status import exit_code, gather, prefetch
+    from ..status import exit_code, gather
 
-    if not json_output:
-        prefetch(["rich.console", "rich.panel", "rich.table", "rich.text"])
-    doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None)
+    doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None,
+                 preload=() if json_output else (_import_rich,))
     if json_output:
         _print_json(doc)
     else:

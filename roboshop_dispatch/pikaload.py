@@ -1,0 +1,34 @@
+"""pika for dispatchctl's on-call commands, imported without its asyncio adapter.
+
+``import pika`` imports every connection adapter, and the asyncio one imports asyncio: about 55 ms
+of the 400 ms that ``status`` and ``check-rabbitmq`` may take on these machines. The commands use
+only BlockingConnection, so while pika loads, ``pika.adapters.asyncio_connection`` is a
+placeholder; it is removed afterwards, so a later ``import pika.adapters.asyncio_connection``
+still gets the real module. The consumer never uses this (it imports pika plainly).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from typing import Any
+
+ASYNCIO_ADAPTER = "pika.adapters.asyncio_connection"
+_lock = threading.Lock()
+
+
+def load() -> Any:
+    """The pika package (imported now unless something imported it already)."""
+    with _lock:
+        if "pika" in sys.modules:
+            return sys.modules["pika"]
+        placeholder = types.ModuleType(ASYNCIO_ADAPTER)
+        placeholder.AsyncioConnection = None  # type: ignore[attr-defined]
+        installed = sys.modules.setdefault(ASYNCIO_ADAPTER, placeholder) is placeholder
+        try:
+            import pika
+        finally:
+            if installed and sys.modules.get(ASYNCIO_ADAPTER) is placeholder:
+                del sys.modules[ASYNCIO_ADAPTER]
+        return pika

@@ -1,0 +1,45 @@
+"""status asks the broker from a forked child (the other core): same answer, bounded in time."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pika
+
+from roboshop_dispatch import amqp as contract
+from roboshop_dispatch.settings import AmqpSettings, Secret
+from roboshop_dispatch.status import ask_broker_in_child, queue_counts
+
+
+def _settings(broker, vhost, host="127.0.0.1", port=None):
+    return AmqpSettings.build(hosts=host, port=port or broker.port, vhost=vhost, user=broker.user,
+                              password=Secret(broker.password))
+
+
+def test_the_child_answers_what_a_direct_query_answers(broker, vhost):
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        broker.host, broker.port, vhost, pika.PlainCredentials(broker.user, broker.password)))
+    try:
+        ch = conn.channel()
+        contract.declare_topology(ch)
+        for _ in range(4):
+            ch.basic_publish(contract.EXCHANGE, contract.ROUTING_KEY, b"{}")
+        settings = _settings(broker, vhost)
+        answer = ask_broker_in_child(settings)()
+        assert answer == queue_counts(settings)
+        assert answer["messages"] == 4 and answer["consumers"] == 0
+    finally:
+        conn.close()
+
+
+def test_a_silent_broker_is_bounded_in_time(vhost, broker):
+    """A listener that accepts and never speaks AMQP: the answer is an error, within the bound."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        answer = ask_broker_in_child(_settings(broker, vhost, port=silent.getsockname()[1]), timeout=1.0)()
+        took = time.monotonic() - started
+    assert "error" in answer, answer
+    assert took < 3.5, took
