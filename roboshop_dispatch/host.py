@@ -8,7 +8,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
+
+CHANGE_LOCK = Path("/run/dispatchctl/lock")
 
 RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -152,3 +154,20 @@ class HostFacts:
             systemd_pid1=(root / "run/systemd/system").is_dir(),
             selinux=selinux,
         )
+
+
+def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] = None):
+    """Hold the host's dispatchctl lock: one run that changes the host at a time (install,
+    build, configure, start, uninstall); a second one waits for the first. Returns the open file,
+    which holds the lock until it is closed."""
+    import fcntl
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fh = open(path, "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    return fh

@@ -40,11 +40,6 @@ def _print_json(document: Dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _exit(code: int) -> None:
-    sys.stdout.flush()
-    raise typer.Exit(code)
-
-
 # -- check-rabbitmq ----------------------------------------------------------------------------
 
 
@@ -198,7 +193,7 @@ def check_rabbitmq(
         hosts = ",".join(amqp.hosts)
         print_findings(report, mask=mask, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
                                                  f"user {amqp.user} (password ********)"))
-    _exit(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
+    opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -223,7 +218,7 @@ def check(
         _print_json(mask_document({"command": "check", **report.as_dict()}, mask))
     else:
         print_findings(report, mask=mask, title="dispatchctl check")
-    _exit(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
+    opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -308,7 +303,7 @@ def status(
         _print_json(doc)
     else:
         print_status(doc)
-    _exit(exit_code(doc))
+    opt.finish(exit_code(doc))
 
 
 # -- logs --------------------------------------------------------------------------------------
@@ -336,7 +331,7 @@ def logs(
                                 errors="replace", bufsize=1)
     except FileNotFoundError:
         typer.echo("dispatchctl: error: journalctl not found: is this a systemd host?", err=True)
-        _exit(opt.EXIT_CHECK_FAILED)
+        opt.finish(opt.EXIT_CHECK_FAILED)
         return
     import signal
 
@@ -360,26 +355,10 @@ def logs(
     except BrokenPipeError:  # `dispatchctl logs | head`
         proc.terminate()
         code = 0
-    _exit(code)
+    opt.finish(code)
 
 
 # -- uninstall ---------------------------------------------------------------------------------
-
-
-def _lock():
-    import fcntl
-    import os
-
-    from .provision import LOCK
-
-    os.makedirs(os.path.dirname(LOCK), mode=0o700, exist_ok=True)
-    fh = open(LOCK, "w")  # noqa: SIM115 (held for the whole run)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        typer.echo("dispatchctl: waiting for another dispatchctl run on this host to finish…", err=True)
-        fcntl.flock(fh, fcntl.LOCK_EX)
-    return fh
 
 
 @app.command()
@@ -411,8 +390,8 @@ def uninstall(
         preflight(is_root=facts.is_root, systemd_pid1=facts.systemd_pid1, dry_run=dry_run)
     except RuntimeError as exc:
         typer.echo(f"dispatchctl: error: {exc}", err=True)
-        _exit(opt.EXIT_CHECK_FAILED)
-    lock = None if dry_run else _lock()
+        opt.finish(opt.EXIT_CHECK_FAILED)
+    lock = None if dry_run else opt.change_lock()
     try:
         started = time.monotonic()
         steps = plan(purge)
@@ -425,4 +404,4 @@ def uninstall(
     finally:
         if lock is not None:
             lock.close()
-    _exit(opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED)
+    opt.finish(opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED)

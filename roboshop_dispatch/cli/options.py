@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -37,6 +37,20 @@ AmqpPass = typer.Option(
 JsonOutput = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 DryRun = typer.Option(False, "--dry-run", "--check", help="Report what would change; change nothing.")
 Diff = typer.Option(False, "--diff", help="Show unified diffs of the changes (passwords masked).")
+
+
+def finish(code: int) -> NoReturn:
+    """End the command with ``code`` (after flushing what it printed)."""
+    sys.stdout.flush()
+    raise typer.Exit(code)
+
+
+def change_lock():
+    """The host's lock for runs that change it (see host.change_lock), telling the user if it waits."""
+    from ..host import change_lock as lock
+
+    return lock(on_wait=lambda: typer.echo(
+        "dispatchctl: waiting for another dispatchctl run on this host to finish…", err=True))
 
 
 def usage_error(message: str) -> typer.Exit:

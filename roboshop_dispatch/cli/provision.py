@@ -8,7 +8,6 @@ run next).
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable, Optional
 
@@ -17,8 +16,6 @@ import typer
 from ..settings import DEFAULT_ARTIFACT, AmqpSettings, Secret, Settings, SettingsError
 from . import options as opt
 from .app import app
-
-LOCK = "/run/dispatchctl/lock"
 
 UserOpt = typer.Option("roboshop", "--user", help="The service user (a system account, created when missing).")
 AppDirOpt = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives.")
@@ -78,7 +75,7 @@ def execute(command: str, make_settings: Callable[[], Settings], *, dry_run: boo
     except PreflightError as exc:
         typer.echo(f"dispatchctl: error: {exc}", err=True)
         return opt.EXIT_CHECK_FAILED
-    lock = None if dry_run else _lock()
+    lock = None if dry_run else opt.change_lock()
     try:
         started = time.monotonic()
         steps = plan(command)
@@ -91,26 +88,6 @@ def execute(command: str, make_settings: Callable[[], Settings], *, dry_run: boo
         if lock is not None:
             lock.close()
     return opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED
-
-
-def _lock():
-    """One provisioning run at a time on a host (a second one waits for the first)."""
-    import fcntl
-    import os
-
-    os.makedirs(os.path.dirname(LOCK), mode=0o700, exist_ok=True)
-    fh = open(LOCK, "w")  # noqa: SIM115 (held for the whole run)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        typer.echo("dispatchctl: waiting for another dispatchctl run on this host to finish…", err=True)
-        fcntl.flock(fh, fcntl.LOCK_EX)
-    return fh
-
-
-def _exit(code: int) -> None:
-    sys.stdout.flush()
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -133,7 +110,7 @@ def install(
     """Every step of the manual procedure: packages, user, app dir, build, unit + settings, start."""
     make = _full_settings(amqp_host, amqp_port, amqp_vhost, amqp_user, amqp_pass_file, amqp_pass,
                           user, app_dir, flavour, artifact, error_percent)
-    _exit(execute("install", make, dry_run=dry_run, diff=diff, as_json=json_output))
+    opt.finish(execute("install", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
 
 @app.command()
@@ -155,7 +132,7 @@ def configure(
     """Write the systemd unit and the environment file; restart a running service they changed."""
     make = _full_settings(amqp_host, amqp_port, amqp_vhost, amqp_user, amqp_pass_file, amqp_pass,
                           user, app_dir, flavour, DEFAULT_ARTIFACT, error_percent)
-    _exit(execute("configure", make, dry_run=dry_run, diff=diff, as_json=json_output))
+    opt.finish(execute("configure", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
 
 @app.command()
@@ -171,7 +148,7 @@ def build(
     def make() -> Settings:
         return Settings.build(amqp=_placeholder_amqp(), app_dir=app_dir, flavour=flavour, artifact=artifact)
 
-    _exit(execute("build", make, dry_run=dry_run, diff=diff, as_json=json_output))
+    opt.finish(execute("build", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
 
 @app.command()
@@ -183,4 +160,4 @@ def start(
     def make() -> Settings:
         return Settings.build(amqp=_placeholder_amqp())
 
-    _exit(execute("start", make, dry_run=dry_run, diff=False, as_json=json_output))
+    opt.finish(execute("start", make, dry_run=dry_run, diff=False, as_json=json_output))

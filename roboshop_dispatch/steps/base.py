@@ -155,3 +155,32 @@ def run_steps(steps: List[Step], ctx: Context, on_start=None, on_done=None) -> L
 
 def describe_failure(results: List[StepResult]) -> Optional[StepResult]:
     return next((r for r in results if r.failed), None)
+
+
+# -- re-run caches: records that let a re-run skip work; losing one only costs time ------------
+
+
+def load_cache(ctx: Context, path: Path) -> Dict[str, Any]:
+    """The cache record at ``path`` (on the host), or {} when absent or unreadable."""
+    import json
+
+    try:
+        value = json.loads(ctx.host_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def save_cache(ctx: Context, path: Path, record: Dict[str, Any]) -> None:
+    """Write a cache record, root-only (0600 in a 0700 directory); failing to is not an error."""
+    import json
+
+    from ..files import write_atomic
+
+    try:
+        cache = ctx.host_path(path)
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(cache, json.dumps(record).encode(), mode=0o600)
+    except OSError:
+        pass
+

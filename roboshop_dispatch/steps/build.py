@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 from ..files import write_atomic
 from ..host import CommandError
-from .base import Change, Context, Step, StepFailed
+from .base import Change, Context, Step, StepFailed, load_cache, save_cache
 from .service import mark_pending
 
 PYTHON = "/usr/bin/python3"
@@ -57,14 +57,6 @@ def bundle_stat_key() -> Optional[str]:
             continue
         digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _file_state(path: Path) -> Optional[os.stat_result]:
@@ -135,7 +127,7 @@ class BuildStep(Step):
         binary = ctx.host_path(path)
         key = bundle_stat_key()
         st = _file_state(binary)
-        cached = _read_json(ctx.host_path(BUNDLE_CACHE))
+        cached = load_cache(ctx, BUNDLE_CACHE)
         if (st is not None and key is not None and cached.get("key") == key and not _mode_fixes(st)
                 and cached.get("binary") == [st.st_size, st.st_mtime_ns, st.st_ino]):
             short = str(cached.get("fingerprint", ""))[:12]
@@ -157,12 +149,7 @@ class BuildStep(Step):
 
         record = {"key": key, "fingerprint": bundle.installed_fingerprint(ctx.host_path(ctx.settings.binary)),
                   "binary": [st.st_size, st.st_mtime_ns, st.st_ino]}
-        try:
-            cache = ctx.host_path(BUNDLE_CACHE)
-            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(cache, json.dumps(record).encode(), mode=0o600)
-        except OSError:
-            pass  # only a cache
+        save_cache(ctx, BUNDLE_CACHE, record)
 
     def _check_bundled_content(self, ctx: Context) -> Change:
         from .. import bundle

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import envfile
 from ..files import unified_diff, write_atomic
-from .base import Change, Context, Step
+from .base import Change, Context, Step, load_cache, save_cache
 from .build import PYTHON
 from .service import mark_pending
 
@@ -108,11 +108,8 @@ class ConfigStep(Step):
     title = "Unit and environment file"
 
     def _cached(self, ctx: Context, key: str) -> bool:
-        import json
-
-        try:
-            cache = json.loads(ctx.host_path(RENDER_CACHE).read_text())
-        except (OSError, ValueError):
+        cache = load_cache(ctx, RENDER_CACHE)
+        if not cache:
             return False
         s = ctx.settings
         for path, mode, digest in ((s.unit_path, 0o644, cache.get("unit")), (s.env_file, 0o600, cache.get("env"))):
@@ -123,18 +120,12 @@ class ConfigStep(Step):
         return True
 
     def _remember(self, ctx: Context, key: str) -> None:
-        import json
 
         if ctx.dry_run:
             return
         s = ctx.settings
         record = {"key": key, "unit": _sha256(ctx.host_path(s.unit_path)), "env": _sha256(ctx.host_path(s.env_file))}
-        try:
-            cache = ctx.host_path(RENDER_CACHE)
-            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(cache, json.dumps(record).encode(), mode=0o600)
-        except OSError:
-            pass  # only a cache
+        save_cache(ctx, RENDER_CACHE, record)
 
     def wanted(self, ctx: Context) -> List[Tuple[str, Path, str, int]]:
         from ..render import render_env, render_unit
