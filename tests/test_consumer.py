@@ -475,7 +475,7 @@ def test_an_unset_variable_keeps_its_own_default_only():
                           cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("configuration OK: hosts=h1,h2 port=5672 vhost=/ user='guest' prefetch="
-                                   f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0")
+                                   f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0 fastpath=on")
     assert "pw-not-shown" not in proc.stdout + proc.stderr
 
 
