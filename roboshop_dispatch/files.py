@@ -11,13 +11,6 @@ from pathlib import Path
 from typing import Optional
 
 
-def read_bytes(path: Path) -> Optional[bytes]:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
 def write_atomic(
     path: Path, data: bytes, *, mode: int = 0o644, uid: int = -1, gid: int = -1,
 ) -> None:

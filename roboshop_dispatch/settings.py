@@ -98,6 +98,14 @@ def validate_hosts(option: str, value: str) -> Tuple[str, ...]:
     return hosts
 
 
+def parse_int(option: str, value: str) -> int:
+    """A whole number given as text (an option or an installed setting)."""
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise SettingsError(option, f"{value!r} is not a whole number") from None
+
+
 def validate_port(option: str, value: int) -> int:
     if not 1 <= value <= 65535:
         raise SettingsError(option, f"port {value} is outside 1..65535")
@@ -209,6 +217,12 @@ class AmqpSettings:
     vhost: str = "/"
     user: str = "roboshop"
     password: Secret = field(default_factory=lambda: Secret(""), repr=True)
+
+    @classmethod
+    def placeholder(cls) -> AmqpSettings:
+        """For commands that never write the AMQP settings (build, start) and for validating the
+        other options before the password is asked for."""
+        return cls(hosts=("localhost",), password=Secret("unused"))
 
     @classmethod
     def build(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -31,9 +30,6 @@ class Systemd:
 
     def is_active(self) -> bool:
         return self.runner.run(["systemctl", "is-active", "--quiet", self.unit], check=False).ok
-
-    def is_enabled(self) -> bool:
-        return self.runner.run(["systemctl", "is-enabled", "--quiet", self.unit], check=False).ok
 
     def main_pid(self) -> int:
         return int(self.show(["MainPID"]).get("MainPID", "0") or 0)
@@ -71,26 +67,3 @@ class Systemd:
         res = self.runner.run(["systemd-analyze", "verify", str(unit_file)], check=False, timeout=60)
         return {"ok": res.ok and not res.stderr.strip(), "returncode": res.returncode, "stderr": res.stderr}
 
-    def security_score(self, unit_file: Path) -> Optional[float]:
-        res = self.runner.run(
-            ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_file)],
-            check=False, timeout=60,
-        )
-        for line in reversed(res.stdout.splitlines()):
-            if "Overall exposure level" in line:
-                token = line.split(":", 1)[1].split()[0]
-                try:
-                    return float(token)
-                except ValueError:
-                    return None
-        return None
-
-    def security_checks(self, unit_file: Path) -> list:
-        res = self.runner.run(
-            ["systemd-analyze", "security", "--offline=true", "--json=short", str(unit_file)],
-            check=False, timeout=60,
-        )
-        try:
-            return list(json.loads(res.stdout))
-        except ValueError:
-            return []

@@ -43,15 +43,6 @@ def _print_json(document: Dict[str, Any]) -> None:
 # -- check-rabbitmq ----------------------------------------------------------------------------
 
 
-def _int(option: str, value: Optional[str]) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise SettingsError(option, f"{value!r} is not a whole number") from None
-
-
 def resolve_amqp(
     *, host: Optional[str], port: Optional[str], vhost: Optional[str], user: Optional[str],
     pass_file: Optional[str], env_file: Path,
@@ -62,14 +53,12 @@ def resolve_amqp(
     import os
 
     from ..diagnostics import read_env_file
-    from ..settings import AmqpSettings, Secret, read_password
+    from ..settings import AmqpSettings, Secret, parse_int, read_password, validate_hosts, validate_port
 
     # the options given are validated first, so that a typo never costs a password prompt
     if host is not None:
-        AmqpSettings.build(hosts=host, port=5672, password=Secret("x"))
-    _int("--amqp-port", port)
-    if port is not None:
-        AmqpSettings.build(hosts="localhost", port=_int("--amqp-port", port) or 0, password=Secret("x"))
+        validate_hosts("--amqp-host", host)
+    port_value = validate_port("--amqp-port", parse_int("--amqp-port", port)) if port is not None else None
     installed: Dict[str, str] = {}
     need_installed = host is None or (pass_file is None and os.environ.get(PASSWORD_ENV) is None)
     if need_installed:
@@ -91,12 +80,11 @@ def resolve_amqp(
         password = Secret(installed["AMQP_PASS"])
     if password is None and sys.stdin.isatty():
         password = read_password(pass_file=None, prompt=opt._prompt)
-    port_value = _int("--amqp-port", port)
     if port_value is None:
-        port_value = _int("AMQP_PORT", installed.get("AMQP_PORT") or "5672")
+        port_value = parse_int("AMQP_PORT", installed.get("AMQP_PORT") or "5672")
     return AmqpSettings.build(
         hosts=host if host is not None else installed.get("AMQP_HOST", ""),
-        port=port_value if port_value is not None else 5672,
+        port=port_value,
         vhost=vhost if vhost is not None else (installed.get("AMQP_VHOST") or "/"),
         user=user if user is not None else (installed.get("AMQP_USER") or "roboshop"),
         password=password,

@@ -67,21 +67,12 @@ def _prompt() -> Optional[str]:
     return getpass.getpass("RabbitMQ password: ")
 
 
-def password(pass_file: Optional[str], pass_value: Optional[str], *, prompt: bool = True) -> Optional[Secret]:
+def password(pass_file: Optional[str], pass_value: Optional[str]) -> Optional[Secret]:
     if pass_value is not None:
         typer.echo("dispatchctl: warning: --amqp-pass is visible to every user in `ps`; "
                    "use --amqp-pass-file or $DISPATCHCTL_AMQP_PASS", err=True)
     return read_password(
-        pass_file=pass_file, pass_value=pass_value,
-        prompt=(_prompt if prompt and sys.stdin.isatty() else None),
-    )
-
-
-def amqp_settings(
-    *, host: str, port: int, vhost: str, user: str, pass_file: Optional[str], pass_value: Optional[str],
-) -> AmqpSettings:
-    return AmqpSettings.build(
-        hosts=host, port=port, vhost=vhost, user=user, password=password(pass_file, pass_value),
+        pass_file=pass_file, pass_value=pass_value, prompt=(_prompt if sys.stdin.isatty() else None),
     )
 
 
@@ -93,15 +84,17 @@ def settings(
     """Validate every option (raises SettingsError naming the option) before anything runs."""
     # validate the cheap, non-interactive options first so a typo never costs a password prompt
     Settings.build(
-        amqp=AmqpSettings(hosts=("localhost",), password=Secret("x")), service_user=service_user,
+        amqp=AmqpSettings.placeholder(), service_user=service_user,
         app_dir=app_dir, flavour=flavour, artifact=artifact, error_percent=error_percent,
     )
-    AmqpSettings.build(hosts=host, port=port, vhost=vhost, user=user, password=Secret("x"))
-    amqp = amqp_settings(host=host, port=port, vhost=vhost, user=user, pass_file=pass_file, pass_value=pass_value)
+    AmqpSettings.build(hosts=host, port=port, vhost=vhost, user=user, password=Secret("unused"))
+    amqp = AmqpSettings.build(
+        hosts=host, port=port, vhost=vhost, user=user, password=password(pass_file, pass_value),
+    )
     return Settings.build(
         amqp=amqp, service_user=service_user, app_dir=app_dir, flavour=flavour,
         artifact=artifact, error_percent=error_percent,
     )
 
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "amqp_settings", "settings", "usage_error"]
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "settings", "usage_error"]

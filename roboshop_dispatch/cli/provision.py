@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import typer
 
-from ..settings import DEFAULT_ARTIFACT, AmqpSettings, Secret, Settings, SettingsError
+from ..settings import DEFAULT_ARTIFACT, AmqpSettings, Settings, SettingsError, parse_int
 from . import options as opt
 from .app import app
 
@@ -30,18 +30,6 @@ HostOpt = typer.Option(None, "--amqp-host", metavar="HOST[,HOST...]",
                        help="RabbitMQ host (required): an IP, an RFC 1123 name, or a comma-separated cluster list.")
 
 
-def _int(option: str, value: str) -> int:
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise SettingsError(option, f"{value!r} is not a whole number") from None
-
-
-def _placeholder_amqp() -> AmqpSettings:
-    """build and start never write the AMQP settings; Settings still wants some."""
-    return AmqpSettings(hosts=("localhost",), password=Secret("unused"))
-
-
 def _full_settings(host: Optional[str], port: str, vhost: str, amqp_user: str, pass_file: Optional[str],
                    pass_value: Optional[str], user: str, app_dir: str, flavour: str, artifact: str,
                    error_percent: str) -> Callable[[], Settings]:
@@ -49,9 +37,9 @@ def _full_settings(host: Optional[str], port: str, vhost: str, amqp_user: str, p
         if host is None:
             raise SettingsError("--amqp-host", "is required (the RabbitMQ host or a comma-separated list)")
         return opt.settings(
-            host=host, port=_int("--amqp-port", port), vhost=vhost, user=amqp_user, pass_file=pass_file,
+            host=host, port=parse_int("--amqp-port", port), vhost=vhost, user=amqp_user, pass_file=pass_file,
             pass_value=pass_value, service_user=user, app_dir=app_dir, flavour=flavour, artifact=artifact,
-            error_percent=_int("--error-percent", error_percent),
+            error_percent=parse_int("--error-percent", error_percent),
         )
     return build
 
@@ -146,7 +134,7 @@ def build(
 ) -> None:
     """Put /app/dispatch in place (the zipapp, or a go build); restart a running service it changed."""
     def make() -> Settings:
-        return Settings.build(amqp=_placeholder_amqp(), app_dir=app_dir, flavour=flavour, artifact=artifact)
+        return Settings.build(amqp=AmqpSettings.placeholder(), app_dir=app_dir, flavour=flavour, artifact=artifact)
 
     opt.finish(execute("build", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
@@ -158,6 +146,6 @@ def start(
 ) -> None:
     """Reload systemd if the unit changed, enable, start (or restart after a pending change)."""
     def make() -> Settings:
-        return Settings.build(amqp=_placeholder_amqp())
+        return Settings.build(amqp=AmqpSettings.placeholder())
 
     opt.finish(execute("start", make, dry_run=dry_run, diff=False, as_json=json_output))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Set
+from typing import Any, Dict, FrozenSet, List, Set
 
 from ..files import diff_stat
 from ..host import CommandError, HostFacts, Runner
@@ -151,10 +151,6 @@ def run_steps(steps: List[Step], ctx: Context, on_start=None, on_done=None) -> L
         if result.failed:
             break
     return results
-
-
-def describe_failure(results: List[StepResult]) -> Optional[StepResult]:
-    return next((r for r in results if r.failed), None)
 
 
 # -- re-run caches: records that let a re-run skip work; losing one only costs time ------------
