@@ -1,0 +1,43 @@
+"""Every host path dispatchctl reads or writes, in one place.
+
+Steps, diagnostics, status and the CLI take their paths from here (or from the installed state,
+which starts from here); nothing else spells a host path. The consumer does not import this
+module: it learns its paths from its environment (``$CREDENTIALS_DIRECTORY``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# the service
+UNIT_NAME = "dispatch.service"
+UNIT_DIR = Path("/etc/systemd/system")
+UNIT_PATH = UNIT_DIR / UNIT_NAME
+
+# its settings and its secret
+CONFIG_DIR = Path("/etc/roboshop")
+ENV_FILE = CONFIG_DIR / "dispatch.env"
+# the AMQP password as a systemd credential (LoadCredential=NAME:PATH), root-only 0600;
+# the consumer reads it from $CREDENTIALS_DIRECTORY/NAME (consumer/config.py spells NAME too)
+CREDENTIAL_NAME = "amqp-pass"
+CREDENTIAL_FILE = CONFIG_DIR / "dispatch.amqp-pass"
+# LoadCredential= exists since systemd 247: older hosts keep AMQP_PASS in ENV_FILE (0600)
+CREDENTIALS_MIN_SYSTEMD = 247
+
+# the application (shared with the other RoboShop services on a host: /app and the user)
+APP_DIR = Path("/app")
+SERVICE_USER = "roboshop"
+BINARY_NAME = "dispatch"
+BUILD_STAMP_NAME = ".dispatch-build.json"
+
+# dispatchctl's own state
+STATE_DIR = Path("/var/lib/dispatchctl")
+CREATED_RECORD = STATE_DIR / "created.json"  # what dispatchctl created (uninstall --purge removes only that)
+CACHE_DIR = Path("/var/cache/dispatchctl")
+RENDER_CACHE = CACHE_DIR / "rendered.json"
+BUNDLE_CACHE = CACHE_DIR / "bundle.json"
+GO_CACHE = CACHE_DIR / "go"
+RUN_DIR = Path("/run/dispatchctl")
+CHANGE_LOCK = RUN_DIR / "lock"
+RESTART_PENDING = RUN_DIR / "restart-pending"
+LOG_FILE = Path("/var/log/dispatchctl.log")
