@@ -5,9 +5,11 @@ Every unsafe or broken archive must end in UnsafeArchive, with nothing written o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import stat
 import struct
 import subprocess
@@ -16,9 +18,9 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +28,11 @@ from hypothesis import strategies as st
 
 from roboshop_dispatch import archive
 from roboshop_dispatch.archive import UnsafeArchive
+from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings
+from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context
+from roboshop_dispatch.steps.build import BuildStep
+from roboshop_dispatch.systemd import Systemd
 
 # -- archives -------------------------------------------------------------------------------------
 
@@ -67,6 +74,12 @@ def zeros_deflated(mib: int) -> Tuple[bytes, int]:
     for _ in range(mib):
         crc = zlib.crc32(zero, crc)
     return segment * mib + c.flush(zlib.Z_FINISH), crc
+
+
+def zeros_zip(mib: int, declared_mib: Optional[int] = None) -> bytes:
+    """One member of ``mib`` MiB of zeros (declaring ``declared_mib``, default the truth)."""
+    payload, crc = zeros_deflated(mib)
+    return raw_zip([Raw(b"main.go", payload, (mib if declared_mib is None else declared_mib) << 20, crc)])
 
 
 @dataclass
@@ -155,7 +168,7 @@ GOOD = [("dispatch/main.go", b"package main\n\nfunc main() {}\n" * 40, FILE),
 
 
 def test_a_good_archive_is_inspected_and_extracted_with_sane_modes(tmp_path):
-    path = write(tmp_path, zip_of(GOOD + [("dispatch/suid", b"x", stat.S_IFREG | 0o4777)]))
+    path = write(tmp_path, zip_of([*GOOD, ("dispatch/suid", b"x", stat.S_IFREG | 0o4777)]))
     summary = archive.inspect(path)
     assert (summary.files, summary.directories, summary.module_root, summary.has_go) == (5, 1, "dispatch", True)
     staging = tmp_path / "staging"
@@ -168,14 +181,15 @@ def test_a_good_archive_is_inspected_and_extracted_with_sane_modes(tmp_path):
 
 
 def test_the_digest_ignores_timestamps_and_order_but_not_content_or_mode(tmp_path):
-    a = archive.inspect(write(tmp_path, zip_of([("main.go", b"package main\n", FILE), ("x.go", b"package main\n", FILE)]), "a.zip"))
+    main, x = b"package main\n", ("x.go", b"package main\n", FILE)
+    a = archive.inspect(write(tmp_path, zip_of([("main.go", main, FILE), x]), "a.zip"))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(zipfile.ZipInfo("x.go", date_time=(2020, 5, 5, 1, 2, 4)), b"package main\n")
-        zf.writestr(zipfile.ZipInfo("main.go", date_time=(2021, 5, 5, 1, 2, 4)), b"package main\n")
+        zf.writestr(zipfile.ZipInfo("x.go", date_time=(2020, 5, 5, 1, 2, 4)), main)
+        zf.writestr(zipfile.ZipInfo("main.go", date_time=(2021, 5, 5, 1, 2, 4)), main)
     b = archive.inspect(write(tmp_path, buf.getvalue(), "b.zip"))
-    c = archive.inspect(write(tmp_path, zip_of([("main.go", b"package main // v2\n", FILE), ("x.go", b"package main\n", FILE)]), "c.zip"))
-    d = archive.inspect(write(tmp_path, zip_of([("main.go", b"package main\n", EXEC), ("x.go", b"package main\n", FILE)]), "d.zip"))
+    c = archive.inspect(write(tmp_path, zip_of([("main.go", b"package main // v2\n", FILE), x]), "c.zip"))
+    d = archive.inspect(write(tmp_path, zip_of([("main.go", main, EXEC), x]), "d.zip"))
     assert a.digest == b.digest
     assert len({a.digest, c.digest, d.digest}) == 3
     assert a.module_root == ""
@@ -264,7 +278,8 @@ def test_encrypted_members_and_other_compression_methods_are_refused(tmp_path):
     enc.flags = 1
     refused(tmp_path, raw_zip([enc]), "encrypted")
     (tmp_path / "b").mkdir()
-    refused(tmp_path / "b", zip_of([("main.go", b"package main\n" * 100, FILE)], zipfile.ZIP_BZIP2), "compression method")
+    bz2 = zip_of([("main.go", b"package main\n" * 100, FILE)], zipfile.ZIP_BZIP2)
+    refused(tmp_path / "b", bz2, "compression method")
 
 
 def test_a_directory_with_content_is_refused(tmp_path):
@@ -278,9 +293,8 @@ def test_a_directory_with_content_is_refused(tmp_path):
 def gib_bomb(tmp_path_factory) -> Path:
     """A 1 MiB zip whose one member inflates to 1 GiB of zeros, declared honestly (the issue's
     957 KiB-class bomb)."""
-    payload, crc = zeros_deflated(1024)
     path = tmp_path_factory.mktemp("bomb") / "bomb.zip"
-    path.write_bytes(raw_zip([Raw(b"main.go", payload, 1 << 30, crc)]))
+    path.write_bytes(zeros_zip(1024))
     assert path.stat().st_size < 1100 * 1024
     return path
 
@@ -289,9 +303,8 @@ def gib_bomb(tmp_path_factory) -> Path:
 def lying_bomb(tmp_path_factory) -> Path:
     """The same 1 MiB of deflate data under a member that declares 60 MiB (61:1, under every cap):
     only streaming can catch it."""
-    payload, crc = zeros_deflated(1024)
     path = tmp_path_factory.mktemp("bomb") / "lying.zip"
-    path.write_bytes(raw_zip([Raw(b"main.go", payload, 60 << 20, crc)]))
+    path.write_bytes(zeros_zip(1024, declared_mib=60))
     return path
 
 
@@ -304,10 +317,10 @@ def test_a_member_inflating_past_its_declared_size_is_stopped_while_streaming(ly
     assert str(60 << 20) in message
 
 
-def _peak_rss_kib(path: Path, mode: str) -> dict:
+def _peak_rss_kib(path: Path, mode: str, staging: Path) -> dict:
     """Peak RSS of a fresh interpreter before and after inspecting or extracting ``path``."""
     code = """if True:
-        import json, resource, sys, tempfile
+        import json, resource, sys
         from pathlib import Path
         from roboshop_dispatch import archive
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -315,23 +328,25 @@ def _peak_rss_kib(path: Path, mode: str) -> dict:
             if sys.argv[2] == "inspect":
                 archive.inspect(Path(sys.argv[1]))
             else:
-                archive.extract(Path(sys.argv[1]), Path(tempfile.mkdtemp()))
+                archive.extract(Path(sys.argv[1]), Path(sys.argv[3]))
             outcome = "accepted"
         except archive.UnsafeArchive as exc:
             outcome = str(exc)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"base": base, "peak": peak, "outcome": outcome}))
     """
-    res = subprocess.run([sys.executable, "-c", code, str(path), mode], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", code, str(path), mode, str(staging)], capture_output=True, text=True,
                          timeout=120, check=True)
     return json.loads(res.stdout)
 
 
 @pytest.mark.parametrize("which", ["gib_bomb", "lying_bomb"])
-def test_reading_a_bomb_stays_within_a_few_mib(request, which):
+def test_reading_a_bomb_stays_within_a_few_mib(request, which, tmp_path):
     """The old code read the 1 GiB member into memory (1 GiB of RSS for a dry run)."""
     for mode in ("inspect", "extract"):
-        got = _peak_rss_kib(request.getfixturevalue(which), mode)
+        staging = tmp_path / mode
+        staging.mkdir()
+        got = _peak_rss_kib(request.getfixturevalue(which), mode, staging)
         assert "bomb" in got["outcome"] or "inflates past" in got["outcome"] or "64 MiB" in got["outcome"]
         assert got["peak"] - got["base"] < 4 * 1024, got  # KiB
 
@@ -458,3 +473,105 @@ def test_mutated_valid_zips_never_escape_or_raise_anything_else(changes, keep):
     for index, value in changes:
         data[index] = value
     _try_both(bytes(data[:keep] if keep else data))
+
+
+# -- the go flavour's build step: every archive ends in a result, never a traceback -------------
+
+
+@dataclass(frozen=True)
+class MergedSettings(Settings):
+    """Settings with the two fields the CLI engineer adds for --insecure and --sha256."""
+
+    insecure: bool = False
+    sha256: Optional[str] = None
+
+
+def go_ctx(tmp_path: Path, artifact: Union[Path, str], *, dry_run: bool = True, **extra) -> Context:
+    amqp = AmqpSettings.build(hosts="127.0.0.1", password=Secret("roboshop123"))
+    base = Settings.build(amqp=amqp, flavour="go", artifact=str(artifact))
+    s = MergedSettings(**{f.name: getattr(base, f.name) for f in fields(Settings)}, **extra)
+    root = tmp_path / "root"
+    (root / "app").mkdir(parents=True, exist_ok=True)
+    facts = HostFacts.from_os_release('ID=debian\nVERSION_ID="12"\n', is_root=True, systemd_pid1=True)
+    runner = Runner()
+    return Context(settings=s, facts=facts, runner=runner, systemd=Systemd(runner), dry_run=dry_run, root=root)
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """Where the step downloads to (tempfile's directory), to see that it cleans up."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def test_the_dry_run_of_a_good_archive_predicts_a_build_and_keeps_nothing(tmp_path, private_tmp):
+    path = write(tmp_path, zip_of(GOOD))
+    result = BuildStep().run(go_ctx(tmp_path, path))
+    assert result.status == CHANGED and "would go build /app/dispatch" in result.message, result
+    assert result.data["sources"] == archive.inspect(path).digest[:12]
+    assert result.data["artifact_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert list(private_tmp.iterdir()) == [] and tree(tmp_path / "root") == ["app"]
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: zip_of([("main.go", b"package main\n", FILE), ("../../etc/cron.d/x", b"x", FILE)]), "'..'"),
+    (lambda: zip_of([("main.go", b"package main\n", FILE), ("sub/l2", b"..", LINK), ("l3", b"sub/l2/..", LINK)]),
+     "symbolic link"),
+    (lambda: zeros_zip(64), "zip bomb"),
+    (lambda: b"PK\x03\x04 not really", "not a usable zip"),
+    (lambda: zip_of([("README", b"no sources", FILE)]), "holds no .go file"),
+])
+def test_a_bad_archive_is_a_step_failure_with_a_next_action(tmp_path, private_tmp, make, reason):
+    ctx = go_ctx(tmp_path, write(tmp_path, make()), dry_run=False)
+    result = BuildStep().run(ctx)
+    assert result.status == FAILED and re.search(reason, result.message), result
+    assert result.next_action
+    assert list(private_tmp.iterdir()) == [] and tree(tmp_path / "root") == ["app"]
+
+
+def test_the_step_passes_the_sha256_pin_and_the_http_policy_to_fetch(tmp_path, private_tmp):
+    path = write(tmp_path, zip_of(GOOD))
+    wrong = "0" * 64
+    result = BuildStep().run(go_ctx(tmp_path, path, sha256=wrong))
+    assert result.status == FAILED and wrong in result.message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in result.message
+    result = BuildStep().run(go_ctx(tmp_path, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    assert result.status == CHANGED
+    result = BuildStep().run(go_ctx(tmp_path, "http://127.0.0.1:9/dispatch.zip", insecure=False))
+    assert result.status == FAILED and "--insecure" in result.message
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_apply_cleans_up_when_the_toolchain_is_missing(tmp_path, private_tmp):
+    ctx = go_ctx(tmp_path, write(tmp_path, zip_of(GOOD)), dry_run=False)
+    result = BuildStep().run(ctx)  # no go below the test root
+    assert result.status == FAILED and "go toolchain is not installed" in result.message
+    assert list(private_tmp.iterdir()) == [] and tree(tmp_path / "root") == ["app"]
+
+
+def test_unchanged_sources_skip_the_build(tmp_path, private_tmp):
+    path = write(tmp_path, zip_of(GOOD))
+    ctx = go_ctx(tmp_path, path, dry_run=False)
+    binary = ctx.host_path(Path("/app/dispatch"))
+    binary.write_bytes(b"\x7fELF built")
+    binary.chmod(0o755)
+    stamp = {"sources": archive.inspect(path).digest, "binary": hashlib.sha256(binary.read_bytes()).hexdigest()}
+    ctx.host_path(Path("/app/.dispatch-build.json")).write_text(json.dumps(stamp))
+    result = BuildStep().run(ctx)
+    assert result.status == OK and "build skipped" in result.message, result
+    assert list(private_tmp.iterdir()) == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=6))
+def test_no_archive_makes_the_step_raise(changes):
+    data = bytearray(VALID)
+    for index, value in changes:
+        data[index] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        result = BuildStep().run(go_ctx(root, write(root, bytes(data))))
+        assert result.status in (CHANGED, FAILED)
+        assert result.status == CHANGED or result.next_action
