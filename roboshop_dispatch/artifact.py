@@ -146,6 +146,9 @@ def _source(source: str, allow_http: bool) -> Tuple[str, str]:
         raise ArtifactError(f"refusing plain http for {shown(source)}: use https, or --insecure to accept it")
     if scheme not in ("http", "https"):
         raise ArtifactError(f"{shown(source)}: only https (http with --insecure), file URLs and paths")
+    if parts.username is not None or parts.password is not None:
+        raise ArtifactError(f"{shown(source)}: credentials in the URL are refused (they show in process "
+                            "lists); use a pre-signed URL or a local path")
     return "url", source
 
 
