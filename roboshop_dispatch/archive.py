@@ -5,9 +5,9 @@ the sources' digest (:func:`source_digest`'s meaning: names, kinds, modes and co
 timestamps), without writing anything. :func:`extract` makes the same pass and streams each member
 into a fresh staging directory. Both refuse, with :class:`UnsafeArchive` and nothing else:
 
-- names: empty, absolute, drive letters, ``.``/``..``/empty components, backslashes, NUL and
-  characters outside Go's own module file-name rule, duplicates, and names that collide once
-  case-folded and Unicode-normalised (Go refuses those too); a file used as a directory;
+- names: empty, absolute, drive letters, ``.``/``..``/empty components, backslashes, NUL, too
+  long or too deep, characters outside Go's own module file-name rule, duplicates, and names that
+  collide once case-folded and Unicode-normalised (Go refuses those too); a file used as a directory;
 - types: symbolic links (all of them: a Go module zip never holds one, and a link is the way out of
   the destination, alone or chained), devices, FIFOs, sockets, encrypted members, compression
   methods other than stored and deflated;
@@ -43,6 +43,7 @@ MAX_TOTAL = 64 * 1024 * 1024  # unpacked bytes: a Go source tree is a few MiB
 MAX_RATIO = 100  # unpacked:packed, per member and overall ...
 RATIO_FLOOR = 64 * 1024  # ... for members (and archives) larger than this: tiny files compress well
 MAX_NAME = 1024  # bytes of a member name; a component at most 255
+MAX_DEPTH = 32  # path components: each one costs an open() per member when extracting
 CHUNK = 64 * 1024
 
 # Go's module file-name rule (golang.org/x/mod/module, fileNameOK): ASCII letters and digits, these
@@ -104,6 +105,8 @@ def clean_name(raw: str) -> str:
         raise UnsafeArchive(f"{shown}: an empty or '.' path component")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME or any(len(p.encode()) > 255 for p in parts):
         raise UnsafeArchive(f"{shown}: a name longer than {MAX_NAME} bytes or a component over 255")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeArchive(f"{shown}: nested deeper than {MAX_DEPTH} directories")
     bad = next((ch for ch in name if ch != "/" and not _name_char_ok(ch)), None)
     if bad is not None:
         raise UnsafeArchive(f"{shown}: the character {bad!r} is not allowed in a Go source file name")
@@ -381,12 +384,16 @@ class _Staging:
         """An fd of the directory ``rel`` (made 0755 if missing); the caller closes it."""
         fd = os.dup(self.root)
         for leaf in rel.split("/") if rel else ():
+            made = False
             try:
                 with contextlib.suppress(FileExistsError):  # made for an earlier member
-                    os.mkdir(leaf, 0o755, dir_fd=fd)
+                    os.mkdir(leaf, 0o700, dir_fd=fd)
+                    made = True
                 child = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             finally:
                 os.close(fd)
+            if made:
+                os.fchmod(child, 0o755)
             fd = child
         return fd
 
@@ -397,12 +404,8 @@ class _Staging:
 
     def open(self, member: Member) -> Optional[Callable[[bytes], None]]:
         self._finish()
-        if member.kind == "dir":
-            fd = self._dir(member.name)
-            try:
-                os.fchmod(fd, member.mode)
-            finally:
-                os.close(fd)
+        if member.kind == "dir":  # 0755 whatever the archive says: a 0644 directory is a trap
+            os.close(self._dir(member.name))
             return None
         parent, _, leaf = member.name.rpartition("/")
         dir_fd = self._dir(parent)

@@ -168,16 +168,18 @@ GOOD = [("dispatch/main.go", b"package main\n\nfunc main() {}\n" * 40, FILE),
 
 
 def test_a_good_archive_is_inspected_and_extracted_with_sane_modes(tmp_path):
-    path = write(tmp_path, zip_of([*GOOD, ("dispatch/suid", b"x", stat.S_IFREG | 0o4777)]))
+    path = write(tmp_path, zip_of([*GOOD, ("dispatch/suid", b"x", stat.S_IFREG | 0o4777),
+                                   ("dispatch/trap/", b"", stat.S_IFDIR | 0o1600)]))
     summary = archive.inspect(path)
-    assert (summary.files, summary.directories, summary.module_root, summary.has_go) == (5, 1, "dispatch", True)
+    assert (summary.files, summary.directories, summary.module_root, summary.has_go) == (5, 2, "dispatch", True)
     staging = tmp_path / "staging"
     staging.mkdir(mode=0o700)
     assert archive.extract(path, staging) == summary
     assert (staging / "dispatch/main.go").read_bytes() == GOOD[0][1]
     modes = {p: stat.S_IMODE(os.lstat(staging / p).st_mode) for p in tree(staging)}
     assert modes == {"dispatch": 0o755, "dispatch/go.mod": 0o644, "dispatch/main.go": 0o644, "dispatch/run.sh": 0o755,
-                     "dispatch/sub": 0o755, "dispatch/sub/util.go": 0o644, "dispatch/suid": 0o755}
+                     "dispatch/sub": 0o755, "dispatch/sub/util.go": 0o644, "dispatch/suid": 0o755,
+                     "dispatch/trap": 0o755}
 
 
 def test_the_digest_ignores_timestamps_and_order_but_not_content_or_mode(tmp_path):
@@ -232,6 +234,7 @@ def test_module_root(names, root):
     ("evil\x1b[2J.go", "not allowed"),
     ("main\u202egod.go", "not allowed"),  # a right-to-left override hides the real name
     ("x" * 300 + ".go", "longer than"),
+    ("a/" * 40 + "x.go", "deeper than 32"),
     ("ab:c.go", "not allowed"),
 ])
 def test_unsafe_names_are_refused(tmp_path, name, reason):
@@ -575,3 +578,9 @@ def test_no_archive_makes_the_step_raise(changes):
         result = BuildStep().run(go_ctx(root, write(root, bytes(data))))
         assert result.status in (CHANGED, FAILED)
         assert result.status == CHANGED or result.next_action
+
+
+def test_corrupt_deflate_data_is_refused(tmp_path):
+    m = deflated("main.go", b"package main\n" * 100)
+    m.payload = b"\xff" * len(m.payload)  # an invalid block type
+    refused(tmp_path, raw_zip([m]), "corrupt compressed data")
