@@ -54,6 +54,15 @@ class Server:
                     with contextlib.suppress(OSError):
                         for _ in range(64):
                             self.wfile.write(chunk)
+                elif self.path == "/trickle":  # a byte at a time, each well within the timeout
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    with contextlib.suppress(OSError):
+                        for _ in range(1000):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.05)
                 elif self.path == "/slow":
                     self.send_response(200)
                     self.end_headers()
@@ -172,6 +181,12 @@ def test_a_stalled_download_times_out(plain, dest):
     started = time.monotonic()
     fails(dest, "cannot fetch", plain.url("/slow"), allow_http=True, timeout=0.5)
     assert time.monotonic() - started < 2.5
+
+
+def test_a_trickling_download_meets_the_deadline(plain, dest):
+    started = time.monotonic()
+    fails(dest, "took longer than 1 s", plain.url("/trickle"), allow_http=True, timeout=0.5, deadline=1.0)
+    assert time.monotonic() - started < 3
 
 
 def test_redirects_never_downgrade_nor_leave_http(tls, plain, dest):
