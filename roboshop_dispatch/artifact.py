@@ -44,7 +44,10 @@ class Fetched(NamedTuple):
 
 def shown(source: str) -> str:
     """``source`` fit for messages and files: a password in the URL replaced by ``***``."""
-    parts = urllib.parse.urlsplit(source) if "://" in source else None
+    try:
+        parts = urllib.parse.urlsplit(source) if "://" in source else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket: mask the whole authority
+        return re.sub(r"//[^/]*@", "//***@", source)
     if parts is None or parts.password is None:
         return source
     netloc = parts.netloc.rsplit("@", 1)
@@ -166,9 +169,9 @@ def fetch(source: str, dest_dir: Path, *, allow_http: bool = False, expected_sha
     ``timeout`` bounds connecting and each receive, ``deadline`` the whole transfer (seconds).
     Raises ArtifactError only."""
     pinned = check_sha256(expected_sha256) if expected_sha256 is not None else None
-    kind, where = _source(source, allow_http)
     path: Optional[Path] = None
     try:
+        kind, where = _source(source, allow_http)
         fd, name = tempfile.mkstemp(prefix=".artifact-", suffix=".zip", dir=str(dest_dir))
         path = Path(name)
         with os.fdopen(fd, "wb") as out:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roboshop_dispatch import artifact
@@ -241,3 +241,22 @@ def test_shown_never_contains_the_password(user, password):
     shown = artifact.shown(url)
     assert ":***@127.0.0.1:8443/dispatch.zip" in shown
     assert shown.count(quoted) < url.count(quoted)
+
+
+@given(st.text(max_size=40))
+def test_shown_survives_any_text(text):
+    for source in ("https://[" + text, "https://u:" + text + "@[::1/x", text):
+        assert isinstance(artifact.shown(source), str)
+    assert "pw" not in artifact.shown("https://u:pw@[" + text.replace("pw", ""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["file://", "/", "http://", "file:///", "ftp://", "https://["]))
+def test_any_source_that_needs_no_network_ends_in_a_file_or_artifacterror(tmp_path_factory, text, prefix):
+    dest = tmp_path_factory.mktemp("d")
+    try:
+        got = fetch(prefix + text, dest, max_bytes=2**20)  # http: refused before any connection
+    except ArtifactError:
+        assert list(dest.iterdir()) == []
+    else:
+        assert got.path.parent == dest
