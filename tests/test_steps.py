@@ -5,10 +5,8 @@ The real host behaviour is tested in test_provision_systemd.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -17,7 +15,6 @@ import pytest
 from roboshop_dispatch import envfile
 from roboshop_dispatch.host import HostFacts, Result, Runner
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings
-from roboshop_dispatch.steps import archive
 from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context, run_steps
 from roboshop_dispatch.steps.packages import PackagesStep, parse_installed, version_tuple
 from roboshop_dispatch.steps.plan import PLANS, PreflightError, plan, preflight
@@ -401,78 +398,3 @@ def test_dry_run_without_systemd_predicts_a_fresh_host(tmp_path):
     result = ServiceStep("start").run(ctx)
     assert result.data["actions"] == ["daemon-reload", "enable", "start"]
     assert "systemd is not running here" in str(result.data["note"])
-
-
-# -- safe unzip ------------------------------------------------------------------------------------
-
-
-def _zip(entries) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data, mode in entries:
-            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.create_system = 3
-            info.external_attr = mode << 16
-            zf.writestr(info, data)
-    return buf.getvalue()
-
-
-FILE = stat.S_IFREG | 0o644
-LINK = stat.S_IFLNK | 0o777
-
-
-@pytest.mark.parametrize("entries, reason", [
-    ([("/etc/cron.d/evil", b"x", FILE)], "absolute path"),
-    ([("../evil.go", b"x", FILE)], "'..'"),
-    ([("src/../../evil.go", b"x", FILE)], "'..'"),
-    ([("link", b"/etc", LINK)], "absolute path"),
-    ([("link", b"../../etc", LINK)], "points outside"),
-    ([("sub/link", b"../..", LINK)], "points outside"),
-    ([("link", b"sub", LINK), ("link/evil.go", b"x", FILE)], "through a link"),
-    ([("dev", b"", stat.S_IFCHR | 0o644)], "device"),
-    ([("C:/x.go", b"x", FILE)], "absolute path"),
-])
-def test_unsafe_archives_are_rejected_before_anything_is_written(tmp_path, entries, reason):
-    with pytest.raises(archive.UnsafeArchive, match=reason):
-        archive.members(_zip(entries))
-
-
-def test_a_chain_of_links_that_escapes_is_caught_after_resolution(tmp_path):
-    # as text both stay inside (a/b -> ".." is the top, c -> "a/b/.." is "a"); resolved, c is the
-    # parent of the destination
-    escaping = archive.members(_zip([("a/b", b"..", LINK), ("c", b"a/b/..", LINK)]))
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    with pytest.raises(archive.UnsafeArchive, match="outside the destination"):
-        archive.extract(escaping, dest)
-
-
-def test_a_good_archive_extracts_with_modes_and_inside_links(tmp_path):
-    data = _zip([("dispatch/main.go", b"package main\n", FILE), ("dispatch/run.sh", b"#!/bin/sh\n",
-                 stat.S_IFREG | 0o755), ("dispatch/alias.go", b"main.go", LINK), ("dispatch/sub/", b"",
-                 stat.S_IFDIR | 0o755)])
-    entries = archive.members(data)
-    assert archive.module_root(entries) == "dispatch"
-    dest = tmp_path / "out"
-    dest.mkdir()
-    assert archive.extract(entries, dest) == 2
-    assert (dest / "dispatch/main.go").read_bytes() == b"package main\n"
-    assert os.readlink(dest / "dispatch/alias.go") == "main.go"
-    assert stat.S_IMODE((dest / "dispatch/run.sh").stat().st_mode) == 0o755
-    assert stat.S_IMODE((dest / "dispatch/main.go").stat().st_mode) == 0o644
-
-
-def test_source_digest_ignores_timestamps_but_not_content():
-    a = archive.members(_zip([("main.go", b"package main\n", FILE)]))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(zipfile.ZipInfo("main.go", date_time=(2020, 5, 5, 1, 2, 4)), b"package main\n")
-    b = archive.members(buf.getvalue())
-    c = archive.members(_zip([("main.go", b"package main // v2\n", FILE)]))
-    assert archive.source_digest(a) == archive.source_digest(b) != archive.source_digest(c)
-    assert archive.module_root(a) == ""
-
-
-def test_not_a_zip_is_refused():
-    with pytest.raises(archive.UnsafeArchive, match="not a zip"):
-        archive.members(b"<html>404</html>")

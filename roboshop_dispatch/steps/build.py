@@ -175,52 +175,66 @@ class BuildStep(Step):
         return ctx.host_path(ctx.settings.app_dir / STAMP_NAME)
 
     def _check_go(self, ctx: Context) -> Change:
-        from . import archive
+        from .. import archive, artifact
 
-        artifact = ctx.settings.artifact
+        source = artifact.shown(ctx.settings.artifact)
+        # INTEGRATOR: --insecure / --sha256 arrive as Settings fields on the steps branch: read them
+        # directly (``ctx.settings.insecure``, ``ctx.settings.sha256``) once merged
+        allow_http = bool(getattr(ctx.settings, "insecure", True))
+        pinned = getattr(ctx.settings, "sha256", None)
+        download = Path(tempfile.mkdtemp(prefix="dispatchctl-artifact-"))
+        keep = False
         try:
-            data = archive.fetch(artifact)
-        except OSError as exc:
-            raise StepFailed(f"cannot fetch the artifact {artifact}: {exc.strerror or exc}",
-                             "check --artifact (a URL or a local path) and the network, then run "
-                             "`dispatchctl build --flavour go` again") from None
-        try:
-            entries = archive.members(data)
-        except archive.UnsafeArchive as exc:
-            raise StepFailed(f"refusing to unpack {artifact}: {exc}",
-                             "use a trustworthy archive (no absolute paths, '..' or outside links)") from None
-        if not any(name.endswith(".go") for name, kind, _, _ in entries if kind == "file"):
-            raise StepFailed(f"{artifact} holds no .go file", "check --artifact")
-        digest = archive.source_digest(entries)
-        path = ctx.settings.binary
-        binary = ctx.host_path(path)
-        report: Dict[str, object] = {"path": str(path), "flavour": "go", "sources": digest[:12]}
-        try:
-            stamp = json.loads(self._stamp_path(ctx).read_text())
-        except (OSError, ValueError):
-            stamp = {}
-        st = _file_state(binary)
-        binary_sha = sha256_file(binary) if st is not None else None
-        if stamp.get("sources") == digest and binary_sha is not None and stamp.get("binary") == binary_sha:
-            assert st is not None
-            fixes = _mode_fixes(st)
-            if not fixes:
-                return Change(False, f"sources unchanged ({digest[:12]}): build skipped", report=report)
-            return Change(True, f"fix {path}: {', '.join(fixes)}", data={"action": "fix"}, report=report)
-        why = ("first build" if st is None else
-               "sources changed" if stamp.get("sources") != digest else "binary differs from the last build")
-        return Change(True, f"go build {path} from {artifact} ({why})", marks=frozenset({"binary"}),
-                      data={"action": "go", "entries": entries, "digest": digest}, report=report)
+            try:
+                fetched = artifact.fetch(ctx.settings.artifact, download, allow_http=allow_http,
+                                         expected_sha256=pinned)
+                summary = archive.inspect(fetched.path)
+            except artifact.ArtifactError as exc:
+                raise StepFailed(str(exc), "check --artifact (an https URL or an absolute path), --sha256 and "
+                                 "the network, then run `dispatchctl build --flavour go` again") from None
+            except archive.UnsafeArchive as exc:
+                raise StepFailed(f"refusing to unpack {source}: {exc}",
+                                 "use a trustworthy archive of Go sources (no links, absolute paths or '..', "
+                                 "at most 64 MiB unpacked)") from None
+            if not summary.has_go:
+                raise StepFailed(f"{source} holds no .go file", "check --artifact")
+            digest = summary.digest
+            path = ctx.settings.binary
+            binary = ctx.host_path(path)
+            report: Dict[str, object] = {"path": str(path), "flavour": "go", "sources": digest[:12],
+                                         "artifact_sha256": fetched.sha256}
+            try:
+                stamp = json.loads(self._stamp_path(ctx).read_text())
+            except (OSError, ValueError):
+                stamp = {}
+            st = _file_state(binary)
+            binary_sha = sha256_file(binary) if st is not None else None
+            if stamp.get("sources") == digest and binary_sha is not None and stamp.get("binary") == binary_sha:
+                assert st is not None
+                fixes = _mode_fixes(st)
+                if not fixes:
+                    return Change(False, f"sources unchanged ({digest[:12]}): build skipped", report=report)
+                return Change(True, f"fix {path}: {', '.join(fixes)}", data={"action": "fix"}, report=report)
+            why = ("first build" if st is None else
+                   "sources changed" if stamp.get("sources") != digest else "binary differs from the last build")
+            keep = not ctx.dry_run  # apply unpacks this very file, then removes it
+            return Change(True, f"go build {path} from {source} ({why})", marks=frozenset({"binary"}),
+                          data={"action": "go", "archive": str(fetched.path), "digest": digest,
+                                "artifact_sha256": fetched.sha256}, report=report)
+        finally:
+            if not keep:
+                shutil.rmtree(download, ignore_errors=True)
 
     def _apply_go(self, ctx: Context, change: Change) -> str:
-        from . import archive
+        from .. import archive, artifact
 
+        zip_path = Path(str(change.data["archive"]))
         go = find_go(ctx.root)
         if go is None:
+            shutil.rmtree(zip_path.parent, ignore_errors=True)
             raise StepFailed("the go toolchain is not installed",
                              "run `dispatchctl install --flavour go` (it installs golang first)")
         app_dir = ctx.host_path(ctx.settings.app_dir)
-        entries = change.data["entries"]
         cache = ctx.host_path(GO_CACHE)
         env = {
             "HOME": os.environ.get("HOME") or "/root",
@@ -229,8 +243,14 @@ class BuildStep(Step):
         }
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=str(app_dir)))
         try:
-            archive.extract(entries, staging)  # type: ignore[arg-type]
-            src = staging / archive.module_root(entries)  # type: ignore[arg-type]
+            try:
+                summary = archive.extract(zip_path, staging)
+            except archive.UnsafeArchive as exc:
+                raise StepFailed(f"refusing to unpack {artifact.shown(ctx.settings.artifact)}: {exc}",
+                                 "use a trustworthy archive of Go sources") from None
+            if summary.digest != change.data["digest"]:
+                raise StepFailed("the artifact changed between check and build", self.retry_hint(ctx))
+            src = staging / summary.module_root
             out = app_dir / ".dispatch.new"
             try:
                 if not (src / "go.mod").exists():
@@ -250,10 +270,12 @@ class BuildStep(Step):
             kept = app_dir / "src"
             shutil.rmtree(kept, ignore_errors=True)
             os.rename(src, kept)
-            stamp = {"artifact": ctx.settings.artifact, "sources": change.data["digest"], "binary": binary_sha}
+            stamp = {"artifact": artifact.shown(ctx.settings.artifact), "sources": change.data["digest"],
+                     "artifact_sha256": change.data["artifact_sha256"], "binary": binary_sha}
             write_atomic(self._stamp_path(ctx), (json.dumps(stamp, indent=1) + "\n").encode(), mode=0o644)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(zip_path.parent, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(app_dir / ".dispatch.new")
         size = os.stat(ctx.host_path(ctx.settings.binary)).st_size

@@ -1,0 +1,190 @@
+"""Fetch the go flavour's artifact to a file on disk: streamed, capped, optionally pinned.
+
+The source is an ``https://`` URL, an ``http://`` one only when the caller allows it (the CLI's
+``--insecure``), a ``file://`` URL or an absolute path. A redirect may not leave http(s) nor go
+from https to http. The download is streamed into a private temporary file (never held in
+memory), capped at :data:`MAX_DOWNLOAD` bytes and an overall deadline, and hashed on the way; a
+pinned sha256 (``--sha256``) that does not match removes the file and names both digests.
+Every failure is one :class:`ArtifactError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import re
+import stat
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, Optional, Tuple
+
+MAX_DOWNLOAD = 64 * 1024 * 1024
+CHUNK = 64 * 1024
+TIMEOUT = 30.0  # seconds for connecting and for each read
+DEADLINE = 300.0  # seconds for the whole download
+MAX_REDIRECTS = 5
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class ArtifactError(Exception):
+    """The artifact could not be fetched, is too large, or does not match its pinned sha256."""
+
+
+class Fetched(NamedTuple):
+    path: Path  # a 0600 file in the directory the caller gave; the caller removes it
+    sha256: str
+    size: int
+
+
+def shown(source: str) -> str:
+    """``source`` fit for messages and files: a password in the URL replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(source) if "://" in source else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket: mask the whole authority
+        return re.sub(r"//[^/]*@", "//***@", source)
+    if parts is None or parts.password is None:
+        return source
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def check_sha256(value: str) -> str:
+    """``value`` as 64 lower-case hex digits, or ArtifactError."""
+    if not _SHA256.fullmatch(value):
+        raise ArtifactError(f"{value[:80]!r} is not a sha256 (64 hexadecimal digits)")
+    return value.lower()
+
+
+class _RedirectPolicy(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s), never from https to http, and to http only if allowed."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, allow_http: bool) -> None:
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        if new not in ("http", "https"):
+            raise ArtifactError(f"refusing a redirect from {shown(req.full_url)} to a {new or 'schemeless'} URL")
+        if old == "https" and new == "http":
+            raise ArtifactError(f"refusing a redirect from https to plain http ({shown(newurl)})")
+        if new == "http" and not self.allow_http:
+            raise ArtifactError(f"refusing a redirect to plain http ({shown(newurl)}) without --insecure")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(allow_http: bool) -> urllib.request.OpenerDirector:
+    """http(s) only: no file:, ftp: or data: handlers behind a redirect."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
+                    _RedirectPolicy(allow_http)):
+        opener.add_handler(handler)
+    return opener
+
+
+def _copy(src: io.BufferedIOBase, dest: BinaryIO, source: str, max_bytes: int, seconds: float) -> str:
+    """Copy in chunks, within the caps; the sha256 of what was copied. ``read1`` returns what one
+    receive brought, so a server that trickles bytes meets the deadline too."""
+    digest = hashlib.sha256()
+    total = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        chunk = src.read1(CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        total += len(chunk)
+        if total > max_bytes:
+            raise ArtifactError(f"{shown(source)} is larger than {max_bytes // 2**20} MiB")
+        if time.monotonic() > deadline:
+            raise ArtifactError(f"{shown(source)}: the download took longer than {seconds:g} s")
+        digest.update(chunk)
+        dest.write(chunk)
+
+
+def _open_url(source: str, allow_http: bool, max_bytes: int, timeout: float) -> io.BufferedIOBase:
+    request = urllib.request.Request(source, headers={"User-Agent": "dispatchctl"})
+    try:
+        response = _opener(allow_http).open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise ArtifactError(f"HTTP {exc.code} {exc.reason} from {shown(source)}") from None
+    except urllib.error.URLError as exc:
+        raise ArtifactError(f"cannot fetch {shown(source)}: {exc.reason}") from None
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        response.close()
+        raise ArtifactError(f"{shown(source)} is {int(length)} bytes, larger than {max_bytes // 2**20} MiB")
+    return response
+
+
+def _open_local(path: str) -> io.BufferedIOBase:
+    """A regular file (O_NONBLOCK: a FIFO must not hang us before we can refuse it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArtifactError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _source(source: str, allow_http: bool) -> Tuple[str, str]:
+    """('url', url) or ('path', absolute path), or ArtifactError."""
+    if "://" not in source:
+        if not os.path.isabs(source):
+            raise ArtifactError(f"{source!r}: give an https URL or an absolute path")
+        return "path", source
+    parts = urllib.parse.urlsplit(source)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ArtifactError(f"{source!r}: a file URL names this host only")
+        return "path", urllib.request.url2pathname(parts.path)
+    if scheme == "http" and not allow_http:
+        raise ArtifactError(f"refusing plain http for {shown(source)}: use https, or --insecure to accept it")
+    if scheme not in ("http", "https"):
+        raise ArtifactError(f"{shown(source)}: only https (http with --insecure), file URLs and paths")
+    if parts.username is not None or parts.password is not None:
+        raise ArtifactError(f"{shown(source)}: credentials in the URL are refused (they show in process "
+                            "lists); use a pre-signed URL or a local path")
+    return "url", source
+
+
+def _discard(path: Optional[Path]) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def fetch(source: str, dest_dir: Path, *, allow_http: bool = False, expected_sha256: Optional[str] = None,
+          max_bytes: int = MAX_DOWNLOAD, timeout: float = TIMEOUT, deadline: float = DEADLINE) -> Fetched:
+    """Download (or copy) ``source`` into a new 0600 file in ``dest_dir``; see the module text.
+    ``timeout`` bounds connecting and each receive, ``deadline`` the whole transfer (seconds).
+    Raises ArtifactError only."""
+    pinned = check_sha256(expected_sha256) if expected_sha256 is not None else None
+    path: Optional[Path] = None
+    try:
+        kind, where = _source(source, allow_http)
+        fd, name = tempfile.mkstemp(prefix=".artifact-", suffix=".zip", dir=str(dest_dir))
+        path = Path(name)
+        with os.fdopen(fd, "wb") as out:
+            src = _open_url(where, allow_http, max_bytes, timeout) if kind == "url" else _open_local(where)
+            with src:
+                digest = _copy(src, out, source, max_bytes, deadline)
+        if pinned is not None and digest != pinned:
+            raise ArtifactError(f"{shown(source)} has sha256 {digest}, not the pinned {pinned} (--sha256)")
+        return Fetched(path, digest, path.stat().st_size)
+    except ArtifactError:
+        _discard(path)
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        _discard(path)
+        what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ArtifactError(f"cannot fetch {shown(source)}: {what}") from None
