@@ -8,20 +8,17 @@ parts (the journal and the broker) run side by side, each bounded in time.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .settings import ENV_FILE, MASK
+from .settings import MASK
 
 EXIT_RUNNING = 0
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_INSTALLED = 4
 
-PROPERTIES = (
-    "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
-    "ExecStart", "EnvironmentFiles", "FragmentPath", "ActiveEnterTimestamp", "Type",
-)
 BROKER_TIMEOUT_S = 1.5
 
 
@@ -139,65 +136,73 @@ def _import_psutil() -> None:
     import psutil  # noqa: F401
 
 
+DELIVERY_PATH = re.compile(r"\(delivery path: ([A-Za-z0-9_-]+)\)")
+
+
+def delivery_path(status_text: str) -> Optional[str]:
+    """The consumer's delivery path (``fast`` or ``pika``) from the unit's StatusText, which the
+    bundled consumer ends with ``(delivery path: NAME)``; None when it does not say (the go flavour,
+    a consumer still connecting)."""
+    m = DELIVERY_PATH.search(status_text or "")
+    return m.group(1) if m else None
+
+
+def config_of(state: Any) -> Dict[str, Any]:
+    """The configuration as ``status`` shows it: the consumer's own reading of the installed
+    environment (its defaults), the password masked."""
+    from .consumer import config as consumer_config
+
+    doc: Dict[str, Any] = {"path": state.env_file.path}
+    if state.env_error:
+        doc["error"] = state.env_error
+        return doc
+    env = state.environment
+    cfg = state.consumer
+    doc.update({
+        "hosts": list(cfg.hosts) if cfg else [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
+        "port": str(cfg.port) if cfg else env.get("AMQP_PORT", "5672"),
+        "vhost": cfg.vhost if cfg else env.get("AMQP_VHOST", "/"),
+        "user": cfg.user if cfg else env.get("AMQP_USER", consumer_config.DEFAULT_USER),
+        "password": MASK if state.password else "(not set)",
+        "password_source": state.password_source or None,
+        "error_percent": f"{cfg.error_percent:g}" if cfg else env.get("DISPATCH_ERROR_PERCENT", "0"),
+    })
+    if state.config_error:
+        doc["error"] = state.config_error
+    return doc
+
+
 def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
     imports the caller needs afterwards, run in the background meanwhile."""
-    from .diagnostics import (
-        amqp_from_environment,
-        binary_from_unit,
-        env_file_from_unit,
-        flavour_of,
-        masker,
-        read_env_file,
-    )
+    from . import installed
+    from .diagnostics.report import masker
     from .host import Runner
     from .systemd import Systemd
 
     systemd = Systemd(runner or Runner(timeout=15))
-    props = systemd.show(PROPERTIES)
-    load = props.get("LoadState", "")
-    installed = load not in ("", "not-found")
-    active = props.get("ActiveState", "")
-    pid = int(props.get("MainPID", "0") or 0)
+    state = installed.read(env_file=env_file, runner=systemd.runner, version=False)
+    pid = state.main_pid
+    status_text = state.prop("StatusText")
     doc: Dict[str, Any] = {
         "unit": systemd.unit,
-        "installed": installed,
-        "load_state": load or "unknown",
-        "active_state": active or "unknown",
-        "sub_state": props.get("SubState", ""),
-        "result": props.get("Result", ""),
-        "enabled": props.get("UnitFileState", ""),
+        "installed": state.installed,
+        "load_state": state.prop("LoadState") or "unknown",
+        "active_state": state.prop("ActiveState") or "unknown",
+        "sub_state": state.prop("SubState"),
+        "result": state.prop("Result"),
+        "enabled": state.prop("UnitFileState"),
         "main_pid": pid,
-        "restarts": int(props.get("NRestarts", "0") or 0),
-        "unit_user": props.get("User", ""),
-        "unit_file": props.get("FragmentPath", ""),
+        "restarts": int(state.prop("NRestarts", "0") or 0),
+        "unit_user": state.prop("User"),
+        "unit_file": state.prop("FragmentPath"),
+        "status_text": status_text,
+        "delivery_path": delivery_path(status_text),
     }
-
-    # the configuration
-    env_path = env_file or env_file_from_unit(props, ENV_FILE)
-    config: Dict[str, Any] = {"path": str(env_path)}
-    mask: Callable[[str], str] = masker(())
-    amqp = None
-    try:
-        env = read_env_file(env_path)
-        mask = masker([env.get("AMQP_PASS", "")])
-        config.update({
-            "hosts": [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
-            "port": env.get("AMQP_PORT", "5672") or "5672",
-            "vhost": env.get("AMQP_VHOST", "/") or "/",
-            "user": env.get("AMQP_USER", "roboshop") or "roboshop",
-            "password": MASK if env.get("AMQP_PASS") else "(not set)",
-            "error_percent": env.get("DISPATCH_ERROR_PERCENT", "0") or "0",
-        })
-        try:
-            amqp = amqp_from_environment(env, source=str(env_path))
-        except ValueError as exc:
-            config["error"] = str(exc)
-    except FileNotFoundError:
-        config["error"] = "not present"
-    except (OSError, UnicodeDecodeError) as exc:
-        config["error"] = getattr(exc, "strerror", None) or str(exc)
+    config = config_of(state)
+    mask: Callable[[str], str] = masker(state.secrets())
+    amqp = state.amqp_settings() if state.consumer is not None and state.password else None
 
     # the queue: asked by a child process on the other core while this one gathers the rest
     # (forked before any thread of ours starts)
@@ -213,7 +218,7 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     import threading
 
     journal_thread = threading.Thread(target=read_journal, daemon=True)
-    if installed and lines > 0:
+    if state.installed and lines > 0:
         journal_thread.start()
 
     # the process
@@ -244,16 +249,14 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     doc["uptime_s"] = process.get("uptime_s") if process else None
 
     # the binary
-    binary = binary_from_unit(props, Path("/app/dispatch"))
-    exists = binary.exists()
-    doc["binary"] = {"path": str(binary), "exists": exists, "flavour": flavour_of(binary) if exists else None}
+    doc["binary"] = {"path": state.binary.path, "exists": state.binary.exists, "flavour": state.flavour}
     doc["config"] = config
     doc["queue"] = queue_answer() if queue_answer is not None else None
 
     if journal_thread.ident is not None:
         journal_thread.join(10)
     doc["logs"] = [mask(line) for line in journal_box.get("lines", [])]
-    doc["running"] = installed and active == "active"
+    doc["running"] = state.installed and state.active
     return doc
 
 
