@@ -88,7 +88,7 @@ __all__ = [
     "AUTH_FAILURE", "BINARY_NOT_FOUND", "COMMON_ISSUES", "DEFAULT_BUDGET_S", "FAIL", "HOST_CHECKS", "INTERNAL_ERROR",
     "OK", "PERMISSION_DENIED", "RABBIT_CHECKS", "SERVICE_NOT_STARTING", "SKIP", "STATUSES", "TITLES", "WARN",
     "Finding", "Report", "amqp_from_environment", "binary_from_unit", "can_access", "check_host", "check_installed",
-    "check_rabbitmq",    "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
+    "check_rabbitmq", "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
     "mask_document", "masker", "read_env_file", "run_bounded",
 ]
 
