@@ -21,7 +21,7 @@ from .catalog import (
     order,
 )
 from .report import FAIL, SERVICE_NOT_STARTING, Finding, Report, internal_error
-from .session import HandshakeFailed, Session, snapshot
+from .session import HandshakeFailed, Session, connection_errors, snapshot
 
 
 def check_rabbitmq(
@@ -95,9 +95,7 @@ def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clo
 
 def _broker_error(error: BaseException) -> bool:
     """An error of the connection (the broker or the network), not of dispatchctl's own code."""
-    import pika.exceptions as pe
-
-    return isinstance(error, (pe.AMQPError, OSError, EOFError))
+    return isinstance(error, connection_errors())
 
 
 def _handshake_failed(target: Dict[str, Any], port: int, clock: Clock, error: Any) -> Finding:

@@ -19,6 +19,15 @@ from .catalog import CONNECT_TIMEOUT_S, auth_fix, finding, host_label, scrub
 from .report import AUTH_FAILURE, FAIL, OK, Finding
 
 
+def connection_errors() -> Tuple[type, ...]:
+    """What pika raises when a connection fails or breaks: its AMQPError family, socket errors,
+    and the connection workflow's own exceptions (a stack timeout is not an AMQPError)."""
+    import pika.exceptions as pe
+    from pika.adapters.utils import connection_workflow as cw
+
+    return (pe.AMQPError, OSError, EOFError, cw.AMQPConnectorException, cw.AMQPConnectionWorkflowFailed)
+
+
 class HandshakeFailed(RuntimeError):
     """The port answered TCP but no AMQP session came of it (the message names why)."""
 
@@ -114,7 +123,7 @@ class Session:
         except pe.ConnectionClosedByBroker as exc:
             code, text = reply_of(exc)
             raise HandshakeFailed(f"{label} closed the connection during the handshake: {code} {text}") from None
-        except (pe.AMQPError, OSError) as exc:  # stack timeout, stream lost...
+        except connection_errors() as exc:  # stack timeout, stream lost...
             raise HandshakeFailed(f"{label}: AMQP handshake failed: {type(exc).__name__}: {exc}") from None
         connect_ms = _ms(started)
         version = server_version(conn)
