@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from roboshop_dispatch import installed as inst
-from roboshop_dispatch.diagnostics import check_installed, host_checks as hc
+from roboshop_dispatch.diagnostics import check_installed
+from roboshop_dispatch.diagnostics import host_checks as hc
 from roboshop_dispatch.diagnostics.report import INTERNAL_ERROR
 
 ROOT_0600 = dict(kind="file", mode=0o600, uid=0, gid=0)
@@ -163,7 +164,7 @@ def test_a_check_that_raises_is_an_internal_error_with_its_traceback(monkeypatch
     def broken(state):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(hc, "HOST_CHECKS", hc.HOST_CHECKS[:2] + (("boom", "Boom", broken),) + hc.HOST_CHECKS[2:])
+    monkeypatch.setattr(hc, "HOST_CHECKS", (*hc.HOST_CHECKS[:2], ("boom", "Boom", broken), *hc.HOST_CHECKS[2:]))
     by = {f.name: f for f in hc.host_findings(HEALTHY)}
     assert by["boom"].status == "fail" and by["boom"].diagnosis == INTERNAL_ERROR
     assert "KeyError: 'surprise'" in by["boom"].traceback and "broken" in by["boom"].traceback

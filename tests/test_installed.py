@@ -11,7 +11,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roboshop_dispatch import envfile, installed as inst
+from roboshop_dispatch import envfile
+from roboshop_dispatch import installed as inst
 
 UNIT = """[Unit]
 Description=Dispatch Service

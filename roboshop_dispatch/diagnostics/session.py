@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Type
 
 from .. import amqp as contract
 from ..settings import AmqpSettings
@@ -19,7 +19,7 @@ from .catalog import CONNECT_TIMEOUT_S, auth_fix, finding, host_label, scrub
 from .report import AUTH_FAILURE, FAIL, OK, Finding
 
 
-def connection_errors() -> Tuple[type, ...]:
+def connection_errors() -> Tuple[Type[BaseException], ...]:
     """What pika raises when a connection fails or breaks: its AMQPError family, socket errors,
     and the connection workflow's own exceptions (a stack timeout is not an AMQPError)."""
     import pika.exceptions as pe
