@@ -172,11 +172,57 @@ def config_of(state: Any) -> Dict[str, Any]:
     return doc
 
 
+def process_info(pid: int) -> Dict[str, Any]:
+    """The main process as psutil sees it (user, memory, CPU, uptime), or the error."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            created = proc.create_time()
+            cpu = proc.cpu_times()
+            uptime = max(0.001, time.time() - created)
+            return {
+                "pid": pid,
+                "user": proc.username(),
+                "rss_bytes": proc.memory_info().rss,
+                "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
+                "cpu_seconds": round(cpu.user + cpu.system, 2),
+                "threads": proc.num_threads(),
+                "uptime_s": round(uptime, 1),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
+                "cmdline": proc.cmdline(),
+            }
+    except Exception as exc:  # the process ended in between, or psutil cannot see it
+        return {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def unit_doc(state: Any) -> Dict[str, Any]:
+    """The unit's part of ``status``: its states, PID, restarts, user, StatusText, delivery path."""
+    status_text = state.prop("StatusText")
+    return {
+        "unit": state.unit,
+        "installed": state.installed,
+        "load_state": state.prop("LoadState") or "unknown",
+        "active_state": state.prop("ActiveState") or "unknown",
+        "sub_state": state.prop("SubState"),
+        "result": state.prop("Result"),
+        "enabled": state.prop("UnitFileState"),
+        "main_pid": state.main_pid,
+        "restarts": int(state.prop("NRestarts", "0") or 0),
+        "unit_user": state.prop("User"),
+        "unit_file": state.prop("FragmentPath"),
+        "status_text": status_text,
+        "delivery_path": delivery_path(status_text),
+    }
+
+
 def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
     imports the caller needs afterwards, run in the background meanwhile."""
     from . import installed
+    from .diagnostics.bounded import start
     from .diagnostics.report import masker
     from .host import Runner
     from .systemd import Systemd
@@ -184,22 +230,7 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     systemd = Systemd(runner or Runner(timeout=15))
     state = installed.read(env_file=env_file, runner=systemd.runner, version=False)
     pid = state.main_pid
-    status_text = state.prop("StatusText")
-    doc: Dict[str, Any] = {
-        "unit": systemd.unit,
-        "installed": state.installed,
-        "load_state": state.prop("LoadState") or "unknown",
-        "active_state": state.prop("ActiveState") or "unknown",
-        "sub_state": state.prop("SubState"),
-        "result": state.prop("Result"),
-        "enabled": state.prop("UnitFileState"),
-        "main_pid": pid,
-        "restarts": int(state.prop("NRestarts", "0") or 0),
-        "unit_user": state.prop("User"),
-        "unit_file": state.prop("FragmentPath"),
-        "status_text": status_text,
-        "delivery_path": delivery_path(status_text),
-    }
+    doc = unit_doc(state)
     config = config_of(state)
     mask: Callable[[str], str] = masker(state.secrets())
     amqp = state.amqp_settings() if state.consumer is not None and state.password else None
@@ -210,41 +241,10 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     prefetch(_import_psutil, *preload)
 
     # the journal in the background while the rest is gathered
-    journal_box: Dict[str, List[str]] = {}
-
-    def read_journal() -> None:
-        journal_box["lines"] = systemd.journal_lines(lines) if lines > 0 else []
-
-    import threading
-
-    journal_thread = threading.Thread(target=read_journal, daemon=True)
-    if state.installed and lines > 0:
-        journal_thread.start()
+    journal = start(lambda: systemd.journal_lines(lines)) if state.installed and lines > 0 else None
 
     # the process
-    process: Optional[Dict[str, Any]] = None
-    if pid:
-        try:
-            import psutil
-
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                created = proc.create_time()
-                cpu = proc.cpu_times()
-                uptime = max(0.001, time.time() - created)
-                process = {
-                    "pid": pid,
-                    "user": proc.username(),
-                    "rss_bytes": proc.memory_info().rss,
-                    "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
-                    "cpu_seconds": round(cpu.user + cpu.system, 2),
-                    "threads": proc.num_threads(),
-                    "uptime_s": round(uptime, 1),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
-                    "cmdline": proc.cmdline(),
-                }
-        except Exception as exc:  # the process ended in between, or psutil cannot see it
-            process = {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+    process = process_info(pid) if pid else None
     doc["process"] = process
     doc["uptime_s"] = process.get("uptime_s") if process else None
 
@@ -253,9 +253,11 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     doc["config"] = config
     doc["queue"] = queue_answer() if queue_answer is not None else None
 
-    if journal_thread.ident is not None:
-        journal_thread.join(10)
-    doc["logs"] = [mask(line) for line in journal_box.get("lines", [])]
+    try:
+        logs = journal.result(timeout=10) if journal is not None else []
+    except Exception:  # journalctl too slow or failing: status shows the rest
+        logs = []
+    doc["logs"] = [mask(line) for line in logs]
     doc["running"] = state.installed and state.active
     return doc
 
