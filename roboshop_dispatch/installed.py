@@ -286,14 +286,14 @@ def read(
     credentials = load_credentials(_unit_texts(unit_file, props.get("DropInPaths", "")))
     env_path = env_file or env_file_from_unit(props, layout.ENV_FILE)
     env_facts = _read_env(env_path)
-    secret = _read_credential(credentials)
+    secret = _read_credential(credentials)  # the credential's password wins over AMQP_PASS
     state = InstalledState(
         unit=systemd.unit, properties=props, os_id=host.os_id, os_name=host.os_name, os_family=host.family,
         is_root=host.is_root, systemd_pid1=host.systemd_pid1,
         systemd_version=systemd_version(systemd.runner) if host.systemd_pid1 and version else None,
         selinux=host.selinux, unit_file=unit_file, credentials=credentials,
         service_user=user_info(service_user), app_dir=lstat(app_dir),
-        **env_facts, **secret, **_read_binary(props, app_dir, host.family == "rhel"),
+        **{**env_facts, **secret}, **_read_binary(props, app_dir, host.family == "rhel"),
     )
     state = replace(state, **consumer_settings(state, env_path))
     return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))

@@ -134,8 +134,13 @@ def check_host(
     from .. import installed
 
     started = time.monotonic()
-    state = installed.read(env_file=env_file, service_user=service_user, app_dir=app_dir, runner=runner,
-                           verify_unit=True, journal_lines=log_lines, process=True)
+    try:
+        state = installed.read(env_file=env_file, service_user=service_user, app_dir=app_dir, runner=runner,
+                               verify_unit=True, journal_lines=log_lines, process=True)
+    except Exception as exc:  # a bug in reading the host: reported, with its traceback, as a finding
+        report = Report(findings=[internal_error("installed", "Installed state", exc)])
+        report.elapsed_s = time.monotonic() - started
+        return report, masker(())
     return check_installed(state, rabbitmq=rabbitmq, budget=budget, started=started)
 
 
