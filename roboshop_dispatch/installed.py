@@ -268,6 +268,7 @@ def read(
     process: bool = False,
     version: bool = True,
     unit_state: bool = True,
+    interpret: bool = True,
 ) -> InstalledState:
     """Read the installed dispatch once. Never raises for a missing or broken installation: what
     cannot be read is recorded as such. ``verify_unit`` runs ``systemd-analyze verify``,
@@ -275,7 +276,9 @@ def read(
     psutil which user the main process runs as (each costs time, so only ``check`` asks);
     ``version=False`` leaves systemd's version out (one process less, for ``status``);
     ``unit_state=False`` skips ``systemctl show`` (the unit file and its drop-ins are then read
-    from their places in :mod:`layout`: enough for the settings, for ``check-rabbitmq``)."""
+    from their places in :mod:`layout`: enough for the settings, for ``check-rabbitmq``);
+    ``interpret=False`` leaves the consumer's reading of the settings to the caller
+    (:func:`consumer_settings`: it imports pika, which ``status`` does in a child process)."""
     from .host import HostFacts, Runner
     from .systemd import Systemd
 
@@ -295,7 +298,8 @@ def read(
         service_user=user_info(service_user), app_dir=lstat(app_dir),
         **{**env_facts, **secret}, **_read_binary(props, app_dir, host.family == "rhel"),
     )
-    state = replace(state, **consumer_settings(state, env_path))
+    if interpret:
+        state = replace(state, **consumer_settings(state, env_path))
     return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
 
 
@@ -346,6 +350,9 @@ def _credstore(name: str) -> Path:
 
 def consumer_settings(state: InstalledState, env_path: Path) -> Dict[str, Any]:
     """The consumer's reading of the installed environment (and the credential), or why it fails."""
+    from .pikaload import load
+
+    load()  # consumer.config imports the contract, which imports pika: without its asyncio adapter
     from .consumer import config
 
     if state.env_error:

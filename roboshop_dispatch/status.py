@@ -67,14 +67,20 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
 
 
 def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
-    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer.
+    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer
+    (see :func:`run_in_child`)."""
+    return run_in_child(lambda: queue_counts(amqp, timeout), timeout)
+
+
+def run_in_child(fn: Callable[[], Dict[str, Any]], timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
+    """Start ``fn`` (returning a JSON-ready dict) in a forked child and return a function that waits
+    for its answer, at most ``timeout`` + 2 s.
 
     ``status`` is CPU-bound (the imports of typer, rich, psutil and pika), and a thread shares one
     core through the GIL; a child uses the machine's other core, so pika's import and the round
     trip cost no wall time. Call it before starting any thread (fork copies only the caller)."""
     import json
     import os
-    import select
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -83,10 +89,10 @@ def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callabl
         try:
             os.close(read_fd)
             try:
-                counts = queue_counts(amqp, timeout)
+                answer = fn()
             except Exception as exc:
-                counts = {"error": f"{type(exc).__name__}: {exc}"}
-            data = json.dumps(counts).encode()
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            data = json.dumps(answer).encode()
             while data:
                 data = data[os.write(write_fd, data):]
         except BaseException:
@@ -94,29 +100,48 @@ def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callabl
         finally:
             os._exit(code)
     os.close(write_fd)
+    return lambda: _child_answer(pid, read_fd, timeout + 2.0)
 
-    def answer() -> Dict[str, Any]:
-        chunks: List[bytes] = []
-        deadline = time.monotonic() + timeout + 2.0
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                    os.kill(pid, 9)
-                    return {"error": f"no answer within {timeout + 2.0:.1f}s"}
-                chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(read_fd)
-            os.waitpid(pid, 0)
-        try:
-            return dict(json.loads(b"".join(chunks)))
-        except ValueError:
-            return {"error": "the broker query ended without an answer"}
 
-    return answer
+def _child_answer(pid: int, read_fd: int, limit: float) -> Dict[str, Any]:
+    import json
+    import os
+    import select
+
+    chunks: List[bytes] = []
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, 9)
+                return {"error": f"no answer within {limit:.1f}s"}
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    try:
+        return dict(json.loads(b"".join(chunks)))
+    except ValueError:
+        return {"error": "the broker query ended without an answer"}
+
+
+def settings_and_queue(state: Any, broker: bool, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]:
+    """The consumer's reading of the installed settings (``config``, as status shows it) and, when
+    they are complete and ``broker``, the ``orders`` queue's counts (``queue``). Run in the child:
+    the consumer's config module imports pika."""
+    from dataclasses import replace
+
+    from . import installed
+
+    state = replace(state, **installed.consumer_settings(state, Path(state.env_file.path)))
+    queue = None
+    if broker and state.consumer is not None and state.password:
+        queue = queue_counts(state.amqp_settings(), timeout)
+    return {"config": config_of(state), "queue": queue}
 
 
 def prefetch(*loaders: Callable[[], Any]) -> None:
@@ -150,12 +175,15 @@ def delivery_path(status_text: str) -> Optional[str]:
 def config_of(state: Any) -> Dict[str, Any]:
     """The configuration as ``status`` shows it: the consumer's own reading of the installed
     environment (its defaults), the password masked."""
-    from .consumer import config as consumer_config
-
     doc: Dict[str, Any] = {"path": state.env_file.path}
     if state.env_error:
         doc["error"] = state.env_error
         return doc
+    from .pikaload import load
+
+    load()  # the consumer's config imports the contract, which imports pika
+    from .consumer import config as consumer_config
+
     env = state.environment
     cfg = state.consumer
     doc.update({
@@ -228,16 +256,14 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     from .systemd import Systemd
 
     systemd = Systemd(runner or Runner(timeout=15))
-    state = installed.read(env_file=env_file, runner=systemd.runner, version=False)
+    state = installed.read(env_file=env_file, runner=systemd.runner, version=False, interpret=False)
     pid = state.main_pid
     doc = unit_doc(state)
-    config = config_of(state)
     mask: Callable[[str], str] = masker(state.secrets())
-    amqp = state.amqp_settings() if state.consumer is not None and state.password else None
 
-    # the queue: asked by a child process on the other core while this one gathers the rest
-    # (forked before any thread of ours starts)
-    queue_answer = ask_broker_in_child(amqp) if broker and amqp is not None else None
+    # the settings (the consumer's reading of them) and the queue: worked out by a child process on
+    # the other core while this one gathers the rest (forked before any thread of ours starts)
+    child_answer = run_in_child(lambda: settings_and_queue(state, broker)) if not state.env_error else None
     prefetch(_import_psutil, *preload)
 
     # the journal in the background while the rest is gathered
@@ -250,8 +276,9 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
 
     # the binary
     doc["binary"] = {"path": state.binary.path, "exists": state.binary.exists, "flavour": state.flavour}
-    doc["config"] = config
-    doc["queue"] = queue_answer() if queue_answer is not None else None
+    answer = child_answer() if child_answer is not None else {"config": config_of(state), "queue": None}
+    doc["config"] = answer.get("config") or {"path": state.env_file.path, "error": answer.get("error", "?")}
+    doc["queue"] = answer.get("queue")
 
     try:
         logs = journal.result(timeout=10) if journal is not None else []

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 # the parsing of systemd's answers lives with the installed state; kept importable from here
 from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
@@ -63,8 +63,6 @@ from ..settings import AmqpSettings, Secret, SettingsError
 from .bounded import run_bounded
 from .catalog import DEFAULT_BUDGET_S, RABBIT_CHECKS, TITLES
 from .host_checks import HOST_CHECKS, can_access, host_findings
-from .permissions import interpret
-from .rabbitmq import check_rabbitmq
 from .report import (
     AUTH_FAILURE,
     BINARY_NOT_FOUND,
@@ -91,6 +89,23 @@ __all__ = [
     "check_rabbitmq", "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
     "mask_document", "masker", "read_env_file", "run_bounded",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """check_rabbitmq and interpret load pika (through pikaload, without its asyncio adapter) only
+    when used: ``status`` imports this package for its report helpers and must not pay for pika."""
+    if name == "check_rabbitmq":
+        from .rabbitmq import check_rabbitmq
+
+        return check_rabbitmq
+    if name == "interpret":
+        from ..pikaload import load
+
+        load()
+        from .permissions import interpret
+
+        return interpret
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_env_file(path: Path) -> Dict[str, str]:
@@ -167,6 +182,8 @@ def _rabbitmq_with_installed(report: Report, state: InstalledState, budget: floa
                            fix="dispatchctl configure --amqp-host HOST --amqp-pass-file FILE",
                            issue=SERVICE_NOT_STARTING))
         return
+    from .rabbitmq import check_rabbitmq
+
     for f in check_rabbitmq(state.amqp_settings(), budget=min(DEFAULT_BUDGET_S, budget)).findings:
         f.name = "rabbitmq." + f.name
         f.title = "RabbitMQ: " + f.title

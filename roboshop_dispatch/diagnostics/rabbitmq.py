@@ -21,7 +21,6 @@ from .catalog import (
     order,
 )
 from .report import FAIL, SERVICE_NOT_STARTING, Finding, Report, internal_error
-from .session import HandshakeFailed, Session, connection_errors, snapshot
 
 
 def check_rabbitmq(
@@ -70,6 +69,11 @@ def _ms(started: float) -> float:
 
 def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clock, declare: bool) -> None:
     """The AMQP checks, in a worker, so that a broker that stops answering cannot hold up the answer."""
+    from ..pikaload import load
+
+    load()  # pika without its asyncio adapter, before session imports the contract (which imports pika)
+    from .session import HandshakeFailed, Session, snapshot
+
     names = order(declare)
     session = Session(amqp, declare)
     finished, _, error = run_bounded(lambda: session.run(target["address"], clock), clock.left())
@@ -95,6 +99,8 @@ def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clo
 
 def _broker_error(error: BaseException) -> bool:
     """An error of the connection (the broker or the network), not of dispatchctl's own code."""
+    from .session import connection_errors
+
     return isinstance(error, connection_errors())
 
 
