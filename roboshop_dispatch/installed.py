@@ -267,7 +267,6 @@ def read(
     journal_lines: int = 0,
     process: bool = False,
     version: bool = True,
-    unit_state: bool = True,
     interpret: bool = True,
 ) -> InstalledState:
     """Read the installed dispatch once. Never raises for a missing or broken installation: what
@@ -275,8 +274,6 @@ def read(
     ``journal_lines`` reads that many log lines when the service is not active, ``process`` asks
     psutil which user the main process runs as (each costs time, so only ``check`` asks);
     ``version=False`` leaves systemd's version out (one process less, for ``status``);
-    ``unit_state=False`` skips ``systemctl show`` (the unit file and its drop-ins are then read
-    from their places in :mod:`layout`: enough for the settings, for ``check-rabbitmq``);
     ``interpret=False`` leaves the consumer's reading of the settings to the caller
     (:func:`consumer_settings`: it imports pika, which ``status`` does in a child process)."""
     from .host import HostFacts, Runner
@@ -284,7 +281,7 @@ def read(
 
     host = HostFacts.gather()
     systemd = Systemd(runner or Runner(timeout=30))
-    props = systemd.show(UNIT_PROPERTIES) if host.systemd_pid1 and unit_state else {}
+    props = systemd.show(UNIT_PROPERTIES) if host.systemd_pid1 else {}
     unit_file = lstat(Path(props.get("FragmentPath") or layout.UNIT_PATH))
     credentials = load_credentials(_unit_texts(unit_file, props.get("DropInPaths", "")))
     env_path = env_file or env_file_from_unit(props, layout.ENV_FILE)
@@ -301,6 +298,17 @@ def read(
     if interpret:
         state = replace(state, **consumer_settings(state, env_path))
     return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
+
+
+def read_settings(env_file: Path = layout.ENV_FILE) -> InstalledState:
+    """Only the installed AMQP settings, as the consumer reads them: the environment file, the
+    credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, no
+    ``systemctl``. For ``check-rabbitmq``, which needs nothing else of the host."""
+    unit_file = lstat(layout.UNIT_PATH)
+    credentials = load_credentials(_unit_texts(unit_file, ""))
+    state = InstalledState(unit_file=unit_file, credentials=credentials,
+                           **{**_read_env(env_file), **_read_credential(credentials)})
+    return replace(state, **consumer_settings(state, env_file))
 
 
 def _read_env(path: Path) -> Dict[str, Any]:

@@ -85,6 +85,15 @@ def test_errors_are_recorded_never_raised(tmp_path):
     assert "UTF-8" in _state(bad).env_error
 
 
+def test_read_settings_is_the_consumers_reading_of_the_env_file(tmp_path):
+    env_path, _ = _tree(tmp_path, {"AMQP_HOST": "a,b", "AMQP_PORT": "5673", "AMQP_PASS": "pw"})
+    state = inst.read_settings(env_path)
+    assert state.amqp_values() == {"AMQP_HOST": "a,b", "AMQP_PORT": "5673", "AMQP_VHOST": "/",
+                                   "AMQP_USER": "guest"}
+    assert state.password.reveal() == "pw" and state.properties == {}
+    assert "does not exist" in inst.read_settings(tmp_path / "missing.env").env_unreadable()
+
+
 def test_lstat_never_follows_a_symlink(tmp_path):
     target = tmp_path / "real"
     target.write_bytes(b"\x7fELF....")

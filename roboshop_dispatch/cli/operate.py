@@ -52,7 +52,7 @@ def resolve_amqp(
     AMQP_PASS, a hidden prompt on a TTY. Raises SettingsError naming what is wrong or missing."""
     import os
 
-    from ..installed import read as read_installed
+    from ..installed import read_settings
     from ..settings import AmqpSettings, parse_int, read_password, validate_hosts, validate_port
 
     # the options given are validated first, so that a typo never costs a password prompt
@@ -63,7 +63,7 @@ def resolve_amqp(
     installed_password = None
     need_installed = host is None or (pass_file is None and os.environ.get(PASSWORD_ENV) is None)
     if need_installed:  # the settings the consumer reads (its defaults; the password from its credential)
-        state = read_installed(env_file=env_file, version=False, unit_state=False)
+        state = read_settings(env_file)
         if state.env_error and host is None:
             raise SettingsError("--amqp-host", f"not given, and {state.env_unreadable()}")
         installed, installed_password = state.amqp_values(), state.password

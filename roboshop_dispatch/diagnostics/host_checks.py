@@ -179,7 +179,12 @@ def check_credential(s: InstalledState) -> Finding:
                   fix="dispatchctl configure (moves the password to the credential file)",
                   data={"credential": s.loads_credential})
     if not s.loads_credential:
-        why = "the go flavour" if s.flavour == "go" else f"systemd {s.systemd_version or '?'} < 247"
+        if s.flavour == "go":
+            why = "the go flavour"
+        elif s.systemd_version is None:
+            why = "systemd's version unknown"
+        else:
+            why = f"systemd {s.systemd_version} < {layout.CREDENTIALS_MIN_SYSTEMD}"
         return _f("credential", title, OK, f"no credential ({why}): AMQP_PASS is in {env} (root, 0600)")
     return _credential_file(s, title)
 
