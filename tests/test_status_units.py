@@ -17,7 +17,7 @@ from roboshop_dispatch import status
 @pytest.mark.parametrize("text, path", [
     ("consuming orders on 127.0.0.1 vhost=/ (delivery path: fast)", "fast"),
     ("consuming orders on rabbit-2 vhost=shop (delivery path: pika)", "pika"),
-    ("consuming orders on 127.0.0.1 vhost=/", None),  # a consumer that does not say
+    ("consuming orders on 127.0.0.1:35769 vhost=/", None),  # recorded from this branch's consumer
     ("connecting to 127.0.0.1:5672", None),
     ("", None),  # the go flavour: no StatusText at all
 ])
