@@ -1,20 +1,41 @@
-"""systemd EnvironmentFile= quoting: render values so they round-trip exactly, and parse them back.
+"""systemd EnvironmentFile= quoting: render values so they round-trip exactly, and parse them back
+exactly as systemd 252 (RHEL 9, Debian 12) does. The one parser every part of dispatchctl uses.
 
-systemd (env-file.c) reads a double-quoted value literally except that a backslash escapes
-one of ``" \\ ` $`` (and a backslash-newline continues the line). It does no ``$VAR`` or ``%``
-specifier expansion in EnvironmentFile=. So every value is written double-quoted with those four
-characters escaped; spaces, ``#``, ``'``, ``%`` and non-ASCII need nothing. A newline cannot be
-represented safely and is rejected by the settings validators before we get here.
+systemd's rules (src/basic/env-file.c, ``parse_env_file_internal``; then ``strv_env_clean`` when a
+unit's environment is built), which :func:`parse` follows character by character:
+
+- a line whose first non-blank character is ``#`` or ``;`` is a comment; a comment ending in a
+  backslash also swallows the next line (systemd < 254);
+- ``KEY=VALUE``: blanks around the key are dropped; a line without ``=`` is ignored;
+- a value may mix unquoted, ``'single'`` and ``"double"`` quoted parts; quotes are special only
+  where a value (part) starts: ``A=x "y"`` is the literal ``x "y"``;
+- unquoted: leading blanks dropped, trailing blanks dropped, ``\\X`` is ``X``, a backslash before the
+  newline continues the value on the next line;
+- single quotes: everything literal up to the next ``'`` (newlines included);
+- double quotes: a backslash escapes only ``" \\ ` $`` (other backslashes stay), backslash-newline
+  continues the line;
+- ``\\r`` ends a line like ``\\n``; a NUL ends the file;
+- no ``$VAR`` or ``%`` expansion; a later assignment replaces an earlier one;
+- a key that is not a valid variable name is dropped: **``export KEY=VALUE`` is ignored**
+  (the key would be ``export KEY``), it does not set KEY;
+- invalid UTF-8 makes systemd refuse the file (here: :class:`UnicodeDecodeError` when reading).
+
+:func:`render` writes every value double-quoted with those four characters escaped; spaces, ``#``,
+``'``, ``%`` and non-ASCII need nothing. A newline cannot be written safely and is rejected.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Dict
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 _NEEDS_ESCAPE = '"\\`$'
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NEWLINE = "\n\r"
+_BLANK = " \t\n\r"
+_COMMENT = "#;"
 
 
 def quote(value: str) -> str:
@@ -32,54 +53,144 @@ def render(values: Mapping[str, str], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_valid_name(key: str) -> bool:
+    """systemd's env_name_is_valid(): letters, digits and ``_``, not starting with a digit."""
+    return bool(_KEY.match(key))
+
+
+def read(path: Path) -> Dict[str, str]:
+    """The variables an EnvironmentFile at ``path`` gives a unit (OSError, UnicodeDecodeError)."""
+    return parse(path.read_bytes().decode("utf-8"))
+
+
 def parse(text: str) -> Dict[str, str]:
-    """Parse an EnvironmentFile the way systemd does (the subset: quoting, escapes, comments)."""
+    """The variables ``text`` gives a unit, exactly as systemd reads an EnvironmentFile."""
     result: Dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;" or "=" not in line:
-            continue
-        key, _, rest = line.partition("=")
-        key = key.strip()
-        if key.startswith("export "):
-            key = key[len("export "):].strip()
-        result[key] = _unquote(rest.lstrip())
+    for key, value in assignments(text):
+        if is_valid_name(key):
+            result[key] = value
     return result
 
 
-def _unquote(rest: str) -> str:
-    out = []
-    i = 0
-    state = "plain"
-    while i < len(rest):
-        c = rest[i]
-        if state == "plain":
-            if c == "'":
-                state = "single"
-            elif c == '"':
-                state = "double"
-            elif c == "\\" and i + 1 < len(rest):
-                i += 1
-                out.append(rest[i])
-            else:
-                out.append(c)
-        elif state == "single":
-            if c == "'":
-                state = "plain"
-            else:
-                out.append(c)
-        else:  # double
-            if c == '"':
-                state = "plain"
-            elif c == "\\" and i + 1 < len(rest):
-                nxt = rest[i + 1]
-                if nxt in _NEEDS_ESCAPE:
-                    out.append(nxt)
-                else:
-                    out.append(c + nxt)
-                i += 1
-            else:
-                out.append(c)
-        i += 1
-    value = "".join(out)
-    return value.rstrip() if state == "plain" and not rest.rstrip().endswith(("'", '"')) else value
+class _Scan:
+    """The state of systemd's env-file scanner (one key, one value, the blanks to chomp)."""
+
+    def __init__(self) -> None:
+        self.state = "pre_key"
+        self.key: List[str] = []
+        self.value: List[str] = []
+        self.key_blank: Optional[int] = None  # where the key's trailing blanks start
+        self.value_blank: Optional[int] = None  # where the unquoted value's trailing blanks start
+        self.out: List[Tuple[str, str]] = []
+
+    def push(self, chomp: bool) -> None:
+        value = self.value[: self.value_blank] if chomp and self.value_blank is not None else self.value
+        key = self.key[: self.key_blank] if self.key_blank is not None else self.key
+        self.out.append(("".join(key), "".join(value)))
+        self.key, self.value = [], []
+        self.state = "pre_key"
+
+
+def assignments(text: str) -> List[Tuple[str, str]]:
+    """Every (key, value) systemd's scanner yields from ``text``, in order, names not yet checked."""
+    s = _Scan()
+    for c in text.split("\x00", 1)[0]:
+        _STEP[s.state](s, c)
+    if s.state in ("pre_value", "value", "value_escape", "single", "double", "double_escape"):
+        s.push(chomp=s.state == "value")
+    return s.out
+
+
+def _pre_key(s: _Scan, c: str) -> None:
+    if c in _COMMENT:
+        s.state = "comment"
+    elif c not in _BLANK:
+        s.state, s.key_blank, s.key = "key", None, [c]
+
+
+def _key(s: _Scan, c: str) -> None:
+    if c in _NEWLINE:
+        s.state, s.key = "pre_key", []
+    elif c == "=":
+        s.state, s.value_blank, s.value = "pre_value", None, []
+    else:
+        if c not in _BLANK:
+            s.key_blank = None
+        elif s.key_blank is None:
+            s.key_blank = len(s.key)
+        s.key.append(c)
+
+
+def _pre_value(s: _Scan, c: str) -> None:
+    if c in _NEWLINE:
+        s.push(chomp=False)
+    elif c == "'":
+        s.state = "single"
+    elif c == '"':
+        s.state = "double"
+    elif c == "\\":
+        s.state = "value_escape"
+    elif c not in _BLANK:
+        s.state = "value"
+        s.value.append(c)
+
+
+def _value(s: _Scan, c: str) -> None:
+    if c in _NEWLINE:
+        s.push(chomp=True)
+    elif c == "\\":
+        s.state, s.value_blank = "value_escape", None
+    else:
+        if c not in _BLANK:
+            s.value_blank = None
+        elif s.value_blank is None:
+            s.value_blank = len(s.value)
+        s.value.append(c)
+
+
+def _value_escape(s: _Scan, c: str) -> None:
+    s.state = "value"
+    if c not in _NEWLINE:  # backslash-newline: the value goes on on the next line
+        s.value.append(c)
+
+
+def _single(s: _Scan, c: str) -> None:
+    if c == "'":
+        s.state = "pre_value"
+    else:
+        s.value.append(c)
+
+
+def _double(s: _Scan, c: str) -> None:
+    if c == '"':
+        s.state = "pre_value"
+    elif c == "\\":
+        s.state = "double_escape"
+    else:
+        s.value.append(c)
+
+
+def _double_escape(s: _Scan, c: str) -> None:
+    s.state = "double"
+    if c in _NEEDS_ESCAPE:
+        s.value.append(c)
+    elif c != "\n":
+        s.value.extend(("\\", c))
+
+
+def _comment(s: _Scan, c: str) -> None:
+    if c == "\\":
+        s.state = "comment_escape"
+    elif c in _NEWLINE:
+        s.state = "pre_key"
+
+
+def _comment_escape(s: _Scan, c: str) -> None:
+    s.state = "comment"  # systemd 252: whatever follows, newline included, stays in the comment
+
+
+_STEP = {
+    "pre_key": _pre_key, "key": _key, "pre_value": _pre_value, "value": _value,
+    "value_escape": _value_escape, "single": _single, "double": _double,
+    "double_escape": _double_escape, "comment": _comment, "comment_escape": _comment_escape,
+}

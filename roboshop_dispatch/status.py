@@ -8,20 +8,17 @@ parts (the journal and the broker) run side by side, each bounded in time.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .settings import ENV_FILE, MASK
+from .settings import MASK
 
 EXIT_RUNNING = 0
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_INSTALLED = 4
 
-PROPERTIES = (
-    "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
-    "ExecStart", "EnvironmentFiles", "FragmentPath", "ActiveEnterTimestamp", "Type",
-)
 BROKER_TIMEOUT_S = 1.5
 
 
@@ -70,14 +67,20 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
 
 
 def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
-    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer.
+    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer
+    (see :func:`run_in_child`)."""
+    return run_in_child(lambda: queue_counts(amqp, timeout), timeout)
+
+
+def run_in_child(fn: Callable[[], Dict[str, Any]], timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
+    """Start ``fn`` (returning a JSON-ready dict) in a forked child and return a function that waits
+    for its answer, at most ``timeout`` + 2 s.
 
     ``status`` is CPU-bound (the imports of typer, rich, psutil and pika), and a thread shares one
     core through the GIL; a child uses the machine's other core, so pika's import and the round
     trip cost no wall time. Call it before starting any thread (fork copies only the caller)."""
     import json
     import os
-    import select
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -86,10 +89,10 @@ def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callabl
         try:
             os.close(read_fd)
             try:
-                counts = queue_counts(amqp, timeout)
+                answer = fn()
             except Exception as exc:
-                counts = {"error": f"{type(exc).__name__}: {exc}"}
-            data = json.dumps(counts).encode()
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            data = json.dumps(answer).encode()
             while data:
                 data = data[os.write(write_fd, data):]
         except BaseException:
@@ -97,29 +100,48 @@ def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callabl
         finally:
             os._exit(code)
     os.close(write_fd)
+    return lambda: _child_answer(pid, read_fd, timeout + 2.0)
 
-    def answer() -> Dict[str, Any]:
-        chunks: List[bytes] = []
-        deadline = time.monotonic() + timeout + 2.0
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                    os.kill(pid, 9)
-                    return {"error": f"no answer within {timeout + 2.0:.1f}s"}
-                chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(read_fd)
-            os.waitpid(pid, 0)
-        try:
-            return dict(json.loads(b"".join(chunks)))
-        except ValueError:
-            return {"error": "the broker query ended without an answer"}
 
-    return answer
+def _child_answer(pid: int, read_fd: int, limit: float) -> Dict[str, Any]:
+    import json
+    import os
+    import select
+
+    chunks: List[bytes] = []
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, 9)
+                return {"error": f"no answer within {limit:.1f}s"}
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    try:
+        return dict(json.loads(b"".join(chunks)))
+    except ValueError:
+        return {"error": "the broker query ended without an answer"}
+
+
+def settings_and_queue(state: Any, broker: bool, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]:
+    """The consumer's reading of the installed settings (``config``, as status shows it) and, when
+    they are complete and ``broker``, the ``orders`` queue's counts (``queue``). Run in the child:
+    the consumer's config module imports pika."""
+    from dataclasses import replace
+
+    from . import installed
+
+    state = replace(state, **installed.consumer_settings(state, Path(state.env_file.path)))
+    queue = None
+    if broker and state.consumer is not None and state.password:
+        queue = queue_counts(state.amqp_settings(), timeout)
+    return {"config": config_of(state), "queue": queue}
 
 
 def prefetch(*loaders: Callable[[], Any]) -> None:
@@ -139,121 +161,131 @@ def _import_psutil() -> None:
     import psutil  # noqa: F401
 
 
+DELIVERY_PATH = re.compile(r"\(delivery path: ([A-Za-z0-9_-]+)\)")
+
+
+def delivery_path(status_text: str) -> Optional[str]:
+    """The consumer's delivery path (``fast`` or ``pika``) from the unit's StatusText, which the
+    bundled consumer ends with ``(delivery path: NAME)``; None when it does not say (the go flavour,
+    a consumer still connecting)."""
+    m = DELIVERY_PATH.search(status_text or "")
+    return m.group(1) if m else None
+
+
+def config_of(state: Any) -> Dict[str, Any]:
+    """The configuration as ``status`` shows it: the consumer's own reading of the installed
+    environment (its defaults), the password masked."""
+    doc: Dict[str, Any] = {"path": state.env_file.path}
+    if state.env_error:
+        doc["error"] = state.env_error
+        return doc
+    from .pikaload import load
+
+    load()  # the consumer's config imports the contract, which imports pika
+    from .consumer import config as consumer_config
+
+    env = state.environment
+    cfg = state.consumer
+    doc.update({
+        "hosts": list(cfg.hosts) if cfg else [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
+        "port": str(cfg.port) if cfg else env.get("AMQP_PORT", "5672"),
+        "vhost": cfg.vhost if cfg else env.get("AMQP_VHOST", "/"),
+        "user": cfg.user if cfg else env.get("AMQP_USER", consumer_config.DEFAULT_USER),
+        "password": MASK if state.password else "(not set)",
+        "password_source": state.password_source or None,
+        "error_percent": f"{cfg.error_percent:g}" if cfg else env.get("DISPATCH_ERROR_PERCENT", "0"),
+    })
+    if state.config_error:
+        doc["error"] = state.config_error
+    return doc
+
+
+def process_info(pid: int) -> Dict[str, Any]:
+    """The main process as psutil sees it (user, memory, CPU, uptime), or the error."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            created = proc.create_time()
+            cpu = proc.cpu_times()
+            uptime = max(0.001, time.time() - created)
+            return {
+                "pid": pid,
+                "user": proc.username(),
+                "rss_bytes": proc.memory_info().rss,
+                "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
+                "cpu_seconds": round(cpu.user + cpu.system, 2),
+                "threads": proc.num_threads(),
+                "uptime_s": round(uptime, 1),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
+                "cmdline": proc.cmdline(),
+            }
+    except Exception as exc:  # the process ended in between, or psutil cannot see it
+        return {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def unit_doc(state: Any) -> Dict[str, Any]:
+    """The unit's part of ``status``: its states, PID, restarts, user, StatusText, delivery path."""
+    status_text = state.prop("StatusText")
+    return {
+        "unit": state.unit,
+        "installed": state.installed,
+        "load_state": state.prop("LoadState") or "unknown",
+        "active_state": state.prop("ActiveState") or "unknown",
+        "sub_state": state.prop("SubState"),
+        "result": state.prop("Result"),
+        "enabled": state.prop("UnitFileState"),
+        "main_pid": state.main_pid,
+        "restarts": int(state.prop("NRestarts", "0") or 0),
+        "unit_user": state.prop("User"),
+        "unit_file": state.prop("FragmentPath"),
+        "status_text": status_text,
+        "delivery_path": delivery_path(status_text),
+    }
+
+
 def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
     imports the caller needs afterwards, run in the background meanwhile."""
-    from .diagnostics import (
-        amqp_from_environment,
-        binary_from_unit,
-        env_file_from_unit,
-        flavour_of,
-        masker,
-        read_env_file,
-    )
+    from . import installed
+    from .diagnostics.bounded import start
+    from .diagnostics.report import masker
     from .host import Runner
     from .systemd import Systemd
 
     systemd = Systemd(runner or Runner(timeout=15))
-    props = systemd.show(PROPERTIES)
-    load = props.get("LoadState", "")
-    installed = load not in ("", "not-found")
-    active = props.get("ActiveState", "")
-    pid = int(props.get("MainPID", "0") or 0)
-    doc: Dict[str, Any] = {
-        "unit": systemd.unit,
-        "installed": installed,
-        "load_state": load or "unknown",
-        "active_state": active or "unknown",
-        "sub_state": props.get("SubState", ""),
-        "result": props.get("Result", ""),
-        "enabled": props.get("UnitFileState", ""),
-        "main_pid": pid,
-        "restarts": int(props.get("NRestarts", "0") or 0),
-        "unit_user": props.get("User", ""),
-        "unit_file": props.get("FragmentPath", ""),
-    }
+    state = installed.read(env_file=env_file, runner=systemd.runner, version=False, interpret=False)
+    pid = state.main_pid
+    doc = unit_doc(state)
+    mask: Callable[[str], str] = masker(state.secrets())
 
-    # the configuration
-    env_path = env_file or env_file_from_unit(props, ENV_FILE)
-    config: Dict[str, Any] = {"path": str(env_path)}
-    mask: Callable[[str], str] = masker(())
-    amqp = None
-    try:
-        env = read_env_file(env_path)
-        mask = masker([env.get("AMQP_PASS", "")])
-        config.update({
-            "hosts": [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
-            "port": env.get("AMQP_PORT", "5672") or "5672",
-            "vhost": env.get("AMQP_VHOST", "/") or "/",
-            "user": env.get("AMQP_USER", "roboshop") or "roboshop",
-            "password": MASK if env.get("AMQP_PASS") else "(not set)",
-            "error_percent": env.get("DISPATCH_ERROR_PERCENT", "0") or "0",
-        })
-        try:
-            amqp = amqp_from_environment(env, source=str(env_path))
-        except ValueError as exc:
-            config["error"] = str(exc)
-    except FileNotFoundError:
-        config["error"] = "not present"
-    except (OSError, UnicodeDecodeError) as exc:
-        config["error"] = getattr(exc, "strerror", None) or str(exc)
-
-    # the queue: asked by a child process on the other core while this one gathers the rest
-    # (forked before any thread of ours starts)
-    queue_answer = ask_broker_in_child(amqp) if broker and amqp is not None else None
+    # the settings (the consumer's reading of them) and the queue: worked out by a child process on
+    # the other core while this one gathers the rest (forked before any thread of ours starts)
+    child_answer = run_in_child(lambda: settings_and_queue(state, broker)) if not state.env_error else None
     prefetch(_import_psutil, *preload)
 
     # the journal in the background while the rest is gathered
-    journal_box: Dict[str, List[str]] = {}
-
-    def read_journal() -> None:
-        journal_box["lines"] = systemd.journal_lines(lines) if lines > 0 else []
-
-    import threading
-
-    journal_thread = threading.Thread(target=read_journal, daemon=True)
-    if installed and lines > 0:
-        journal_thread.start()
+    journal = start(lambda: systemd.journal_lines(lines)) if state.installed and lines > 0 else None
 
     # the process
-    process: Optional[Dict[str, Any]] = None
-    if pid:
-        try:
-            import psutil
-
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                created = proc.create_time()
-                cpu = proc.cpu_times()
-                uptime = max(0.001, time.time() - created)
-                process = {
-                    "pid": pid,
-                    "user": proc.username(),
-                    "rss_bytes": proc.memory_info().rss,
-                    "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
-                    "cpu_seconds": round(cpu.user + cpu.system, 2),
-                    "threads": proc.num_threads(),
-                    "uptime_s": round(uptime, 1),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
-                    "cmdline": proc.cmdline(),
-                }
-        except Exception as exc:  # the process ended in between, or psutil cannot see it
-            process = {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+    process = process_info(pid) if pid else None
     doc["process"] = process
     doc["uptime_s"] = process.get("uptime_s") if process else None
 
     # the binary
-    binary = binary_from_unit(props, Path("/app/dispatch"))
-    exists = binary.exists()
-    doc["binary"] = {"path": str(binary), "exists": exists, "flavour": flavour_of(binary) if exists else None}
-    doc["config"] = config
-    doc["queue"] = queue_answer() if queue_answer is not None else None
+    doc["binary"] = {"path": state.binary.path, "exists": state.binary.exists, "flavour": state.flavour}
+    answer = child_answer() if child_answer is not None else {"config": config_of(state), "queue": None}
+    doc["config"] = answer.get("config") or {"path": state.env_file.path, "error": answer.get("error", "?")}
+    doc["queue"] = answer.get("queue")
 
-    if journal_thread.ident is not None:
-        journal_thread.join(10)
-    doc["logs"] = [mask(line) for line in journal_box.get("lines", [])]
-    doc["running"] = installed and active == "active"
+    try:
+        logs = journal.result(timeout=10) if journal is not None else []
+    except Exception:  # journalctl too slow or failing: status shows the rest
+        logs = []
+    doc["logs"] = [mask(line) for line in logs]
+    doc["running"] = state.installed and state.active
     return doc
 
 

@@ -535,3 +535,36 @@ def test_status_queue_counts_read_the_real_queue_and_name_errors(broker, vhost):
     finally:
         ch.queue_purge("orders")
         conn.close()
+
+
+def test_a_bug_in_a_check_is_an_internal_error_not_a_broker_failure(broker, vhost, monkeypatch):
+    from roboshop_dispatch.diagnostics import INTERNAL_ERROR, check_rabbitmq, topology
+    from roboshop_dispatch.settings import AmqpSettings, Secret
+
+    declare_contract(broker, vhost)
+
+    def broken(_broker):
+        raise ValueError("a bug in the latency check")
+
+    monkeypatch.setattr(topology, "probe_latency", broken)
+    report = check_rabbitmq(AmqpSettings(hosts=("127.0.0.1",), port=broker.port, vhost=vhost, user=broker.user,
+                                         password=Secret(broker.password)))
+    f = report.get("latency")
+    assert f is not None and f.status == "fail" and f.diagnosis == INTERNAL_ERROR, f
+    assert "ValueError: a bug in the latency check" in f.traceback and "broken" in f.traceback
+    assert all(g.diagnosis != "RabbitMQ stopped answering" for g in report.findings)
+    assert report.get("permissions").status == "ok" and report.get("queue").status == "ok"
+
+
+def test_the_skip_rule_skips_only_what_is_not_reported_after_the_failure():
+    from roboshop_dispatch.diagnostics import TITLES, Finding, Report
+
+    report = Report()
+    report.add(Finding("resolve", "Name resolves", "ok", ""))
+    report.add(Finding("tcp", "TCP port reachable", "fail", ""))
+    order = ("resolve", "tcp", "handshake", "auth", "latency")
+    report.skip_rest(order, "tcp", "the port is not reachable", TITLES)
+    assert [(f.name, f.status) for f in report.findings] == [
+        ("resolve", "ok"), ("tcp", "fail"), ("handshake", "skip"), ("auth", "skip"), ("latency", "skip")]
+    assert report.get("auth").summary == "not checked: the port is not reachable"
+    assert report.get("auth").title == "Authentication"

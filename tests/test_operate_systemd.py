@@ -155,7 +155,6 @@ def test_check_passes_on_a_healthy_host(systemd_host, broker, vhost):
     install(host := systemd_host, broker, vhost)
     host.wait_for(lambda: status(host)[1]["queue"].get("consumers") == 1, timeout=15, what="a consumer")
     doc = check(host)
-    assert doc["_rc"] == 0, json.dumps(doc["findings"], indent=1)
     assert doc["issues"] == []
     by = doc["_by_name"]
     for name in ("os", "root", "systemd", "user", "binary", "unit", "envfile", "unit-user", "service",
@@ -163,7 +162,18 @@ def test_check_passes_on_a_healthy_host(systemd_host, broker, vhost):
         assert by[name]["status"] == "ok", by[name]
     assert by["selinux"]["status"] == "skip"  # a Debian host
     table = host.dispatchctl("check")
-    assert table.returncode == 0 and "0 failure(s)" in table.stdout
+    if "LoadCredential=" in host.run(["systemctl", "cat", "dispatch"]).stdout:
+        # install puts the password in the credential (systemd 252, bundled flavour): all healthy
+        assert by["credential"]["status"] == "ok", by["credential"]
+        assert doc["_rc"] == 0, json.dumps(doc["findings"], indent=1)
+        assert table.returncode == 0 and "0 failure(s)" in table.stdout
+    else:
+        # an install that still writes AMQP_PASS to the environment file (before the credential
+        # layout was merged): exactly that one finding fails, naming its fix
+        failed = [f["name"] for f in doc["findings"] if f["status"] == "fail"]
+        assert failed == ["credential"], failed
+        assert by["credential"]["fix"].startswith("dispatchctl configure")
+        assert doc["_rc"] == 1 and table.returncode == 1 and "1 failure(s)" in table.stdout
 
 
 def test_check_binary_removed_is_binary_not_found(systemd_host, broker, vhost):
@@ -209,6 +219,42 @@ def test_check_user_root_is_permission_denied(systemd_host, broker, vhost):
     doc = check(host)
     f = assert_issue(doc, "unit-user", "Permission denied", "ensure User=roboshop")
     assert f["data"]["unit_user"] == "root"
+
+
+CREDENTIAL = "/etc/roboshop/dispatch.amqp-pass"
+
+
+def test_check_reads_the_password_credential_of_the_real_unit(systemd_host, broker, vhost):
+    """The credential layout made by hand on a real unit (LoadCredential= in a drop-in): check reads
+    it from the unit, uses it for RabbitMQ, and names AMQP_PASS left in the environment file and a
+    credential file that is not root 0600."""
+    install(host := systemd_host, broker, vhost)
+    host.write(CREDENTIAL, broker.password, mode=0o600)
+    host.write("/etc/systemd/system/dispatch.service.d/credential.conf",
+               f"[Service]\nLoadCredential=amqp-pass:{CREDENTIAL}\n", mode=0o644)
+    host.run(["systemctl", "daemon-reload"])
+    doc = check(host)
+    f = doc["_by_name"]["credential"]
+    assert f["status"] == "fail" and "next to the credential" in f["summary"], f
+    assert f["diagnosis"] == "Password in the environment: use the systemd credential" and f["data"]["credential"]
+    assert f["fix"].startswith("dispatchctl configure")
+
+    # the password only in the credential (the running consumer keeps the one it started with)
+    host.sh(f"sed -i '/^AMQP_PASS=/d' {ENV_FILE}")
+    doc = check(host)
+    by = doc["_by_name"]
+    for name in ("envfile", "credential", "rabbitmq.auth", "rabbitmq.permissions"):
+        assert by[name]["status"] == "ok", by[name]
+    assert CREDENTIAL in by["credential"]["summary"] and doc["_rc"] == 0, json.dumps(doc["findings"], indent=1)
+    assert broker.password not in json.dumps(doc)
+    res = host.dispatchctl("check-rabbitmq", "--json")  # the installed settings, the credential's password
+    assert res.returncode == 0 and broker.password not in res.stdout, res.stdout + res.stderr
+    rc, st = status(host)
+    assert rc == 0 and st["config"]["password_source"] == "credential" and st["config"]["password"] == "********"
+
+    host.run(["chmod", "0644", CREDENTIAL])
+    f = check(host)["_by_name"]["credential"]
+    assert f["status"] == "fail" and f["diagnosis"] == "Password exposed" and "0644" in f["summary"], f
 
 
 # -- logs --------------------------------------------------------------------------------------

@@ -52,32 +52,24 @@ def resolve_amqp(
     AMQP_PASS, a hidden prompt on a TTY. Raises SettingsError naming what is wrong or missing."""
     import os
 
-    from ..diagnostics import read_env_file
-    from ..settings import AmqpSettings, Secret, parse_int, read_password, validate_hosts, validate_port
+    from ..installed import read_settings
+    from ..settings import AmqpSettings, parse_int, read_password, validate_hosts, validate_port
 
     # the options given are validated first, so that a typo never costs a password prompt
     if host is not None:
         validate_hosts("--amqp-host", host)
     port_value = validate_port("--amqp-port", parse_int("--amqp-port", port)) if port is not None else None
     installed: Dict[str, str] = {}
+    installed_password = None
     need_installed = host is None or (pass_file is None and os.environ.get(PASSWORD_ENV) is None)
-    if need_installed:
-        try:
-            installed = read_env_file(env_file)
-        except FileNotFoundError:
-            if host is None:
-                raise SettingsError("--amqp-host", f"not given, and there is no installed configuration "
-                                    f"({env_file} does not exist)") from None
-        except PermissionError:
-            if host is None:
-                raise SettingsError("--amqp-host", f"not given, and {env_file} is not readable "
-                                    "(run as root, or give --amqp-host and --amqp-pass-file)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            if host is None:
-                raise SettingsError("--amqp-host", f"not given, and {env_file} cannot be read: {exc}") from None
+    if need_installed:  # the settings the consumer reads (its defaults; the password from its credential)
+        state = read_settings(env_file)
+        if state.env_error and host is None:
+            raise SettingsError("--amqp-host", f"not given, and {state.env_unreadable()}")
+        installed, installed_password = state.amqp_values(), state.password
     password = read_password(pass_file=pass_file)
-    if password is None and installed.get("AMQP_PASS"):
-        password = Secret(installed["AMQP_PASS"])
+    if password is None and installed_password:
+        password = installed_password
     if password is None and sys.stdin.isatty():
         password = read_password(pass_file=None, prompt=opt._prompt)
     if port_value is None:

@@ -1,0 +1,190 @@
+"""Diagnoses for the on-call engineer: each finding names the cause in plain words and the fix.
+
+Two families of checks live here:
+
+- :func:`check_rabbitmq`: can dispatch, with these settings, reach RabbitMQ and use the contract's
+  topology? It runs in order (name, TCP, AMQP handshake, authentication, vhost, permissions,
+  exchange, queue, binding, counts, latency) and stops at the first failure that makes the rest
+  meaningless. The whole check is bounded in time (a host that drops packets answers in seconds).
+- :func:`check_host`: the host side (OS, root, systemd, user, binary, unit, environment file,
+  password credential, ``User=``, service state, SELinux), each a pure function of the installed
+  state read once (:mod:`roboshop_dispatch.installed`), followed by :func:`check_rabbitmq` with the
+  installed settings (the consumer's own reading of them).
+
+Modules: ``report`` (Finding, Report, the skip rule, masking), ``bounded`` (time bounds),
+``host_checks`` (the host checks' table), ``catalog`` (check-rabbitmq's checks, titles, fixes),
+``network`` (names, TCP), ``session`` (the AMQP connection), ``permissions`` (probes and their pure
+``interpret``), ``topology`` (exchange, queue, binding, counts, latency), ``rabbitmq`` (the order).
+
+**Nothing is created or changed on the broker unless ``declare=True``.** AMQP 0-9-1 has no
+"may I?" query, so the permission and topology checks use requests that RabbitMQ refuses *after*
+its permission check and *before* it changes anything (verified on RabbitMQ 3.10, see
+``tests/test_diagnostics_rabbitmq.py``):
+
+- configure on an exchange: an active ``exchange.declare`` whose ``alternate-exchange`` argument has
+  an invalid type. RabbitMQ checks the configure permission first (403), then either finds the
+  exchange and rejects the inequivalent argument, or validates the argument before creating and
+  rejects it (406): never created, never changed.
+- configure on a queue: the same with ``x-max-length`` set to a string (406 "inequivalent" or
+  "invalid arg" after the 403 check).
+- exchange type and durability: ``exchange.declare`` passive first (404: absent). Only when it exists
+  is it declared actively with the contract's exact arguments: identical means no-op, different
+  means 406 PRECONDITION_FAILED ("inequivalent arg 'type' ... current is 'fanout'"), which changes
+  nothing. A passive declare alone cannot see the type.
+- read on ``orders``: ``basic.consume`` with an ``x-priority`` of the wrong type: 403 without read
+  permission, else 404 (no queue) or 406 (invalid argument). No consumer is ever registered, so no
+  message is ever delivered.
+- write on ``orders``: ``queue.bind`` of ``orders`` to an exchange that does not exist: RabbitMQ
+  checks write on the queue first (403), then fails with 404: no binding is made.
+- read on ``robot-shop``: ``exchange.bind`` of ``robot-shop`` to ``amq.default``: RabbitMQ checks write
+  on the destination (dispatch needs write on ``amq.default`` anyway), then read on ``robot-shop``
+  (403), then finds no exchange called ``amq.default`` (the name is reserved: none can exist) and
+  fails with 404. Without write on ``amq.default``, made-up queue names are tried instead (so a
+  restrictive regex can make this inconclusive: reported as such).
+- write on the default exchange (dispatch republishes bad messages to ``orders.invalid`` through it):
+  a confirmed publish to a queue name that does not exist; the broker drops it, unroutable.
+- the binding ``robot-shop --orders--> orders``: when ``orders`` has no consumer, a probe message is
+  published to ``robot-shop`` with key ``orders``, ``mandatory`` and ``expiration=0``, with publisher
+  confirms. Unroutable: the broker returns it (not bound). Routed: it reaches ``orders`` with a TTL
+  of 0 and no consumer to take it, so RabbitMQ discards it (expired messages are never delivered;
+  behind a backlog it is dropped when it reaches the head). With consumers attached, the probe could
+  be delivered to them, so it is not sent and the binding is reported as not probed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+# the parsing of systemd's answers lives with the installed state; kept importable from here
+from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
+from ..settings import AmqpSettings, Secret, SettingsError
+from .bounded import run_bounded
+from .catalog import DEFAULT_BUDGET_S, RABBIT_CHECKS, TITLES
+from .host_checks import HOST_CHECKS, can_access, host_findings
+from .report import (
+    AUTH_FAILURE,
+    BINARY_NOT_FOUND,
+    COMMON_ISSUES,
+    FAIL,
+    INTERNAL_ERROR,
+    OK,
+    PERMISSION_DENIED,
+    SERVICE_NOT_STARTING,
+    SKIP,
+    STATUSES,
+    WARN,
+    Finding,
+    Report,
+    internal_error,
+    mask_document,
+    masker,
+)
+
+__all__ = [
+    "AUTH_FAILURE", "BINARY_NOT_FOUND", "COMMON_ISSUES", "DEFAULT_BUDGET_S", "FAIL", "HOST_CHECKS", "INTERNAL_ERROR",
+    "OK", "PERMISSION_DENIED", "RABBIT_CHECKS", "SERVICE_NOT_STARTING", "SKIP", "STATUSES", "TITLES", "WARN",
+    "Finding", "Report", "amqp_from_environment", "binary_from_unit", "can_access", "check_host", "check_installed",
+    "check_rabbitmq", "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
+    "mask_document", "masker", "read_env_file", "run_bounded",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """check_rabbitmq and interpret load pika (through pikaload, without its asyncio adapter) only
+    when used: ``status`` imports this package for its report helpers and must not pay for pika."""
+    if name == "check_rabbitmq":
+        from .rabbitmq import check_rabbitmq
+
+        return check_rabbitmq
+    if name == "interpret":
+        from ..pikaload import load
+
+        load()
+        from .permissions import interpret
+
+        return interpret
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_env_file(path: Path) -> Dict[str, str]:
+    """An EnvironmentFile as systemd reads it (the one parser: roboshop_dispatch.envfile)."""
+    from .. import envfile
+
+    return envfile.read(path)
+
+
+def amqp_from_environment(values: Mapping[str, str], *, source: str = "the environment file") -> AmqpSettings:
+    """AmqpSettings from explicit AMQP_* values, validated as CLI options are (dispatchctl's own
+    defaults). ``check`` and ``check-rabbitmq`` read the installed settings through
+    roboshop_dispatch.installed instead: the consumer's own defaults. Raises SettingsError."""
+    host = values.get("AMQP_HOST", "")
+    if not host.strip():
+        raise SettingsError("AMQP_HOST", f"not set in {source}")
+    port_text = values.get("AMQP_PORT", "") or "5672"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SettingsError("AMQP_PORT", f"{port_text!r} in {source} is not a number") from None
+    password = values.get("AMQP_PASS")
+    return AmqpSettings.build(
+        hosts=host, port=port, vhost=values.get("AMQP_VHOST", "") or "/",
+        user=values.get("AMQP_USER", "") or "roboshop",
+        password=Secret(password) if password else None,
+    )
+
+
+def check_host(
+    *,
+    service_user: str = "roboshop",
+    app_dir: Path = Path("/app"),
+    env_file: Optional[Path] = None,
+    rabbitmq: bool = True,
+    log_lines: int = 10,
+    runner: object = None,
+    budget: float = DEFAULT_BUDGET_S,
+) -> Tuple[Report, Callable[[str], str]]:
+    """Every check of ``dispatchctl check``; returns the report and the masker for its password."""
+    from .. import installed
+
+    started = time.monotonic()
+    try:
+        state = installed.read(env_file=env_file, service_user=service_user, app_dir=app_dir, runner=runner,
+                               verify_unit=True, journal_lines=log_lines, process=True)
+    except Exception as exc:  # a bug in reading the host: reported, with its traceback, as a finding
+        report = Report(findings=[internal_error("installed", "Installed state", exc)])
+        report.elapsed_s = time.monotonic() - started
+        return report, masker(())
+    return check_installed(state, rabbitmq=rabbitmq, budget=budget, started=started)
+
+
+def check_installed(state: InstalledState, *, rabbitmq: bool = True, budget: float = DEFAULT_BUDGET_S,
+                    started: Optional[float] = None) -> Tuple[Report, Callable[[str], str]]:
+    """``check`` on facts already read (or recorded): the host checks, then RabbitMQ with the
+    installed settings."""
+    started = time.monotonic() if started is None else started
+    report = Report(findings=host_findings(state))
+    if rabbitmq:
+        _rabbitmq_with_installed(report, state, max(0.5, budget - (time.monotonic() - started)))
+    report.elapsed_s = time.monotonic() - started
+    return report, masker(state.secrets())
+
+
+def _rabbitmq_with_installed(report: Report, state: InstalledState, budget: float) -> None:
+    if state.env_error:
+        report.add(Finding("rabbitmq", "RabbitMQ", SKIP, "not checked: no installed AMQP settings"))
+        return
+    if state.consumer is None or not state.password:
+        cause = state.config_error or "no AMQP password"
+        report.add(Finding("rabbitmq", "RabbitMQ", FAIL, f"{state.env_file.path}: {cause}",
+                           diagnosis="Configuration invalid", cause=cause,
+                           fix="dispatchctl configure --amqp-host HOST --amqp-pass-file FILE",
+                           issue=SERVICE_NOT_STARTING))
+        return
+    from .rabbitmq import check_rabbitmq
+
+    for f in check_rabbitmq(state.amqp_settings(), budget=min(DEFAULT_BUDGET_S, budget)).findings:
+        f.name = "rabbitmq." + f.name
+        f.title = "RabbitMQ: " + f.title
+        report.add(f)

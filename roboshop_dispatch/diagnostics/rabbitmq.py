@@ -1,0 +1,129 @@
+"""``dispatchctl check-rabbitmq``: can dispatch, with these settings, reach RabbitMQ and use the
+contract's topology? In order (name, TCP, handshake, login, vhost, permissions, exchange, queue,
+binding, counts, latency), stopping where the rest is meaningless, within a time budget (a host
+that drops packets answers in seconds)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict
+
+from ..settings import AmqpSettings
+from . import network
+from .bounded import Clock, run_bounded
+from .catalog import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_BUDGET_S,
+    RESOLVE_TIMEOUT_S,
+    TITLES,
+    finding,
+    host_label,
+    order,
+)
+from .report import FAIL, SERVICE_NOT_STARTING, Finding, Report, internal_error
+
+
+def check_rabbitmq(
+    amqp: AmqpSettings,
+    *,
+    declare: bool = False,
+    budget: float = DEFAULT_BUDGET_S,
+    resolve_timeout: float = RESOLVE_TIMEOUT_S,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> Report:
+    """Every check of ``dispatchctl check-rabbitmq``, within ``budget`` seconds."""
+    clock = Clock(budget)
+    report = Report()
+    names = order(declare)
+    try:
+        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout)
+    except Exception as exc:  # a bug in a check: reported as such, never blamed on the broker
+        name = next((n for n in names if report.get(n) is None), names[-1])
+        report.add(internal_error(name, TITLES[name], exc))
+        report.skip_rest(names, name, "an internal error stopped the checks", TITLES)
+    finally:
+        report.elapsed_s = clock.elapsed()
+    return report
+
+
+def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, resolve_timeout: float,
+           connect_timeout: float) -> None:
+    names = order(declare)
+    started = time.monotonic()
+    resolved = network.resolve_all(amqp.hosts, amqp.port, min(resolve_timeout, clock.left()))
+    if report.add(network.resolve_finding(amqp.hosts, resolved, _ms(started))).status == FAIL:
+        report.skip_rest(names, "resolve", "the name does not resolve", TITLES)
+        return
+    started = time.monotonic()
+    timeout = min(connect_timeout, clock.left())
+    tcp = network.connect_all([r for r in resolved if "error" not in r], timeout)
+    if report.add(network.tcp_finding(tcp, amqp.port, timeout, _ms(started))).status == FAIL:
+        report.skip_rest(names, "tcp", "the port is not reachable", TITLES)
+        return
+    _amqp(report, amqp, next(t for t in tcp if t["ok"]), clock, declare)
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clock, declare: bool) -> None:
+    """The AMQP checks, in a worker, so that a broker that stops answering cannot hold up the answer."""
+    from ..pikaload import load
+
+    load()  # pika without its asyncio adapter, before session imports the contract (which imports pika)
+    from .session import HandshakeFailed, Session, snapshot
+
+    names = order(declare)
+    session = Session(amqp, declare)
+    finished, _, error = run_bounded(lambda: session.run(target["address"], clock), clock.left())
+    findings, step, stopped = snapshot(session)
+    for f in findings:
+        report.add(f)
+    if finished and error is None:
+        if stopped is not None:
+            report.skip_rest(names, stopped[0], stopped[1], TITLES)
+        return
+    if report.get(step) is not None:  # stalled right after reporting it: blame the next check
+        step = next((n for n in names if report.get(n) is None), "latency")
+    if step == "handshake" and (error is None or isinstance(error, HandshakeFailed)):
+        report.add(_handshake_failed(target, amqp.port, clock, error))
+        report.skip_rest(names, "handshake", "no AMQP session", TITLES)
+    elif error is not None and not _broker_error(error):
+        report.add(internal_error(step, TITLES[step], error))
+        report.skip_rest(names, step, "an internal error stopped the checks", TITLES)
+    else:
+        report.add(_stopped_answering(step, clock, error))
+        report.skip_rest(names, step, "the broker stopped answering", TITLES)
+
+
+def _broker_error(error: BaseException) -> bool:
+    """An error of the connection (the broker or the network), not of dispatchctl's own code."""
+    from .session import connection_errors
+
+    return isinstance(error, connection_errors())
+
+
+def _handshake_failed(target: Dict[str, Any], port: int, clock: Clock, error: Any) -> Finding:
+    if error is not None:
+        summary = str(error)
+    else:
+        summary = (f"{host_label(target['address'], port)} accepted the TCP connection but the AMQP "
+                   f"handshake did not complete within {clock.elapsed():.1f}s")
+    return finding(
+        "handshake", FAIL, summary, diagnosis="AMQP handshake failed",
+        cause=("the port answers TCP but not as RabbitMQ: another service, a TLS-only port, or a broker "
+               "still booting or overloaded"),
+        fix="verify AMQP_HOST and AMQP_PORT (5672 is RabbitMQ's plain AMQP port); on the broker: "
+            "rabbitmq-diagnostics check_port_connectivity",
+        issue=SERVICE_NOT_STARTING)
+
+
+def _stopped_answering(step: str, clock: Clock, error: Any) -> Finding:
+    what = "stopped answering" if error is None else f"failed: {type(error).__name__}: {error}"
+    return finding(
+        step, FAIL, f"the broker {what} during this check (after {clock.elapsed():.1f}s)",
+        diagnosis="RabbitMQ stopped answering",
+        cause="the connection stalled or broke mid-check: broker overloaded, blocked (memory or disk "
+              "alarm), or the network started dropping packets",
+        fix="on the broker: rabbitmq-diagnostics status; rabbitmqctl list_connections; then re-run")

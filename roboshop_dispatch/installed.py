@@ -1,0 +1,548 @@
+"""The installed dispatch, read once: every fact ``status``, ``check`` and ``check-rabbitmq`` need.
+
+"Facts first": :func:`read` asks the host once (one ``systemctl show``, one read of each file,
+``lstat`` for every mode and owner, never following a symlink under the app directory) and
+returns a plain, immutable :class:`InstalledState`. Everything downstream is a pure function of
+it, and it records to JSON and back (:meth:`InstalledState.to_json`, :func:`from_json`), so each
+check is unit-tested from recorded facts.
+
+- The environment file is read by the one parser, :mod:`roboshop_dispatch.envfile`.
+- The consumer's settings are interpreted by the consumer's own code
+  (:func:`roboshop_dispatch.consumer.config.load`): the defaults the running service uses.
+- The password comes from the unit's ``LoadCredential=`` (read from the unit file and its drop-ins:
+  systemd 252's ``systemctl show`` prints that property as ``[unprintable]``) or, on the go flavour
+  and systemd < 247, from ``AMQP_PASS`` in the 0600 environment file. It is held only as a
+  :class:`~roboshop_dispatch.settings.Secret` and never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import envfile, layout
+from .settings import MASK, AmqpSettings, Secret, SettingsError
+
+PASSWORD_KEY = "AMQP_PASS"
+UNIT_PROPERTIES = (
+    "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
+    "ExecStart", "EnvironmentFiles", "FragmentPath", "DropInPaths", "Type", "ExecMainStatus", "ExecMainCode",
+    "ActiveEnterTimestamp", "StatusText",
+)
+# systemd's credential stores, searched for LoadCredential=ID without an absolute path
+CREDSTORE_DIRS = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``lstat`` says about one path (a symlink is reported as one, never followed)."""
+
+    path: str
+    kind: str = "missing"  # file | dir | symlink | other | missing | error
+    mode: int = 0  # permission bits
+    uid: int = -1
+    gid: int = -1
+    error: str = ""
+
+    @property
+    def exists(self) -> bool:
+        return self.kind not in ("missing", "error")
+
+    @property
+    def root_only(self) -> bool:
+        """A regular file owned by root that nobody else may read or write."""
+        return self.kind == "file" and self.uid == 0 and not self.mode & 0o077
+
+
+def lstat(path: Path) -> FileInfo:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return FileInfo(str(path))
+    except OSError as exc:
+        return FileInfo(str(path), kind="error", error=exc.strerror or str(exc))
+    if stat.S_ISLNK(info.st_mode):
+        kind = "symlink"
+    elif stat.S_ISREG(info.st_mode):
+        kind = "file"
+    elif stat.S_ISDIR(info.st_mode):
+        kind = "dir"
+    else:
+        kind = "other"
+    return FileInfo(str(path), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    exists: bool = False
+    uid: int = -1
+    gid: int = -1
+    shell: str = ""
+    groups: Tuple[int, ...] = ()
+
+
+def user_info(name: str) -> UserInfo:
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, UnicodeEncodeError):
+        return UserInfo(name)
+    try:
+        groups = tuple(sorted(set(os.getgrouplist(name, pw.pw_gid))))
+    except OSError:
+        groups = (pw.pw_gid,)
+    return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """The consumer's settings as the consumer itself reads them (the password left out)."""
+
+    hosts: Tuple[str, ...]
+    port: int
+    vhost: str
+    user: str
+    error_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class InstalledState:
+    """Every fact about the installed dispatch. Immutable; records to JSON without the password."""
+
+    unit: str = layout.UNIT_NAME
+    properties: Mapping[str, str] = field(default_factory=dict)  # one `systemctl show`
+    os_id: str = ""
+    os_name: str = ""
+    os_family: Optional[str] = None  # rhel | debian | None
+    is_root: bool = False
+    systemd_pid1: bool = False
+    systemd_version: Optional[int] = None
+    selinux: Optional[str] = None  # enforcing | permissive | disabled | None
+    unit_file: FileInfo = FileInfo(str(layout.UNIT_PATH))
+    credentials: Tuple[Tuple[str, str], ...] = ()  # the unit's LoadCredential= (name, path)
+    env_file: FileInfo = FileInfo(str(layout.ENV_FILE))
+    environment: Mapping[str, str] = field(default_factory=dict)  # without AMQP_PASS
+    env_has_password: bool = False
+    env_error: str = ""
+    credential_file: Optional[FileInfo] = None  # the file LoadCredential= names for amqp-pass
+    credential_error: str = ""
+    password: Optional[Secret] = field(default=None, compare=False)
+    password_source: str = ""  # credential | environment file | ""
+    consumer: Optional[ConsumerSettings] = None
+    config_error: str = ""
+    service_user: UserInfo = UserInfo(layout.SERVICE_USER)
+    app_dir: FileInfo = FileInfo(str(layout.APP_DIR))
+    binary: FileInfo = FileInfo(str(layout.APP_DIR / layout.BINARY_NAME))
+    flavour: Optional[str] = None  # go | bundled | unknown | None
+    interpreter: Optional[FileInfo] = None  # python3 for the bundled flavour
+    build_stamp: Mapping[str, Any] = field(default_factory=dict)
+    binary_label: str = ""  # its SELinux label
+    process_user: Optional[str] = None
+    journal: Tuple[str, ...] = ()
+    unit_verify: Optional[Mapping[str, Any]] = None  # {"returncode": n, "stderr": text}
+
+    def __post_init__(self) -> None:
+        for name in ("properties", "environment", "build_stamp", "unit_verify"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, MappingProxyType(dict(value)))
+
+    # -- derived facts ------------------------------------------------------------------------
+    def prop(self, name: str, default: str = "") -> str:
+        return self.properties.get(name, default)
+
+    @property
+    def installed(self) -> bool:
+        return self.prop("LoadState") not in ("", "not-found")
+
+    @property
+    def active(self) -> bool:
+        return self.prop("ActiveState") == "active"
+
+    @property
+    def main_pid(self) -> int:
+        return _int(self.prop("MainPID"))
+
+    @property
+    def credential_name(self) -> str:
+        return layout.CREDENTIAL_NAME
+
+    @property
+    def loads_credential(self) -> bool:
+        return any(name == layout.CREDENTIAL_NAME for name, _ in self.credentials)
+
+    @property
+    def could_use_credential(self) -> bool:
+        """systemd >= 247 and the bundled flavour: the password belongs in a credential."""
+        recent = self.systemd_version is not None and self.systemd_version >= layout.CREDENTIALS_MIN_SYSTEMD
+        return recent and self.flavour == "bundled"
+
+    def amqp_settings(self) -> AmqpSettings:
+        """The settings dispatch uses, for check-rabbitmq. Raises SettingsError naming the key."""
+        if self.consumer is None:
+            raise SettingsError(self.config_error.split(" ", 1)[0] or "AMQP_HOST",
+                                self.config_error or f"no settings in {self.env_file.path}")
+        return AmqpSettings(hosts=self.consumer.hosts, port=self.consumer.port, vhost=self.consumer.vhost,
+                            user=self.consumer.user, password=self.password or Secret(""))
+
+    def env_unreadable(self) -> str:
+        """Why the environment file cannot be used, for a message ('' when it can)."""
+        path = self.env_file.path
+        if not self.env_error:
+            return ""
+        if self.env_file.kind == "missing":
+            return f"there is no installed configuration ({path} does not exist)"
+        if self.env_error == os.strerror(13):
+            return f"{path} is not readable (run as root, or give --amqp-host and --amqp-pass-file)"
+        return f"{path} cannot be read: {self.env_error}"
+
+    def amqp_values(self) -> Dict[str, str]:
+        """AMQP_HOST, AMQP_PORT, AMQP_VHOST, AMQP_USER as the consumer reads them (its defaults), or
+        the raw values when the consumer would refuse them; never the password."""
+        if self.consumer is None:
+            return {k: v for k, v in self.environment.items() if k.startswith("AMQP_")}
+        c = self.consumer
+        return {"AMQP_HOST": ",".join(c.hosts), "AMQP_PORT": str(c.port), "AMQP_VHOST": c.vhost, "AMQP_USER": c.user}
+
+    def secrets(self) -> List[str]:
+        return [self.password.reveal()] if self.password else []
+
+    # -- recording ----------------------------------------------------------------------------
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready record of every fact; the password only as ``********``."""
+        doc: Dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (FileInfo, UserInfo, ConsumerSettings)):
+                value = asdict(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            doc[f.name] = value
+        doc["password"] = MASK if self.password else None
+        return json.loads(json.dumps(doc))
+
+
+_NESTED = {"unit_file": FileInfo, "env_file": FileInfo, "credential_file": FileInfo, "app_dir": FileInfo,
+           "binary": FileInfo, "interpreter": FileInfo, "service_user": UserInfo, "consumer": ConsumerSettings}
+
+
+def from_json(doc: Mapping[str, Any], password: Optional[str] = None) -> InstalledState:
+    """The facts :meth:`InstalledState.to_json` recorded (the password given separately)."""
+    known = {f.name for f in fields(InstalledState)}
+    values: Dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in known or key == "password":
+            continue
+        kind = _NESTED.get(key)
+        if kind is not None and value is not None:
+            value = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        elif key in ("credentials", "journal"):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        values[key] = value
+    return InstalledState(password=Secret(password) if password else None, **values)
+
+
+def loads(text: str, password: Optional[str] = None) -> InstalledState:
+    return from_json(json.loads(text), password)
+
+
+# -- reading the host ----------------------------------------------------------------------------
+
+
+def read(
+    *,
+    env_file: Optional[Path] = None,
+    service_user: str = layout.SERVICE_USER,
+    app_dir: Path = layout.APP_DIR,
+    runner: Any = None,
+    verify_unit: bool = False,
+    journal_lines: int = 0,
+    process: bool = False,
+    version: bool = True,
+    interpret: bool = True,
+) -> InstalledState:
+    """Read the installed dispatch once. Never raises for a missing or broken installation: what
+    cannot be read is recorded as such. ``verify_unit`` runs ``systemd-analyze verify``,
+    ``journal_lines`` reads that many log lines when the service is not active, ``process`` asks
+    psutil which user the main process runs as (each costs time, so only ``check`` asks);
+    ``version=False`` leaves systemd's version out (one process less, for ``status``);
+    ``interpret=False`` leaves the consumer's reading of the settings to the caller
+    (:func:`consumer_settings`: it imports pika, which ``status`` does in a child process)."""
+    from .host import HostFacts, Runner
+    from .systemd import Systemd
+
+    host = HostFacts.gather()
+    systemd = Systemd(runner or Runner(timeout=30))
+    props = systemd.show(UNIT_PROPERTIES) if host.systemd_pid1 else {}
+    unit_file = lstat(Path(props.get("FragmentPath") or layout.UNIT_PATH))
+    credentials = load_credentials(_unit_texts(unit_file, props.get("DropInPaths", "")))
+    env_path = env_file or env_file_from_unit(props, layout.ENV_FILE)
+    env_facts = _read_env(env_path)
+    secret = _read_credential(credentials)  # the credential's password wins over AMQP_PASS
+    state = InstalledState(
+        unit=systemd.unit, properties=props, os_id=host.os_id, os_name=host.os_name, os_family=host.family,
+        is_root=host.is_root, systemd_pid1=host.systemd_pid1,
+        systemd_version=systemd_version(systemd.runner) if host.systemd_pid1 and version else None,
+        selinux=host.selinux, unit_file=unit_file, credentials=credentials,
+        service_user=user_info(service_user), app_dir=lstat(app_dir),
+        **{**env_facts, **secret}, **_read_binary(props, app_dir, host.family == "rhel"),
+    )
+    if interpret:
+        state = replace(state, **consumer_settings(state, env_path))
+    return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
+
+
+def read_settings(env_file: Path = layout.ENV_FILE) -> InstalledState:
+    """Only the installed AMQP settings, as the consumer reads them: the environment file, the
+    credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, no
+    ``systemctl``. For ``check-rabbitmq``, which needs nothing else of the host."""
+    unit_file = lstat(layout.UNIT_PATH)
+    credentials = load_credentials(_unit_texts(unit_file, ""))
+    state = InstalledState(unit_file=unit_file, credentials=credentials,
+                           **{**_read_env(env_file), **_read_credential(credentials)})
+    return replace(state, **consumer_settings(state, env_file))
+
+
+def _read_env(path: Path) -> Dict[str, Any]:
+    info = lstat(path)
+    try:
+        env = envfile.read(path)
+    except OSError as exc:
+        return {"env_file": info, "env_error": "not present" if isinstance(exc, FileNotFoundError)
+                else (exc.strerror or str(exc))}
+    except UnicodeDecodeError as exc:
+        return {"env_file": info, "env_error": f"not UTF-8 text ({exc.reason})"}
+    password = env.pop(PASSWORD_KEY, None)
+    out: Dict[str, Any] = {"env_file": info, "environment": env, "env_has_password": password is not None}
+    if password:
+        out.update(password=Secret(password), password_source="environment file")
+    return out
+
+
+def _read_credential(credentials: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
+    """The password from the file the unit's LoadCredential=amqp-pass:PATH names (it wins over
+    AMQP_PASS in the environment file, as the consumer prefers $CREDENTIALS_DIRECTORY)."""
+    path = next((p for name, p in credentials if name == layout.CREDENTIAL_NAME), None)
+    if path is None:
+        return {}
+    target = Path(path) if path.startswith("/") else _credstore(path)
+    out: Dict[str, Any] = {"credential_file": lstat(target)}
+    try:
+        text = target.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return {**out, "credential_error": exc.strerror or str(exc)}
+    except UnicodeDecodeError:
+        return {**out, "credential_error": "not UTF-8 text"}
+    if text:
+        out.update(password=Secret(text), password_source="credential")
+    else:
+        out["credential_error"] = "empty"
+    return out
+
+
+def _credstore(name: str) -> Path:
+    """Where systemd looks for ``LoadCredential=ID`` without an absolute path."""
+    for directory in CREDSTORE_DIRS:
+        if lstat(directory / name).exists:
+            return directory / name
+    return CREDSTORE_DIRS[0] / name
+
+
+def consumer_settings(state: InstalledState, env_path: Path) -> Dict[str, Any]:
+    """The consumer's reading of the installed environment (and the credential), or why it fails."""
+    from .pikaload import load
+
+    load()  # consumer.config imports the contract, which imports pika: without its asyncio adapter
+    from .consumer import config
+
+    if state.env_error:
+        return {"config_error": f"{env_path}: {state.env_error}"}
+    env = dict(state.environment)
+    if state.password:
+        env[PASSWORD_KEY] = state.password.reveal()
+    elif state.credential_error:
+        where = state.credential_file.path if state.credential_file else "the credential"
+        return {"config_error": f"{PASSWORD_KEY} cannot be read from {where}: {state.credential_error}"}
+    try:
+        cfg = config.load(env)
+    except config.ConfigError as exc:
+        return {"config_error": str(exc)}
+    return {"consumer": ConsumerSettings(cfg.hosts, cfg.port, cfg.vhost, cfg.user, cfg.error_percent)}
+
+
+def _read_binary(props: Mapping[str, str], app_dir: Path, selinux_host: bool) -> Dict[str, Any]:
+    path = binary_from_unit(props, app_dir / layout.BINARY_NAME)
+    info = lstat(path)
+    argv = exec_argv(props.get("ExecStart", ""))
+    interpreter = lstat(Path(argv[0])) if argv and Path(argv[0]) != path else None
+    if interpreter is not None and interpreter.kind == "symlink":  # /usr/bin/python3 -> python3.11
+        interpreter = replace(interpreter, kind="file" if Path(interpreter.path).is_file() else "missing")
+    return {
+        "binary": info, "interpreter": interpreter,
+        "flavour": flavour_of(path) if info.kind == "file" else None,
+        "build_stamp": _read_stamp(path.parent / layout.BUILD_STAMP_NAME),
+        "binary_label": _selinux_label(path) if selinux_host and info.kind == "file" else "",
+    }
+
+
+def _read_stamp(path: Path) -> Dict[str, Any]:
+    if lstat(path).kind != "file":
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"error": "unreadable"}
+    return {k: v for k, v in doc.items() if isinstance(v, (str, int, float, bool))} if isinstance(doc, dict) else {}
+
+
+def _selinux_label(path: Path) -> str:
+    try:
+        return str(os.getxattr(str(path), "security.selinux", follow_symlinks=False), "utf-8",
+                   "replace").rstrip("\x00")
+    except OSError:
+        return ""
+
+
+def _slow_facts(state: InstalledState, systemd: Any, verify: bool, lines: int, process: bool) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if verify and state.installed and state.unit_file.exists:
+        res = systemd.verify(Path(state.unit_file.path))
+        out["unit_verify"] = {"returncode": res["returncode"], "stderr": str(res["stderr"])}
+    if lines > 0 and state.installed and not state.active:
+        from .diagnostics.report import masker
+
+        mask = masker(state.secrets())
+        out["journal"] = tuple(mask(line) for line in systemd.journal_lines(lines))
+    if process and state.main_pid:
+        out["process_user"] = process_user(state.main_pid)
+    return out
+
+
+def process_user(pid: int) -> Optional[str]:
+    try:
+        import psutil
+
+        return str(psutil.Process(pid).username())
+    except Exception:  # the process ended in between, or psutil cannot see it
+        return None
+
+
+def systemd_version(runner: Any) -> Optional[int]:
+    """systemd's major version (``systemctl --version``: ``systemd 252 (252.39-1~deb12u2)``)."""
+    res = runner.run(["systemctl", "--version"], check=False, timeout=10)
+    m = re.match(r"systemd (\d+)", res.stdout)
+    return int(m.group(1)) if m else None
+
+
+# -- parsing systemd's answers -------------------------------------------------------------------
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def exec_argv(exec_start: str) -> List[str]:
+    """The argv of ``systemctl show -p ExecStart`` (``{ path=... ; argv[]=... ; ... }``)."""
+    m = re.search(r"argv\[\]=([^;]*)", exec_start)
+    if m:
+        return m.group(1).split()
+    return exec_start.split()
+
+
+def binary_from_unit(props: Mapping[str, str], default: Path) -> Path:
+    """The dispatch program the unit runs: the ExecStart argument named ``dispatch`` (the bundled
+    flavour runs ``python3 /app/dispatch``, the go flavour ``/app/dispatch``), else ``default``."""
+    for arg in exec_argv(props.get("ExecStart", "")):
+        if Path(arg).name == layout.BINARY_NAME:
+            return Path(arg)
+    return default
+
+
+def env_file_from_unit(props: Mapping[str, str], default: Path) -> Path:
+    value = props.get("EnvironmentFiles", "").strip()
+    if value:
+        return Path(value.split(" (", 1)[0].lstrip("-"))
+    return default
+
+
+def flavour_of(path: Path) -> Optional[str]:
+    """``go`` (an ELF executable), ``bundled`` (a zipapp: ``#!`` or zip magic) or None. A symlink
+    is not opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        head = os.read(fd, 4)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if head == b"\x7fELF":
+        return "go"
+    if head.startswith(b"#!") or head.startswith(b"PK"):
+        return "bundled"
+    return "unknown"
+
+
+def _unit_texts(unit_file: FileInfo, drop_ins: str) -> List[str]:
+    """The unit file's text and its drop-ins' (systemd's DropInPaths, else the unit's .d directory)."""
+    paths = drop_ins.split() if drop_ins else sorted(
+        str(p) for p in Path(unit_file.path).with_name(Path(unit_file.path).name + ".d").glob("*.conf"))
+    texts = []
+    for path in [unit_file.path, *paths]:
+        try:
+            texts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return texts
+
+
+def load_credentials(unit_texts: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """The ``LoadCredential=ID[:PATH]`` of the ``[Service]`` section of a unit file and its drop-ins,
+    in order (an empty assignment clears the list, as in systemd)."""
+    found: Dict[str, str] = {}
+    for text in unit_texts:
+        section = ""
+        for line in _logical_lines(text):
+            if line.startswith("["):
+                section = line.strip()
+                continue
+            key, sep, value = line.partition("=")
+            if section != "[Service]" or not sep or key.strip() != "LoadCredential":
+                continue
+            value = value.strip()
+            if not value:
+                found.clear()
+                continue
+            name, _, path = value.partition(":")
+            found[name] = path or name
+    return tuple(found.items())
+
+
+def _logical_lines(text: str) -> List[str]:
+    lines: List[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line[0] in "#;"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    if pending:
+        lines.append(pending)
+    return lines
