@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-CHANGE_LOCK = Path("/run/dispatchctl/lock")
+from .layout import CHANGE_LOCK
+
+# never handed to a child process (dnf, apt-get, useradd, go, systemctl...): a child's environment
+# is readable in /proc/PID/environ by its user, and some tools log their environment
+SECRET_ENV_VARS = ("DISPATCHCTL_AMQP_PASS", "AMQP_PASS")
 
 RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -39,8 +43,18 @@ class Result:
         return self.returncode == 0
 
 
+def child_environment(base: Optional[Mapping[str, str]] = None,
+                      extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment every child process gets: ``base`` (default: ours) and ``extra``, without
+    any secret variable."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRET_ENV_VARS}
+    env.update({k: v for k, v in (extra or {}).items() if k not in SECRET_ENV_VARS})
+    return env
+
+
 class Runner:
-    """Runs commands with a timeout, never through a shell. Output is captured as text."""
+    """Runs commands with a timeout, never through a shell, never with a secret in their
+    environment (:func:`child_environment`). Output is captured as text."""
 
     def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None) -> None:
         self.timeout = timeout
@@ -58,10 +72,7 @@ class Runner:
         env: Optional[Mapping[str, str]] = None,
     ) -> Result:
         self.calls.append(tuple(argv))
-        merged = None
-        if self.env is not None or env is not None:
-            merged = dict(os.environ if self.env is None else self.env)
-            merged.update(env or {})
+        merged = child_environment(self.env, env)
         try:
             proc = subprocess.run(
                 list(argv), capture_output=True, text=True, timeout=timeout or self.timeout,
@@ -77,6 +88,13 @@ class Runner:
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, (proc.stderr or proc.stdout))
         return result
+
+
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen:
+        """Start a command in the background (stdout and stderr piped, as text), recorded like run()."""
+        self.calls.append(tuple(argv))
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=child_environment(self.env))
 
 
 def parse_os_release(text: str) -> Dict[str, str]:

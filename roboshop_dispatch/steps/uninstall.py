@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List, Tuple
 
-from .base import Change, Context, Step, StepFailed
+from ..layout import RESTART_PENDING as PENDING
+from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
 
 STOPPABLE = ("active", "activating", "reloading", "deactivating")
 
@@ -30,40 +32,47 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-class StopStep(Step):
+@dataclass(frozen=True)
+class RemovePlan:
+    """Paths to remove (empty: only systemd needs to forget the unit)."""
+
+    paths: Tuple[Path, ...]
+
+
+class StopStep(Step[None]):
     name = "stop"
     title = "Stop the service"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[None]:
         if not ctx.facts.systemd_pid1:
-            return Change(False, "no systemd on this host: nothing runs")
+            return unchanged("no systemd on this host: nothing runs")
         props = ctx.systemd.show(["LoadState", "ActiveState", "SubState", "MainPID"])
         state = props.get("ActiveState", "")
         if state in STOPPABLE:
-            return Change(True, f"stop {ctx.systemd.unit} ({state}, MainPID {props.get('MainPID', '0')})",
+            return Change([Action("stop", ctx.systemd.unit, f" ({state}, MainPID {props.get('MainPID', '0')})")],
                           report={"active_state": state})
-        return Change(False, f"{ctx.systemd.unit} is not running ({state or 'unknown'})")
+        return unchanged(f"{ctx.systemd.unit} is not running ({state or 'unknown'})")
 
-    def apply(self, ctx: Context, change: Change) -> str:
+    def apply(self, ctx: Context, change: Change[None]) -> str:
         ctx.systemd.stop()
         return f"stopped {ctx.systemd.unit}"
 
 
-class DisableStep(Step):
+class DisableStep(Step[RemovePlan]):
     name = "disable"
     title = "Disable the service"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         if not ctx.facts.systemd_pid1:
             links = self._links(ctx)
             if links:
-                return Change(True, "remove the enablement links " + ", ".join(map(str, links)),
-                              data={"links": links})
-            return Change(False, "not enabled")
+                return Change([Action("remove", "the enablement links " + ", ".join(map(str, links)))],
+                              RemovePlan(tuple(links)))
+            return unchanged("not enabled")
         state = ctx.systemd.show(["UnitFileState"]).get("UnitFileState", "")
         if state in ("enabled", "enabled-runtime", "linked", "linked-runtime", "alias"):
-            return Change(True, f"disable {ctx.systemd.unit} ({state})")
-        return Change(False, f"{ctx.systemd.unit} is not enabled ({state or 'not installed'})")
+            return Change([Action("disable", ctx.systemd.unit, f" ({state})")], RemovePlan(()))
+        return unchanged(f"{ctx.systemd.unit} is not enabled ({state or 'not installed'})")
 
     def _links(self, ctx: Context) -> List[Path]:
         unit_dir = ctx.host_path(ctx.settings.unit_dir)
@@ -75,9 +84,9 @@ class DisableStep(Step):
                 links.append(directory / ctx.systemd.unit)
         return sorted(links)
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        if "links" in change.data:
-            links: List[Path] = change.data["links"]  # type: ignore[assignment]
+    def apply(self, ctx: Context, change: Change[RemovePlan]) -> str:
+        links = change.the_plan().paths
+        if links:
             for link in links:
                 _remove(link)
             return "removed the enablement links"
@@ -85,25 +94,23 @@ class DisableStep(Step):
         return f"disabled {ctx.systemd.unit}"
 
 
-class _RemoveFiles(Step):
+class _RemoveFiles(Step[RemovePlan]):
     """Remove paths; what exists is the change."""
 
     def paths(self, ctx: Context) -> List[Path]:
         raise NotImplementedError
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         present = [p for p in self.paths(ctx) if _exists(p)]
         if not present:
-            return Change(False, "nothing to remove: " + ", ".join(str(p) for p in self.paths(ctx)) + " absent")
-        return Change(True, "remove " + ", ".join(str(p) for p in present), data={"paths": present},
+            return unchanged("nothing to remove: " + ", ".join(str(p) for p in self.paths(ctx)) + " absent")
+        return Change([Action("remove", ", ".join(str(p) for p in present))], RemovePlan(tuple(present)),
                       report={"removed": [str(p) for p in present]})
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        present: List[Path] = change.data["paths"]  # type: ignore[assignment]
-        for path in present:
+    def apply(self, ctx: Context, change: Change[RemovePlan]) -> None:
+        for path in change.the_plan().paths:
             _remove(path)
         self.after(ctx)
-        return "removed " + ", ".join(str(p) for p in present)
 
     def after(self, ctx: Context) -> None:
         pass
@@ -114,8 +121,6 @@ class UnitStep(_RemoveFiles):
     title = "Remove the unit"
 
     def paths(self, ctx: Context) -> List[Path]:
-        from .service import PENDING
-
         unit = ctx.host_path(ctx.settings.unit_path)
         dropins = unit.with_name(unit.name + ".d")
         paths = [unit, dropins]
@@ -124,15 +129,15 @@ class UnitStep(_RemoveFiles):
             paths.append(pending)
         return paths
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         change = super().check(ctx)
         if change.needed or not ctx.facts.systemd_pid1:
             return change
         # the file is gone but systemd still knows the unit (removed by hand, no daemon-reload)
         props = ctx.systemd.show(["LoadState", "ActiveState", "Result"])
         if props.get("LoadState", "") not in ("", "not-found") or props.get("ActiveState") == "failed":
-            return Change(True, f"daemon-reload to forget {ctx.systemd.unit} ({props.get('LoadState')})",
-                          data={"paths": []})
+            return Change([Action("daemon-reload", f"to forget {ctx.systemd.unit}", f" ({props.get('LoadState')})")],
+                          RemovePlan(()))
         return change
 
     def after(self, ctx: Context) -> None:
@@ -170,23 +175,23 @@ class AppDirStep(_RemoveFiles):
         return [ctx.host_path(ctx.settings.app_dir)]
 
 
-class UserStep(Step):
+class UserStep(Step[None]):
     name = "user"
     title = "Delete the service user (--purge)"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[None]:
         import pwd
 
         name = ctx.settings.service_user
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            return Change(False, f"user {name} does not exist")
+            return unchanged(f"user {name} does not exist")
         if entry.pw_uid == 0:
             raise StepFailed(f"user {name} has uid 0: refusing to delete it", "delete it by hand if you must")
-        return Change(True, f"delete user {name} (uid {entry.pw_uid})", report={"user": name})
+        return Change([Action("delete", f"user {name}", f" (uid {entry.pw_uid})")], report={"user": name})
 
-    def apply(self, ctx: Context, change: Change) -> str:
+    def apply(self, ctx: Context, change: Change[None]) -> str:
         name = ctx.settings.service_user
         res = ctx.runner.run(["userdel", name], check=False, timeout=60)
         if not res.ok:
@@ -195,20 +200,20 @@ class UserStep(Step):
         return f"deleted user {name}"
 
 
-def plan(purge: bool) -> List[Step]:
-    steps: List[Step] = [StopStep(), DisableStep(), UnitStep(), ConfigStep(), BinaryStep()]
+def plan(purge: bool) -> List[Step[Any]]:
+    steps: List[Step[Any]] = [StopStep(), DisableStep(), UnitStep(), ConfigStep(), BinaryStep()]
     if purge:
         steps += [AppDirStep(), UserStep()]
     return steps
 
 
 def preflight(*, is_root: bool, systemd_pid1: bool, dry_run: bool) -> None:
-    """Checks before any step (raises RuntimeError with the reason)."""
+    """Checks before any step (raises PreflightError with the reason)."""
     if dry_run:
         return
     if not is_root:
-        raise RuntimeError("must run as root to uninstall (use sudo), or add --dry-run to see what would go")
+        raise PreflightError("must run as root to uninstall (use sudo), or add --dry-run to see what would go")
     if not systemd_pid1:
-        raise RuntimeError("systemd is not running as PID 1 on this host: the service cannot be stopped; "
+        raise PreflightError("systemd is not running as PID 1 on this host: the service cannot be stopped; "
                            "--dry-run works without it")
 
