@@ -121,6 +121,8 @@ class HostFacts:
     is_root: bool = False
     systemd_pid1: bool = False
     selinux: Optional[str] = None
+    # systemd's version (``systemctl --version``), None when unknown: assumed current
+    systemd_version: Optional[int] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -171,7 +173,19 @@ class HostFacts:
             is_root=os.geteuid() == 0,
             systemd_pid1=(root / "run/systemd/system").is_dir(),
             selinux=selinux,
+            systemd_version=systemd_version() if root == Path("/") else None,
         )
+
+
+def systemd_version() -> Optional[int]:
+    """``systemd 252 (252.22-1~deb12u1)`` -> 252; None when systemctl is missing or says otherwise."""
+    try:
+        proc = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL, env=child_environment())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = proc.stdout.split()
+    return int(words[1]) if len(words) > 1 and words[0] == "systemd" and words[1].isdigit() else None
 
 
 def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] = None):
@@ -181,7 +195,9 @@ def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] 
     import fcntl
 
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fh = open(path, "w")  # noqa: SIM115 (held for the whole run)
+    # never through a link planted at the lock's path; never truncating a file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fh = os.fdopen(fd, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,7 +1,13 @@
-"""Step 5: the systemd unit and its EnvironmentFile, rendered from ``templates/``.
+"""Step 5: the systemd unit, its EnvironmentFile and the password's credential file.
 
-The unit (0644) holds no secret; the environment file (root, 0600) holds the settings. Each file
-is written atomically, only when its content or owner/mode differ, and never through a link.
+The unit (0644) holds no secret; the environment file (root, 0600) holds the settings. The AMQP
+password is a systemd credential (``LoadCredential=``, root 0600 file): it is never in the
+service's environment, so no other process of the service user reads it in /proc/PID/environ.
+It stays in the environment file only for the go flavour (the Go binary reads only AMQP_PASS) and
+where systemd predates credentials (< 247). Files are written in the order credential,
+environment file, unit: a run that fails in between leaves files the next run compares and
+repairs, and never a unit that points at a credential not yet written. Each file is written
+atomically, only when its content or owner/mode differ, and never through a link.
 Diffs mask every secret: the new password, and the old ones learnt by parsing the old files
 (whatever their quoting, ``export`` prefix or escapes), and the whole value of every secret key.
 """
@@ -16,7 +22,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .. import envfile
 from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
-from ..layout import PYTHON, RENDER_CACHE
+from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
 from ..redact import SECRET_KEYS, Redactor
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
 from .pending import mark_pending
@@ -32,11 +38,42 @@ Current = Union[None, str, _Unreadable]
 
 @dataclass(frozen=True)
 class WantedFile:
-    mark: str  # what the service step reacts to: unit, envfile
+    mark: str  # what the service step reacts to: unit, envfile, credential
     path: Path  # as on the host
-    text: str
+    text: Optional[str]  # None: the file must not exist
     mode: int
     secret: bool = False  # a diff shows its secret keys masked
+    note: str = ""  # said with its write/update action
+
+
+CREDENTIAL = "credential"
+ENV_ROUTE = "envfile"
+
+
+def consumer_reads_credential() -> bool:
+    """Whether the bundled consumer reads $CREDENTIALS_DIRECTORY/amqp-pass. TRANSITIONAL: true once
+    the consumer branch is merged; the integrator then deletes this check (always true)."""
+    from .. import consumer
+
+    try:
+        return "CREDENTIALS_DIRECTORY" in (Path(consumer.__file__).parent / "config.py").read_text()
+    except OSError:
+        return False
+
+
+def password_route(flavour: str, systemd_version: Optional[int], reads_credential: bool = True) -> str:
+    """``credential`` (LoadCredential=) or ``envfile`` (AMQP_PASS in the 0600 environment file)."""
+    if flavour == "go" or not reads_credential:
+        return ENV_ROUTE
+    if systemd_version is not None and systemd_version < CREDENTIALS_MIN_SYSTEMD:
+        return ENV_ROUTE
+    return CREDENTIAL
+
+
+ROUTE_NOTES = {
+    "go": "; AMQP_PASS stays in it: the Go binary reads only that variable",
+    "old-systemd": f"; AMQP_PASS stays in it: systemd < {CREDENTIALS_MIN_SYSTEMD} has no credentials",
+}
 
 
 @dataclass(frozen=True)
@@ -80,24 +117,31 @@ def changed_keys(old: str, new: str) -> List[str]:
 
 def file_diff(want: WantedFile, old: Current, redactor: Redactor) -> str:
     previous = None if isinstance(old, _Unreadable) else old
-    secret_changed = (previous is not None and want.secret
+    if want.mark == CREDENTIAL:  # the whole file is the secret
+        return unified_diff(None if previous is None else "********\n",
+                            None if want.text is None else "******** (changed)\n" if previous else "********\n",
+                            str(want.path))
+    secret_changed = (previous is not None and want.text is not None and want.secret
                       and any(k in changed_keys(previous, want.text) for k in SECRET_KEYS))
     new_label = "******** (changed)" if secret_changed else "********"
     return unified_diff(None if previous is None else redactor.assignments(previous),
-                        redactor.assignments(want.text, new_label), str(want.path))
+                        None if want.text is None else redactor.assignments(want.text, new_label), str(want.path))
 
 
 def compare(want: WantedFile, current: Current, fixes: List[str]) -> Optional[Action]:
     """The action one file needs, from its current text and its owner/mode drift."""
+    if want.text is None:
+        return None if current is None else Action("remove", str(want.path), " (no longer used)")
     if isinstance(current, _Unreadable):
-        return Action("rewrite", str(want.path), " (unreadable without root: assumed to differ)")
+        return Action("rewrite", str(want.path), " (unreadable without root: assumed to differ)" + want.note)
     if current == want.text:
         return Action("fix", str(want.path), ": " + ", ".join(fixes)) if fixes else None
     if current is None:
-        return Action("write", str(want.path))
-    if want.secret or want.mark == "envfile":
-        return Action("update", str(want.path), f" ({', '.join(changed_keys(current, want.text)) or 'comments'})")
-    return Action("update", str(want.path))
+        return Action("write", str(want.path), want.note)
+    if want.mark == "envfile":
+        keys = ", ".join(changed_keys(current, want.text)) or "comments"
+        return Action("update", str(want.path), f" ({keys}){want.note}")
+    return Action("update", str(want.path), want.note)
 
 
 def render_key(ctx: Context) -> str:
@@ -112,7 +156,9 @@ def render_key(ctx: Context) -> str:
         data = path.read_bytes()
         digest.update(f"{path.name}\0{len(data)}\0".encode() + data)
     s = ctx.settings
-    digest.update(json.dumps({"masked": s.masked(), "env": s.environment()}, sort_keys=True).encode())
+    route = password_route(s.flavour, ctx.facts.systemd_version, consumer_reads_credential())
+    digest.update(json.dumps({"masked": s.masked(), "env": s.environment(), "route": route},
+                             sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -134,16 +180,29 @@ class ConfigStep(Step[ConfigPlan]):
     name = "config"
     title = "Unit and environment file"
 
+    def route(self, ctx: Context) -> str:
+        return password_route(ctx.settings.flavour, ctx.facts.systemd_version, consumer_reads_credential())
+
     def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
+        """The files in writing order: credential, environment file, unit."""
         s = ctx.settings
-        return [("unit", s.unit_path, 0o644), ("envfile", s.env_file, 0o600)]
+        return [(CREDENTIAL, s.credential_file, 0o600), ("envfile", s.env_file, 0o600), ("unit", s.unit_path, 0o644)]
 
     def wanted(self, ctx: Context) -> List[WantedFile]:
         from ..render import render_env, render_unit
 
         s = ctx.settings
-        return [WantedFile("unit", s.unit_path, render_unit(s, PYTHON), 0o644),
-                WantedFile("envfile", s.env_file, render_env(s), 0o600, secret=True)]
+        credential = self.route(ctx) == CREDENTIAL
+        note = ""
+        if s.flavour == "go":
+            note = ROUTE_NOTES["go"]
+        elif not credential and (ctx.facts.systemd_version or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
+            note = ROUTE_NOTES["old-systemd"]
+        return [WantedFile(CREDENTIAL, s.credential_file, s.amqp.password.reveal() if credential else None, 0o600,
+                           secret=True),
+                WantedFile("envfile", s.env_file, render_env(s, with_password=not credential), 0o600, secret=True,
+                           note=note),
+                WantedFile("unit", s.unit_path, render_unit(s, PYTHON, credential=credential), 0o644)]
 
     def _cached(self, ctx: Context, key: str) -> bool:
         cache = load_cache(ctx, RENDER_CACHE)
@@ -152,6 +211,8 @@ class ConfigStep(Step[ConfigPlan]):
         for mark, path, mode in self.paths(ctx):
             real = ctx.host_path(path)
             st = lstat_regular(real)
+            if st is None and cache.get(mark) is None:
+                continue  # a file that must not exist (the credential on the environment route)
             if st is None or cache.get(mark) is None or _sha256(real) != cache.get(mark) or drift(st, mode):
                 return False
         return True
@@ -165,8 +226,10 @@ class ConfigStep(Step[ConfigPlan]):
         save_cache(ctx, RENDER_CACHE, record)
 
     def _summary(self, ctx: Context) -> str:
-        names = [str(path) for _mark, path, _mode in self.paths(ctx)]
-        return f"{', '.join(names[:-1])} and {names[-1]} up to date"
+        s = ctx.settings
+        where = f"the password in {s.credential_file}" if self.route(ctx) == CREDENTIAL else \
+            f"the password in {s.env_file}" + (" (the Go binary reads only AMQP_PASS)" if s.flavour == "go" else "")
+        return f"{s.unit_path} and {s.env_file} up to date ({where})"
 
     def check(self, ctx: Context) -> Change[ConfigPlan]:
         key = render_key(ctx)
@@ -182,8 +245,9 @@ class ConfigStep(Step[ConfigPlan]):
         wanted = self.wanted(ctx)
         current = {w.mark: read_current(ctx.host_path(w.path)) for w in wanted}
         secrets = [ctx.settings.amqp.password.reveal()]
-        for text in current.values():
-            secrets += old_secrets(text if isinstance(text, str) else None)
+        for mark, text in current.items():
+            if isinstance(text, str):
+                secrets += [text] if mark == CREDENTIAL else old_secrets(text)
         redactor = Redactor(secrets)
         actions: List[Action] = []
         writes: List[WantedFile] = []
@@ -194,8 +258,9 @@ class ConfigStep(Step[ConfigPlan]):
             st = None if current[want.mark] is None or isinstance(current[want.mark], _Unreadable) \
                 else lstat_regular(ctx.host_path(want.path))
             action = compare(want, current[want.mark], drift(st, want.mode) if st is not None else [])
-            files[str(want.path)] = {None: "ok", "fix": "fix", "write": "create", "update": "update",
-                                     "rewrite": "unknown"}[action.verb if action else None]
+            files[str(want.path)] = {None: "ok" if want.text is not None else "absent", "fix": "fix",
+                                     "write": "create", "update": "update", "rewrite": "unknown",
+                                     "remove": "remove"}[action.verb if action else None]
             if action is None:
                 continue
             actions.append(action)
@@ -205,14 +270,19 @@ class ConfigStep(Step[ConfigPlan]):
         if not actions:
             return unchanged(self._summary(ctx), {"files": files})
         marks: Set[str] = {w.mark for w in writes}
+        report = {"files": files, "password": self.route(ctx)}
         return Change(actions, ConfigPlan(tuple(writes), tuple(fixes), key), diff="".join(diffs),
-                      marks=frozenset(marks), report={"files": files})
+                      marks=frozenset(marks), report=report)
 
     def apply(self, ctx: Context, change: Change[ConfigPlan]) -> None:
         plan = change.the_plan()
         for want in plan.writes:
             mark_pending(ctx, want.mark)
             real = ctx.host_path(want.path)
+            if want.text is None:
+                lstat_regular(real)  # a link is refused, not removed
+                real.unlink(missing_ok=True)
+                continue
             if not real.parent.exists():
                 real.parent.mkdir(parents=True, mode=0o755)
             write_atomic(real, want.text.encode("utf-8"), mode=want.mode, uid=0, gid=0)

@@ -1,9 +1,13 @@
 """``dispatchctl uninstall``: the install steps backwards, with the same step contract, so
 ``--dry-run`` reports exactly what a real run removes and a second run changes nothing.
 
-Stop and disable the service, remove the unit (and drop-ins), the environment file and
-``/app/dispatch``. The service user and the app directory stay unless ``purge``: then the app
-directory is removed with everything in it (go sources, ``go.mod``) and the user is deleted.
+Stop and disable the service, remove the unit (and drop-ins), the environment file, the
+credential and ``/app/dispatch``. The service user and the app directory stay unless ``purge``,
+and are shared with the other RoboShop services, so ``purge`` (confirmed with ``--yes`` or at a
+prompt) removes only what dispatchctl created (layout.CREATED_RECORD): the files it wrote in the
+app directory, the directory itself only when it created it and it is empty then, and the user
+only when it created it and the user owns no file left on the host. Nothing is followed through
+a link, and nothing else is ever deleted recursively.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple
 
+from ..files import lstat_regular
 from ..layout import RESTART_PENDING as PENDING
+from . import record
 from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
 
 STOPPABLE = ("active", "activating", "reloading", "deactivating")
@@ -25,6 +31,7 @@ def _exists(path: Path) -> bool:
 
 
 def _remove(path: Path) -> None:
+    """Remove a file or a link (never what it points to), or the unit's own drop-in directory."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -148,10 +155,10 @@ class UnitStep(_RemoveFiles):
 
 class ConfigStep(_RemoveFiles):
     name = "config"
-    title = "Remove the environment file"
+    title = "Remove the environment file and the credential"
 
     def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.env_file)]
+        return [ctx.host_path(ctx.settings.env_file), ctx.host_path(ctx.settings.credential_file)]
 
     def after(self, ctx: Context) -> None:
         directory = ctx.host_path(ctx.settings.env_file).parent
@@ -164,20 +171,80 @@ class BinaryStep(_RemoveFiles):
     title = "Remove /app/dispatch"
 
     def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.binary)]
+        binary = ctx.host_path(ctx.settings.binary)
+        lstat_regular(binary)  # a link or a directory there was not written by dispatchctl: refused
+        return [binary]
 
 
-class AppDirStep(_RemoveFiles):
+def _needs_confirmation(ctx: Context) -> None:
+    if not ctx.confirmed and not ctx.dry_run:
+        raise StepFailed("--purge deletes files and users: not confirmed", "add --yes")
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    files: Tuple[Path, ...]  # on the host (not under ctx.root)
+    remove_dir: bool
+
+
+def decide_app_dir(app_dir: Path, present: List[Path], dir_created: bool,
+                   leftovers: List[str]) -> Change[PurgePlan]:
+    """What purge does with the app directory: remove the files dispatchctl created that are
+    ``present``, then the directory only if dispatchctl created it and nothing else is left in it."""
+    actions = [Action("remove", str(p)) for p in present]
+    if not dir_created:
+        note = f"{app_dir} stays: dispatchctl did not create it (shared with the other RoboShop services)"
+    elif leftovers:
+        note = f"{app_dir} stays: it holds files dispatchctl did not create ({', '.join(sorted(leftovers)[:5])})"
+    else:
+        note = ""
+        actions.append(Action("remove", str(app_dir), " (created by dispatchctl, now empty)"))
+    report = {"removed": [str(p) for p in present], "kept": note}
+    if not actions:
+        return unchanged(note or f"nothing of dispatchctl's left in {app_dir}", report)
+    if note:
+        actions.append(Action("keep", str(app_dir), " (" + note.split(": ", 1)[1] + ")"))
+    return Change(actions, PurgePlan(tuple(present), remove_dir=not note), report=report)
+
+
+class AppDirStep(Step[PurgePlan]):
     name = "appdir"
-    title = "Remove the app directory (--purge)"
+    title = "Remove what dispatchctl created in the app directory (--purge)"
 
-    def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.app_dir)]
+    def check(self, ctx: Context) -> Change[PurgePlan]:
+        app_dir = ctx.settings.app_dir
+        real = ctx.host_path(app_dir)
+        ours = [p for p in record.created_paths(ctx, "files") if p.parent == app_dir]
+        # the binary is the binary step's (it ran before this one)
+        present = [p for p in ours if p != ctx.settings.binary and _exists(ctx.host_path(p))]
+        try:
+            names = {entry.name for entry in real.iterdir()} if real.is_dir() and not real.is_symlink() else set()
+        except OSError:
+            names = set()
+        leftovers = sorted(names - {p.name for p in ours})
+        dir_created = record.was_created(ctx, "dirs", app_dir) and _exists(real)
+        change = decide_app_dir(app_dir, present, dir_created, leftovers)
+        if change.needed:
+            _needs_confirmation(ctx)
+        return change
+
+    def apply(self, ctx: Context, change: Change[PurgePlan]) -> None:
+        plan = change.the_plan()
+        for path in plan.files:
+            real = ctx.host_path(path)
+            if real.is_dir() and not real.is_symlink():
+                shutil.rmtree(real)  # the go sources dispatchctl unpacked (rmtree never follows links)
+            else:
+                real.unlink(missing_ok=True)
+            record.forget(ctx, "files", path)
+        if plan.remove_dir:
+            ctx.host_path(ctx.settings.app_dir).rmdir()  # fails, keeping it, if something appeared
+            record.forget(ctx, "dirs", ctx.settings.app_dir)
 
 
 class UserStep(Step[None]):
     name = "user"
-    title = "Delete the service user (--purge)"
+    title = "Delete the service user dispatchctl created (--purge)"
 
     def check(self, ctx: Context) -> Change[None]:
         import pwd
@@ -189,7 +256,23 @@ class UserStep(Step[None]):
             return unchanged(f"user {name} does not exist")
         if entry.pw_uid == 0:
             raise StepFailed(f"user {name} has uid 0: refusing to delete it", "delete it by hand if you must")
-        return Change([Action("delete", f"user {name}", f" (uid {entry.pw_uid})")], report={"user": name})
+        if not record.was_created(ctx, "users", name):
+            return unchanged(f"user {name} stays: dispatchctl did not create it (shared with the other "
+                             "RoboShop services)", {"user": name, "kept": True})
+        owned = self._owned_file(ctx, name)
+        if owned:
+            return unchanged(f"user {name} stays: it owns files outside what dispatchctl removed (e.g. {owned})",
+                             {"user": name, "kept": True})
+        _needs_confirmation(ctx)
+        return Change([Action("delete", f"user {name}", f" (uid {entry.pw_uid}, created by dispatchctl)")],
+                      report={"user": name})
+
+    @staticmethod
+    def _owned_file(ctx: Context, name: str) -> str:
+        """A file the user owns on the root file system (after this run's removals), or ''."""
+        root = str(ctx.root)
+        res = ctx.runner.run(["find", root, "-xdev", "-user", name, "-print", "-quit"], check=False, timeout=120)
+        return res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
 
     def apply(self, ctx: Context, change: Change[None]) -> str:
         name = ctx.settings.service_user
@@ -197,6 +280,7 @@ class UserStep(Step[None]):
         if not res.ok:
             raise StepFailed(f"userdel {name} failed: {(res.stderr or res.stdout).strip()}",
                              f"stop what still runs as {name} (ps -u {name}), then run uninstall --purge again")
+        record.forget(ctx, "users", name)
         return f"deleted user {name}"
 
 
