@@ -35,6 +35,11 @@ SYSTEM_DIRS = frozenset({
     "/proc", "/root", "/run", "/sbin", "/snap", "/sys", "/tmp", "/usr", "/var",
 })
 APP_PARENTS = frozenset({"/opt", "/srv", "/mnt"})
+# nothing at any depth below these: kernel and runtime file systems, the system's own files, and
+# world-writable trees where another user could have made (and so control) a directory on the way
+NO_APP_BELOW = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/boot", "/etc", "/root", "/bin", "/sbin",
+                "/lib", "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32",
+                "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/include")
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}\$?$")
@@ -164,15 +169,22 @@ def validate_user_name(option: str, value: str) -> str:
 
 
 def refuse_system_dir(option: str, value: str, resolved: str) -> None:
-    """``resolved`` (an absolute, symlink-free path) must not be /, a top-level system directory,
-    a direct child of one, or /opt, /srv, /mnt themselves."""
-    parent = os.path.dirname(resolved)
-    shown = value if value == resolved else f"{value!r} (that is {resolved})"
-    if resolved == "/" or resolved in SYSTEM_DIRS or resolved in APP_PARENTS:
-        raise SettingsError(option, f"{shown} is a system directory: refusing to manage or remove it")
-    if parent in SYSTEM_DIRS:
-        raise SettingsError(option, f"{shown} is a direct child of the system directory {parent}: "
-                            "refusing to manage or remove it")
+    """Neither ``value`` as spelt (slashes collapsed) nor ``resolved`` (symlinks followed: /bin/x
+    may be /usr/bin/x) may be /, a top-level system directory, a direct child of one, /opt, /srv
+    or /mnt themselves, or anything below a kernel, runtime or world-writable tree."""
+    spelt = "/" + "/".join(part for part in value.split("/") if part)
+    for path in dict.fromkeys((spelt, resolved)):
+        shown = value if value == path else f"{value!r} (that is {path})"
+        parent = os.path.dirname(path)
+        if path == "/" or path in SYSTEM_DIRS or path in APP_PARENTS:
+            raise SettingsError(option, f"{shown} is a system directory: refusing to manage or remove it")
+        if parent in SYSTEM_DIRS:
+            raise SettingsError(option, f"{shown} is a direct child of the system directory {parent}: "
+                                "refusing to manage or remove it")
+        below = next((top for top in NO_APP_BELOW if path.startswith(top + "/")), None)
+        if below is not None:
+            raise SettingsError(option, f"{shown} is inside {below}: not a place for an application "
+                                "(a system directory, or one that other users can write to)")
 
 
 def validate_app_dir(option: str, value: str) -> Path:
