@@ -189,6 +189,9 @@ class BuildStep(Step[BuildPlan]):
 
         artifact = ctx.settings.artifact
         try:
+            # INTEGRATOR (issue 7.12): the hardened library takes the two checked settings here:
+            #   artifact.fetch(artifact, ..., expected_sha256=ctx.settings.artifact_sha256,
+            #                  allow_http=ctx.settings.insecure)
             data = archive.fetch(artifact)
         except OSError as exc:
             raise StepFailed(f"cannot fetch the artifact {artifact}: {exc.strerror or exc}",

@@ -234,8 +234,9 @@ class ConfigStep(Step[ConfigPlan]):
     def check(self, ctx: Context) -> Change[ConfigPlan]:
         key = render_key(ctx)
         if self._cached(ctx, key):
-            return unchanged(self._summary(ctx),
-                             {"files": {str(path): "ok" for _mark, path, _mode in self.paths(ctx)}})
+            cache = load_cache(ctx, RENDER_CACHE)
+            return unchanged(self._summary(ctx), {"files": {str(path): "ok" for mark, path, _mode in self.paths(ctx)
+                                                            if cache.get(mark) is not None}})
         change = self.compare(ctx, key)
         if not change.needed:
             self._remember(ctx, key)
@@ -258,11 +259,12 @@ class ConfigStep(Step[ConfigPlan]):
             st = None if current[want.mark] is None or isinstance(current[want.mark], _Unreadable) \
                 else lstat_regular(ctx.host_path(want.path))
             action = compare(want, current[want.mark], drift(st, want.mode) if st is not None else [])
-            files[str(want.path)] = {None: "ok" if want.text is not None else "absent", "fix": "fix",
-                                     "write": "create", "update": "update", "rewrite": "unknown",
-                                     "remove": "remove"}[action.verb if action else None]
             if action is None:
+                if want.text is not None:  # a file that must not exist and does not is not reported
+                    files[str(want.path)] = "ok"
                 continue
+            files[str(want.path)] = {"fix": "fix", "write": "create", "update": "update", "rewrite": "unknown",
+                                     "remove": "remove"}[action.verb]
             actions.append(action)
             (fixes if action.verb == "fix" else writes).append(want)
             if action.verb != "fix":

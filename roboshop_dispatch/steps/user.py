@@ -45,6 +45,12 @@ def refuse_privileged(entry: pwd.struct_passwd) -> None:
         raise StepFailed(f"user {entry.pw_name} has gid 0 (group root) as its primary group: the service "
                          "would get root's group access", f"choose another --user, or give {entry.pw_name} "
                          "its own group (usermod -g)")
+    import os
+
+    if 0 in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        raise StepFailed(f"user {entry.pw_name} is a member of the group root (gid 0): the service would get "
+                         "root's group access", f"remove {entry.pw_name} from the group root (gpasswd -d "
+                         f"{entry.pw_name} root) or choose another --user")
 
 
 def decide(name: str, entry: Optional[pwd.struct_passwd], app_dir: Path, shell: str) -> Change[UserPlan]:
