@@ -20,10 +20,6 @@ from .app import app
 from .output import console as _console
 from .output import error, print_json
 
-EnvFileOpt = opt.EnvFile
-JsonOpt = opt.JsonOutput
-
-
 # -- check-rabbitmq ----------------------------------------------------------------------------
 
 
@@ -140,8 +136,8 @@ def check_rabbitmq(
     declare: bool = typer.Option(False, "--declare",
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
                                       "is ever created or changed)."),
-    json_output: bool = JsonOpt,
-    env_file: str = EnvFileOpt,
+    json_output: bool = opt.JsonOutput,
+    env_file: str = opt.EnvFile,
     timeout: float = typer.Option(4.0, "--timeout", hidden=True, help="Time budget in seconds."),
 ) -> None:
     """Can dispatch reach RabbitMQ and use its queue? Name, port, handshake, login, vhost,
@@ -176,9 +172,8 @@ def check(
     user: str = typer.Option("roboshop", "--user", help="The service user the unit must run as."),
     app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
-    json_output: bool = JsonOpt,
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
-                                           help="The installed environment file (default: the unit's)."),
+    json_output: bool = opt.JsonOutput,
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """Host health, each item ok/warn/fail with its fix, then check-rabbitmq with the installed
     settings. Names the manual's common issues when it finds them. Exit 0 healthy, 1 not."""
@@ -262,9 +257,8 @@ def _import_rich() -> None:
 @app.command()
 def status(
     lines: int = typer.Option(10, "--lines", "-n", help="How many recent log lines to show."),
-    json_output: bool = JsonOpt,
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
-                                           help="The installed environment file (default: the unit's)."),
+    json_output: bool = opt.JsonOutput,
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service at a glance. Exit 0 running, 3 not running, 4 not installed (like systemctl is-active)."""
     from ..status import exit_code, gather
@@ -285,7 +279,7 @@ def status(
 def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(50, "--lines", "-n", help="How many recent lines."),
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True, help="For masking the password."),
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
     import subprocess
@@ -355,7 +349,7 @@ def uninstall(
     app_dir: str = typer.Option("/app", "--app-dir", help="The app directory (see --purge)."),
     yes: bool = opt.Yes,
     dry_run: bool = opt.DryRun,
-    json_output: bool = JsonOpt,
+    json_output: bool = opt.JsonOutput,
 ) -> None:
     """Stop and disable the service, remove the unit, the environment file, the credential and
     /app/dispatch. Keeps the user and the app directory unless --purge (which asks first, or needs
