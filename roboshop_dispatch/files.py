@@ -9,7 +9,6 @@ file descriptor (``fchown``/``fchmod``), never by path.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
 import os
 import stat
@@ -136,6 +135,8 @@ def write_atomic(
 
 def unified_diff(old: Optional[str], new: Optional[str], path: str, secrets: Iterable[str] = ()) -> str:
     """A unified diff of two texts (None = absent) with every secret replaced by ********."""
+    import difflib
+
     from .redact import Redactor
 
     redactor = Redactor(secrets)

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -121,7 +122,8 @@ class HostFacts:
     is_root: bool = False
     systemd_pid1: bool = False
     selinux: Optional[str] = None
-    # systemd's version (``systemctl --version``), None when unknown: assumed current
+    # systemd's version when known (tests, or set by the caller); None: ask systemd_version() when
+    # it matters (a subprocess: not on every run)
     systemd_version: Optional[int] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
@@ -173,10 +175,10 @@ class HostFacts:
             is_root=os.geteuid() == 0,
             systemd_pid1=(root / "run/systemd/system").is_dir(),
             selinux=selinux,
-            systemd_version=systemd_version() if root == Path("/") else None,
         )
 
 
+@lru_cache(maxsize=1)
 def systemd_version() -> Optional[int]:
     """``systemd 252 (252.22-1~deb12u1)`` -> 252; None when systemctl is missing or says otherwise."""
     try:

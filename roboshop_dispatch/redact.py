@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any, List, Tuple
-from urllib.parse import quote
 
 MASK = "********"
 SECRET_KEYS: Tuple[str, ...] = ("AMQP_PASS",)
@@ -27,6 +26,8 @@ class Redactor:
         for secret in secrets:
             if not secret:
                 continue
+            from urllib.parse import quote  # only when there is something to mask
+
             for form in (secret, quote(secret, safe=""), quote(secret)):
                 if form and form not in values:
                     values.append(form)

@@ -156,9 +156,10 @@ def render_key(ctx: Context) -> str:
         data = path.read_bytes()
         digest.update(f"{path.name}\0{len(data)}\0".encode() + data)
     s = ctx.settings
-    route = password_route(s.flavour, ctx.facts.systemd_version, consumer_reads_credential())
-    digest.update(json.dumps({"masked": s.masked(), "env": s.environment(), "route": route},
-                             sort_keys=True).encode())
+    # systemd's version is left out (asking costs a subprocess): a host upgraded past 247 keeps
+    # its working environment-file route until the settings or dispatchctl change
+    inputs = {"masked": s.masked(), "env": s.environment(), "reads_credential": consumer_reads_credential()}
+    digest.update(json.dumps(inputs, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -180,8 +181,14 @@ class ConfigStep(Step[ConfigPlan]):
     name = "config"
     title = "Unit and environment file"
 
+    @staticmethod
+    def systemd_version(ctx: Context) -> Optional[int]:
+        from ..host import systemd_version
+
+        return ctx.facts.systemd_version if ctx.facts.systemd_version is not None else systemd_version()
+
     def route(self, ctx: Context) -> str:
-        return password_route(ctx.settings.flavour, ctx.facts.systemd_version, consumer_reads_credential())
+        return password_route(ctx.settings.flavour, self.systemd_version(ctx), consumer_reads_credential())
 
     def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
         """The files in writing order: credential, environment file, unit."""
@@ -196,7 +203,7 @@ class ConfigStep(Step[ConfigPlan]):
         note = ""
         if s.flavour == "go":
             note = ROUTE_NOTES["go"]
-        elif not credential and (ctx.facts.systemd_version or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
+        elif not credential and (self.systemd_version(ctx) or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
             note = ROUTE_NOTES["old-systemd"]
         return [WantedFile(CREDENTIAL, s.credential_file, s.amqp.password.reveal() if credential else None, 0o600,
                            secret=True),
@@ -225,9 +232,9 @@ class ConfigStep(Step[ConfigPlan]):
             record[mark] = _sha256(ctx.host_path(path))
         save_cache(ctx, RENDER_CACHE, record)
 
-    def _summary(self, ctx: Context) -> str:
+    def _summary(self, ctx: Context, route: str) -> str:
         s = ctx.settings
-        where = f"the password in {s.credential_file}" if self.route(ctx) == CREDENTIAL else \
+        where = f"the password in {s.credential_file}" if route == CREDENTIAL else \
             f"the password in {s.env_file}" + (" (the Go binary reads only AMQP_PASS)" if s.flavour == "go" else "")
         return f"{s.unit_path} and {s.env_file} up to date ({where})"
 
@@ -235,8 +242,10 @@ class ConfigStep(Step[ConfigPlan]):
         key = render_key(ctx)
         if self._cached(ctx, key):
             cache = load_cache(ctx, RENDER_CACHE)
-            return unchanged(self._summary(ctx), {"files": {str(path): "ok" for mark, path, _mode in self.paths(ctx)
-                                                            if cache.get(mark) is not None}})
+            route = CREDENTIAL if cache.get(CREDENTIAL) else ENV_ROUTE
+            return unchanged(self._summary(ctx, route),
+                             {"files": {str(path): "ok" for mark, path, _mode in self.paths(ctx)
+                                        if cache.get(mark) is not None}})
         change = self.compare(ctx, key)
         if not change.needed:
             self._remember(ctx, key)
@@ -269,10 +278,11 @@ class ConfigStep(Step[ConfigPlan]):
             (fixes if action.verb == "fix" else writes).append(want)
             if action.verb != "fix":
                 diffs.append(file_diff(want, current[want.mark], redactor))
+        route = CREDENTIAL if any(w.mark == CREDENTIAL and w.text is not None for w in wanted) else ENV_ROUTE
         if not actions:
-            return unchanged(self._summary(ctx), {"files": files})
+            return unchanged(self._summary(ctx, route), {"files": files})
         marks: Set[str] = {w.mark for w in writes}
-        report = {"files": files, "password": self.route(ctx)}
+        report = {"files": files, "password": route}
         return Change(actions, ConfigPlan(tuple(writes), tuple(fixes), key), diff="".join(diffs),
                       marks=frozenset(marks), report=report)
 
