@@ -197,3 +197,22 @@ def test_children_of_dispatchctl_never_see_the_password(clean, broker, vhost):
     assert broker.password not in res.stdout + res.stderr
     journal = host.run(["journalctl", "--no-pager", "-o", "cat"]).stdout
     assert broker.password not in journal
+
+
+# -- 9: root under another name -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, fragment", [
+    ("useradd -o -u 0 -g 0 -M toor", "uid 0"),
+    ("groupadd rootish && useradd -M -g rootish -G root toor", "group root"),
+])
+def test_an_account_that_is_root_in_disguise_is_refused_before_anything(clean, broker, vhost, make, fragment):
+    host = clean
+    host.sh(make)
+    try:
+        doc = install(host, broker, vhost, "--user", "toor", expect=1)
+        step = next(s for s in doc["steps"] if s["failed"])
+        assert step["name"] == "user" and fragment in step["message"], step
+        assert not exists(host, "/app") and not exists(host, "/etc/systemd/system/dispatch.service")
+    finally:
+        host.sh("userdel -f toor; groupdel rootish; true")

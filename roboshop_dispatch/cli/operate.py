@@ -282,7 +282,6 @@ def logs(
     env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
-    import subprocess
 
     from ..diagnostics import read_env_file
     from ..layout import CREDENTIAL_FILE
@@ -296,36 +295,49 @@ def logs(
         secrets.append(CREDENTIAL_FILE.read_text(encoding="utf-8"))
     mask = Redactor(secrets).text
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                errors="replace", bufsize=1)
-    except FileNotFoundError:
-        error("journalctl not found: is this a systemd host?")
-        opt.finish(opt.EXIT_CHECK_FAILED)
-        return
+    opt.finish(_stream_journal(argv, mask, follow))
+
+
+def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -> int:
+    """Copy journalctl's output, masked. SIGINT/SIGTERM (Ctrl-C ends `-f`) stop journalctl, and the
+    copy ends at its last line: an interrupt never lands half-way through our own code."""
     import signal
+    import subprocess
+
+    from ..host import child_environment
+
+    procs: List[subprocess.Popen] = []
+    stopped: List[int] = []
 
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        stopped.append(signum)
+        for proc in procs:
+            proc.terminate()
 
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                      errors="replace", bufsize=1, env=child_environment()))
+    except FileNotFoundError:
+        error("journalctl not found: is this a systemd host?")
+        return opt.EXIT_CHECK_FAILED
+    proc = procs[0]
+    if stopped:
+        proc.terminate()
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
             sys.stdout.write(mask(line))
             if follow:
                 sys.stdout.flush()
-        code = proc.wait()
-        if follow and code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-            code = 0  # -f ends when it is interrupted: that is its normal end
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        code = 0
     except BrokenPipeError:  # `dispatchctl logs | head`
         proc.terminate()
-        code = 0
-    opt.finish(code)
+        proc.wait()
+        return 0
+    code = proc.wait()
+    interrupted = code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+    return 0 if stopped or (follow and interrupted) else code
 
 
 # -- uninstall ---------------------------------------------------------------------------------
