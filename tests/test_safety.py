@@ -455,3 +455,21 @@ def test_purge_in_a_tree_keeps_what_it_did_not_create(tmp_path):
     ctx.confirmed = True
     results = {r.name: r for r in run_steps(steps, ctx)}
     assert not (tmp_path / "app").exists(), results["appdir"].message
+
+
+def test_steps_do_not_import_each_other():
+    """A step module imports only the contract (base), the pending restarts and the created
+    record, never another step; plan.py alone composes them."""
+    import ast
+
+    steps_dir = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "steps"
+    shared = {"base", "pending", "record"}
+    # archive.py is a library, not a step (the archive branch moves it to roboshop_dispatch/)
+    step_modules = {p.stem for p in steps_dir.glob("*.py")} - shared - {"__init__", "plan", "archive"}
+    for path in steps_dir.glob("*.py"):
+        if path.stem in ("plan", "__init__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                assert not set(names) & (step_modules - {path.stem}), f"{path.name} imports {names}"

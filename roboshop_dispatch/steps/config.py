@@ -288,6 +288,8 @@ class ConfigStep(Step[ConfigPlan]):
 
     def apply(self, ctx: Context, change: Change[ConfigPlan]) -> None:
         plan = change.the_plan()
+        # every byte is ready before the first write: nothing can fail half-way for want of it
+        payloads = {want.mark: want.text.encode("utf-8") for want in plan.writes if want.text is not None}
         for want in plan.writes:
             mark_pending(ctx, want.mark)
             real = ctx.host_path(want.path)
@@ -297,7 +299,7 @@ class ConfigStep(Step[ConfigPlan]):
                 continue
             if not real.parent.exists():
                 real.parent.mkdir(parents=True, mode=0o755)
-            write_atomic(real, want.text.encode("utf-8"), mode=want.mode, uid=0, gid=0)
+            write_atomic(real, payloads[want.mark], mode=want.mode, uid=0, gid=0)
         for want in plan.fixes:
             fix_owner_mode(ctx.host_path(want.path), want.mode)
         self._remember(ctx, plan.key)
