@@ -473,3 +473,40 @@ def test_steps_do_not_import_each_other():
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 names = [node.module] if node.module else [a.name for a in node.names]
                 assert not set(names) & (step_modules - {path.stem}), f"{path.name} imports {names}"
+
+
+def _dir_stat(mode: int, uid: int = 0, gid: int = 0) -> os.stat_result:
+    return os.stat_result((stat.S_IFDIR | mode, 0, 0, 2, uid, gid, 4096, 0, 0, 0))
+
+
+def test_app_dir_decisions_from_recorded_facts():
+    from roboshop_dispatch.steps.appdir import decide
+    from roboshop_dispatch.steps.base import StepFailed
+
+    app = Path("/app")
+    assert decide(app, None, False).the_plan().create
+    assert not decide(app, _dir_stat(0o755), True).needed
+    fix = decide(app, _dir_stat(0o775, 0, 1000), True)
+    assert fix.message() == "fix /app: mode 0775 -> 0755, owner 0:1000 -> root:root"
+    assert fix.message(done=True).startswith("fixed /app: ")
+    shared = decide(app, _dir_stat(0o750, 998, 998), False)  # another service's: left as it is
+    assert not shared.needed and "shared" in shared.message()
+    for unsafe in (_dir_stat(0o777), _dir_stat(0o1777), _dir_stat(0o775, 0, 1000)):
+        with pytest.raises(StepFailed, match="writable by other users"):
+            decide(app, unsafe, False)
+    with pytest.raises(StepFailed, match="symbolic link"):
+        decide(app, os.stat_result((stat.S_IFLNK | 0o777, 0, 0, 1, 0, 0, 4, 0, 0, 0)), False)
+
+
+@given(st.text(st.characters(exclude_characters="*"), min_size=1, max_size=12), st.text(max_size=30),
+       st.text(max_size=30))
+@hsettings(max_examples=300, deadline=None)
+def test_a_secret_never_survives_redaction(secret, before, after):
+    """Whatever surrounds it, raw or URL-encoded: the mask has no character of the secret, so no
+    occurrence can span it, and the text between masks was searched."""
+    from urllib.parse import quote
+
+    redactor = Redactor([secret])
+    for shown in (secret, quote(secret, safe=""), quote(secret)):
+        assert secret not in redactor.text(before + shown + after)
+    assert secret not in redactor.document({"k": [before + secret + after]})["k"][0]
