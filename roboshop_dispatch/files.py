@@ -77,6 +77,8 @@ def fix_owner_mode(path: Path, mode: int, uid: int = 0, gid: int = 0, *, directo
         st = os.fstat(fd)
         if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
             raise NotRegularFile(path, describe_mode(st.st_mode))
+        if not directory and st.st_nlink > 1:  # a hard link to another file: fixing it changes that one
+            raise NotRegularFile(path, f"a hard link ({st.st_nlink} names for one file)")
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)

@@ -510,3 +510,18 @@ def test_a_secret_never_survives_redaction(secret, before, after):
     for shown in (secret, quote(secret, safe=""), quote(secret)):
         assert secret not in redactor.text(before + shown + after)
     assert secret not in redactor.document({"k": [before + secret + after]})["k"][0]
+
+
+def test_a_planted_hard_link_is_never_chmod_ed(tmp_path):
+    """A hard link at /app/dispatch to a setuid file with the zipapp's very bytes: fixing the
+    link's mode would change that file; it is refused instead."""
+    run_files(tmp_path)
+    binary = tmp_path / "app/dispatch"
+    victim = tmp_path / "victim"
+    victim.write_bytes(binary.read_bytes())
+    os.chmod(victim, 0o4755)
+    binary.unlink()
+    os.link(victim, binary)
+    _, results = run_files(tmp_path)
+    assert results["build"].failed and "hard link" in results["build"].message, results["build"].message
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o4755
