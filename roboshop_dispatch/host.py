@@ -7,10 +7,15 @@ import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-CHANGE_LOCK = Path("/run/dispatchctl/lock")
+from .layout import CHANGE_LOCK
+
+# never handed to a child process (dnf, apt-get, useradd, go, systemctl...): a child's environment
+# is readable in /proc/PID/environ by its user, and some tools log their environment
+SECRET_ENV_VARS = ("DISPATCHCTL_AMQP_PASS", "AMQP_PASS")
 
 RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -39,8 +44,18 @@ class Result:
         return self.returncode == 0
 
 
+def child_environment(base: Optional[Mapping[str, str]] = None,
+                      extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment every child process gets: ``base`` (default: ours) and ``extra``, without
+    any secret variable."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRET_ENV_VARS}
+    env.update({k: v for k, v in (extra or {}).items() if k not in SECRET_ENV_VARS})
+    return env
+
+
 class Runner:
-    """Runs commands with a timeout, never through a shell. Output is captured as text."""
+    """Runs commands with a timeout, never through a shell, never with a secret in their
+    environment (:func:`child_environment`). Output is captured as text."""
 
     def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None) -> None:
         self.timeout = timeout
@@ -58,10 +73,7 @@ class Runner:
         env: Optional[Mapping[str, str]] = None,
     ) -> Result:
         self.calls.append(tuple(argv))
-        merged = None
-        if self.env is not None or env is not None:
-            merged = dict(os.environ if self.env is None else self.env)
-            merged.update(env or {})
+        merged = child_environment(self.env, env)
         try:
             proc = subprocess.run(
                 list(argv), capture_output=True, text=True, timeout=timeout or self.timeout,
@@ -77,6 +89,13 @@ class Runner:
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, (proc.stderr or proc.stdout))
         return result
+
+
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen:
+        """Start a command in the background (stdout and stderr piped, as text), recorded like run()."""
+        self.calls.append(tuple(argv))
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=child_environment(self.env))
 
 
 def parse_os_release(text: str) -> Dict[str, str]:
@@ -103,6 +122,9 @@ class HostFacts:
     is_root: bool = False
     systemd_pid1: bool = False
     selinux: Optional[str] = None
+    # systemd's version when known (tests, or set by the caller); None: ask systemd_version() when
+    # it matters (a subprocess: not on every run)
+    systemd_version: Optional[int] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -156,6 +178,18 @@ class HostFacts:
         )
 
 
+@lru_cache(maxsize=1)
+def systemd_version() -> Optional[int]:
+    """``systemd 252 (252.22-1~deb12u1)`` -> 252; None when systemctl is missing or says otherwise."""
+    try:
+        proc = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL, env=child_environment())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = proc.stdout.split()
+    return int(words[1]) if len(words) > 1 and words[0] == "systemd" and words[1].isdigit() else None
+
+
 def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] = None):
     """Hold the host's dispatchctl lock: one run that changes the host at a time (install,
     build, configure, start, uninstall); a second one waits for the first. Returns the open file,
@@ -163,7 +197,9 @@ def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] 
     import fcntl
 
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fh = open(path, "w")  # noqa: SIM115 (held for the whole run)
+    # never through a link planted at the lock's path; never truncating a file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fh = os.fdopen(fd, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

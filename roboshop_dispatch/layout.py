@@ -29,6 +29,8 @@ APP_DIR = Path("/app")
 SERVICE_USER = "roboshop"
 BINARY_NAME = "dispatch"
 BUILD_STAMP_NAME = ".dispatch-build.json"
+# the interpreter that runs the bundled zipapp (its ExecStart=)
+PYTHON = "/usr/bin/python3"
 
 # dispatchctl's own state
 STATE_DIR = Path("/var/lib/dispatchctl")

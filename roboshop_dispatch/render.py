@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, envfile
+from .layout import CREDENTIAL_NAME, PYTHON
 from .settings import Settings
 
 WATCHDOG_SEC = 30
+# the bundled consumer's memory stays far below this whatever the backlog (prefetch bounds it);
+# the Go binary consumes with no prefetch, so a backlog is all in memory: a larger bound
+MEMORY_MAX = {"bundled": "256M", "go": "512M"}
 
 
 def templates_dir() -> Path:
@@ -53,8 +57,13 @@ def exec_start(settings: Settings, python: Optional[str] = None) -> str:
     return binary
 
 
-def render_unit(settings: Settings, python: Optional[str] = "/usr/bin/python3") -> str:
+def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credential: bool = False) -> str:
+    """The unit; ``credential``: the password comes as the systemd credential (LoadCredential=)."""
     return _environment().get_template("dispatch.service.j2").render(
+        credential=credential,
+        credential_name=CREDENTIAL_NAME,
+        credential_file=str(settings.credential_file),
+        memory_max=MEMORY_MAX[settings.flavour],
         version=__version__,
         flavour=settings.flavour,
         user=settings.service_user,
@@ -66,7 +75,11 @@ def render_unit(settings: Settings, python: Optional[str] = "/usr/bin/python3") 
     )
 
 
-def render_env(settings: Settings) -> str:
+def render_env(settings: Settings, *, with_password: bool = True) -> str:
+    """The environment file; without the password when it is delivered as a credential."""
+    reason = "the Go binary reads only AMQP_PASS" if settings.flavour == "go" else \
+        "systemd on this host predates credentials"
     return _environment().get_template("dispatch.env.j2").render(
-        version=__version__, values=settings.environment(),
+        version=__version__, values=settings.environment(with_password=with_password),
+        with_password=with_password, password_reason=reason,
     )

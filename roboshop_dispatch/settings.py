@@ -9,19 +9,37 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
+
+from .layout import APP_DIR, BINARY_NAME, CONFIG_DIR, CREDENTIAL_FILE, ENV_FILE, SERVICE_USER, UNIT_DIR, UNIT_NAME
+
+if TYPE_CHECKING:
+    from .redact import Redactor
+
+__all__ = ["CONFIG_DIR", "ENV_FILE", "UNIT_DIR", "UNIT_NAME"]
 
 DEFAULT_ARTIFACT = "https://roboshop-artifacts.s3.amazonaws.com/dispatch.zip"
 FLAVOURS = ("bundled", "go")
 PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
 MASK = "********"
 
-UNIT_NAME = "dispatch.service"
-UNIT_DIR = Path("/etc/systemd/system")
-CONFIG_DIR = Path("/etc/roboshop")
-ENV_FILE = CONFIG_DIR / "dispatch.env"
+# Top-level system directories: none of them, and none of their direct children (``/usr/bin``,
+# ``/etc/ssh``, ``/home/alice``), is ever an app directory: install would chmod it and
+# ``uninstall --purge`` would remove it. /opt, /srv and /mnt hold application directories, so
+# their children are allowed (they themselves are not).
+SYSTEM_DIRS = frozenset({
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found", "/media",
+    "/proc", "/root", "/run", "/sbin", "/snap", "/sys", "/tmp", "/usr", "/var",
+})
+APP_PARENTS = frozenset({"/opt", "/srv", "/mnt"})
+# nothing at any depth below these: kernel and runtime file systems, the system's own files, and
+# world-writable trees where another user could have made (and so control) a directory on the way
+NO_APP_BELOW = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/boot", "/etc", "/root", "/bin", "/sbin",
+                "/lib", "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32",
+                "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/include")
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}\$?$")
@@ -119,36 +137,71 @@ def validate_percent(option: str, value: int) -> int:
 
 
 def validate_text(option: str, value: str, *, allow_empty: bool = False) -> str:
-    """Free text that ends up in a systemd environment file: no newline, no NUL."""
+    """Free text that ends up in a systemd environment file, a unit or a credential: valid
+    Unicode (no lone surrogate: what a byte that is not UTF-8 becomes in argv or the environment),
+    no newline, no NUL, no other control character (tab excepted), no unassigned noncharacter.
+    Everything else is carried exactly by the env-file quoting (see envfile.quote)."""
     if not value and not allow_empty:
         raise SettingsError(option, "must not be empty")
     if "\n" in value or "\r" in value:
         raise SettingsError(option, "must not contain a newline")
     if "\x00" in value:
         raise SettingsError(option, "must not contain a NUL byte")
+    for index, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise SettingsError(option, f"is not valid UTF-8 (an undecodable byte at character {index + 1}): "
+                                "give UTF-8 text")
+        if category == "Cc" and char != "\t":
+            raise SettingsError(option, f"must not contain the control character U+{ord(char):04X} "
+                                f"(at character {index + 1})")
+        if category == "Cn" and (ord(char) & 0xFFFE == 0xFFFE or 0xFDD0 <= ord(char) <= 0xFDEF):
+            raise SettingsError(option, f"must not contain the noncharacter U+{ord(char):04X}")
     return value
 
 
 def validate_user_name(option: str, value: str) -> str:
-    if not _POSIX_USER.match(value):
+    if not _POSIX_USER.fullmatch(value):
         raise SettingsError(option, f"{value!r} is not a valid user name (lower case, digits, _ and -)")
     if value == "root":
         raise SettingsError(option, "the service must not run as root")
     return value
 
 
+def refuse_system_dir(option: str, value: str, resolved: str) -> None:
+    """Neither ``value`` as spelt (slashes collapsed) nor ``resolved`` (symlinks followed: /bin/x
+    may be /usr/bin/x) may be /, a top-level system directory, a direct child of one, /opt, /srv
+    or /mnt themselves, or anything below a kernel, runtime or world-writable tree."""
+    spelt = "/" + "/".join(part for part in value.split("/") if part)
+    for path in dict.fromkeys((spelt, resolved)):
+        shown = value if value == path else f"{value!r} (that is {path})"
+        parent = os.path.dirname(path)
+        if path == "/" or path in SYSTEM_DIRS or path in APP_PARENTS:
+            raise SettingsError(option, f"{shown} is a system directory: refusing to manage or remove it")
+        if parent in SYSTEM_DIRS:
+            raise SettingsError(option, f"{shown} is a direct child of the system directory {parent}: "
+                                "refusing to manage or remove it")
+        below = next((top for top in NO_APP_BELOW if path.startswith(top + "/")), None)
+        if below is not None:
+            raise SettingsError(option, f"{shown} is inside {below}: not a place for an application "
+                                "(a system directory, or one that other users can write to)")
+
+
 def validate_app_dir(option: str, value: str) -> Path:
+    """An absolute path of plain characters, resolved (``//``, symlinks): never a system directory
+    or a direct child of one (:func:`refuse_system_dir`). The resolved path is what is used."""
     validate_text(option, value)
-    path = Path(value)
-    if not path.is_absolute():
+    if not value.startswith("/"):
         raise SettingsError(option, f"{value!r} is not an absolute path")
     if any(part in ("..", ".") for part in value.split("/")):
         raise SettingsError(option, f"{value!r} must not contain '.' or '..'")
     if not re.fullmatch(r"[A-Za-z0-9._/@+-]+", value):
         raise SettingsError(option, f"{value!r} may contain only letters, digits and . _ / @ + -")
-    if path in (Path("/"), Path("/etc"), Path("/usr"), Path("/bin"), Path("/var"), Path("/home")):
-        raise SettingsError(option, f"{value!r} is a system directory")
-    return path
+    resolved = os.path.realpath(value)
+    refuse_system_dir(option, value, resolved)
+    if not re.fullmatch(r"[A-Za-z0-9._/@+-]+", resolved):
+        raise SettingsError(option, f"{value!r} resolves to {resolved!r}, which has other characters")
+    return Path(resolved)
 
 
 def validate_flavour(option: str, value: str) -> str:
@@ -157,15 +210,27 @@ def validate_flavour(option: str, value: str) -> str:
     return value
 
 
-def validate_artifact(option: str, value: str) -> str:
+def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
     validate_text(option, value)
-    if re.match(r"^[a-z][a-z0-9+.-]*://", value):
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
         if not value.startswith(("http://", "https://", "file://")):
             raise SettingsError(option, f"{value!r}: only http, https and file URLs are supported")
+        if value.startswith("http://") and not insecure:
+            raise SettingsError(option, f"{value!r} is plain http (anyone on the path can change it): use https, "
+                                "or add --insecure (best with --sha256)")
         return value
     if not Path(value).is_absolute():
         raise SettingsError(option, f"{value!r}: give a URL or an absolute path")
     return value
+
+
+def validate_sha256(option: str, value: Optional[str]) -> Optional[str]:
+    """64 hex digits (either case; kept in lower case), or None."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9A-Fa-f]{64}", value):
+        raise SettingsError(option, "must be 64 hexadecimal digits (the artifact's SHA-256)")
+    return value.lower()
 
 
 def validate_password(option: str, value: str) -> Secret:
@@ -180,7 +245,7 @@ def read_password(
     pass_file: Optional[str],
     pass_value: Optional[str] = None,
     environ: Optional[dict] = None,
-    prompt: Optional[object] = None,
+    prompt: Optional[Callable[[], Optional[str]]] = None,
 ) -> Optional[Secret]:
     """The AMQP password from, in order: --amqp-pass-file, --amqp-pass, $DISPATCHCTL_AMQP_PASS,
     or ``prompt()`` (a hidden TTY prompt supplied by the CLI). None when there is none."""
@@ -203,8 +268,8 @@ def read_password(
     if env.get(PASSWORD_ENV) is not None:
         return validate_password(PASSWORD_ENV, env[PASSWORD_ENV])
     if prompt is not None:
-        value = prompt()  # type: ignore[operator]
-        return validate_password("password prompt", value)
+        value = prompt()
+        return None if value is None else validate_password("password prompt", value)
     return None
 
 
@@ -254,39 +319,47 @@ class Settings:
     """Everything ``install`` and its parts need, validated."""
 
     amqp: AmqpSettings
-    service_user: str = "roboshop"
-    app_dir: Path = Path("/app")
+    service_user: str = SERVICE_USER
+    app_dir: Path = APP_DIR
     flavour: str = "bundled"
     artifact: str = DEFAULT_ARTIFACT
     error_percent: int = 0
     unit_dir: Path = UNIT_DIR
     env_file: Path = ENV_FILE
+    credential_file: Path = CREDENTIAL_FILE
+    # the go artifact's expected SHA-256 (lower-case hex) and whether http:// is allowed
+    artifact_sha256: Optional[str] = None
+    insecure: bool = False
 
     @classmethod
     def build(
-        cls, *, amqp: AmqpSettings, service_user: str = "roboshop", app_dir: str = "/app",
+        cls, *, amqp: AmqpSettings, service_user: str = SERVICE_USER, app_dir: str = str(APP_DIR),
         flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: int = 0,
+        sha256: Optional[str] = None, insecure: bool = False,
     ) -> Settings:
         return cls(
             amqp=amqp,
             service_user=validate_user_name("--user", service_user),
             app_dir=validate_app_dir("--app-dir", app_dir),
             flavour=validate_flavour("--flavour", flavour),
-            artifact=validate_artifact("--artifact", artifact),
+            artifact=validate_artifact("--artifact", artifact, insecure=insecure),
             error_percent=validate_percent("--error-percent", error_percent),
+            artifact_sha256=validate_sha256("--sha256", sha256),
+            insecure=insecure,
         )
 
     @property
     def binary(self) -> Path:
-        return self.app_dir / "dispatch"
+        return self.app_dir / BINARY_NAME
 
     @property
     def unit_path(self) -> Path:
         return self.unit_dir / UNIT_NAME
 
-    def environment(self) -> dict:
-        """The consumer's environment, as written to the EnvironmentFile (password included)."""
-        return {
+    def environment(self, *, with_password: bool = True) -> dict:
+        """The consumer's environment, as written to the EnvironmentFile (the password only when
+        it is not delivered as a systemd credential)."""
+        values = {
             "AMQP_HOST": ",".join(self.amqp.hosts),
             "AMQP_PORT": str(self.amqp.port),
             "AMQP_VHOST": self.amqp.vhost,
@@ -294,11 +367,20 @@ class Settings:
             "AMQP_PASS": self.amqp.password.reveal(),
             "DISPATCH_ERROR_PERCENT": str(self.error_percent),
         }
+        if not with_password:
+            del values["AMQP_PASS"]
+        return values
+
+    def redactor(self) -> Redactor:
+        """Masks this run's secrets in everything printed."""
+        from .redact import Redactor
+
+        return Redactor([self.amqp.password.reveal()])
 
     def masked(self) -> dict:
         return {
             "amqp": self.amqp.masked(), "service_user": self.service_user,
             "app_dir": str(self.app_dir), "flavour": self.flavour, "artifact": self.artifact,
             "error_percent": self.error_percent, "unit": str(self.unit_path),
-            "env_file": str(self.env_file),
+            "env_file": str(self.env_file), "sha256": self.artifact_sha256, "insecure": self.insecure,
         }

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from .host import Runner
-
-UNIT = "dispatch.service"
+from .layout import UNIT_NAME as UNIT
 
 
 class Systemd:
@@ -28,30 +28,23 @@ class Systemd:
                 values[key] = value
         return values
 
-    def is_active(self) -> bool:
-        return self.runner.run(["systemctl", "is-active", "--quiet", self.unit], check=False).ok
-
-    def main_pid(self) -> int:
-        return int(self.show(["MainPID"]).get("MainPID", "0") or 0)
-
     # -- changes ------------------------------------------------------------------------------
     def daemon_reload(self) -> None:
         self.runner.run(["systemctl", "daemon-reload"])
 
     def enable(self) -> None:
-        self.runner.run(["systemctl", "enable", self.unit])
+        self.runner.run(["systemctl", "enable", "--quiet", self.unit])
 
     def disable(self) -> None:
         self.runner.run(["systemctl", "disable", self.unit])
 
-    def start(self) -> None:
-        self.runner.run(["systemctl", "start", self.unit])
-
     def stop(self) -> None:
         self.runner.run(["systemctl", "stop", self.unit])
 
-    def restart(self) -> None:
-        self.runner.run(["systemctl", "restart", self.unit])
+    def start_job(self, verb: str) -> subprocess.Popen:
+        """``systemctl start|restart`` in the background: the caller watches the unit while the
+        job runs (a Type=notify start waits for READY=1)."""
+        return self.runner.spawn(["systemctl", verb, self.unit])
 
     def reset_failed(self) -> None:
         self.runner.run(["systemctl", "reset-failed", self.unit], check=False)

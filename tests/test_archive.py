@@ -18,7 +18,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -481,18 +481,11 @@ def test_mutated_valid_zips_never_escape_or_raise_anything_else(changes, keep):
 # -- the go flavour's build step: every archive ends in a result, never a traceback -------------
 
 
-@dataclass(frozen=True)
-class MergedSettings(Settings):
-    """Settings with the two fields the CLI engineer adds for --insecure and --sha256."""
-
-    insecure: bool = False
-    sha256: Optional[str] = None
-
-
 def go_ctx(tmp_path: Path, artifact: Union[Path, str], *, dry_run: bool = True, **extra) -> Context:
     amqp = AmqpSettings.build(hosts="127.0.0.1", password=Secret("roboshop123"))
     base = Settings.build(amqp=amqp, flavour="go", artifact=str(artifact))
-    s = MergedSettings(**{f.name: getattr(base, f.name) for f in fields(Settings)}, **extra)
+    # the step must honour the two fields whatever the settings validation let through
+    s = replace(base, artifact_sha256=extra.pop("sha256", None), insecure=extra.pop("insecure", False))
     root = tmp_path / "root"
     (root / "app").mkdir(parents=True, exist_ok=True)
     facts = HostFacts.from_os_release('ID=debian\nVERSION_ID="12"\n', is_root=True, systemd_pid1=True)

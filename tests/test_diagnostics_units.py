@@ -228,12 +228,20 @@ def test_uninstall_dry_run_predicts_the_real_run_which_is_idempotent(tmp_path):
 
 
 def test_uninstall_purge_removes_the_app_dir(tmp_path):
+    # issue 7: purge removes only what dispatchctl created (the record), asked to with --yes
+    import json
+
     _installed_tree(tmp_path)
-    results = run_steps(plan(purge=True), _context(tmp_path, dry_run=False))
+    record = tmp_path / "var/lib/dispatchctl/created.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"dirs": ["/app"], "files": ["/app/dispatch", "/app/go.mod"]}))
+    ctx = _context(tmp_path, dry_run=False)
+    ctx.confirmed = True
+    results = run_steps(plan(purge=True), ctx)
     by = {r.name: r for r in results}
     assert by["appdir"].status == "changed" and not (tmp_path / "app").exists()
     assert by["user"].status == "ok" and "does not exist" in by["user"].message
-    assert {r.status for r in run_steps(plan(purge=True), _context(tmp_path, dry_run=False))} == {"ok"}
+    assert {r.status for r in run_steps(plan(purge=True), ctx)} == {"ok"}
 
 
 # -- the commands on a host without systemd as PID 1 (a real, unbooted container) --------------

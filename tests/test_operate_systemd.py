@@ -136,7 +136,7 @@ def test_status_not_installed_running_stopped_and_uninstall_then_install_again(s
 def test_uninstall_purge_removes_the_user_and_the_app_dir_and_is_idempotent(systemd_host, broker, vhost):
     host = systemd_host
     install(host, broker, vhost)
-    res = host.dispatchctl("uninstall", "--purge", "--json")
+    res = host.dispatchctl("uninstall", "--purge", "--yes", "--json")  # --purge asks first (issue 7)
     assert res.returncode == 0, res.stdout + res.stderr
     steps = {s["name"]: s["status"] for s in json.loads(res.stdout)["steps"]}
     assert steps == {"stop": "changed", "disable": "changed", "unit": "changed", "config": "changed",
@@ -144,7 +144,7 @@ def test_uninstall_purge_removes_the_user_and_the_app_dir_and_is_idempotent(syst
     assert not host.path("/app").exists()
     assert host.run(["id", "roboshop"], check=False).returncode != 0
     assert host.run(["systemctl", "is-active", "dispatch"], check=False).stdout.strip() in ("inactive", "unknown")
-    again = host.dispatchctl("uninstall", "--purge")
+    again = host.dispatchctl("uninstall", "--purge", "--yes")
     assert again.returncode == 0 and "0 changed" in again.stdout
 
 

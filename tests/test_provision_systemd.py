@@ -392,7 +392,11 @@ def artifact_server():
 def test_go_flavour_builds_with_a_real_go_build(systemd_host, broker, vhost, artifact_server):
     host = systemd_host
     artifact_server.body = _go_zip("v1")
-    go = ["--flavour", "go", "--artifact", artifact_server.url]
+    # the test's artifact server is plain http on loopback: allowed only with --insecure
+    refused = host.dispatchctl("install", *amqp_args(broker, vhost), "--flavour", "go", "--artifact",
+                               artifact_server.url, "--dry-run")
+    assert refused.returncode == 2 and "--insecure" in refused.stderr, refused.stderr
+    go = ["--flavour", "go", "--artifact", artifact_server.url, "--insecure"]
     predicted = install(host, broker, vhost, *go, dry_run=True)
     doc = install(host, broker, vhost, *go)
     assert changed(predicted) == changed(doc) == ["user", "appdir", "build", "config", "service"]
@@ -431,7 +435,7 @@ def test_go_flavour_refuses_an_unsafe_archive(systemd_host, broker, vhost, artif
     artifact_server.body = buf.getvalue()
     host.write(PASS_FILE, broker.password + "\n")
     res = host.dispatchctl("install", *amqp_args(broker, vhost), "--flavour", "go", "--artifact",
-                           artifact_server.url, "--json")
+                           artifact_server.url, "--insecure", "--json")
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     assert doc["failed_step"] == "build"

@@ -231,7 +231,9 @@ def test_dry_run_predicts_exactly_and_a_rerun_changes_nothing(tmp_path):
     assert PASSWORD not in unit
     binary = tmp_path / "app/dispatch"
     assert stat.S_IMODE(binary.stat().st_mode) == 0o755
-    assert (tmp_path / PENDING.relative_to("/")).read_text().split() == ["binary", "unit", "envfile"]
+    # written in the order credential, environment file, unit (a failed run never leaves a unit
+    # that points at settings not yet written)
+    assert (tmp_path / PENDING.relative_to("/")).read_text().split() == ["binary", "envfile", "unit"]
     before = _snapshot(tmp_path)
     ctx2, again = _run(tmp_path, s, dry_run=False)
     assert all(r.status == OK for r in again.values()), [r.message for r in again.values()]

@@ -21,7 +21,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:
-        message = exc.format_message()  # type: ignore[attr-defined]
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if callable(format_message) else str(exc)
         if message:  # empty for `no_args_is_help`, which has printed the help already
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

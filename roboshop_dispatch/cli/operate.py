@@ -8,37 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import typer
 
-from ..settings import ENV_FILE, PASSWORD_ENV, SettingsError
+from ..layout import ENV_FILE
+from ..settings import PASSWORD_ENV, SettingsError
 from . import options as opt
 from .app import app
-
-EnvFileOpt = typer.Option(str(ENV_FILE), "--env-file", hidden=True,
-                          help="The installed environment file (for tests).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
-
-
-
-def _console():
-    from rich.console import Console
-
-    console = Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=120, color_system=None)
-    return console
-
-
-def _print_json(document: Dict[str, Any]) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
-    sys.stdout.flush()
-
+from .output import console as _console
+from .output import error, print_json
 
 # -- check-rabbitmq ----------------------------------------------------------------------------
 
@@ -148,8 +128,8 @@ def check_rabbitmq(
     declare: bool = typer.Option(False, "--declare",
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
                                       "is ever created or changed)."),
-    json_output: bool = JsonOpt,
-    env_file: str = EnvFileOpt,
+    json_output: bool = opt.JsonOutput,
+    env_file: str = opt.EnvFile,
     timeout: float = typer.Option(4.0, "--timeout", hidden=True, help="Time budget in seconds."),
 ) -> None:
     """Can dispatch reach RabbitMQ and use its queue? Name, port, handshake, login, vhost,
@@ -162,16 +142,16 @@ def check_rabbitmq(
         raise opt.usage_error(str(exc)) from None
 
     from ..diagnostics import check_rabbitmq as run_checks
-    from ..diagnostics import mask_document, masker
+    from ..redact import Redactor
 
     report = run_checks(amqp, declare=declare, budget=max(0.5, timeout))
-    mask = masker([amqp.password.reveal()])
+    redactor = Redactor([amqp.password.reveal()])
     target = amqp.masked()
     if json_output:
-        _print_json(mask_document({"command": "check-rabbitmq", "target": target, **report.as_dict()}, mask))
+        print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()}, redactor)
     else:
         hosts = ",".join(amqp.hosts)
-        print_findings(report, mask=mask, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
+        print_findings(report, mask=redactor.text, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
                                                  f"user {amqp.user} (password ********)"))
     opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
@@ -184,9 +164,8 @@ def check(
     user: str = typer.Option("roboshop", "--user", help="The service user the unit must run as."),
     app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
-    json_output: bool = JsonOpt,
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
-                                           help="The installed environment file (default: the unit's)."),
+    json_output: bool = opt.JsonOutput,
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """Host health, each item ok/warn/fail with its fix, then check-rabbitmq with the installed
     settings. Names the manual's common issues when it finds them. Exit 0 healthy, 1 not."""
@@ -195,7 +174,7 @@ def check(
     report, mask = check_host(service_user=user, app_dir=Path(app_dir),
                               env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
     if json_output:
-        _print_json(mask_document({"command": "check", **report.as_dict()}, mask))
+        print_json(mask_document({"command": "check", **report.as_dict()}, mask))
     else:
         print_findings(report, mask=mask, title="dispatchctl check")
     opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
@@ -270,9 +249,8 @@ def _import_rich() -> None:
 @app.command()
 def status(
     lines: int = typer.Option(10, "--lines", "-n", help="How many recent log lines to show."),
-    json_output: bool = JsonOpt,
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True,
-                                           help="The installed environment file (default: the unit's)."),
+    json_output: bool = opt.JsonOutput,
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service at a glance. Exit 0 running, 3 not running, 4 not installed (like systemctl is-active)."""
     from ..status import exit_code, gather
@@ -280,7 +258,7 @@ def status(
     doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None,
                  preload=() if json_output else (_import_rich,))
     if json_output:
-        _print_json(doc)
+        print_json(doc)
     else:
         print_status(doc)
     opt.finish(exit_code(doc))
@@ -293,95 +271,109 @@ def status(
 def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(50, "--lines", "-n", help="How many recent lines."),
-    env_file: Optional[str] = typer.Option(None, "--env-file", hidden=True, help="For masking the password."),
+    env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
-    import subprocess
 
-    from ..diagnostics import masker, read_env_file
+    from ..diagnostics import read_env_file
+    from ..layout import CREDENTIAL_FILE
+    from ..redact import Redactor
     from ..systemd import UNIT
 
     secrets: List[str] = []
     with contextlib.suppress(OSError, UnicodeDecodeError):
         secrets.append(read_env_file(Path(env_file) if env_file else ENV_FILE).get("AMQP_PASS", ""))
-    mask = masker(secrets)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        secrets.append(CREDENTIAL_FILE.read_text(encoding="utf-8"))
+    mask = Redactor(secrets).text
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                errors="replace", bufsize=1)
-    except FileNotFoundError:
-        typer.echo("dispatchctl: error: journalctl not found: is this a systemd host?", err=True)
-        opt.finish(opt.EXIT_CHECK_FAILED)
-        return
+    opt.finish(_stream_journal(argv, mask, follow))
+
+
+def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -> int:
+    """Copy journalctl's output, masked. SIGINT/SIGTERM (Ctrl-C ends `-f`) stop journalctl, and the
+    copy ends at its last line: an interrupt never lands half-way through our own code."""
     import signal
+    import subprocess
+
+    from ..host import child_environment
+
+    procs: List[subprocess.Popen] = []
+    stopped: List[int] = []
 
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        stopped.append(signum)
+        for proc in procs:
+            proc.terminate()
 
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                      errors="replace", bufsize=1, env=child_environment()))
+    except FileNotFoundError:
+        error("journalctl not found: is this a systemd host?")
+        return opt.EXIT_CHECK_FAILED
+    proc = procs[0]
+    if stopped:
+        proc.terminate()
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
             sys.stdout.write(mask(line))
             if follow:
                 sys.stdout.flush()
-        code = proc.wait()
-        if follow and code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-            code = 0  # -f ends when it is interrupted: that is its normal end
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        code = 0
     except BrokenPipeError:  # `dispatchctl logs | head`
         proc.terminate()
-        code = 0
-    opt.finish(code)
+        proc.wait()
+        return 0
+    code = proc.wait()
+    interrupted = code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+    return 0 if stopped or (follow and interrupted) else code
 
 
 # -- uninstall ---------------------------------------------------------------------------------
 
 
+def _confirm_purge(settings: Any) -> bool:
+    """Ask on a terminal before --purge deletes anything; False without one (then --yes is needed)."""
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(f"--purge deletes what dispatchctl created: the files it wrote in {settings.app_dir}, "
+                         f"{settings.app_dir} itself when empty and created by it, and the user "
+                         f"{settings.service_user} when it created that user and the user owns nothing else. "
+                         "Continue?", default=False)
+
+
 @app.command()
 def uninstall(
-    purge: bool = typer.Option(False, "--purge", help="Also remove the app directory and the service user."),
+    purge: bool = typer.Option(False, "--purge", help="Also remove what dispatchctl created in the app "
+                               "directory, the directory when empty, and the service user it created."),
     user: str = typer.Option("roboshop", "--user", help="The service user (deleted only with --purge)."),
-    app_dir: str = typer.Option("/app", "--app-dir", help="The app directory (removed only with --purge)."),
+    app_dir: str = typer.Option("/app", "--app-dir", help="The app directory (see --purge)."),
+    yes: bool = opt.Yes,
     dry_run: bool = opt.DryRun,
-    json_output: bool = JsonOpt,
+    json_output: bool = opt.JsonOutput,
 ) -> None:
-    """Stop and disable the service, remove the unit, the environment file and /app/dispatch.
-    Keeps the user and the app directory unless --purge. Idempotent."""
-    from ..settings import AmqpSettings, Secret, Settings
+    """Stop and disable the service, remove the unit, the environment file, the credential and
+    /app/dispatch. Keeps the user and the app directory unless --purge (which asks first, or needs
+    --yes, and removes only what dispatchctl created). Idempotent."""
+    from ..settings import AmqpSettings, Settings
 
     try:
-        settings = Settings.build(amqp=AmqpSettings(hosts=("localhost",), password=Secret("unused")),
-                                  service_user=user, app_dir=app_dir)
+        settings = Settings.build(amqp=AmqpSettings.placeholder(), service_user=user, app_dir=app_dir)
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
+    confirmed = yes or dry_run or not purge
+    if not confirmed and not _confirm_purge(settings):
+        raise opt.usage_error("--purge deletes files and possibly a user: add --yes to confirm "
+                              "(or run it on a terminal to be asked); --dry-run shows what would go")
 
-    from ..host import HostFacts, Runner
-    from ..steps.base import Context, run_steps
     from ..steps.uninstall import plan, preflight
-    from ..systemd import Systemd
-    from .render import Progress, show
+    from .runplan import run_plan
 
-    facts = HostFacts.gather()
-    try:
-        preflight(is_root=facts.is_root, systemd_pid1=facts.systemd_pid1, dry_run=dry_run)
-    except RuntimeError as exc:
-        typer.echo(f"dispatchctl: error: {exc}", err=True)
-        opt.finish(opt.EXIT_CHECK_FAILED)
-    lock = None if dry_run else opt.change_lock()
-    try:
-        started = time.monotonic()
-        steps = plan(purge)
-        runner = Runner(timeout=120)
-        ctx = Context(settings=settings, facts=facts, runner=runner, systemd=Systemd(runner), dry_run=dry_run)
-        with Progress(not json_output, len(steps), "uninstall") as progress:
-            results = run_steps(steps, ctx, progress.on_start, progress.on_done)
-        document = show("uninstall", results, dry_run=dry_run, planned=[s.name for s in steps],
-                        duration_s=time.monotonic() - started, as_json=json_output, show_diff=False)
-    finally:
-        if lock is not None:
-            lock.close()
-    opt.finish(opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED)
+    code = run_plan("uninstall", plan(purge), settings, dry_run=dry_run, diff=False, as_json=json_output,
+                    preflight=lambda facts: preflight(is_root=facts.is_root, systemd_pid1=facts.systemd_pid1,
+                                                      dry_run=dry_run),
+                    confirmed=True)
+    opt.finish(code)

@@ -6,23 +6,14 @@ imported only when something is drawn, and never for ``--json``.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Dict, List, Optional
 
+from ..redact import Redactor
 from ..steps.base import CHANGED, FAILED, OK, StepResult
+from .output import NO_SECRETS, console, print_json
 
 STATUS_STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red"}
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    console = Console(file=stream, highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        console = Console(file=stream, highlight=False, width=120, color_system=None)
-    return console
 
 
 class Progress:
@@ -42,7 +33,7 @@ class Progress:
 
             self._progress = RichProgress(
                 SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                TextColumn("{task.completed}/{task.total}"), console=_console(stderr=True), transient=True,
+                TextColumn("{task.completed}/{task.total}"), console=console(stderr=True), transient=True,
             )
             self._progress.__enter__()
             self._task = self._progress.add_task(self.title, total=self.total)
@@ -87,11 +78,6 @@ def results_document(command: str, results: List[StepResult], *, dry_run: bool, 
     }
 
 
-def print_json(document: Dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    sys.stdout.flush()
-
-
 def _rows(document: Dict[str, Any]) -> List[List[str]]:
     rows = []
     for item in document["steps"]:
@@ -114,11 +100,12 @@ def _summary(document: Dict[str, Any], results: List[StepResult]) -> str:
 
 
 def print_table(document: Dict[str, Any], results: List[StepResult], *, show_diff: bool = False,
-                title: Optional[str] = None) -> None:
+                title: Optional[str] = None, redactor: Redactor = NO_SECRETS) -> None:
     """A rich table on a terminal; plain aligned text into a pipe or a log (rich would draw the
     same table without colours, at the cost of importing it: a third of a re-run's time)."""
     title = title or f"dispatchctl {document['command']}" + (" (dry run)" if document["dry_run"] else "")
-    diffs = [(r.name, r.diff) for r in results if r.diff] if show_diff else []
+    diffs = [(r.name, redactor.text(r.diff)) for r in results if r.diff] if show_diff else []
+    document = redactor.document(document)
     if sys.stdout.isatty():
         _print_rich(title, _rows(document), diffs, _summary(document, results), bool(document["changed"]))
     else:
@@ -145,7 +132,7 @@ def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed:
     from rich.table import Table
     from rich.text import Text
 
-    console = _console()
+    con = console()
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("step", style="bold", no_wrap=True)
     table.add_column("result", no_wrap=True)
@@ -153,36 +140,37 @@ def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed:
     table.add_column("time", justify="right", no_wrap=True)
     for name, shown, message, seconds, status in rows:
         table.add_row(name, Text(shown, style=STATUS_STYLE.get(status, "dim")), Text(message), seconds)
-    console.print(table)
+    con.print(table)
     for name, diff in diffs:
-        console.print(Text(f"── diff: {name} ──", style="bold"))
+        con.print(Text(f"── diff: {name} ──", style="bold"))
         for line in diff.splitlines():
             style = ("green" if line.startswith("+") and not line.startswith("+++") else
                      "red" if line.startswith("-") and not line.startswith("---") else
                      "cyan" if line.startswith("@@") else "")
-            console.print(Text(line, style=style))
-    console.print(Text(summary, style="yellow" if changed else "green"))
+            con.print(Text(line, style=style))
+    con.print(Text(summary, style="yellow" if changed else "green"))
 
 
-def print_failure(results: List[StepResult]) -> None:
+def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS) -> None:
+    from .output import write
+
     failed = next((r for r in results if r.failed), None)
     if failed is None:
         return
-    err = sys.stderr
-    err.write(f"dispatchctl: error: step '{failed.name}' failed: {failed.message}\n")
+    text = f"dispatchctl: error: step '{failed.name}' failed: {failed.message}\n"
     if failed.next_action:
-        err.write(f"dispatchctl: next: {failed.next_action}\n")
-    err.flush()
+        text += f"dispatchctl: next: {failed.next_action}\n"
+    write(text, redactor, err=True)
 
 
 def show(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str], duration_s: float,
-         as_json: bool, show_diff: bool) -> Dict[str, Any]:
-    """Print the results the way the user asked; return the JSON document either way."""
+         as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS) -> Dict[str, Any]:
+    """Print the results the way the user asked, redacted; return the JSON document either way."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
                                 show_diff=show_diff)
     if as_json:
-        print_json(document)
+        print_json(document, redactor)
     else:
-        print_table(document, results, show_diff=show_diff)
-    print_failure(results)
+        print_table(document, results, show_diff=show_diff, redactor=redactor)
+    print_failure(results, redactor)
     return document

@@ -1,19 +1,25 @@
 """The step contract, modelled on Ansible modules and pyinfra operations.
 
-A step first ``check``s the current state against the wanted one and returns a :class:`Change`
-(nothing to do, or what differs with a diff). In check mode (``--dry-run``) that is reported as
-"would change"; otherwise ``apply`` reaches the wanted state. A step that changed something is
-recorded in ``Context.changed`` so later steps (the service restart) can react to it, in check
-mode too: a dry run predicts exactly what the real run does.
+A step first ``check``s the current state against the wanted one and returns a :class:`Change`:
+the :class:`Action` s that would reach the wanted state (none: the host is already as wanted),
+a typed plan holding what ``apply`` needs, a diff, and the marks later steps react to. In check
+mode (``--dry-run``) the actions are reported as "would ..."; otherwise ``apply`` carries out the
+plan and the same actions are reported in the past tense. Marks (``unit``, ``envfile``,
+``binary``, ``credential``) go to ``Context.changed`` in check mode too: a dry run predicts
+exactly what the real run does.
+
+Each step's deciding part is a small pure function from facts (a stat, ``systemctl show``'s
+answer, the package database's) to a Change, so it is unit-tested from recorded facts.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Set
+from typing import Any, Callable, Dict, FrozenSet, Generic, List, Optional, Sequence, Set, TypeVar
 
-from ..files import diff_stat
+from ..files import NotRegularFile, diff_stat
 from ..host import CommandError, HostFacts, Runner
 from ..settings import Settings
 from ..systemd import Systemd
@@ -21,6 +27,18 @@ from ..systemd import Systemd
 OK = "ok"
 CHANGED = "changed"
 FAILED = "failed"
+
+# present tense -> past tense of the verbs actions use
+PAST = {"write": "wrote", "rewrite": "rewrote", "update": "updated", "fix": "fixed", "create": "created",
+        "install": "installed", "remove": "removed", "delete": "deleted", "stop": "stopped",
+        "disable": "disabled", "build": "built", "replace": "replaced", "go build": "built",
+        "migrate": "migrated", "keep": "kept", "daemon-reload": "ran daemon-reload"}
+
+P = TypeVar("P")
+
+
+class PreflightError(RuntimeError):
+    """The host cannot run the command at all; nothing was touched."""
 
 
 class StepFailed(RuntimeError):
@@ -31,19 +49,52 @@ class StepFailed(RuntimeError):
         self.next_action = next_action
 
 
-@dataclass
-class Change:
-    """What ``check`` found: ``needed`` False means the host is already as wanted."""
+@dataclass(frozen=True)
+class Action:
+    """One thing a step does: ``verb`` (present tense) ``target`` ``note``, e.g.
+    ``fix`` ``/app/dispatch`` ``: mode 0777 -> 0755``. Rendered, never edited as a string."""
 
-    needed: bool
-    message: str
+    verb: str
+    target: str
+    note: str = ""
+
+    def render(self, done: bool = False) -> str:
+        verb = PAST.get(self.verb, self.verb) if done else self.verb
+        return f"{verb} {self.target}{self.note}"
+
+
+def render_actions(actions: Sequence[Action], done: bool = False) -> str:
+    return "; ".join(a.render(done) for a in actions)
+
+
+@dataclass
+class Change(Generic[P]):
+    """What ``check`` found. No actions: the host is as wanted (``summary`` says how)."""
+
+    actions: List[Action] = field(default_factory=list)
+    plan: Optional[P] = None
+    summary: str = ""
     diff: str = ""
-    data: Dict[str, object] = field(default_factory=dict)
-    # what the change touches that later steps react to (``unit``, ``envfile``, ``binary``):
-    # added to ``Context.changed`` with the step's name, in check mode too
+    # what the change touches that later steps react to: added to ``Context.changed``
     marks: FrozenSet[str] = frozenset()
     # JSON-safe facts reported with the result (``--json``): the actions, the files
     report: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.actions)
+
+    def message(self, done: bool = False) -> str:
+        return render_actions(self.actions, done) if self.actions else self.summary
+
+    def the_plan(self) -> P:
+        if self.plan is None:
+            raise RuntimeError("a change with actions must carry its plan")
+        return self.plan
+
+
+def unchanged(summary: str, report: Optional[Dict[str, Any]] = None) -> Change[Any]:
+    return Change(summary=summary, report=report or {})
 
 
 @dataclass
@@ -87,6 +138,8 @@ class Context:
     dry_run: bool = False
     changed: Set[str] = field(default_factory=set)
     root: Path = Path("/")
+    # uninstall --purge: the operator confirmed (--yes or at the prompt) that files may go
+    confirmed: bool = False
 
     def host_path(self, path: Path) -> Path:
         """``path`` (absolute, as on the host) under ``root``: tests point ``root`` at a temp dir."""
@@ -95,37 +148,26 @@ class Context:
         return self.root / Path(path).relative_to("/")
 
 
-class Step:
+class Step(Generic[P]):
     name: str = "step"
     title: str = ""
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[P]:
         raise NotImplementedError
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        """Reach the wanted state; return the message to report."""
+    def apply(self, ctx: Context, change: Change[P]) -> Optional[str]:
+        """Carry out ``change.plan``; return the message to report (None: the actions, done)."""
         raise NotImplementedError
 
     def run(self, ctx: Context) -> StepResult:
-        import time
-
         started = time.monotonic()
         try:
-            change = self.check(ctx)
-            if not change.needed:
-                result = StepResult(self.name, OK, change.message, data=dict(change.report))
-            elif ctx.dry_run:
-                ctx.changed.add(self.name)
-                ctx.changed.update(change.marks)
-                result = StepResult(self.name, CHANGED, "would " + change.message, change.diff,
-                                    data=dict(change.report))
-            else:
-                message = self.apply(ctx, change)
-                ctx.changed.add(self.name)
-                ctx.changed.update(change.marks)
-                result = StepResult(self.name, CHANGED, message, change.diff, data=dict(change.report))
+            result = self._run(ctx)
         except StepFailed as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=exc.next_action)
+        except NotRegularFile as exc:
+            result = StepResult(self.name, FAILED, str(exc), next_action=f"remove {exc.path} by hand after "
+                                "checking what planted it, then run the command again")
         except CommandError as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=self.retry_hint(ctx))
         except OSError as exc:
@@ -134,11 +176,23 @@ class Step:
         result.duration_s = time.monotonic() - started
         return result
 
+    def _run(self, ctx: Context) -> StepResult:
+        change = self.check(ctx)
+        report = dict(change.report)
+        if not change.needed:
+            return StepResult(self.name, OK, change.message(), data=report)
+        message = ("would " + change.message()) if ctx.dry_run else \
+            (self.apply(ctx, change) or change.message(done=True))
+        ctx.changed.add(self.name)
+        ctx.changed.update(change.marks)
+        return StepResult(self.name, CHANGED, message, change.diff, data=report)
+
     def retry_hint(self, ctx: Context) -> str:
         return f"fix the cause above, then run `dispatchctl {self.name}` again"
 
 
-def run_steps(steps: List[Step], ctx: Context, on_start=None, on_done=None) -> List[StepResult]:
+def run_steps(steps: Sequence[Step[Any]], ctx: Context, on_start: Optional[Callable[[Step[Any]], None]] = None,
+              on_done: Optional[Callable[[Step[Any], StepResult], None]] = None) -> List[StepResult]:
     """Run steps in order; stop at the first failure (later steps would build on it)."""
     results: List[StepResult] = []
     for step in steps:
@@ -157,11 +211,14 @@ def run_steps(steps: List[Step], ctx: Context, on_start=None, on_done=None) -> L
 
 
 def load_cache(ctx: Context, path: Path) -> Dict[str, Any]:
-    """The cache record at ``path`` (on the host), or {} when absent or unreadable."""
+    """The cache record at ``path`` (on the host), or {} when absent, unreadable or not a file."""
     import json
 
+    from ..files import read_regular
+
     try:
-        value = json.loads(ctx.host_path(path).read_text())
+        data = read_regular(ctx.host_path(path))
+        value = json.loads(data) if data is not None else {}
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -179,4 +236,3 @@ def save_cache(ctx: Context, path: Path, record: Dict[str, Any]) -> None:
         write_atomic(cache, json.dumps(record).encode(), mode=0o600)
     except OSError:
         pass
-

@@ -16,23 +16,44 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Union
 
-from ..files import write_atomic
+from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_atomic
 from ..host import CommandError
-from .base import Change, Context, Step, StepFailed, load_cache, save_cache
-from .service import mark_pending
+from ..layout import BUILD_STAMP_NAME as STAMP_NAME
+from ..layout import BUNDLE_CACHE, GO_CACHE, PYTHON
+from . import record
+from .base import Action, Change, Context, Step, StepFailed, load_cache, save_cache, unchanged
+from .pending import mark_pending
 
-PYTHON = "/usr/bin/python3"
-STAMP_NAME = ".dispatch-build.json"
-GO_CACHE = Path("/var/cache/dispatchctl/go")
 GO_CANDIDATES = ("/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go", "/usr/lib/golang/bin/go")
+BINARY_MODE = 0o755
 
 
-BUNDLE_CACHE = Path("/var/cache/dispatchctl/bundle.json")
+@dataclass(frozen=True)
+class FixPlan:
+    """The binary is current; only its owner or mode drifted."""
+
+    key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BundlePlan:
+    fingerprint: str
+    key: Optional[str]
+
+
+@dataclass(frozen=True)
+class GoPlan:
+    archive: Path  # the fetched artifact, already inspected; apply unpacks it, then removes it
+    digest: str
+    artifact_sha256: str
+
+
+BuildPlan = Union[FixPlan, BundlePlan, GoPlan]
 
 
 def bundle_stat_key() -> Optional[str]:
@@ -60,27 +81,17 @@ def bundle_stat_key() -> Optional[str]:
 
 
 def _file_state(path: Path) -> Optional[os.stat_result]:
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        return None
+    """The binary's lstat; a link or anything but a regular file there is refused."""
+    return lstat_regular(path)
 
 
 def _mode_fixes(st: os.stat_result) -> list:
-    fixes = []
-    if stat.S_IMODE(st.st_mode) != 0o755:
-        fixes.append(f"mode {stat.S_IMODE(st.st_mode):04o} -> 0755")
-    if st.st_uid != 0 or st.st_gid != 0:
-        fixes.append(f"owner {st.st_uid}:{st.st_gid} -> root:root")
-    return fixes
+    return drift(st, BINARY_MODE)
 
 
 def sha256_file(path: Path) -> Optional[str]:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except FileNotFoundError:
-        return None
+    data = read_regular(path)
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def find_go(root: Path = Path("/")) -> Optional[str]:
@@ -93,36 +104,37 @@ def find_go(root: Path = Path("/")) -> Optional[str]:
     return None
 
 
-class BuildStep(Step):
+class BuildStep(Step[BuildPlan]):
     name = "build"
     title = "Build /app/dispatch"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[BuildPlan]:
+        lstat_regular(self._stamp_path(ctx))  # a planted link there is refused before anything
         if ctx.settings.flavour == "go":
             return self._check_go(ctx)
         return self._check_bundled(ctx)
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        action = change.data["action"]
+    def apply(self, ctx: Context, change: Change[BuildPlan]) -> Optional[str]:
+        plan = change.the_plan()
         binary = ctx.host_path(ctx.settings.binary)
-        if action == "fix":
-            os.chmod(binary, 0o755)
-            os.chown(binary, 0, 0)
+        if isinstance(plan, FixPlan):
+            fix_owner_mode(binary, BINARY_MODE)
             if ctx.settings.flavour == "bundled":
-                self._remember_bundle(ctx, change.data.get("key"))  # type: ignore[arg-type]
-            return "fixed" + change.message[len("fix"):]
-        if action == "go":
+                self._remember_bundle(ctx, plan.key)
+            return None
+        if isinstance(plan, GoPlan):
             return self._apply_go(ctx, change)
         from .. import bundle
 
         data = bundle.build_zipapp(PYTHON)
         mark_pending(ctx, "binary")
-        write_atomic(binary, data, mode=0o755, uid=0, gid=0)
-        self._remember_bundle(ctx, change.data.get("key"))  # type: ignore[arg-type]
-        return f"wrote {ctx.settings.binary} (zipapp, {len(data) // 1024} KiB, {change.data['fingerprint']})"
+        write_atomic(binary, data, mode=BINARY_MODE, uid=0, gid=0)
+        record.remember(ctx, "files", ctx.settings.binary)
+        self._remember_bundle(ctx, plan.key)
+        return f"wrote {ctx.settings.binary} (zipapp, {len(data) // 1024} KiB, {plan.fingerprint})"
 
     # -- bundled ------------------------------------------------------------------------------
-    def _check_bundled(self, ctx: Context) -> Change:
+    def _check_bundled(self, ctx: Context) -> Change[BuildPlan]:
         path = ctx.settings.binary
         binary = ctx.host_path(path)
         key = bundle_stat_key()
@@ -131,12 +143,11 @@ class BuildStep(Step):
         if (st is not None and key is not None and cached.get("key") == key and not _mode_fixes(st)
                 and cached.get("binary") == [st.st_size, st.st_mtime_ns, st.st_ino]):
             short = str(cached.get("fingerprint", ""))[:12]
-            return Change(False, f"{path} up to date (zipapp {short})",
-                          report={"path": str(path), "flavour": "bundled", "fingerprint": short})
-        change = self._check_bundled_content(ctx)
+            return unchanged(f"{path} up to date (zipapp {short})",
+                             {"path": str(path), "flavour": "bundled", "fingerprint": short})
+        change = self._check_bundled_content(ctx, key)
         if not change.needed:
             self._remember_bundle(ctx, key)
-        change.data["key"] = key
         return change
 
     def _remember_bundle(self, ctx: Context, key: Optional[str]) -> None:
@@ -151,7 +162,7 @@ class BuildStep(Step):
                   "binary": [st.st_size, st.st_mtime_ns, st.st_ino]}
         save_cache(ctx, BUNDLE_CACHE, record)
 
-    def _check_bundled_content(self, ctx: Context) -> Change:
+    def _check_bundled_content(self, ctx: Context, key: Optional[str]) -> Change[BuildPlan]:
         from .. import bundle
 
         path = ctx.settings.binary
@@ -164,30 +175,26 @@ class BuildStep(Step):
         if have == want and st is not None:
             fixes = _mode_fixes(st)
             if not fixes:
-                return Change(False, f"{path} up to date (zipapp {short})", report=report)
-            return Change(True, f"fix {path}: {', '.join(fixes)}", data={"action": "fix"}, report=report)
+                return unchanged(f"{path} up to date (zipapp {short})", report)
+            return Change([Action("fix", str(path), ": " + ", ".join(fixes))], FixPlan(key), report=report)
         what = "write" if st is None else ("replace" if have is None else "update")
-        return Change(True, f"{what} {path} (zipapp {short})", marks=frozenset({"binary"}),
-                      data={"action": "bundled", "fingerprint": short}, report=report)
+        return Change([Action(what, str(path), f" (zipapp {short})")], BundlePlan(short, key),
+                      marks=frozenset({"binary"}), report=report)
 
     # -- go -------------------------------------------------------------------------------------
     def _stamp_path(self, ctx: Context) -> Path:
         return ctx.host_path(ctx.settings.app_dir / STAMP_NAME)
 
-    def _check_go(self, ctx: Context) -> Change:
+    def _check_go(self, ctx: Context) -> Change[BuildPlan]:
         from .. import archive, artifact
 
         source = artifact.shown(ctx.settings.artifact)
-        # INTEGRATOR: --insecure / --sha256 arrive as Settings fields on the steps branch: read them
-        # directly (``ctx.settings.insecure``, ``ctx.settings.sha256``) once merged
-        allow_http = bool(getattr(ctx.settings, "insecure", True))
-        pinned = getattr(ctx.settings, "sha256", None)
         download = Path(tempfile.mkdtemp(prefix="dispatchctl-artifact-"))
         keep = False
         try:
             try:
-                fetched = artifact.fetch(ctx.settings.artifact, download, allow_http=allow_http,
-                                         expected_sha256=pinned)
+                fetched = artifact.fetch(ctx.settings.artifact, download, allow_http=ctx.settings.insecure,
+                                         expected_sha256=ctx.settings.artifact_sha256)
                 summary = archive.inspect(fetched.path)
             except artifact.ArtifactError as exc:
                 raise StepFailed(str(exc), "check --artifact (an https URL or an absolute path), --sha256 and "
@@ -198,37 +205,41 @@ class BuildStep(Step):
                                  "at most 64 MiB unpacked)") from None
             if not summary.has_go:
                 raise StepFailed(f"{source} holds no .go file", "check --artifact")
-            digest = summary.digest
-            path = ctx.settings.binary
-            binary = ctx.host_path(path)
-            report: Dict[str, object] = {"path": str(path), "flavour": "go", "sources": digest[:12],
-                                         "artifact_sha256": fetched.sha256}
-            try:
-                stamp = json.loads(self._stamp_path(ctx).read_text())
-            except (OSError, ValueError):
-                stamp = {}
-            st = _file_state(binary)
-            binary_sha = sha256_file(binary) if st is not None else None
-            if stamp.get("sources") == digest and binary_sha is not None and stamp.get("binary") == binary_sha:
-                assert st is not None
-                fixes = _mode_fixes(st)
-                if not fixes:
-                    return Change(False, f"sources unchanged ({digest[:12]}): build skipped", report=report)
-                return Change(True, f"fix {path}: {', '.join(fixes)}", data={"action": "fix"}, report=report)
-            why = ("first build" if st is None else
-                   "sources changed" if stamp.get("sources") != digest else "binary differs from the last build")
-            keep = not ctx.dry_run  # apply unpacks this very file, then removes it
-            return Change(True, f"go build {path} from {source} ({why})", marks=frozenset({"binary"}),
-                          data={"action": "go", "archive": str(fetched.path), "digest": digest,
-                                "artifact_sha256": fetched.sha256}, report=report)
+            change = self._plan_go(ctx, source, summary.digest, fetched)
+            keep = not ctx.dry_run and isinstance(change.plan, GoPlan)  # apply unpacks this file, then removes it
+            return change
         finally:
             if not keep:
                 shutil.rmtree(download, ignore_errors=True)
 
-    def _apply_go(self, ctx: Context, change: Change) -> str:
+    def _plan_go(self, ctx: Context, source: str, digest: str, fetched: Any) -> Change[BuildPlan]:
+        path = ctx.settings.binary
+        binary = ctx.host_path(path)
+        report: Dict[str, object] = {"path": str(path), "flavour": "go", "sources": digest[:12],
+                                     "artifact_sha256": fetched.sha256}
+        try:
+            stamp = json.loads(read_regular(self._stamp_path(ctx)) or b"{}")
+        except ValueError:
+            stamp = {}
+        st = _file_state(binary)
+        binary_sha = sha256_file(binary) if st is not None else None
+        if stamp.get("sources") == digest and binary_sha is not None and stamp.get("binary") == binary_sha:
+            assert st is not None
+            fixes = _mode_fixes(st)
+            if not fixes:
+                return unchanged(f"sources unchanged ({digest[:12]}): build skipped", report)
+            return Change([Action("fix", str(path), ": " + ", ".join(fixes))], FixPlan(), report=report)
+        why = ("first build" if st is None else
+               "sources changed" if stamp.get("sources") != digest else "binary differs from the last build")
+        return Change([Action("go build", str(path), f" from {source} ({why})")],
+                      GoPlan(fetched.path, digest, fetched.sha256), marks=frozenset({"binary"}), report=report)
+
+    def _apply_go(self, ctx: Context, change: Change[BuildPlan]) -> str:
         from .. import archive, artifact
 
-        zip_path = Path(str(change.data["archive"]))
+        plan = change.the_plan()
+        assert isinstance(plan, GoPlan)
+        zip_path = plan.archive
         go = find_go(ctx.root)
         if go is None:
             shutil.rmtree(zip_path.parent, ignore_errors=True)
@@ -248,7 +259,7 @@ class BuildStep(Step):
             except archive.UnsafeArchive as exc:
                 raise StepFailed(f"refusing to unpack {artifact.shown(ctx.settings.artifact)}: {exc}",
                                  "use a trustworthy archive of Go sources") from None
-            if summary.digest != change.data["digest"]:
+            if summary.digest != plan.digest:
                 raise StepFailed("the artifact changed between check and build", self.retry_hint(ctx))
             src = staging / summary.module_root
             out = app_dir / ".dispatch.new"
@@ -261,25 +272,27 @@ class BuildStep(Step):
                 raise StepFailed(f"{' '.join(exc.argv[1:3])} failed: {exc.output.strip()[-800:]}",
                                  "fix the sources (or the network for `go get`), then run "
                                  "`dispatchctl build --flavour go` again") from None
-            os.chmod(out, 0o755)
-            os.chown(out, 0, 0)
+            fix_owner_mode(out, BINARY_MODE)
             binary_sha = sha256_file(out)
             mark_pending(ctx, "binary")
+            lstat_regular(ctx.host_path(ctx.settings.binary))
             os.replace(out, ctx.host_path(ctx.settings.binary))
             # keep the sources beside the binary, as the manual's /app does
             kept = app_dir / "src"
             shutil.rmtree(kept, ignore_errors=True)
             os.rename(src, kept)
-            stamp = {"artifact": artifact.shown(ctx.settings.artifact), "sources": change.data["digest"],
-                     "artifact_sha256": change.data["artifact_sha256"], "binary": binary_sha}
+            stamp = {"artifact": artifact.shown(ctx.settings.artifact), "sources": plan.digest,
+                     "artifact_sha256": plan.artifact_sha256, "binary": binary_sha}
             write_atomic(self._stamp_path(ctx), (json.dumps(stamp, indent=1) + "\n").encode(), mode=0o644)
+            for made in (ctx.settings.binary, ctx.settings.app_dir / STAMP_NAME, ctx.settings.app_dir / "src"):
+                record.remember(ctx, "files", made)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(zip_path.parent, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(app_dir / ".dispatch.new")
         size = os.stat(ctx.host_path(ctx.settings.binary)).st_size
-        return f"built {ctx.settings.binary} with go ({size // 1024} KiB, sources {str(change.data['digest'])[:12]})"
+        return f"built {ctx.settings.binary} with go ({size // 1024} KiB, sources {plan.digest[:12]})"
 
     def retry_hint(self, ctx: Context) -> str:
         return f"fix the cause above, then run `dispatchctl build --flavour {ctx.settings.flavour}` again"

@@ -1,66 +1,113 @@
-"""Step 5: the systemd unit and its EnvironmentFile, rendered from ``templates/``.
+"""Step 5: the systemd unit, its EnvironmentFile and the password's credential file.
 
-The unit (0644) holds no secret; the environment file (root, 0600) holds the settings and the
-password. Both are written atomically, only when their content or owner/mode differ; diffs mask
-the new and the old password.
+The unit (0644) holds no secret; the environment file (root, 0600) holds the settings. The AMQP
+password is a systemd credential (``LoadCredential=``, root 0600 file): it is never in the
+service's environment, so no other process of the service user reads it in /proc/PID/environ.
+It stays in the environment file only for the go flavour (the Go binary reads only AMQP_PASS) and
+where systemd predates credentials (< 247). Files are written in the order credential,
+environment file, unit: a run that fails in between leaves files the next run compares and
+repairs, and never a unit that points at a credential not yet written. Each file is written
+atomically, only when its content or owner/mode differ, and never through a link.
+Diffs mask every secret: the new password, and the old ones learnt by parsing the old files
+(whatever their quoting, ``export`` prefix or escapes), and the whole value of every secret key.
 """
 
 from __future__ import annotations
 
-import os
-import stat
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .. import envfile
-from ..files import unified_diff, write_atomic
-from .base import Change, Context, Step, load_cache, save_cache
-from .build import PYTHON
-from .service import mark_pending
+from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
+from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
+from ..redact import SECRET_KEYS, Redactor
+from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
+from .pending import mark_pending
 
-UNREADABLE = object()
+
+class _Unreadable:
+    """A file we may not read (a dry run without root)."""
 
 
-def _read(path: Path):
-    """The file's text, None when absent, UNREADABLE when we may not read it (dry run, not root)."""
+UNREADABLE = _Unreadable()
+Current = Union[None, str, _Unreadable]
+
+
+@dataclass(frozen=True)
+class WantedFile:
+    mark: str  # what the service step reacts to: unit, envfile, credential
+    path: Path  # as on the host
+    text: Optional[str]  # None: the file must not exist
+    mode: int
+    secret: bool = False  # a diff shows its secret keys masked
+    note: str = ""  # said with its write/update action
+
+
+CREDENTIAL = "credential"
+ENV_ROUTE = "envfile"
+
+
+def consumer_reads_credential() -> bool:
+    """Whether the bundled consumer reads $CREDENTIALS_DIRECTORY/amqp-pass. TRANSITIONAL: true once
+    the consumer branch is merged; the integrator then deletes this check (always true)."""
+    from .. import consumer
+
     try:
+        return "CREDENTIALS_DIRECTORY" in (Path(consumer.__file__).parent / "config.py").read_text()
+    except OSError:
+        return False
+
+
+def password_route(flavour: str, systemd_version: Optional[int], reads_credential: bool = True) -> str:
+    """``credential`` (LoadCredential=) or ``envfile`` (AMQP_PASS in the 0600 environment file)."""
+    if flavour == "go" or not reads_credential:
+        return ENV_ROUTE
+    if systemd_version is not None and systemd_version < CREDENTIALS_MIN_SYSTEMD:
+        return ENV_ROUTE
+    return CREDENTIAL
+
+
+ROUTE_NOTES = {
+    "go": "; AMQP_PASS stays in it: the Go binary reads only that variable",
+    "old-systemd": f"; AMQP_PASS stays in it: systemd < {CREDENTIALS_MIN_SYSTEMD} has no credentials",
+}
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    writes: Tuple[WantedFile, ...]
+    fixes: Tuple[WantedFile, ...]
+    key: str
+
+
+def read_current(path: Path) -> Current:
+    """The file's text (never through a link), None when absent, UNREADABLE without permission."""
+    try:
+        if lstat_regular(path) is None:
+            return None
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except PermissionError:
         return UNREADABLE
+    except UnicodeDecodeError:
+        return "\ufffd"  # not text we wrote: differs
 
 
-def _owner_mode_fixes(path: Path, mode: int) -> List[str]:
-    try:
-        st = os.stat(path)
-    except OSError:
+def old_secrets(text: Optional[str]) -> List[str]:
+    """The secret values an old environment file or unit holds, in every form it may spell them."""
+    if not text:
         return []
-    fixes = []
-    if stat.S_IMODE(st.st_mode) != mode:
-        fixes.append(f"mode {stat.S_IMODE(st.st_mode):04o} -> {mode:04o}")
-    if st.st_uid != 0 or st.st_gid != 0:
-        fixes.append(f"owner {st.st_uid}:{st.st_gid} -> root:root")
-    return fixes
-
-
-def mask_env(text: Optional[str], label: str = "********") -> Optional[str]:
-    """The environment file with the AMQP_PASS value replaced (line-wise), for diffs."""
-    if text is None:
-        return None
-    return "".join(f'AMQP_PASS="{label}"\n' if line.startswith("AMQP_PASS=") else line
-                   for line in text.splitlines(keepends=True))
-
-
-def mask_unit(text: Optional[str]) -> Optional[str]:
-    """A unit with any ``Environment=...AMQP_PASS=...`` value masked (the course's unit keeps the
-    password there), for diffs."""
-    if text is None:
-        return None
-    import re
-
-    return "".join(re.sub(r"(AMQP_PASS=)[^\n]*", r"\1********", line) if line.lstrip().startswith("Environment")
-                   else line for line in text.splitlines(keepends=True))
+    values = [v for k, v in envfile.parse(text).items() if k in SECRET_KEYS]
+    for line in text.splitlines():  # a unit's Environment=KEY=value / Environment="KEY=value"
+        body = line.strip()
+        if body.startswith("Environment="):
+            values += [v for k, v in envfile.parse(body[len("Environment="):].strip('"')).items()
+                       if k in SECRET_KEYS]
+    return [v for v in values if v]
 
 
 def changed_keys(old: str, new: str) -> List[str]:
@@ -68,16 +115,39 @@ def changed_keys(old: str, new: str) -> List[str]:
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 
-RENDER_CACHE = Path("/var/cache/dispatchctl/rendered.json")
+def file_diff(want: WantedFile, old: Current, redactor: Redactor) -> str:
+    previous = None if isinstance(old, _Unreadable) else old
+    if want.mark == CREDENTIAL:  # the whole file is the secret
+        return unified_diff(None if previous is None else "********\n",
+                            None if want.text is None else "******** (changed)\n" if previous else "********\n",
+                            str(want.path))
+    secret_changed = (previous is not None and want.text is not None and want.secret
+                      and any(k in changed_keys(previous, want.text) for k in SECRET_KEYS))
+    new_label = "******** (changed)" if secret_changed else "********"
+    return unified_diff(None if previous is None else redactor.assignments(previous),
+                        None if want.text is None else redactor.assignments(want.text, new_label), str(want.path))
+
+
+def compare(want: WantedFile, current: Current, fixes: List[str]) -> Optional[Action]:
+    """The action one file needs, from its current text and its owner/mode drift."""
+    if want.text is None:
+        return None if current is None else Action("remove", str(want.path), " (no longer used)")
+    if isinstance(current, _Unreadable):
+        return Action("rewrite", str(want.path), " (unreadable without root: assumed to differ)" + want.note)
+    if current == want.text:
+        return Action("fix", str(want.path), ": " + ", ".join(fixes)) if fixes else None
+    if current is None:
+        return Action("write", str(want.path), want.note)
+    if want.mark == "envfile":
+        keys = ", ".join(changed_keys(current, want.text)) or "comments"
+        return Action("update", str(want.path), f" ({keys}){want.note}")
+    return Action("update", str(want.path), want.note)
 
 
 def render_key(ctx: Context) -> str:
-    """A digest of everything the two files are rendered from: the templates, the code that
-    renders them, dispatchctl's version and the settings (password included: the cache is
-    root-only, beside a root-only file that holds the password itself)."""
-    import hashlib
-    import json
-
+    """A digest of everything the files are rendered from: the templates, the code that renders
+    them, dispatchctl's version and the settings (password included: the cache is root-only,
+    beside a root-only file that holds the password itself)."""
     from .. import __version__, render, settings
 
     digest = hashlib.sha256(f"{__version__}\0{PYTHON}\0".encode())
@@ -86,139 +156,150 @@ def render_key(ctx: Context) -> str:
         data = path.read_bytes()
         digest.update(f"{path.name}\0{len(data)}\0".encode() + data)
     s = ctx.settings
-    digest.update(json.dumps({"masked": s.masked(), "env": s.environment()}, sort_keys=True).encode())
+    # systemd's version is left out (asking costs a subprocess): a host upgraded past 247 keeps
+    # its working environment-file route until the settings or dispatchctl change
+    inputs = {"masked": s.masked(), "env": s.environment(), "reads_credential": consumer_reads_credential()}
+    digest.update(json.dumps(inputs, sort_keys=True).encode())
     return digest.hexdigest()
 
 
 def _sha256(path: Path) -> Optional[str]:
-    import hashlib
+    from ..files import read_regular
 
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        data = read_regular(path)
     except OSError:
         return None
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-class ConfigStep(Step):
-    """The two files are compared with freshly rendered ones. A re-run with the same inputs
-    skips the rendering (and Jinja's import, a good part of a re-run's time): a small root-only
-    cache maps the inputs' digest to the files' sha256, and both files must still have it."""
+class ConfigStep(Step[ConfigPlan]):
+    """The files are compared with freshly rendered ones. A re-run with the same inputs skips the
+    rendering (and Jinja's import, a good part of a re-run's time): a small root-only cache maps
+    the inputs' digest to the files' sha256, and every file must still have it."""
 
     name = "config"
     title = "Unit and environment file"
 
+    @staticmethod
+    def systemd_version(ctx: Context) -> Optional[int]:
+        from ..host import systemd_version
+
+        return ctx.facts.systemd_version if ctx.facts.systemd_version is not None else systemd_version()
+
+    def route(self, ctx: Context) -> str:
+        return password_route(ctx.settings.flavour, self.systemd_version(ctx), consumer_reads_credential())
+
+    def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
+        """The files in writing order: credential, environment file, unit."""
+        s = ctx.settings
+        return [(CREDENTIAL, s.credential_file, 0o600), ("envfile", s.env_file, 0o600), ("unit", s.unit_path, 0o644)]
+
+    def wanted(self, ctx: Context) -> List[WantedFile]:
+        from ..render import render_env, render_unit
+
+        s = ctx.settings
+        credential = self.route(ctx) == CREDENTIAL
+        note = ""
+        if s.flavour == "go":
+            note = ROUTE_NOTES["go"]
+        elif not credential and (self.systemd_version(ctx) or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
+            note = ROUTE_NOTES["old-systemd"]
+        return [WantedFile(CREDENTIAL, s.credential_file, s.amqp.password.reveal() if credential else None, 0o600,
+                           secret=True),
+                WantedFile("envfile", s.env_file, render_env(s, with_password=not credential), 0o600, secret=True,
+                           note=note),
+                WantedFile("unit", s.unit_path, render_unit(s, PYTHON, credential=credential), 0o644)]
+
     def _cached(self, ctx: Context, key: str) -> bool:
         cache = load_cache(ctx, RENDER_CACHE)
-        if not cache:
+        if cache.get("key") != key:
             return False
-        s = ctx.settings
-        for path, mode, digest in ((s.unit_path, 0o644, cache.get("unit")), (s.env_file, 0o600, cache.get("env"))):
+        for mark, path, mode in self.paths(ctx):
             real = ctx.host_path(path)
-            if cache.get("key") != key or digest is None or _sha256(real) != digest \
-                    or _owner_mode_fixes(real, mode):
+            st = lstat_regular(real)
+            if st is None and cache.get(mark) is None:
+                continue  # a file that must not exist (the credential on the environment route)
+            if st is None or cache.get(mark) is None or _sha256(real) != cache.get(mark) or drift(st, mode):
                 return False
         return True
 
     def _remember(self, ctx: Context, key: str) -> None:
-
         if ctx.dry_run:
             return
-        s = ctx.settings
-        record = {"key": key, "unit": _sha256(ctx.host_path(s.unit_path)), "env": _sha256(ctx.host_path(s.env_file))}
+        record: Dict[str, Any] = {"key": key}
+        for mark, path, _mode in self.paths(ctx):
+            record[mark] = _sha256(ctx.host_path(path))
         save_cache(ctx, RENDER_CACHE, record)
 
-    def wanted(self, ctx: Context) -> List[Tuple[str, Path, str, int]]:
-        from ..render import render_env, render_unit
-
+    def _summary(self, ctx: Context, route: str) -> str:
         s = ctx.settings
-        return [
-            ("unit", s.unit_path, render_unit(s, PYTHON), 0o644),
-            ("envfile", s.env_file, render_env(s), 0o600),
-        ]
+        where = f"the password in {s.credential_file}" if route == CREDENTIAL else \
+            f"the password in {s.env_file}" + (" (the Go binary reads only AMQP_PASS)" if s.flavour == "go" else "")
+        return f"{s.unit_path} and {s.env_file} up to date ({where})"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[ConfigPlan]:
         key = render_key(ctx)
         if self._cached(ctx, key):
-            s = ctx.settings
-            return Change(False, f"{s.unit_path} and {s.env_file} up to date",
-                          report={"files": {str(s.unit_path): "ok", str(s.env_file): "ok"}})
-        change = self._compare(ctx)
+            cache = load_cache(ctx, RENDER_CACHE)
+            route = CREDENTIAL if cache.get(CREDENTIAL) else ENV_ROUTE
+            return unchanged(self._summary(ctx, route),
+                             {"files": {str(path): "ok" for mark, path, _mode in self.paths(ctx)
+                                        if cache.get(mark) is not None}})
+        change = self.compare(ctx, key)
         if not change.needed:
             self._remember(ctx, key)
-        change.data["key"] = key
         return change
 
-    def _compare(self, ctx: Context) -> Change:
+    def compare(self, ctx: Context, key: str) -> Change[ConfigPlan]:
+        wanted = self.wanted(ctx)
+        current = {w.mark: read_current(ctx.host_path(w.path)) for w in wanted}
         secrets = [ctx.settings.amqp.password.reveal()]
+        for mark, text in current.items():
+            if isinstance(text, str):
+                secrets += [text] if mark == CREDENTIAL else old_secrets(text)
+        redactor = Redactor(secrets)
+        actions: List[Action] = []
+        writes: List[WantedFile] = []
+        fixes: List[WantedFile] = []
         diffs: List[str] = []
-        messages: List[str] = []
-        marks = set()
-        writes: Dict[str, Tuple[Path, str, int]] = {}
-        fixes_needed: Dict[str, Tuple[Path, int]] = {}
         files: Dict[str, str] = {}
-        for mark, path, text, mode in self.wanted(ctx):
-            real = ctx.host_path(path)
-            current = _read(real)
-            if current is UNREADABLE:
-                marks.add(mark)
-                writes[mark] = (path, text, mode)
-                messages.append(f"rewrite {path} (unreadable without root: assumed to differ)")
-                diffs.append(unified_diff(None, mask_env(text) if mark == "envfile" else text, str(path),
-                                          secrets))
-                files[str(path)] = "unknown"
+        for want in wanted:
+            st = None if current[want.mark] is None or isinstance(current[want.mark], _Unreadable) \
+                else lstat_regular(ctx.host_path(want.path))
+            action = compare(want, current[want.mark], drift(st, want.mode) if st is not None else [])
+            if action is None:
+                if want.text is not None:  # a file that must not exist and does not is not reported
+                    files[str(want.path)] = "ok"
                 continue
-            if current == text:
-                fixes = _owner_mode_fixes(real, mode)
-                if fixes:
-                    fixes_needed[mark] = (path, mode)
-                    messages.append(f"fix {path}: {', '.join(fixes)}")
-                    files[str(path)] = "fix"
-                else:
-                    files[str(path)] = "ok"
-                continue
-            old: Optional[str] = current
-            if old is not None and mark == "envfile":
-                previous = envfile.parse(old).get("AMQP_PASS")
-                if previous:
-                    secrets.append(previous)
-            marks.add(mark)
-            writes[mark] = (path, text, mode)
-            if mark == "envfile":
-                changed = old is not None and "AMQP_PASS" in changed_keys(old, text)
-                diffs.append(unified_diff(mask_env(old), mask_env(text, "******** (changed)" if changed
-                                                                 else "********"), str(path), secrets))
-            else:
-                diffs.append(unified_diff(mask_unit(old), text, str(path), secrets))
-            if old is None:
-                messages.append(f"write {path}")
-                files[str(path)] = "create"
-            elif mark == "envfile":
-                messages.append(f"update {path} ({', '.join(changed_keys(old, text)) or 'comments'})")
-                files[str(path)] = "update"
-            else:
-                messages.append(f"update {path}")
-                files[str(path)] = "update"
-        report = {"files": files}
-        if not writes and not fixes_needed:
-            return Change(False, f"{ctx.settings.unit_path} and {ctx.settings.env_file} up to date",
-                          report=report)
-        return Change(True, "; ".join(messages), diff="".join(diffs), marks=frozenset(marks),
-                      data={"writes": writes, "fixes": fixes_needed, "messages": messages}, report=report)
+            files[str(want.path)] = {"fix": "fix", "write": "create", "update": "update", "rewrite": "unknown",
+                                     "remove": "remove"}[action.verb]
+            actions.append(action)
+            (fixes if action.verb == "fix" else writes).append(want)
+            if action.verb != "fix":
+                diffs.append(file_diff(want, current[want.mark], redactor))
+        route = CREDENTIAL if any(w.mark == CREDENTIAL and w.text is not None for w in wanted) else ENV_ROUTE
+        if not actions:
+            return unchanged(self._summary(ctx, route), {"files": files})
+        marks: Set[str] = {w.mark for w in writes}
+        report = {"files": files, "password": route}
+        return Change(actions, ConfigPlan(tuple(writes), tuple(fixes), key), diff="".join(diffs),
+                      marks=frozenset(marks), report=report)
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        writes: Dict[str, Tuple[Path, str, int]] = change.data["writes"]  # type: ignore[assignment]
-        fixes: Dict[str, Tuple[Path, int]] = change.data["fixes"]  # type: ignore[assignment]
-        for mark, (path, text, mode) in writes.items():
-            mark_pending(ctx, mark)
-            real = ctx.host_path(path)
-            if mark == "envfile" and not real.parent.exists():
+    def apply(self, ctx: Context, change: Change[ConfigPlan]) -> None:
+        plan = change.the_plan()
+        # every byte is ready before the first write: nothing can fail half-way for want of it
+        payloads = {want.mark: want.text.encode("utf-8") for want in plan.writes if want.text is not None}
+        for want in plan.writes:
+            mark_pending(ctx, want.mark)
+            real = ctx.host_path(want.path)
+            if want.text is None:
+                lstat_regular(real)  # a link is refused, not removed
+                real.unlink(missing_ok=True)
+                continue
+            if not real.parent.exists():
                 real.parent.mkdir(parents=True, mode=0o755)
-            write_atomic(real, text.encode("utf-8"), mode=mode, uid=0, gid=0)
-        for _mark, (path, mode) in fixes.items():
-            real = ctx.host_path(path)
-            os.chmod(real, mode)
-            os.chown(real, 0, 0)
-        self._remember(ctx, str(change.data["key"]))
-        past = {"write": "wrote", "rewrite": "rewrote", "update": "updated", "fix": "fixed"}
-        messages: List[str] = change.data["messages"]  # type: ignore[assignment]
-        return "; ".join(past[m.split(" ", 1)[0]] + " " + m.split(" ", 1)[1] for m in messages)
+            write_atomic(real, payloads[want.mark], mode=want.mode, uid=0, gid=0)
+        for want in plan.fixes:
+            fix_owner_mode(ctx.host_path(want.path), want.mode)
+        self._remember(ctx, plan.key)

@@ -7,10 +7,11 @@ re-run on a ready host runs no package manager at all.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..host import CommandError, HostFacts, Runner
-from .base import Change, Context, Step, StepFailed
+from .base import Action, Change, Context, Step, StepFailed, unchanged
 
 MIN_PYTHON = (3, 9)
 
@@ -85,26 +86,47 @@ def installed(runner: Runner, manager: str, packages: Tuple[str, ...]) -> Dict[s
     return parse_installed(manager, res.stdout)
 
 
-class PackagesStep(Step):
+@dataclass(frozen=True)
+class PackagesPlan:
+    manager: str
+    missing: Tuple[str, ...]
+
+
+def decide(manager: str, wanted: Tuple[str, ...], have: Dict[str, str]) -> Change[PackagesPlan]:
+    """The change from the package database's answer (``have``: name -> version)."""
+    missing = tuple(p for p in wanted if p not in have)
+    check_python(have)
+    report = {"manager": manager, "packages": list(wanted), "missing": list(missing)}
+    if not missing:
+        return unchanged(f"installed: {', '.join(f'{p} {have[p]}' for p in wanted)}", report)
+    return Change([Action("install", " ".join(missing), f" with {manager}")], PackagesPlan(manager, missing),
+                  report=report)
+
+
+def check_python(have: Dict[str, str]) -> None:
+    version = have.get("python3")
+    if version is None:
+        return
+    parsed = version_tuple(version)
+    if parsed is not None and parsed < MIN_PYTHON:
+        raise StepFailed(
+            f"python3 {version} is older than {'.'.join(map(str, MIN_PYTHON))}, "
+            "which the bundled dispatch needs",
+            "install python3.9 or newer as /usr/bin/python3, or use --flavour go",
+        )
+
+
+class PackagesStep(Step[PackagesPlan]):
     name = "packages"
     title = "Packages"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[PackagesPlan]:
         manager = package_manager(ctx.facts)
         wanted = required_packages(ctx.settings.flavour, ctx.facts)
-        have = installed(ctx.runner, manager, wanted)
-        missing = tuple(p for p in wanted if p not in have)
-        self._check_python(have)
-        report = {"manager": manager, "packages": list(wanted), "missing": list(missing)}
-        if not missing:
-            versions = ", ".join(f"{p} {have[p]}" for p in wanted)
-            return Change(False, f"installed: {versions}", report=report)
-        return Change(True, f"install {' '.join(missing)} with {manager}",
-                      data={"manager": manager, "missing": missing}, report=report)
+        return decide(manager, wanted, installed(ctx.runner, manager, wanted))
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        manager = str(change.data["manager"])
-        missing: Tuple[str, ...] = tuple(change.data["missing"])  # type: ignore[arg-type]
+    def apply(self, ctx: Context, change: Change[PackagesPlan]) -> str:
+        manager, missing = change.the_plan().manager, change.the_plan().missing
         env = {"DEBIAN_FRONTEND": "noninteractive"} if manager == "apt-get" else {}
         for argv in install_commands(manager, missing):
             try:
@@ -120,21 +142,8 @@ class PackagesStep(Step):
         if still:
             raise StepFailed(f"{manager} finished but {' '.join(still)} is still not installed",
                              f"install it by hand ({manager} install {' '.join(still)}), then re-run")
-        self._check_python(have)
+        check_python(have)
         return f"installed {', '.join(f'{p} {have[p]}' for p in missing)} with {manager}"
-
-    @staticmethod
-    def _check_python(have: Dict[str, str]) -> None:
-        version = have.get("python3")
-        if version is None:
-            return
-        parsed = version_tuple(version)
-        if parsed is not None and parsed < MIN_PYTHON:
-            raise StepFailed(
-                f"python3 {version} is older than {'.'.join(map(str, MIN_PYTHON))}, "
-                "which the bundled dispatch needs",
-                "install python3.9 or newer as /usr/bin/python3, or use --flavour go",
-            )
 
     def retry_hint(self, ctx: Context) -> str:
         return "check the package manager's output above (repositories reachable?), then run " \

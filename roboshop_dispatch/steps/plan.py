@@ -8,17 +8,19 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..host import HostFacts, Runner
 from ..settings import Settings
 from ..systemd import Systemd
-from .base import Context, Step
+from .base import Context, PreflightError, Step
+
+__all__ = ["COMMANDS", "PLANS", "PreflightError", "context", "plan", "preflight"]
 
 COMMANDS = ("install", "build", "configure", "start")
 
 
-def _steps(names: List[str], service_mode: str) -> List[Step]:
+def _steps(names: List[str], service_mode: str) -> List[Step[Any]]:
     from .appdir import AppDirStep
     from .build import BuildStep
     from .config import ConfigStep
@@ -26,7 +28,7 @@ def _steps(names: List[str], service_mode: str) -> List[Step]:
     from .service import ServiceStep
     from .user import UserStep
 
-    factories: Dict[str, Callable[[], Step]] = {
+    factories: Dict[str, Callable[[], Step[Any]]] = {
         "packages": PackagesStep, "user": UserStep, "appdir": AppDirStep, "build": BuildStep,
         "config": ConfigStep, "service": lambda: ServiceStep(service_mode),
     }
@@ -41,15 +43,11 @@ PLANS: Dict[str, List[str]] = {
 }
 
 
-def plan(command: str) -> List[Step]:
+def plan(command: str) -> List[Step[Any]]:
     """The steps of ``command``, in order."""
     if command not in PLANS:
         raise ValueError(f"unknown command {command!r}")
     return _steps(PLANS[command], "start" if command in ("install", "start") else "follow")
-
-
-class PreflightError(RuntimeError):
-    """The host cannot run the command at all; nothing was touched."""
 
 
 def preflight(facts: HostFacts, *, dry_run: bool) -> None:

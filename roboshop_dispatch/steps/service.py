@@ -1,67 +1,74 @@
 """Step 6: the service. ``daemon-reload`` only after the unit changed; enable; start when stopped;
-restart only when the unit, the environment file or the binary changed.
+restart only when the unit, the environment file, the credential or the binary changed.
 
-What changed comes from ``Context.changed`` (the marks ``unit``, ``envfile``, ``binary`` set by
-the config and build steps, in check mode too, so a dry run predicts exactly what the real run
-does). A change that a run made but could not follow with its restart (the run failed in
-between, or ``build``/``configure`` ran while the service was stopped) is remembered in
-/run/dispatchctl/restart-pending, written *before* the file changes: the next run restarts then.
-It lives in /run because a reboot starts the service fresh anyway. systemd's own
-``NeedDaemonReload`` covers a unit written without a reload the same way.
-
-One ``systemctl show`` call reads every property the step needs.
+What changed comes from ``Context.changed`` (the marks set by the config and build steps, in
+check mode too, so a dry run predicts exactly what the real run does) and from what an earlier
+run left pending (:mod:`.pending`). systemd's own ``NeedDaemonReload`` covers a unit written
+without a reload the same way. One ``systemctl show`` call reads every property the step needs;
+:func:`decide` turns that answer into the actions, a pure function tested from recorded answers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import time
-from pathlib import Path
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Collection, Dict, List, Tuple
 
-from .base import Change, Context, Step, StepFailed
+from ..layout import RESTART_PENDING as PENDING
+from .base import Action, Change, Context, Step, StepFailed, unchanged
+from .pending import RESTART_MARKS, clear_pending, mark_pending, pending_reasons
 
-PENDING = Path("/run/dispatchctl/restart-pending")
-RESTART_MARKS = ("unit", "envfile", "binary")
+__all__ = ["PENDING", "ServiceStep", "decide", "mark_pending"]
+
 PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "NeedDaemonReload", "MainPID",
               "Result", "Type", "ExecMainStartTimestampMonotonic")
 ACTIVE_STATES = ("active", "activating", "reloading")
 START_TIMEOUT = 45.0  # seconds to wait for READY=1 (a cluster list is tried host by host)
 
 
-def mark_pending(ctx: Context, reason: str) -> None:
-    """Record, before a restart-relevant file changes, that the service must be restarted."""
-    path = ctx.host_path(PENDING)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    existing = pending_reasons(ctx)
-    if reason not in existing:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(reason + "\n")
+@dataclass(frozen=True)
+class ServicePlan:
+    actions: Tuple[str, ...]
+    failed: bool  # the unit is in the failed state: reset it before starting
 
 
-def pending_reasons(ctx: Context, started_usec: int = 0) -> List[str]:
-    """What a change left pending. Nothing when the running process started after the marker was
-    written (someone restarted it by hand: it already runs the new files)."""
-    path = ctx.host_path(PENDING)
-    try:
-        reasons = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln]
-        written = path.stat().st_mtime
-    except OSError:
-        return []
-    if started_usec:
-        written_monotonic = time.monotonic() - (time.time() - written)
-        if started_usec / 1e6 > written_monotonic:
-            return []
-    return reasons
+def decide(unit: str, props: Dict[str, str], *, mode: str, changed: Collection[str], pending: Collection[str],
+           unit_known: bool) -> Change[ServicePlan]:
+    """The actions from ``systemctl show``'s answer (``props``, {} without systemd), what this run
+    changed, what an earlier run left pending, and whether a unit file exists or will."""
+    load = props.get("LoadState", "")
+    active = props.get("ActiveState", "")
+    if load in ("not-found", "") and not unit_known:
+        if mode == "follow":
+            return unchanged(f"{unit} is not installed: nothing to restart", {"actions": []})
+        raise StepFailed(f"{unit} is not installed", "run `dispatchctl install` (or `dispatchctl configure`) first")
+    reasons = sorted({m for m in RESTART_MARKS if m in changed} | set(pending))
+    actions: List[str] = []
+    if "unit" in changed or props.get("NeedDaemonReload") == "yes" or load == "not-found":
+        actions.append("daemon-reload")
+    running = active in ACTIVE_STATES
+    if mode == "start" and props.get("UnitFileState") != "enabled":
+        actions.append("enable")
+    if running and reasons:
+        actions.append("restart")
+    elif not running and mode == "start":
+        actions.append("start")
+    state = f"{active or 'unknown'}/{props.get('SubState') or '-'}"
+    report: Dict[str, object] = {"actions": actions, "state": state}
+    if reasons:
+        report["because"] = reasons
+    if not props:
+        report["note"] = "systemd is not running here: predicted as for a fresh host"
+    if not actions:
+        if not running and mode == "follow":
+            return unchanged(f"{unit} is {state}: not restarted (`dispatchctl start` starts it)", report)
+        return unchanged(f"{unit} {state}, enabled, pid {props.get('MainPID', '?')}", report)
+    because = f" ({', '.join(reasons)} changed)" if "restart" in actions else ""
+    return Change([Action(", ".join(actions), unit, because)], ServicePlan(tuple(actions), active == "failed"),
+                  report=report)
 
 
-def clear_pending(ctx: Context) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        ctx.host_path(PENDING).unlink()
-
-
-class ServiceStep(Step):
+class ServiceStep(Step[ServicePlan]):
     """``start`` mode (install, start): reload, enable, start or restart.
     ``follow`` mode (build, configure): reload and restart a *running* service after a change;
     it never starts or enables one."""
@@ -74,64 +81,34 @@ class ServiceStep(Step):
             raise ValueError(mode)
         self.mode = mode
 
-    def check(self, ctx: Context) -> Change:
-        unit = ctx.systemd.unit
+    def check(self, ctx: Context) -> Change[ServicePlan]:
         props: Dict[str, str] = ctx.systemd.show(PROPERTIES) if ctx.facts.systemd_pid1 else {}
-        load = props.get("LoadState", "")
-        active = props.get("ActiveState", "")
-        will_write_unit = "unit" in ctx.changed
         if not props and not ctx.dry_run:
             raise StepFailed("systemctl show answered nothing: is systemd running?",
                              "run dispatchctl on a host booted with systemd")
-        if load in ("not-found", "") and not will_write_unit and not ctx.host_path(ctx.settings.unit_path).exists():
-            if self.mode == "follow":
-                return Change(False, f"{unit} is not installed: nothing to restart", report={"actions": []})
-            raise StepFailed(f"{unit} is not installed",
-                             "run `dispatchctl install` (or `dispatchctl configure`) first")
+        active = props.get("ActiveState", "")
         started = int(props.get("ExecMainStartTimestampMonotonic") or 0) if active == "active" else 0
-        reasons = sorted({m for m in RESTART_MARKS if m in ctx.changed} | set(pending_reasons(ctx, started)))
-        actions: List[str] = []
-        if will_write_unit or props.get("NeedDaemonReload") == "yes" or load == "not-found":
-            actions.append("daemon-reload")
-        running = active in ACTIVE_STATES
-        if self.mode == "start" and props.get("UnitFileState") != "enabled":
-            actions.append("enable")
-        if running and reasons:
-            actions.append("restart")
-        elif not running and self.mode == "start":
-            actions.append("start")
-        state = f"{active or 'unknown'}/{props.get('SubState') or '-'}"
-        report: Dict[str, object] = {"actions": actions, "state": state}
-        if reasons:
-            report["because"] = reasons
-        if not props:
-            report["note"] = "systemd is not running here: predicted as for a fresh host"
-        if not actions:
-            if not running and self.mode == "follow":
-                return Change(False, f"{unit} is {state}: not restarted (`dispatchctl start` starts it)",
-                              report=report)
-            return Change(False, f"{unit} {state}, enabled, pid {props.get('MainPID', '?')}", report=report)
-        because = f" ({', '.join(reasons)} changed)" if "restart" in actions else ""
-        return Change(True, ", ".join(actions) + f" {unit}{because}",
-                      data={"actions": actions, "failed": active == "failed"}, report=report)
+        unit_known = "unit" in ctx.changed or ctx.host_path(ctx.settings.unit_path).exists()
+        return decide(ctx.systemd.unit, props, mode=self.mode, changed=ctx.changed,
+                      pending=pending_reasons(ctx, started), unit_known=unit_known)
 
-    def apply(self, ctx: Context, change: Change) -> str:
+    def apply(self, ctx: Context, change: Change[ServicePlan]) -> str:
         sd = ctx.systemd
-        actions: List[str] = change.data["actions"]  # type: ignore[assignment]
+        plan = change.the_plan()
         done: List[str] = []
-        if "enable" in actions:
+        if "enable" in plan.actions:
             # `systemctl enable` reloads the manager itself after creating the links: a separate
             # daemon-reload first would be a second full reload (a quarter second each)
-            sd.runner.run(["systemctl", "enable", "--quiet", sd.unit])
-            if "daemon-reload" in actions and sd.show(["NeedDaemonReload"]).get("NeedDaemonReload") == "yes":
+            sd.enable()
+            if "daemon-reload" in plan.actions and sd.show(["NeedDaemonReload"]).get("NeedDaemonReload") == "yes":
                 sd.daemon_reload()
-            done.append("reloaded systemd, enabled" if "daemon-reload" in actions else "enabled")
-        elif "daemon-reload" in actions:
+            done.append("reloaded systemd, enabled" if "daemon-reload" in plan.actions else "enabled")
+        elif "daemon-reload" in plan.actions:
             sd.daemon_reload()
             done.append("reloaded systemd")
-        verb = "restart" if "restart" in actions else "start" if "start" in actions else ""
+        verb = "restart" if "restart" in plan.actions else "start" if "start" in plan.actions else ""
         if verb:
-            if change.data.get("failed"):
+            if plan.failed:
                 sd.reset_failed()  # a unit that hit its start limit refuses a plain start
             ok, stderr, stuck = self._start_and_wait(ctx, verb)
             props = sd.show(PROPERTIES)
@@ -152,11 +129,10 @@ class ServiceStep(Step):
         would hold the job for TimeoutStartSec (90 s). The consumer says so in its sd_notify
         STATUS (``StatusText``: "...; retrying in N s"), so watch that while systemctl waits and
         give up at once with the reason. Returns (ok, systemctl's stderr, the stuck status)."""
+        import subprocess
+
         sd = ctx.systemd
-        argv = ["systemctl", verb, sd.unit]
-        sd.runner.calls.append(tuple(argv))
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = sd.start_job(verb)
         deadline = time.monotonic() + START_TIMEOUT
         stuck = ""
         poll = 0.05

@@ -1,19 +1,27 @@
 """``dispatchctl uninstall``: the install steps backwards, with the same step contract, so
 ``--dry-run`` reports exactly what a real run removes and a second run changes nothing.
 
-Stop and disable the service, remove the unit (and drop-ins), the environment file and
-``/app/dispatch``. The service user and the app directory stay unless ``purge``: then the app
-directory is removed with everything in it (go sources, ``go.mod``) and the user is deleted.
+Stop and disable the service, remove the unit (and drop-ins), the environment file, the
+credential and ``/app/dispatch``. The service user and the app directory stay unless ``purge``,
+and are shared with the other RoboShop services, so ``purge`` (confirmed with ``--yes`` or at a
+prompt) removes only what dispatchctl created (layout.CREATED_RECORD): the files it wrote in the
+app directory, the directory itself only when it created it and it is empty then, and the user
+only when it created it and the user owns no file left on the host. Nothing is followed through
+a link, and nothing else is ever deleted recursively.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List, Tuple
 
-from .base import Change, Context, Step, StepFailed
+from ..files import lstat_regular
+from ..layout import RESTART_PENDING as PENDING
+from . import record
+from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
 
 STOPPABLE = ("active", "activating", "reloading", "deactivating")
 
@@ -23,6 +31,7 @@ def _exists(path: Path) -> bool:
 
 
 def _remove(path: Path) -> None:
+    """Remove a file or a link (never what it points to), or the unit's own drop-in directory."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -30,40 +39,47 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-class StopStep(Step):
+@dataclass(frozen=True)
+class RemovePlan:
+    """Paths to remove (empty: only systemd needs to forget the unit)."""
+
+    paths: Tuple[Path, ...]
+
+
+class StopStep(Step[None]):
     name = "stop"
     title = "Stop the service"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[None]:
         if not ctx.facts.systemd_pid1:
-            return Change(False, "no systemd on this host: nothing runs")
+            return unchanged("no systemd on this host: nothing runs")
         props = ctx.systemd.show(["LoadState", "ActiveState", "SubState", "MainPID"])
         state = props.get("ActiveState", "")
         if state in STOPPABLE:
-            return Change(True, f"stop {ctx.systemd.unit} ({state}, MainPID {props.get('MainPID', '0')})",
+            return Change([Action("stop", ctx.systemd.unit, f" ({state}, MainPID {props.get('MainPID', '0')})")],
                           report={"active_state": state})
-        return Change(False, f"{ctx.systemd.unit} is not running ({state or 'unknown'})")
+        return unchanged(f"{ctx.systemd.unit} is not running ({state or 'unknown'})")
 
-    def apply(self, ctx: Context, change: Change) -> str:
+    def apply(self, ctx: Context, change: Change[None]) -> str:
         ctx.systemd.stop()
         return f"stopped {ctx.systemd.unit}"
 
 
-class DisableStep(Step):
+class DisableStep(Step[RemovePlan]):
     name = "disable"
     title = "Disable the service"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         if not ctx.facts.systemd_pid1:
             links = self._links(ctx)
             if links:
-                return Change(True, "remove the enablement links " + ", ".join(map(str, links)),
-                              data={"links": links})
-            return Change(False, "not enabled")
+                return Change([Action("remove", "the enablement links " + ", ".join(map(str, links)))],
+                              RemovePlan(tuple(links)))
+            return unchanged("not enabled")
         state = ctx.systemd.show(["UnitFileState"]).get("UnitFileState", "")
         if state in ("enabled", "enabled-runtime", "linked", "linked-runtime", "alias"):
-            return Change(True, f"disable {ctx.systemd.unit} ({state})")
-        return Change(False, f"{ctx.systemd.unit} is not enabled ({state or 'not installed'})")
+            return Change([Action("disable", ctx.systemd.unit, f" ({state})")], RemovePlan(()))
+        return unchanged(f"{ctx.systemd.unit} is not enabled ({state or 'not installed'})")
 
     def _links(self, ctx: Context) -> List[Path]:
         unit_dir = ctx.host_path(ctx.settings.unit_dir)
@@ -75,9 +91,9 @@ class DisableStep(Step):
                 links.append(directory / ctx.systemd.unit)
         return sorted(links)
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        if "links" in change.data:
-            links: List[Path] = change.data["links"]  # type: ignore[assignment]
+    def apply(self, ctx: Context, change: Change[RemovePlan]) -> str:
+        links = change.the_plan().paths
+        if links:
             for link in links:
                 _remove(link)
             return "removed the enablement links"
@@ -85,25 +101,23 @@ class DisableStep(Step):
         return f"disabled {ctx.systemd.unit}"
 
 
-class _RemoveFiles(Step):
+class _RemoveFiles(Step[RemovePlan]):
     """Remove paths; what exists is the change."""
 
     def paths(self, ctx: Context) -> List[Path]:
         raise NotImplementedError
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         present = [p for p in self.paths(ctx) if _exists(p)]
         if not present:
-            return Change(False, "nothing to remove: " + ", ".join(str(p) for p in self.paths(ctx)) + " absent")
-        return Change(True, "remove " + ", ".join(str(p) for p in present), data={"paths": present},
+            return unchanged("nothing to remove: " + ", ".join(str(p) for p in self.paths(ctx)) + " absent")
+        return Change([Action("remove", ", ".join(str(p) for p in present))], RemovePlan(tuple(present)),
                       report={"removed": [str(p) for p in present]})
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        present: List[Path] = change.data["paths"]  # type: ignore[assignment]
-        for path in present:
+    def apply(self, ctx: Context, change: Change[RemovePlan]) -> None:
+        for path in change.the_plan().paths:
             _remove(path)
         self.after(ctx)
-        return "removed " + ", ".join(str(p) for p in present)
 
     def after(self, ctx: Context) -> None:
         pass
@@ -114,8 +128,6 @@ class UnitStep(_RemoveFiles):
     title = "Remove the unit"
 
     def paths(self, ctx: Context) -> List[Path]:
-        from .service import PENDING
-
         unit = ctx.host_path(ctx.settings.unit_path)
         dropins = unit.with_name(unit.name + ".d")
         paths = [unit, dropins]
@@ -124,15 +136,15 @@ class UnitStep(_RemoveFiles):
             paths.append(pending)
         return paths
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[RemovePlan]:
         change = super().check(ctx)
         if change.needed or not ctx.facts.systemd_pid1:
             return change
         # the file is gone but systemd still knows the unit (removed by hand, no daemon-reload)
         props = ctx.systemd.show(["LoadState", "ActiveState", "Result"])
         if props.get("LoadState", "") not in ("", "not-found") or props.get("ActiveState") == "failed":
-            return Change(True, f"daemon-reload to forget {ctx.systemd.unit} ({props.get('LoadState')})",
-                          data={"paths": []})
+            return Change([Action("daemon-reload", f"to forget {ctx.systemd.unit}", f" ({props.get('LoadState')})")],
+                          RemovePlan(()))
         return change
 
     def after(self, ctx: Context) -> None:
@@ -143,10 +155,10 @@ class UnitStep(_RemoveFiles):
 
 class ConfigStep(_RemoveFiles):
     name = "config"
-    title = "Remove the environment file"
+    title = "Remove the environment file and the credential"
 
     def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.env_file)]
+        return [ctx.host_path(ctx.settings.env_file), ctx.host_path(ctx.settings.credential_file)]
 
     def after(self, ctx: Context) -> None:
         directory = ctx.host_path(ctx.settings.env_file).parent
@@ -159,56 +171,133 @@ class BinaryStep(_RemoveFiles):
     title = "Remove /app/dispatch"
 
     def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.binary)]
+        binary = ctx.host_path(ctx.settings.binary)
+        lstat_regular(binary)  # a link or a directory there was not written by dispatchctl: refused
+        return [binary]
 
 
-class AppDirStep(_RemoveFiles):
+def _needs_confirmation(ctx: Context) -> None:
+    if not ctx.confirmed and not ctx.dry_run:
+        raise StepFailed("--purge deletes files and users: not confirmed", "add --yes")
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    files: Tuple[Path, ...]  # on the host (not under ctx.root)
+    remove_dir: bool
+
+
+def decide_app_dir(app_dir: Path, present: List[Path], dir_created: bool,
+                   leftovers: List[str]) -> Change[PurgePlan]:
+    """What purge does with the app directory: remove the files dispatchctl created that are
+    ``present``, then the directory only if dispatchctl created it and nothing else is left in it."""
+    actions = [Action("remove", str(p)) for p in present]
+    if not dir_created:
+        note = f"{app_dir} stays: dispatchctl did not create it (shared with the other RoboShop services)"
+    elif leftovers:
+        note = f"{app_dir} stays: it holds files dispatchctl did not create ({', '.join(sorted(leftovers)[:5])})"
+    else:
+        note = ""
+        actions.append(Action("remove", str(app_dir), " (created by dispatchctl, now empty)"))
+    report = {"removed": [str(p) for p in present], "kept": note}
+    if not actions:
+        return unchanged(note or f"nothing of dispatchctl's left in {app_dir}", report)
+    if note:
+        actions.append(Action("keep", str(app_dir), " (" + note.split(": ", 1)[1] + ")"))
+    return Change(actions, PurgePlan(tuple(present), remove_dir=not note), report=report)
+
+
+class AppDirStep(Step[PurgePlan]):
     name = "appdir"
-    title = "Remove the app directory (--purge)"
+    title = "Remove what dispatchctl created in the app directory (--purge)"
 
-    def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.app_dir)]
+    def check(self, ctx: Context) -> Change[PurgePlan]:
+        app_dir = ctx.settings.app_dir
+        real = ctx.host_path(app_dir)
+        ours = [p for p in record.created_paths(ctx, "files") if p.parent == app_dir]
+        # the binary is the binary step's (it ran before this one)
+        present = [p for p in ours if p != ctx.settings.binary and _exists(ctx.host_path(p))]
+        try:
+            names = {entry.name for entry in real.iterdir()} if real.is_dir() and not real.is_symlink() else set()
+        except OSError:
+            names = set()
+        leftovers = sorted(names - {p.name for p in ours})
+        dir_created = record.was_created(ctx, "dirs", app_dir) and _exists(real)
+        change = decide_app_dir(app_dir, present, dir_created, leftovers)
+        if change.needed:
+            _needs_confirmation(ctx)
+        return change
+
+    def apply(self, ctx: Context, change: Change[PurgePlan]) -> None:
+        plan = change.the_plan()
+        for path in plan.files:
+            real = ctx.host_path(path)
+            if real.is_dir() and not real.is_symlink():
+                shutil.rmtree(real)  # the go sources dispatchctl unpacked (rmtree never follows links)
+            else:
+                real.unlink(missing_ok=True)
+            record.forget(ctx, "files", path)
+        if plan.remove_dir:
+            ctx.host_path(ctx.settings.app_dir).rmdir()  # fails, keeping it, if something appeared
+            record.forget(ctx, "dirs", ctx.settings.app_dir)
 
 
-class UserStep(Step):
+class UserStep(Step[None]):
     name = "user"
-    title = "Delete the service user (--purge)"
+    title = "Delete the service user dispatchctl created (--purge)"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[None]:
         import pwd
 
         name = ctx.settings.service_user
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            return Change(False, f"user {name} does not exist")
+            return unchanged(f"user {name} does not exist")
         if entry.pw_uid == 0:
             raise StepFailed(f"user {name} has uid 0: refusing to delete it", "delete it by hand if you must")
-        return Change(True, f"delete user {name} (uid {entry.pw_uid})", report={"user": name})
+        if not record.was_created(ctx, "users", name):
+            return unchanged(f"user {name} stays: dispatchctl did not create it (shared with the other "
+                             "RoboShop services)", {"user": name, "kept": True})
+        owned = self._owned_file(ctx, name)
+        if owned:
+            return unchanged(f"user {name} stays: it owns files outside what dispatchctl removed (e.g. {owned})",
+                             {"user": name, "kept": True})
+        _needs_confirmation(ctx)
+        return Change([Action("delete", f"user {name}", f" (uid {entry.pw_uid}, created by dispatchctl)")],
+                      report={"user": name})
 
-    def apply(self, ctx: Context, change: Change) -> str:
+    @staticmethod
+    def _owned_file(ctx: Context, name: str) -> str:
+        """A file the user owns on the root file system (after this run's removals), or ''."""
+        root = str(ctx.root)
+        res = ctx.runner.run(["find", root, "-xdev", "-user", name, "-print", "-quit"], check=False, timeout=120)
+        return res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+
+    def apply(self, ctx: Context, change: Change[None]) -> str:
         name = ctx.settings.service_user
         res = ctx.runner.run(["userdel", name], check=False, timeout=60)
         if not res.ok:
             raise StepFailed(f"userdel {name} failed: {(res.stderr or res.stdout).strip()}",
                              f"stop what still runs as {name} (ps -u {name}), then run uninstall --purge again")
+        record.forget(ctx, "users", name)
         return f"deleted user {name}"
 
 
-def plan(purge: bool) -> List[Step]:
-    steps: List[Step] = [StopStep(), DisableStep(), UnitStep(), ConfigStep(), BinaryStep()]
+def plan(purge: bool) -> List[Step[Any]]:
+    steps: List[Step[Any]] = [StopStep(), DisableStep(), UnitStep(), ConfigStep(), BinaryStep()]
     if purge:
         steps += [AppDirStep(), UserStep()]
     return steps
 
 
 def preflight(*, is_root: bool, systemd_pid1: bool, dry_run: bool) -> None:
-    """Checks before any step (raises RuntimeError with the reason)."""
+    """Checks before any step (raises PreflightError with the reason)."""
     if dry_run:
         return
     if not is_root:
-        raise RuntimeError("must run as root to uninstall (use sudo), or add --dry-run to see what would go")
+        raise PreflightError("must run as root to uninstall (use sudo), or add --dry-run to see what would go")
     if not systemd_pid1:
-        raise RuntimeError("systemd is not running as PID 1 on this host: the service cannot be stopped; "
+        raise PreflightError("systemd is not running as PID 1 on this host: the service cannot be stopped; "
                            "--dry-run works without it")
 

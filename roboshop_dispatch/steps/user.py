@@ -1,12 +1,19 @@
-"""Step 2: the service user, a system account with no login shell. An existing one is left alone."""
+"""Step 2: the service user, a system account with no login shell.
+
+An existing account is left alone (it is shared with the other RoboShop services) unless it is
+root under another name: uid 0, or gid 0 as its primary group (files of group root, such as
+/etc/shadow on some hosts, would be readable to the service), which is refused.
+"""
 
 from __future__ import annotations
 
 import pwd
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from .base import Change, Context, Step
+from . import record
+from .base import Action, Change, Context, Step, StepFailed, unchanged
 
 NOLOGIN_CANDIDATES = ("/usr/sbin/nologin", "/sbin/nologin", "/usr/bin/nologin")
 
@@ -24,24 +31,54 @@ def useradd_command(name: str, home: Path, shell: str) -> List[str]:
             "--shell", shell, "--comment", "RoboShop dispatch service", name]
 
 
-class UserStep(Step):
+@dataclass(frozen=True)
+class UserPlan:
+    argv: List[str]
+
+
+def refuse_privileged(entry: pwd.struct_passwd) -> None:
+    """An account that is root in disguise is never the service user."""
+    if entry.pw_uid == 0:
+        raise StepFailed(f"user {entry.pw_name} has uid 0: it is root under another name, and the service "
+                         "must never run as root", f"choose another --user, or give {entry.pw_name} its own uid")
+    if entry.pw_gid == 0:
+        raise StepFailed(f"user {entry.pw_name} has gid 0 (group root) as its primary group: the service "
+                         "would get root's group access", f"choose another --user, or give {entry.pw_name} "
+                         "its own group (usermod -g)")
+    import os
+
+    if 0 in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        raise StepFailed(f"user {entry.pw_name} is a member of the group root (gid 0): the service would get "
+                         "root's group access", f"remove {entry.pw_name} from the group root (gpasswd -d "
+                         f"{entry.pw_name} root) or choose another --user")
+
+
+def decide(name: str, entry: Optional[pwd.struct_passwd], app_dir: Path, shell: str) -> Change[UserPlan]:
+    if entry is None:
+        return Change([Action("create", f"system user {name}", f" (shell {shell})")],
+                      UserPlan(useradd_command(name, app_dir, shell)), report={"user": name})
+    refuse_privileged(entry)
+    note = "" if entry.pw_uid < 1000 else " (a regular account: left alone)"
+    return unchanged(f"user {name} exists (uid {entry.pw_uid}){note}", {"user": name, "uid": entry.pw_uid})
+
+
+def lookup(name: str) -> Optional[pwd.struct_passwd]:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+class UserStep(Step[UserPlan]):
     name = "user"
     title = "Service user"
 
-    def check(self, ctx: Context) -> Change:
+    def check(self, ctx: Context) -> Change[UserPlan]:
         name = ctx.settings.service_user
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            shell = nologin_shell(ctx.root)
-            return Change(True, f"create system user {name} (shell {shell})",
-                          data={"argv": useradd_command(name, ctx.settings.app_dir, shell)},
-                          report={"user": name})
-        note = "" if entry.pw_uid < 1000 else " (a regular account: left alone)"
-        return Change(False, f"user {name} exists (uid {entry.pw_uid}){note}",
-                      report={"user": name, "uid": entry.pw_uid})
+        return decide(name, lookup(name), ctx.settings.app_dir, nologin_shell(ctx.root))
 
-    def apply(self, ctx: Context, change: Change) -> str:
-        ctx.runner.run(change.data["argv"], timeout=60)  # type: ignore[arg-type]
+    def apply(self, ctx: Context, change: Change[UserPlan]) -> str:
+        ctx.runner.run(change.the_plan().argv, timeout=60)
         entry = pwd.getpwnam(ctx.settings.service_user)
+        record.remember(ctx, "users", entry.pw_name)
         return f"created system user {entry.pw_name} (uid {entry.pw_uid}, shell {entry.pw_shell})"
