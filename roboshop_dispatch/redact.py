@@ -28,7 +28,9 @@ class Redactor:
                 continue
             from urllib.parse import quote  # only when there is something to mask
 
-            for form in (secret, quote(secret, safe=""), quote(secret)):
+            # surrogatepass: a secret read from a non-UTF-8 environment is masked, never a crash
+            quoted = [quote(secret, safe=safe, errors="surrogatepass") for safe in ("", "/")]
+            for form in (secret, *quoted):
                 if form and form not in values:
                     values.append(form)
         values.sort(key=len, reverse=True)  # a longer form first: never leave a tail of one
