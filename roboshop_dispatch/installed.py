@@ -136,6 +136,8 @@ class InstalledState:
     credential_error: str = ""
     password: Optional[Secret] = field(default=None, compare=False)
     password_source: str = ""  # credential | environment file | ""
+    # a stale AMQP_PASS in the environment file while the credential wins: masked like the password
+    shadowed_password: Optional[Secret] = field(default=None, compare=False)
     consumer: Optional[ConsumerSettings] = None
     config_error: str = ""
     service_user: UserInfo = UserInfo(layout.SERVICE_USER)
@@ -213,7 +215,8 @@ class InstalledState:
         return {"AMQP_HOST": ",".join(c.hosts), "AMQP_PORT": str(c.port), "AMQP_VHOST": c.vhost, "AMQP_USER": c.user}
 
     def secrets(self) -> List[str]:
-        return [self.password.reveal()] if self.password else []
+        """Every password this installation holds, for masking what is shown."""
+        return [p.reveal() for p in (self.password, self.shadowed_password) if p]
 
     # -- recording ----------------------------------------------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -227,6 +230,7 @@ class InstalledState:
                 value = dict(value)
             doc[f.name] = value
         doc["password"] = MASK if self.password else None
+        doc["shadowed_password"] = MASK if self.shadowed_password else None
         return json.loads(json.dumps(doc))
 
 
@@ -239,7 +243,7 @@ def from_json(doc: Mapping[str, Any], password: Optional[str] = None) -> Install
     known = {f.name for f in fields(InstalledState)}
     values: Dict[str, Any] = {}
     for key, value in doc.items():
-        if key not in known or key == "password":
+        if key not in known or key in ("password", "shadowed_password"):
             continue
         kind = _NESTED.get(key)
         if kind is not None and value is not None:
@@ -293,7 +297,7 @@ def read(
         systemd_version=systemd_version(systemd.runner) if host.systemd_pid1 and version else None,
         selinux=host.selinux, unit_file=unit_file, credentials=credentials,
         service_user=user_info(service_user), app_dir=lstat(app_dir),
-        **{**env_facts, **secret}, **_read_binary(props, app_dir, host.family == "rhel"),
+        **_passwords(env_facts, secret), **_read_binary(props, app_dir, host.family == "rhel"),
     )
     if interpret:
         state = replace(state, **consumer_settings(state, env_path))
@@ -307,8 +311,17 @@ def read_settings(env_file: Path = layout.ENV_FILE) -> InstalledState:
     unit_file = lstat(layout.UNIT_PATH)
     credentials = load_credentials(_unit_texts(unit_file, ""))
     state = InstalledState(unit_file=unit_file, credentials=credentials,
-                           **{**_read_env(env_file), **_read_credential(credentials)})
+                           **_passwords(_read_env(env_file), _read_credential(credentials)))
     return replace(state, **consumer_settings(state, env_file))
+
+
+def _passwords(env_facts: Dict[str, Any], credential: Dict[str, Any]) -> Dict[str, Any]:
+    """The environment file's facts and the credential's: the credential's password wins, a stale
+    AMQP_PASS beside it is kept as ``shadowed_password`` (never used, always masked)."""
+    merged = {**env_facts, **credential}
+    if "password" in env_facts and "password" in credential:
+        merged["shadowed_password"] = env_facts["password"]
+    return merged
 
 
 def _read_env(path: Path) -> Dict[str, Any]:
@@ -341,6 +354,8 @@ def _read_credential(credentials: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
         return {**out, "credential_error": exc.strerror or str(exc)}
     except UnicodeDecodeError:
         return {**out, "credential_error": "not UTF-8 text"}
+    if text.endswith("\n"):
+        text = text[:-1]  # as the consumer reads it: one trailing newline is not the password's
     if text:
         out.update(password=Secret(text), password_source="credential")
     else:
@@ -417,9 +432,9 @@ def _slow_facts(state: InstalledState, systemd: Any, verify: bool, lines: int, p
         res = systemd.verify(Path(state.unit_file.path))
         out["unit_verify"] = {"returncode": res["returncode"], "stderr": str(res["stderr"])}
     if lines > 0 and state.installed and not state.active:
-        from .diagnostics.report import masker
+        from .redact import Redactor
 
-        mask = masker(state.secrets())
+        mask = Redactor(state.secrets()).text
         out["journal"] = tuple(mask(line) for line in systemd.journal_lines(lines))
     if process and state.main_pid:
         out["process_user"] = process_user(state.main_pid)

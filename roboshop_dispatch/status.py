@@ -251,15 +251,15 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     imports the caller needs afterwards, run in the background meanwhile."""
     from . import installed
     from .diagnostics.bounded import start
-    from .diagnostics.report import masker
     from .host import Runner
+    from .redact import Redactor
     from .systemd import Systemd
 
     systemd = Systemd(runner or Runner(timeout=15))
     state = installed.read(env_file=env_file, runner=systemd.runner, version=False, interpret=False)
     pid = state.main_pid
     doc = unit_doc(state)
-    mask: Callable[[str], str] = masker(state.secrets())
+    mask: Callable[[str], str] = Redactor(state.secrets()).text
 
     # the settings (the consumer's reading of them) and the queue: worked out by a child process on
     # the other core while this one gathers the rest (forked before any thread of ours starts)

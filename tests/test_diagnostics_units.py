@@ -15,6 +15,7 @@ from roboshop_dispatch import diagnostics as d
 from roboshop_dispatch import envfile, status
 from roboshop_dispatch.cli.operate import resolve_amqp
 from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps.base import Context, run_steps
 from roboshop_dispatch.steps.uninstall import plan
@@ -61,33 +62,19 @@ def test_flavour_of(tmp_path):
 # -- masking -----------------------------------------------------------------------------------
 
 
-def test_masker_hides_the_password_raw_and_url_encoded():
+def test_the_redactor_hides_the_password_raw_and_url_encoded():
     secret = "p@ss:w/rd %#"
-    mask = d.masker([secret, ""])
+    redactor = Redactor([secret, ""])
+    mask = redactor.text
     assert mask(f"amqp://u:{secret}@h/") == "amqp://u:********@h/"
     assert mask("amqp://u:p%40ss%3Aw%2Frd%20%25%23@h/") == "amqp://u:********@h/"
     assert mask("nothing secret") == "nothing secret"
-    doc = d.mask_document({"a": [f"x{secret}", {"b": secret}], "n": 3}, mask)
+    doc = redactor.document({"a": [f"x{secret}", {"b": secret}], "n": 3})
     assert doc == {"a": ["x********", {"b": "********"}], "n": 3}
-    assert d.masker([])("text") == "text"
+    assert Redactor([]).text("text") == "text"
 
 
 # -- settings from the installed configuration -------------------------------------------------
-
-
-def test_amqp_from_environment():
-    amqp = d.amqp_from_environment({"AMQP_HOST": "10.0.0.5,10.0.0.6", "AMQP_PASS": "pw", "AMQP_PORT": "5673",
-                                    "AMQP_VHOST": "shop", "AMQP_USER": "u"})
-    assert amqp.hosts == ("10.0.0.5", "10.0.0.6") and amqp.port == 5673 and amqp.vhost == "shop"
-    assert amqp.user == "u" and amqp.password.reveal() == "pw"
-    defaults = d.amqp_from_environment({"AMQP_HOST": "rabbit", "AMQP_PASS": "pw"})
-    assert (defaults.port, defaults.vhost, defaults.user) == (5672, "/", "roboshop")
-    with pytest.raises(SettingsError, match="AMQP_HOST"):
-        d.amqp_from_environment({"AMQP_PASS": "pw"})
-    with pytest.raises(SettingsError, match="AMQP_PORT"):
-        d.amqp_from_environment({"AMQP_HOST": "h", "AMQP_PASS": "pw", "AMQP_PORT": "x"})
-    with pytest.raises(SettingsError, match="password"):
-        d.amqp_from_environment({"AMQP_HOST": "h"})
 
 
 def _env(tmp_path: Path, **values: str) -> Path:

@@ -6,7 +6,6 @@ inside the commands.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -66,7 +65,7 @@ def resolve_amqp(
 ANSI = {"ok": "32", "warn": "33", "fail": "1;31", "skip": "2"}
 
 
-def print_findings(report: Any, *, title: str, mask: Callable[[str], str]) -> None:
+def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbose: bool = False) -> None:
     """The findings as an aligned text table, then each diagnosis with its cause and fix.
 
     Plain text on purpose: it pastes into a ticket as it is, and leaving rich out saves a third of
@@ -103,6 +102,8 @@ def print_findings(report: Any, *, title: str, mask: Callable[[str], str]) -> No
             lines.append("  cause: " + mask(f.cause).replace("\n", "\n         "))
         if f.fix:
             lines.append("  fix:   " + mask(f.fix).replace("\n", "\n         "))
+        if verbose and f.traceback:
+            lines.append("  " + mask(f.traceback).rstrip("\n").replace("\n", "\n  "))
     counts = report.counts()
     summary = (f"{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failure(s)"
                f"{', ' + str(counts['skip']) + ' skipped' if counts['skip'] else ''} in {report.elapsed_s:.2f}s")
@@ -129,6 +130,7 @@ def check_rabbitmq(
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
                                       "is ever created or changed)."),
     json_output: bool = opt.JsonOutput,
+    verbose: bool = opt.Verbose,
     env_file: str = opt.EnvFile,
     timeout: float = typer.Option(4.0, "--timeout", hidden=True, help="Time budget in seconds."),
 ) -> None:
@@ -151,7 +153,7 @@ def check_rabbitmq(
         print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()}, redactor)
     else:
         hosts = ",".join(amqp.hosts)
-        print_findings(report, mask=redactor.text, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
+        print_findings(report, mask=redactor.text, verbose=verbose, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
                                                  f"user {amqp.user} (password ********)"))
     opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
@@ -165,18 +167,19 @@ def check(
     app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
     json_output: bool = opt.JsonOutput,
+    verbose: bool = opt.Verbose,
     env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """Host health, each item ok/warn/fail with its fix, then check-rabbitmq with the installed
     settings. Names the manual's common issues when it finds them. Exit 0 healthy, 1 not."""
-    from ..diagnostics import check_host, mask_document
+    from ..diagnostics import check_host
 
-    report, mask = check_host(service_user=user, app_dir=Path(app_dir),
-                              env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
+    report, redactor = check_host(service_user=user, app_dir=Path(app_dir),
+                                  env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
     if json_output:
-        print_json(mask_document({"command": "check", **report.as_dict()}, mask))
+        print_json({"command": "check", **report.as_dict()}, redactor)
     else:
-        print_findings(report, mask=mask, title="dispatchctl check")
+        print_findings(report, mask=redactor.text, verbose=verbose, title="dispatchctl check")
     opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
 
@@ -221,7 +224,12 @@ def print_status(doc: Dict[str, Any]) -> None:
     config = doc["config"]
     if "hosts" in config:
         grid.add_row("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
-                                 f"user {config['user']} password {config['password']}")
+                                 f"user {config['user']} password {config['password']}"
+                                 + (f" (from the {config['password_source']})" if config.get("password_source") else ""))
+    if doc.get("status_text"):
+        grid.add_row("systemd status", doc["status_text"])
+    if doc.get("delivery_path") or binary["flavour"] == "bundled":
+        grid.add_row("delivery path", doc.get("delivery_path") or "unknown")
     if config.get("error"):
         grid.add_row("config", Text(f"{config['path']}: {config['error']}", style="yellow"))
     queue = doc.get("queue")
@@ -275,17 +283,12 @@ def logs(
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
 
-    from ..diagnostics import read_env_file
-    from ..layout import CREDENTIAL_FILE
+    from ..installed import read_settings
     from ..redact import Redactor
     from ..systemd import UNIT
 
-    secrets: List[str] = []
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        secrets.append(read_env_file(Path(env_file) if env_file else ENV_FILE).get("AMQP_PASS", ""))
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        secrets.append(CREDENTIAL_FILE.read_text(encoding="utf-8"))
-    mask = Redactor(secrets).text
+    # every password the installation holds (credential, environment file), as the consumer reads them
+    mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE).secrets()).text
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
     opt.finish(_stream_journal(argv, mask, follow))
 

@@ -50,6 +50,7 @@ ErrorPercent = typer.Option("0", "--error-percent", metavar="0..100",
 
 # -- every command --------------------------------------------------------------------------------
 JsonOutput = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
+Verbose = typer.Option(False, "--verbose", "-v", help="Also show the traceback of an internal error.")
 DryRun = typer.Option(False, "--dry-run", "--check", help="Report what would change; change nothing.")
 Diff = typer.Option(False, "--diff", help="Show unified diffs of the changes (passwords masked).")
 Yes = typer.Option(False, "--yes", "-y", help="Do not ask before deleting (uninstall --purge).")

@@ -55,11 +55,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 # the parsing of systemd's answers lives with the installed state; kept importable from here
 from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
-from ..settings import AmqpSettings, Secret, SettingsError
+from ..redact import Redactor
 from .bounded import run_bounded
 from .catalog import DEFAULT_BUDGET_S, RABBIT_CHECKS, TITLES
 from .host_checks import HOST_CHECKS, can_access, host_findings
@@ -78,16 +78,14 @@ from .report import (
     Finding,
     Report,
     internal_error,
-    mask_document,
-    masker,
 )
 
 __all__ = [
     "AUTH_FAILURE", "BINARY_NOT_FOUND", "COMMON_ISSUES", "DEFAULT_BUDGET_S", "FAIL", "HOST_CHECKS", "INTERNAL_ERROR",
     "OK", "PERMISSION_DENIED", "RABBIT_CHECKS", "SERVICE_NOT_STARTING", "SKIP", "STATUSES", "TITLES", "WARN",
-    "Finding", "Report", "amqp_from_environment", "binary_from_unit", "can_access", "check_host", "check_installed",
+    "Finding", "Report", "binary_from_unit", "can_access", "check_host", "check_installed",
     "check_rabbitmq", "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
-    "mask_document", "masker", "read_env_file", "run_bounded",
+    "run_bounded",
 ]
 
 
@@ -108,33 +106,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def read_env_file(path: Path) -> Dict[str, str]:
-    """An EnvironmentFile as systemd reads it (the one parser: roboshop_dispatch.envfile)."""
-    from .. import envfile
-
-    return envfile.read(path)
-
-
-def amqp_from_environment(values: Mapping[str, str], *, source: str = "the environment file") -> AmqpSettings:
-    """AmqpSettings from explicit AMQP_* values, validated as CLI options are (dispatchctl's own
-    defaults). ``check`` and ``check-rabbitmq`` read the installed settings through
-    roboshop_dispatch.installed instead: the consumer's own defaults. Raises SettingsError."""
-    host = values.get("AMQP_HOST", "")
-    if not host.strip():
-        raise SettingsError("AMQP_HOST", f"not set in {source}")
-    port_text = values.get("AMQP_PORT", "") or "5672"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise SettingsError("AMQP_PORT", f"{port_text!r} in {source} is not a number") from None
-    password = values.get("AMQP_PASS")
-    return AmqpSettings.build(
-        hosts=host, port=port, vhost=values.get("AMQP_VHOST", "") or "/",
-        user=values.get("AMQP_USER", "") or "roboshop",
-        password=Secret(password) if password else None,
-    )
-
-
 def check_host(
     *,
     service_user: str = "roboshop",
@@ -144,8 +115,8 @@ def check_host(
     log_lines: int = 10,
     runner: object = None,
     budget: float = DEFAULT_BUDGET_S,
-) -> Tuple[Report, Callable[[str], str]]:
-    """Every check of ``dispatchctl check``; returns the report and the masker for its password."""
+) -> Tuple[Report, Redactor]:
+    """Every check of ``dispatchctl check``; returns the report and the redactor for its passwords."""
     from .. import installed
 
     started = time.monotonic()
@@ -155,12 +126,12 @@ def check_host(
     except Exception as exc:  # a bug in reading the host: reported, with its traceback, as a finding
         report = Report(findings=[internal_error("installed", "Installed state", exc)])
         report.elapsed_s = time.monotonic() - started
-        return report, masker(())
+        return report, Redactor(())
     return check_installed(state, rabbitmq=rabbitmq, budget=budget, started=started)
 
 
 def check_installed(state: InstalledState, *, rabbitmq: bool = True, budget: float = DEFAULT_BUDGET_S,
-                    started: Optional[float] = None) -> Tuple[Report, Callable[[str], str]]:
+                    started: Optional[float] = None) -> Tuple[Report, Redactor]:
     """``check`` on facts already read (or recorded): the host checks, then RabbitMQ with the
     installed settings."""
     started = time.monotonic() if started is None else started
@@ -168,7 +139,7 @@ def check_installed(state: InstalledState, *, rabbitmq: bool = True, budget: flo
     if rabbitmq:
         _rabbitmq_with_installed(report, state, max(0.5, budget - (time.monotonic() - started)))
     report.elapsed_s = time.monotonic() - started
-    return report, masker(state.secrets())
+    return report, Redactor(state.secrets())
 
 
 def _rabbitmq_with_installed(report: Report, state: InstalledState, budget: float) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
-
-from ..settings import MASK
+from typing import Any, Dict, List, Optional, Sequence
 
 OK = "ok"
 WARN = "warn"
@@ -107,36 +105,3 @@ class Report:
             "ok": self.ok, "counts": self.counts(), "issues": self.issues,
             "elapsed_s": round(self.elapsed_s, 3), "findings": [f.as_dict() for f in self.findings],
         }
-
-
-def masker(secrets: Iterable[str]) -> Callable[[str], str]:
-    """A function that replaces every secret (and its URL-encoded form) in a text by ********."""
-    from urllib.parse import quote
-
-    values: List[str] = []
-    for secret in secrets:
-        if not secret:
-            continue
-        for form in (secret, quote(secret, safe=""), quote(secret)):
-            if form and form not in values:
-                values.append(form)
-    values.sort(key=len, reverse=True)
-
-    def mask(text: str) -> str:
-        for value in values:
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
-
-    return mask
-
-
-def mask_document(obj: Any, mask: Callable[[str], str]) -> Any:
-    """``obj`` (JSON-like) with every string passed through ``mask``."""
-    if isinstance(obj, str):
-        return mask(obj)
-    if isinstance(obj, dict):
-        return {k: mask_document(v, mask) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [mask_document(v, mask) for v in obj]
-    return obj
