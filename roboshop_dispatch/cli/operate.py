@@ -153,8 +153,8 @@ def check_rabbitmq(
         print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()}, redactor)
     else:
         hosts = ",".join(amqp.hosts)
-        print_findings(report, mask=redactor.text, verbose=verbose, title=(f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} "
-                                                 f"user {amqp.user} (password ********)"))
+        title = f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} user {amqp.user} (password ********)"
+        print_findings(report, mask=redactor.text, verbose=verbose, title=title)
     opt.finish(opt.EXIT_OK if report.ok else opt.EXIT_CHECK_FAILED)
 
 
@@ -223,9 +223,9 @@ def print_status(doc: Dict[str, Any]) -> None:
                                 style="" if binary["exists"] else "bold red"))
     config = doc["config"]
     if "hosts" in config:
+        source = f" (from the {config['password_source']})" if config.get("password_source") else ""
         grid.add_row("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
-                                 f"user {config['user']} password {config['password']}"
-                                 + (f" (from the {config['password_source']})" if config.get("password_source") else ""))
+                                 f"user {config['user']} password {config['password']}{source}")
     if doc.get("status_text"):
         grid.add_row("systemd status", doc["status_text"])
     if doc.get("delivery_path") or binary["flavour"] == "bundled":
