@@ -57,10 +57,10 @@ def findings(state: inst.InstalledState):
 
 
 def test_a_healthy_host_passes_every_check_in_order():
-    report, mask = check_installed(recorded(HEALTHY), rabbitmq=False)
+    report, redactor = check_installed(recorded(HEALTHY), rabbitmq=False)
     assert [f.name for f in report.findings] == [name for name, _, _ in hc.HOST_CHECKS]
     assert {f.name: f.status for f in report.findings} == {name: "ok" for name, _, _ in hc.HOST_CHECKS}
-    assert report.ok and mask("pw s3cret") == "pw ********"
+    assert report.ok and redactor.text("pw s3cret") == "pw ********"
 
 
 def test_the_record_round_trips_and_hides_the_password():

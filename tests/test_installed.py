@@ -4,6 +4,7 @@ following symlinks."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
 from roboshop_dispatch import installed as inst
+from roboshop_dispatch.installed import InstalledState
+from roboshop_dispatch.settings import Secret
 
 UNIT = """[Unit]
 Description=Dispatch Service
@@ -120,3 +123,17 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
                  systemd_version=st.none() | st.integers(0, 999), os_family=st.sampled_from([None, "rhel", "debian"])))
 def test_any_state_round_trips_through_its_record(state):
     assert inst.from_json(state.to_json()) == state
+
+
+def test_a_stale_environment_password_beside_the_credential_is_masked_but_never_used():
+    from roboshop_dispatch.installed import _passwords
+
+    env = {"environment": {}, "password": Secret("old-in-env"), "password_source": "environment file"}
+    cred = {"password": Secret("new-credential"), "password_source": "credential"}
+    state = InstalledState(**_passwords(env, cred))
+    assert state.password is not None and state.password.reveal() == "new-credential"
+    assert state.password_source == "credential"
+    assert sorted(state.secrets()) == ["new-credential", "old-in-env"]
+    assert "old-in-env" not in json.dumps(state.to_json()) and "new-credential" not in json.dumps(state.to_json())
+    alone = InstalledState(**_passwords(env, {}))
+    assert alone.secrets() == ["old-in-env"] and alone.shadowed_password is None
