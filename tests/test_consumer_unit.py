@@ -310,8 +310,9 @@ def test_log_lines_and_batching():
         os.set_blocking(r, False)
         with pytest.raises(BlockingIOError):
             os.read(r, 100)  # order lines wait for the next flush (the one before the ack)
-        log.warning("two\nlines")
-        assert os.read(r, 1000).decode() == "INFO order a dispatched\nERROR order b failed\nWARNING two lines\n"
+        log.warning("two\nlines\x85\u2028\x1b[31m")
+        assert os.read(r, 1000).decode() == ("INFO order a dispatched\nERROR order b failed\n"
+                                             "WARNING two\\nlines\\x85\\u2028\\x1b[31m\n")
         log.info("surrogate \udcff kept")
         assert os.read(r, 1000) == b"INFO surrogate \\udcff kept\n"
     finally:
