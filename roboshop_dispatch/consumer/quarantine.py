@@ -30,6 +30,8 @@ ERROR_HEADER = "x-dispatch-error"
 ORIGINAL_PROPERTIES = "x-dispatch-original-properties"
 ORIGINAL_PROPERTIES_TRUNCATED = "x-dispatch-original-properties-truncated"
 ORIGINAL_HEADERS = "x-dispatch-original-headers"
+ORIGINAL_PROPERTIES_TEXT = "x-dispatch-original-properties-text"  # pika path, when pika cannot re-encode
+MAX_TEXT = 32 * 1024
 BODY_SIZE = "x-dispatch-body-size"
 BODY_TRUNCATED = "x-dispatch-body-truncated"
 DESCRIPTIVE = ("content_type", "content_encoding", "correlation_id", "message_id", "type", "app_id")
@@ -48,12 +50,14 @@ def _build(delivery: Delivery, reason: str, raw: Optional[bytes], with_headers: 
     if delivery.truncated:
         headers[BODY_TRUNCATED] = True
     original = delivery.encoded_properties()
+    props = delivery.properties
     if raw is not None:
         headers[ORIGINAL_PROPERTIES] = raw
         if original is not None and len(raw) < len(original):
             headers[ORIGINAL_PROPERTIES_TRUNCATED] = len(original)
+    elif original is None and props is not None:  # pika decoded them and cannot encode them back
+        headers[ORIGINAL_PROPERTIES_TEXT] = repr(props)[:MAX_TEXT]
     fields: Dict[str, Any] = {}
-    props = delivery.properties
     if props is not None:
         for name in DESCRIPTIVE:
             value = getattr(props, name, None)
