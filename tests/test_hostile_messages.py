@@ -273,7 +273,7 @@ def pika_run(broker):
     run.close(broker)
 
 
-_SETTINGS = settings(max_examples=10, max_shrinks=20, deadline=None, derandomize=False,
+_SETTINGS = settings(max_examples=10, deadline=None, derandomize=False,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                             HealthCheck.function_scoped_fixture])
 

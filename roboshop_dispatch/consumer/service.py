@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .. import __version__, amqp
 from . import config as configuration
@@ -31,14 +31,16 @@ from .sdnotify import Notifier, watchdog_interval
 from .session import FAST, PIKA, Connector, Events, Session
 from .shutdown import STOP_DEADLINE, STOP_GRACE, Shutdown, SignalWakeup
 
-__all__ = ["BACKOFF_CAP", "STOP_DEADLINE", "STOP_GRACE", "Dispatcher", "backoff", "choose_path", "main"]
+__all__ = ["BACKOFF_CAP", "FAST", "PIKA", "STOP_DEADLINE", "STOP_GRACE", "Dispatcher", "backoff", "choose_path",
+           "main"]
 
 
-def choose_path(cfg: configuration.Config, log: LineLog) -> str:
+def choose_path(cfg: configuration.Config, log: LineLog,
+                self_test: Callable[[], Optional[str]] = fastpath.self_test) -> str:
     """FAST when asked for and the start-up self-test passes; else PIKA (loudly when forced to)."""
     if not cfg.fast_path:
         return PIKA
-    failure = fastpath.self_test()
+    failure = self_test()
     if failure is None:
         return FAST
     log.warning(f"the fast delivery path failed its self-test with pika {fastpath.pika_version()} "
