@@ -178,7 +178,7 @@ def test_memory_stays_bounded_whatever_the_bodies(broker, vhost, started):
         ch.basic_publish(EXCHANGE, ROUTING_KEY, b'{"orderid": "big-%d", "pad": "' % i + b"a" * big + b'"}',
                          pika.BasicProperties(headers={}))
         consumer.wait_line("bad message quarantined", count=i + 1, timeout=60)
-    for i in range(40):  # bodies just at the limit, invalid: they fill the quarantine budget
+    for _ in range(40):  # bodies just at the limit, invalid: they fill the quarantine budget
         ch.basic_publish(EXCHANGE, ROUTING_KEY, b"x" * MAX_BODY, pika.BasicProperties(headers={}))
     conn.close()
     good = [make_order(i) for i in range(50)]

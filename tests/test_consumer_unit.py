@@ -15,7 +15,6 @@ import pika.exceptions
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pika import spec
 from pika.adapters.utils import connection_workflow
 
 from roboshop_dispatch import amqp
@@ -438,7 +437,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 
 @settings(max_examples=300)
 @given(st.one_of(st.binary(max_size=300), _JSON.map(lambda v: repr(v).encode()),
-                 st.builds(lambda v, oid: ('{"orderid": %s, "cart": {"total": %s}}' % (oid, v)).encode(),
+                 st.builds(lambda v, oid: ('{"orderid": ' + oid + ', "cart": {"total": ' + v + "}}").encode(),
                            st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "9" * 400, "1" * 5000, "12.5",
                                             "[" * 3000 + "]" * 3000, "0.1e-999999"]),
                            st.sampled_from(['"a"', "1", "null", '"\u2028\u0085\u001b"']))),
@@ -457,7 +456,7 @@ def test_numbers_that_do_not_fit_are_reasons():
     for total, reason in [("9" * 400, "number too long"), ("1e400", "number out of range"),
                           ("NaN", "NaN is not a number"), ("-Infinity", "-Infinity is not"),
                           ("1" * ((1 << 20) - 64), "number too long")]:
-        body = ('{"orderid": "a", "cart": {"total": %s}}' % total).encode()[:MAX_BODY]
+        body = ('{"orderid": "a", "cart": {"total": ' + total + "}}").encode()[:MAX_BODY]
         with pytest.raises(orders.InvalidMessage) as err:
             orders.parse_order(body)
         assert reason in err.value.reason or "invalid JSON" in err.value.reason

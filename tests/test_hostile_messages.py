@@ -66,7 +66,8 @@ HEADERS = st.one_of(
 )
 _SHORT = st.binary(max_size=30)
 PROPERTIES = st.fixed_dictionaries({}, optional={
-    "content_type": _SHORT, "content_encoding": _SHORT, "delivery_mode": st.sampled_from([1, 2]),  # RabbitMQ refuses others
+    # RabbitMQ refuses a delivery_mode other than 1 or 2
+    "content_type": _SHORT, "content_encoding": _SHORT, "delivery_mode": st.sampled_from([1, 2]),
     "priority": st.integers(0, 255), "correlation_id": _SHORT, "reply_to": _SHORT,
     "expiration": st.integers(600_000, 10 ** 9).map(lambda n: str(n).encode()),  # long enough to arrive
     "timestamp": st.integers(0, 2 ** 64 - 1), "type": _SHORT, "user_id": st.just(b"roboshop"),
@@ -76,8 +77,8 @@ _NUMBERS = st.one_of(st.integers(), st.just("9" * 400), st.just("1e400"), st.jus
                      st.just("NaN"), st.just("Infinity"), st.floats(allow_nan=False, allow_infinity=False))
 ORDER_BODIES = st.builds(
     lambda total, user, items, depth: (
-        '{"orderid": "%s", "user": %s, "cart": {"total": %s, "items": %s}, "deep": %s}'
-        % ("{oid}", json.dumps(user), total, json.dumps(items), ("[" * depth + "]" * depth) or "null")),
+        '{"orderid": "{oid}", "user": ' + json.dumps(user) + ', "cart": {"total": ' + total + ', "items": '
+        + json.dumps(items) + '}, "deep": ' + (("[" * depth + "]" * depth) or "null") + "}"),
     _NUMBERS.map(str), st.one_of(st.text(max_size=30), st.integers(), st.none()),
     st.lists(st.dictionaries(st.text(max_size=5), st.integers(), max_size=2), max_size=3),
     st.sampled_from([0, 3, 5000]),
@@ -265,7 +266,7 @@ def _oid(raw: bytes) -> str:
     props = pika.BasicProperties()
     try:
         props.decode(raw)
-    except Exception:  # noqa: BLE001 - undecodable: find the message id by hand
+    except Exception:
         return _find_oid(raw)
     return str(props.message_id)
 

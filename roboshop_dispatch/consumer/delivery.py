@@ -44,7 +44,7 @@ class Delivery:
         if self.raw_properties is None and self.properties is not None:
             try:
                 self.raw_properties = b"".join(self.properties.encode())
-            except Exception:  # noqa: BLE001 - pika decoded it but cannot encode it back
+            except Exception:
                 return None
         return self.raw_properties
 

@@ -56,7 +56,7 @@ class OrderHandler:
                 summary = summarize(delivery.body, delivery.headers)
         except InvalidMessage as exc:
             reason = exc.reason
-        except Exception as exc:  # noqa: BLE001 - a bug must cost this delivery only
+        except Exception as exc:
             self.log.exception("ERROR", f"internal error handling delivery {delivery.tag}: "
                                         f"{type(exc).__name__}", exc)
             reason = f"internal error: {type(exc).__name__}: {exc}"[:200]
@@ -81,7 +81,7 @@ class OrderHandler:
     def _quarantine(self, sess: Any, delivery: Delivery, reason: str) -> None:
         try:
             self.quarantine.put(sess, delivery, reason)
-        except Exception as exc:  # noqa: BLE001 - cannot even quarantine it: requeue it, later
+        except Exception as exc:
             self.log.exception("ERROR", f"cannot quarantine delivery {delivery.tag}", exc)
             self.quarantine.defer(sess, delivery.tag, "quarantining it failed")
 

@@ -3,8 +3,9 @@
 systemd's journal adds the timestamps; when stdout *is* the journal (``JOURNAL_STREAM`` names it)
 each line also starts with the ``<N>`` syslog priority prefix, which journald turns into the
 entry's priority and strips. Every line is one line of printable text: any other character
-(C0 and C1 controls, escape sequences, U+2028/2029, lone surrogates...) is written as an escape. Per-order lines are buffered and written in batches (one write per
-ack batch, always *before* the ack goes out); every other event is written at once.
+(C0 and C1 controls, escape sequences, U+2028/2029, lone surrogates...) is written as an escape.
+Per-order lines are buffered and written in batches (one write per ack batch, always *before* the
+ack goes out); every other event is written at once.
 
 The standard ``logging`` module is bridged here too, so pika's own records (kept to errors
 only) come out in the same format.

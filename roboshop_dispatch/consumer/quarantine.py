@@ -82,7 +82,7 @@ def copy_properties(delivery: Delivery, reason: str, frame_max: int = 131072) ->
             props = _build(delivery, reason, kept, with_headers)
             if _encoded_size(props) <= limit:
                 return props
-        except Exception:  # noqa: BLE001,S112 - pika cannot encode it: try with less of the original
+        except Exception:
             continue
     return pika.BasicProperties(headers={ERROR_HEADER: reason[:MAX_REASON]}, delivery_mode=2)
 
