@@ -119,7 +119,8 @@ def _text(env: Mapping[str, str], name: str, default: Optional[str], *, secret: 
     raw = env.get(name)
     if raw is None:
         if default is None:
-            raise ConfigError(name, "is not set: it is required (the broker password for AMQP_USER)")
+            raise ConfigError(name, "is not set: it is required (the broker password for AMQP_USER), or the "
+                                    f"systemd credential {CREDENTIAL_NAME!r} in $CREDENTIALS_DIRECTORY")
         return default
     if raw == "":
         raise ConfigError(name, "is empty")
