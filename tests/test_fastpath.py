@@ -184,3 +184,65 @@ def test_fast_deliveries_on_a_real_connection(broker, vhost):
     assert got[3].properties is None and "year" in got[3].decode_error
     received, frame_count = state["counters"]  # the heartbeat checker reads these
     assert received > sum(map(len, bodies)) and frame_count > 10
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("case", ["cancelled", "unknown"])
+def test_deliveries_for_a_cancelled_or_unknown_consumer_are_handled_as_pika_does(broker, vhost, tmp_path, case):
+    """pika 1.x Channel._on_deliver: a delivery for a cancelled consumer is rejected with requeue;
+    one for an unknown consumer tag is logged as an error and left alone. The fast path's handler
+    does the same, on a real connection."""
+    import random
+
+    from roboshop_dispatch.consumer.acks import Acker
+    from roboshop_dispatch.consumer.handler import OrderHandler
+    from roboshop_dispatch.consumer.quarantine import Quarantine
+    from roboshop_dispatch.consumer.session import FAST, Session
+
+    params = parameters(broker.host, broker.port, vhost, broker.user, broker.password)
+    pub = pika.BlockingConnection(params)
+    ch = pub.channel()
+    ch.queue_declare("orders", durable=True)
+    for _ in range(5):
+        ch.basic_publish("", "orders", GOOD, pika.BasicProperties(headers={}))
+    pub.close()
+
+    out = tmp_path / "log"
+    handle = open(out, "w")  # noqa: SIM115 - closed below, after the loop ran
+    log = LineLog(handle.fileno(), env={})
+    sess = Session(1, "test", FAST)
+    stats = {"dispatched": 0, "failed": 0, "quarantined": 0}
+    cfg = config.load({"AMQP_PASS": "p", "DISPATCH_PROCESSING_MS": "0"})
+    seen: List[Delivery] = []
+
+    def on_delivery(d: Delivery) -> None:
+        seen.append(d)
+        handler.handle(sess, d)
+
+    def on_channel(channel) -> None:
+        sess.channel = channel
+        conn.fast_deliveries(channel.channel_number, on_delivery)
+        tag = sess.consumer_tag if case == "cancelled" else "someone-else"
+        if case == "cancelled":
+            sess.cancelled.add(sess.consumer_tag)  # as Connector.cancel does before basic.cancel
+        channel.basic_consume("orders", lambda *a: None, consumer_tag=tag)
+        conn.ioloop.call_later(1.0, conn.close)
+
+    conn = fastpath.DispatchConnection(
+        params, on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_close_callback=lambda c, e: c.ioloop.stop())
+    sess.conn = conn
+    acks = Acker(conn.ioloop, log, 10)
+    handler = OrderHandler(cfg, conn.ioloop, log, random.Random(1), acks,
+                           Quarantine(conn.ioloop, log, acks, stats), stats)
+    conn.ioloop.start()
+    handle.close()
+    text = out.read_text()
+    assert stats["dispatched"] == 0 and stats["quarantined"] == 0
+    if case == "cancelled":  # rejected with requeue: the broker delivers them again, redelivered
+        assert len(seen) > 5 and any(d.redelivered for d in seen) and text == ""
+    else:  # logged, left unacked: only 5 deliveries, one error line each
+        assert len(seen) == 5 and text.count("ERROR unexpected delivery") == 5
+    check = pika.BlockingConnection(params)
+    assert check.channel().queue_declare("orders", passive=True).method.message_count == 5
+    check.close()
