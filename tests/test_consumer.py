@@ -209,10 +209,20 @@ def test_each_bad_message_is_quarantined_and_the_next_order_handled(broker, vhos
     quarantined = drain(broker, vhost, amqp.QUARANTINE_QUEUE)
     assert len(quarantined) == len(BAD)
     for (reason, body, headers), (props, q_body) in zip(BAD, quarantined):
-        assert q_body == body  # unchanged
+        assert props.headers["x-dispatch-body-size"] == len(body)
+        if len(body) > orders_mod.MAX_BODY:  # a bounded prefix, marked as such
+            assert props.headers["x-dispatch-body-truncated"] is True
+            assert q_body == body[:len(q_body)] and len(q_body) < len(body)
+        else:
+            assert q_body == body  # unchanged
         assert reason in props.headers["x-dispatch-error"]
+        # the original properties, as received, in forms that cannot route the copy anywhere
+        original = pika.BasicProperties()
+        original.decode(props.headers["x-dispatch-original-properties"])
+        assert original.headers == headers
         for key, value in headers.items():
-            assert props.headers[key] == value
+            assert props.headers["x-dispatch-original-headers"][key] == value
+            assert key not in props.headers
         if headers:
             assert (props.content_type, props.message_id) == ("application/json", "m-1")
         assert props.delivery_mode == 2  # the quarantine survives a broker restart
@@ -475,8 +485,31 @@ def test_an_unset_variable_keeps_its_own_default_only():
                           cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("configuration OK: hosts=h1,h2 port=5672 vhost=/ user='guest' prefetch="
-                                   f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0 fastpath=on")
+                                   f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0 fastpath=on "
+                                   "password=environment")
     assert "pw-not-shown" not in proc.stdout + proc.stderr
+
+
+def test_the_password_credential_wins_over_the_environment(broker, vhost, consumers, tmp_path):
+    """LoadCredential=amqp-pass:...: systemd hands the password over as a file in
+    $CREDENTIALS_DIRECTORY; AMQP_PASS (the Go-compatible route) is only the fallback."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / config.CREDENTIAL_NAME).write_text(broker.password + "\n")  # one newline is stripped
+    check = subprocess.run(consumer_argv(["--check-config"]), cwd=ROOT, capture_output=True, text=True,
+                           timeout=20, env=consumer_env(broker, vhost, AMQP_PASS="wrong-env-secret",
+                                                        CREDENTIALS_DIRECTORY=str(creds)))
+    assert check.returncode == 0 and "password=credential" in check.stdout
+    assert broker.password not in check.stdout + check.stderr
+    consumer = consumers(AMQP_PASS="wrong-env-secret", CREDENTIALS_DIRECTORY=str(creds))
+    consumer.wait_consuming()
+    assert "password=credential" in consumer.output
+    assert broker.password not in consumer.output and "wrong-env-secret" not in consumer.output
+    assert consumer.stop()[0] == 0
+    (creds / config.CREDENTIAL_NAME).unlink()  # no credential file: the environment's password
+    env_only = subprocess.run(consumer_argv(["--check-config"]), cwd=ROOT, capture_output=True, text=True,
+                              timeout=20, env=consumer_env(broker, vhost, CREDENTIALS_DIRECTORY=str(creds)))
+    assert "password=environment" in env_only.stdout
 
 
 # == clusters, topology conflicts, systemd ========================================================

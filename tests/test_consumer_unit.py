@@ -13,12 +13,14 @@ import uuid
 import pika
 import pika.exceptions
 import pytest
-from pika import spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pika.adapters.utils import connection_workflow
 
 from roboshop_dispatch import amqp
-from roboshop_dispatch.consumer import config, orders, service
+from roboshop_dispatch.consumer import config, orders, quarantine, reconnect
 from roboshop_dispatch.consumer.acks import AckTracker
+from roboshop_dispatch.consumer.delivery import MAX_BODY, Delivery
 from roboshop_dispatch.consumer.logs import LineLog
 from roboshop_dispatch.consumer.sdnotify import Notifier, socket_address, watchdog_interval
 
@@ -268,13 +270,13 @@ def test_acks_never_cover_an_unfinished_tag():
 # == backoff ======================================================================================
 def test_backoff_grows_to_the_cap_with_jitter():
     rng = random.Random(1)
-    delays = [service.backoff(n, rng) for n in range(1, 12)]
+    delays = [reconnect.backoff(n, rng) for n in range(1, 12)]
     assert 0.39 <= delays[0] <= 0.61
-    assert all(d <= service.BACKOFF_CAP for d in delays)
-    assert delays[-1] >= 0.8 * service.BACKOFF_CAP
+    assert all(d <= reconnect.BACKOFF_CAP for d in delays)
+    assert delays[-1] >= 0.8 * reconnect.BACKOFF_CAP
     assert all(b >= a * 0.9 for a, b in itertools.pairwise(delays[:6]))
-    assert len({round(service.backoff(3, rng), 6) for _ in range(20)}) > 10  # jittered
-    assert service.backoff(10_000, rng) <= service.BACKOFF_CAP
+    assert len({round(reconnect.backoff(3, rng), 6) for _ in range(20)}) > 10  # jittered
+    assert reconnect.backoff(10_000, rng) <= reconnect.BACKOFF_CAP
 
 
 # == connection error descriptions (real pika exception objects) ==================================
@@ -310,8 +312,9 @@ def test_log_lines_and_batching():
         os.set_blocking(r, False)
         with pytest.raises(BlockingIOError):
             os.read(r, 100)  # order lines wait for the next flush (the one before the ack)
-        log.warning("two\nlines")
-        assert os.read(r, 1000).decode() == "INFO order a dispatched\nERROR order b failed\nWARNING two lines\n"
+        log.warning("two\nlines\x85\u2028\x1b[31m")
+        assert os.read(r, 1000).decode() == ("INFO order a dispatched\nERROR order b failed\n"
+                                             "WARNING two\\nlines\\x85\\u2028\\x1b[31m\n")
         log.info("surrogate \udcff kept")
         assert os.read(r, 1000) == b"INFO surrogate \\udcff kept\n"
     finally:
@@ -388,70 +391,184 @@ def test_watchdog_interval():
     assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "77"}, pid=77) == 0.5
 
 
-# == the fast delivery path: same result as pika's own decoding ====================================
-def _frames(channel: int, tag: int, props: pika.BasicProperties, body: bytes, frame_max: int = 4096) -> bytes:
-    from pika import frame as pika_frame
-
-    out = [pika_frame.Method(channel, spec.Basic.Deliver("ctag1.x", tag, tag % 2 == 0, "robot-shop",
-                                                         "orders")).marshal(),
-           pika_frame.Header(channel, len(body), props).marshal()]
-    for i in range(0, len(body), frame_max - 8):
-        out.append(pika_frame.Body(channel, body[i:i + frame_max - 8]).marshal())
-    return b"".join(out)
-
-
-class _Recorder:
-    """Stands in for the connection state the fast path touches (no socket, no broker)."""
-
-    def __init__(self):
-        from roboshop_dispatch.consumer.fastpath import DispatchConnection
-
-        self.cls = DispatchConnection
-        self.seen = []
-        self.slow = []
-
-    def make(self):
-        conn = self.cls.__new__(self.cls)
-        conn._frame_buffer = b""
-        conn.bytes_received = 0
-        conn.frames_received = 0
-        conn._process_frame = self.slow.append
-        conn.fast_deliveries(1, lambda *args: self.seen.append(args))
-        return conn
+# == reconnect policy =============================================================================
+def test_failed_attempts_rotate_hosts_then_back_off():
+    policy = reconnect.ReconnectPolicy(3, random.Random(1))
+    assert [policy.index, policy.open_failed(), policy.index, policy.open_failed(), policy.index] == [0, 0, 1, 0, 2]
+    first = policy.open_failed()  # a whole round failed
+    assert 0.39 <= first <= 0.61 and policy.index == 0
+    for _ in range(3):
+        policy.open_failed()
+    assert policy.index == 0 and policy.rounds == 2
+    policy.consuming()
+    assert policy.rounds == 0 and policy.round_failures == 0
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 100, 4096, 1 << 20])
-def test_fast_path_decodes_deliveries_in_any_chunking(chunk):
-    rec = _Recorder()
-    conn = rec.make()
-    msgs = [
-        (1, pika.BasicProperties(headers={}), GOOD),
-        (2, pika.BasicProperties(), b""),
-        (3, pika.BasicProperties(headers={"trace": "abc", "n": 5}, content_type="application/json",
-                                 delivery_mode=2, message_id="m"), b"x" * 10_000),
-        (4, pika.BasicProperties(headers={}), b"\xff" * 5000),
-    ]
-    data = b"".join(_frames(1, tag, props, body) for tag, props, body in msgs)
-    # a heartbeat and a frame of another channel, in the middle: pika's path gets them
-    from pika import frame as pika_frame
-    data = pika_frame.Heartbeat().marshal() + data + \
-        pika_frame.Method(2, spec.Basic.Ack(1, False)).marshal()
-    for i in range(0, len(data), chunk):
-        conn._on_data_available(data[i:i + chunk])
-    assert [s[0] for s in rec.seen] == [1, 2, 3, 4]
-    for (tag, props, body), (_tag, s_redelivered, s_props, s_body) in zip(msgs, rec.seen, strict=True):
-        assert s_body == body
-        assert s_redelivered == (tag % 2 == 0)
-        assert s_props.headers == props.headers
-        assert s_props.content_type == props.content_type
-        assert s_props.delivery_mode == props.delivery_mode
-    assert len(rec.slow) == 2 and conn.bytes_received == len(data) and conn._frame_buffer == b""
+def test_a_lost_session_reconnects_at_once_a_troubled_one_backs_off():
+    policy = reconnect.ReconnectPolicy(2, random.Random(2))
+    assert policy.session_ended(False, 5.0) == 0.0 and policy.index == 1
+    delays = [policy.session_ended(True, 1.0) for _ in range(5)]
+    assert all(b > a for a, b in itertools.pairwise(delays))  # growing while it keeps failing
+    policy.consuming()
+    assert policy.rounds == 5  # still troubled: consuming alone does not reset the backoff
+    assert policy.session_ended(True, reconnect.HEALTHY_AFTER + 1) <= 0.61  # it had recovered
+    assert policy.session_ended(False, 0.0) == 0.0 and not policy.troubled
 
 
-def test_fast_path_rejects_a_corrupt_frame():
-    rec = _Recorder()
-    conn = rec.make()
-    data = bytearray(_frames(1, 1, pika.BasicProperties(headers={}), GOOD))
-    data[struct.unpack_from(">L", data, 3)[0] + 7] = 0  # the first frame's end marker
-    with pytest.raises(pika.exceptions.InvalidFrameError):
-        conn._on_data_available(bytes(data))
+@given(st.lists(st.sampled_from(["fail", "lost", "trouble", "consuming"]), max_size=60), st.integers(1, 5))
+def test_reconnect_delays_stay_within_the_cap_and_hosts_in_range(events, hosts):
+    policy = reconnect.ReconnectPolicy(hosts, random.Random(0))
+    for event in events:
+        if event == "fail":
+            delay = policy.open_failed()
+        elif event == "consuming":
+            policy.consuming()
+            delay = 0.0
+        else:
+            delay = policy.session_ended(event == "trouble", 0.0)
+        assert 0 <= delay <= reconnect.BACKOFF_CAP and 0 <= policy.index < hosts
+
+
+# == the order parser, against anything ===========================================================
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.binary(max_size=300), _JSON.map(lambda v: repr(v).encode()),
+                 st.builds(lambda v, oid: ('{"orderid": ' + oid + ', "cart": {"total": ' + v + "}}").encode(),
+                           st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "9" * 400, "1" * 5000, "12.5",
+                                            "[" * 3000 + "]" * 3000, "0.1e-999999"]),
+                           st.sampled_from(['"a"', "1", "null", '"\u2028\u0085\u001b"']))),
+       st.one_of(st.none(), st.dictionaries(st.text(max_size=5), _JSON, max_size=3)))
+def test_the_order_parser_returns_a_summary_or_a_reason_for_anything(body, headers):
+    try:
+        summary = orders.summarize(body, headers)
+    except orders.InvalidMessage as exc:
+        assert exc.reason and "\n" not in exc.reason and len(exc.reason) < 400
+        return
+    line = f"order {summary.orderid} dispatched {summary.details}"
+    assert line.isprintable() and len(line) < 1200
+
+
+def test_numbers_that_do_not_fit_are_reasons():
+    for total, reason in [("9" * 400, "cart.total is not a finite number"), ("1e400", "not a finite number"),
+                          ("NaN", "NaN is not a number"), ("-Infinity", "-Infinity is not"),
+                          ("1" * ((1 << 20) - 64), "number too long")]:
+        body = ('{"orderid": "a", "cart": {"total": ' + total + "}}").encode()[:MAX_BODY]
+        with pytest.raises(orders.InvalidMessage) as err:
+            orders.parse_order(body)
+        assert reason in err.value.reason or "invalid JSON" in err.value.reason
+    assert orders.summarize(b'{"orderid": "a", "cart": {"total": ' + b"9" * 300 + b"}}").details.endswith("00")
+    with pytest.raises(orders.InvalidMessage, match=r"cart\.tax is not a finite"):
+        orders.parse_order(b'{"orderid": "a", "cart": {"tax": -' + b"9" * 400 + b"}}")
+
+
+# == log escaping =================================================================================
+@given(st.text())
+def test_log_lines_escape_every_non_printable_character(text):
+    for escaped in (orders.escape(text), orders.field(text)):
+        assert escaped.isprintable()
+        assert not any(ch in escaped for ch in "\n\r\x1b\x85\u2028\u2029")
+
+
+@given(st.text(max_size=orders.MAX_FIELD))
+def test_quoted_fields_are_json_that_gives_the_value_back(text):
+    import json
+
+    shown = orders.field(text)
+    assert (json.loads(shown) if shown.startswith('"') else shown) == text
+
+
+def test_the_crash_handler_logs_a_whole_traceback():
+    r, w = os.pipe()
+    try:
+        log = LineLog(w, env={})
+        try:
+            {}["missing\x85"]
+        except KeyError as exc:
+            log.exception("ERROR", "unexpected KeyError", exc)
+        lines = os.read(r, 10000).decode().splitlines()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert lines[0] == "ERROR unexpected KeyError" and lines[1] == "ERROR   Traceback (most recent call last):"
+    assert any("test_the_crash_handler_logs_a_whole_traceback" in ln for ln in lines)
+    assert lines[-1] == "ERROR   KeyError: 'missing\\x85'" and all(ln.isprintable() for ln in lines)
+
+
+# == the password as a systemd credential =========================================================
+def test_the_credential_is_read_with_one_newline_stripped(tmp_path):
+    (tmp_path / config.CREDENTIAL_NAME).write_bytes(b"s3cret\n\n")
+    cfg = config.load({**BASE, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.password == "s3cret\n" and cfg.password_source == config.PASSWORD_FROM_CREDENTIAL
+    assert "s3cret" not in cfg.describe() and "password=credential" in cfg.describe()
+    assert config.load(BASE, credentials_directory=str(tmp_path)).password == "s3cret\n"
+
+
+def test_without_the_credential_file_the_environment_is_used(tmp_path):
+    cfg = config.load({**BASE, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.password == "roboshop123" and cfg.password_source == config.PASSWORD_FROM_ENVIRONMENT
+    missing = config.load({"AMQP_HOST": "h"}, require_password=False)
+    assert missing.password == "" and missing.password_source == config.PASSWORD_MISSING
+    with pytest.raises(config.ConfigError):
+        config.load({"AMQP_HOST": "h", "CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+
+def test_a_bad_credential_is_a_config_error_without_its_value(tmp_path):
+    for data in (b"", b"\n", b"\xff\xfesecret"):
+        (tmp_path / config.CREDENTIAL_NAME).write_bytes(data)
+        with pytest.raises(config.ConfigError) as err:
+            config.load({**BASE, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+        assert err.value.variable == "CREDENTIALS_DIRECTORY" and "secret" not in str(err.value)
+
+
+# == quarantine copies ============================================================================
+def _delivery(props, body=b"{}", size=None, raw=None, error=None):
+    return Delivery(7, False, "ctag", props, body, body_size=size, raw_properties=raw, decode_error=error)
+
+
+def test_a_quarantine_copy_cannot_route_or_expire():
+    props = pika.BasicProperties(headers={"CC": ["orders"], "BCC": ["orders"], "x": "y"}, expiration="1",
+                                 user_id="someone", content_type="application/json", message_id="m")
+    copy = quarantine.copy_properties(_delivery(props), "header CC is not a string (array)")
+    assert copy.expiration is None and copy.user_id is None and copy.delivery_mode == 2
+    assert "CC" not in copy.headers and "BCC" not in copy.headers
+    assert copy.headers[quarantine.ORIGINAL_HEADERS] == props.headers
+    original = pika.BasicProperties()
+    original.decode(copy.headers[quarantine.ORIGINAL_PROPERTIES])
+    assert vars(original) == vars(props)
+    assert (copy.content_type, copy.message_id) == ("application/json", "m")
+
+
+def test_a_quarantine_copy_always_fits_one_frame():
+    raw = b"\x20\x00" + struct.pack(">I", 130_000) + b"S" * 130_000  # as large as a frame allows
+    copy = quarantine.copy_properties(_delivery(None, raw=raw, error="RecursionError"), "r", frame_max=131072)
+    assert len(b"".join(copy.encode())) <= 131072 - quarantine.HEADER_ROOM
+    kept = copy.headers[quarantine.ORIGINAL_PROPERTIES]
+    assert raw.startswith(kept) and copy.headers[quarantine.ORIGINAL_PROPERTIES_TRUNCATED] == len(raw)
+    big = quarantine.copy_properties(_delivery(None, b"x" * 10, size=5 << 20, raw=b"\x00\x00", error="e"), "r")
+    assert big.headers[quarantine.BODY_SIZE] == 5 << 20 and big.headers[quarantine.BODY_TRUNCATED] is True
+
+
+def test_unconfirmed_copies_are_bounded():
+    waiting = quarantine.Unconfirmed()
+    assert waiting.room_for(quarantine.BUDGET * 4)  # one copy always fits
+    waiting.add(1, quarantine.BUDGET - 10)
+    assert not waiting.room_for(11) and waiting.room_for(10)
+    waiting.add(2, 10)
+    assert [p.tag for p in waiting.confirmed(2, multiple=True)] == [1, 2] and waiting.bytes == 0
+
+
+def test_settled_deliveries_are_never_acked_again():
+    t = AckTracker()
+    for _ in range(4):
+        t.delivered()
+    t.complete(1)
+    t.complete(2, settled=True)  # requeued with basic.nack: the broker forgot it
+    assert t.take() == 1
+    t.complete(3, settled=True)
+    assert t.take() is None  # nothing the broker still holds
+    t.complete(4)
+    assert t.take() == 4

@@ -9,11 +9,17 @@ never contains the password.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .. import amqp
 
+CREDENTIAL_NAME = "amqp-pass"  # LoadCredential=amqp-pass:... in the unit; read from $CREDENTIALS_DIRECTORY
+PASSWORD_FROM_CREDENTIAL = "credential"
+PASSWORD_FROM_ENVIRONMENT = "environment"
+PASSWORD_MISSING = "missing"
+MAX_CREDENTIAL = 64 * 1024
 DEFAULT_HOST = "rabbitmq"  # the original binary's default (the broker's name in RoboShop's compose file)
 DEFAULT_USER = "guest"  # the original binary's default
 DEFAULT_PREFETCH = 500
@@ -28,7 +34,8 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("AMQP_PORT", str(amqp.DEFAULT_PORT), "broker AMQP port (1..65535)"),
     ("AMQP_VHOST", amqp.DEFAULT_VHOST, "virtual host"),
     ("AMQP_USER", DEFAULT_USER, "user name (any characters)"),
-    ("AMQP_PASS", "none, required", "password (any characters; never logged)"),
+    ("AMQP_PASS", "none, required", "password (any characters; never logged); the systemd credential "
+     f"{CREDENTIAL_NAME!r} ($CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}) takes precedence"),
     ("DISPATCH_ERROR_PERCENT", "0", "share of orders logged as failed, 0..100 (demo of error tracing)"),
     ("DISPATCH_PREFETCH", str(DEFAULT_PREFETCH), "orders in flight at most (basic.qos prefetch), 1..65535"),
     ("DISPATCH_PROCESSING_MS", "42-83", "simulated work per order, slept twice: 'MIN-MAX' or 'N' ms; "
@@ -57,6 +64,7 @@ class Config:
     prefetch: int = DEFAULT_PREFETCH
     processing_ms: Optional[Tuple[int, int]] = DEFAULT_PROCESSING_MS  # None: no simulated work
     fast_path: bool = True  # decode deliveries with fastpath.DispatchConnection when pika allows
+    password_source: str = PASSWORD_FROM_ENVIRONMENT  # credential, environment or missing
 
     def describe(self) -> str:
         """One line for the start-up log. Never includes the password."""
@@ -69,7 +77,7 @@ class Config:
         return (
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
             f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
-            f"fastpath={'on' if self.fast_path else 'off'}"
+            f"fastpath={'on' if self.fast_path else 'off'} password={self.password_source}"
         )
 
 
@@ -111,7 +119,8 @@ def _text(env: Mapping[str, str], name: str, default: Optional[str], *, secret: 
     raw = env.get(name)
     if raw is None:
         if default is None:
-            raise ConfigError(name, "is not set: it is required (the broker password for AMQP_USER)")
+            raise ConfigError(name, "is not set: it is required (the broker password for AMQP_USER), or the "
+                                    f"systemd credential {CREDENTIAL_NAME!r} in $CREDENTIALS_DIRECTORY")
         return default
     if raw == "":
         raise ConfigError(name, "is empty")
@@ -157,13 +166,56 @@ def _processing(env: Mapping[str, str]) -> Optional[Tuple[int, int]]:
     return (low, high)
 
 
-def load(env: Mapping[str, str]) -> Config:
-    """Parse and validate the settings; raises ConfigError on the first invalid one."""
+def _credential(env: Mapping[str, str], directory: Optional[str]) -> Optional[str]:
+    """The password from the systemd credential, or None when there is none to read."""
+    where = directory if directory is not None else env.get("CREDENTIALS_DIRECTORY")
+    if not where:
+        return None
+    path = os.path.join(where, CREDENTIAL_NAME)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CREDENTIAL + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} cannot be read: "
+                                                   f"{exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_CREDENTIAL:
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is over {MAX_CREDENTIAL} bytes")
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is not valid UTF-8") from None
+    if not text:
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is empty")
+    return text
+
+
+def _password(env: Mapping[str, str], directory: Optional[str], require: bool) -> Tuple[str, str]:
+    from_credential = _credential(env, directory)
+    if from_credential is not None:
+        return from_credential, PASSWORD_FROM_CREDENTIAL
+    if env.get("AMQP_PASS") is None and not require:
+        return "", PASSWORD_MISSING
+    return _text(env, "AMQP_PASS", None, secret=True), PASSWORD_FROM_ENVIRONMENT
+
+
+def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
+         require_password: bool = True) -> Config:
+    """Parse and validate the settings; raises ConfigError on the first invalid one.
+
+    The password is the systemd credential ``amqp-pass`` when ``credentials_directory`` (default:
+    ``env["CREDENTIALS_DIRECTORY"]``) holds that file (one trailing newline stripped), else
+    ``AMQP_PASS``. With ``require_password=False`` a missing password is no error (for showing the
+    installed settings): ``password`` is then ``""`` and ``password_source`` ``"missing"``.
+    """
     hosts = _hosts(env)
     port = _int(env, "AMQP_PORT", amqp.DEFAULT_PORT, 1, 65535, "a TCP port")
     vhost = _text(env, "AMQP_VHOST", amqp.DEFAULT_VHOST)
     user = _text(env, "AMQP_USER", DEFAULT_USER)
-    password = _text(env, "AMQP_PASS", None, secret=True)
+    password, source = _password(env, credentials_directory, require_password)
     return Config(
         hosts=hosts,
         port=port,
@@ -174,4 +226,5 @@ def load(env: Mapping[str, str]) -> Config:
         prefetch=_int(env, "DISPATCH_PREFETCH", DEFAULT_PREFETCH, 1, MAX_PREFETCH, "a number of orders"),
         processing_ms=_processing(env),
         fast_path=bool(_int(env, "DISPATCH_FASTPATH", 1, 0, 1, "0 or 1")),
+        password_source=source,
     )

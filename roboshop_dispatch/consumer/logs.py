@@ -2,8 +2,10 @@
 
 systemd's journal adds the timestamps; when stdout *is* the journal (``JOURNAL_STREAM`` names it)
 each line also starts with the ``<N>`` syslog priority prefix, which journald turns into the
-entry's priority and strips. Per-order lines are buffered and written in batches (one write per
-ack batch, always *before* the ack goes out); every other event is written at once.
+entry's priority and strips. Every line is one line of printable text: any other character
+(C0 and C1 controls, escape sequences, U+2028/2029, lone surrogates...) is written as an escape.
+Per-order lines are buffered and written in batches (one write per ack batch, always *before* the
+ack goes out); every other event is written at once.
 
 The standard ``logging`` module is bridged here too, so pika's own records (kept to errors
 only) come out in the same format.
@@ -15,7 +17,10 @@ import errno
 import logging
 import os
 import select
+import traceback
 from typing import List, Mapping, Optional
+
+from .orders import escape
 
 PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
@@ -43,11 +48,20 @@ class LineLog:
 
     # -- per-order lines: buffered --------------------------------------------------------------
     def order_line(self, level: str, text: str) -> None:
-        self._buf.append(self._prefix(level) + text + "\n")
+        self._buf.append(self._prefix(level) + escape(text) + "\n")
 
     # -- events: written at once ------------------------------------------------------------------
     def event(self, level: str, text: str) -> None:
-        self._buf.append(self._prefix(level) + " ".join(text.splitlines()) + "\n")
+        self._buf.append(self._prefix(level) + escape(text) + "\n")
+        self.flush()
+
+    def exception(self, level: str, text: str, exc: BaseException) -> None:
+        """``text``, then the traceback of ``exc``, one escaped line per traceback line."""
+        prefix = self._prefix(level)
+        self._buf.append(prefix + escape(text) + "\n")
+        for block in traceback.format_exception(type(exc), exc, exc.__traceback__):
+            for line in block.rstrip("\n").split("\n"):
+                self._buf.append(prefix + "  " + escape(line) + "\n")
         self.flush()
 
     def info(self, text: str) -> None:

@@ -101,3 +101,41 @@ class Consumer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+# DISPATCH_TEST_PYTHONPATH: where another pika is (e.g. the oldest release of the pinned range)
+PYTHONPATH_ROOT = ":".join(filter(None, [str(ROOT), __import__("os").environ.get("DISPATCH_TEST_PYTHONPATH")]))
+
+
+def consumer_env(broker, vhost: str, **overrides) -> Dict[str, str]:
+    """The environment of a consumer subprocess talking to ``broker`` in ``vhost``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AMQP_", "DISPATCH_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM",
+                                "CREDENTIALS_DIRECTORY"))}
+    env.update(AMQP_HOST=broker.host, AMQP_PORT=str(broker.port), AMQP_VHOST=vhost, AMQP_USER=broker.user,
+               AMQP_PASS=broker.password, PYTHONPATH=PYTHONPATH_ROOT)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def start_consumer(broker, vhost: str, **overrides) -> Consumer:
+    """``python -m roboshop_dispatch.consumer`` under this interpreter, as a real subprocess."""
+    import sys
+
+    return Consumer(consumer_env(broker, vhost, **overrides),
+                    [sys.executable, "-m", "roboshop_dispatch.consumer"])
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size so far (VmHWM, KiB)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/PID/status")

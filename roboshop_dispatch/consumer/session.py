@@ -1,0 +1,186 @@
+"""One connection to one broker node and the callback chain that gets it to consuming.
+
+Modelled on pika's ``asynchronous_consumer_example.py``: connect -> open the consuming channel ->
+declare the contract's topology (exchange, ``orders`` with no arguments, the binding, the
+``orders.invalid`` quarantine queue) -> ``basic.qos(prefetch)`` -> open a confirm-mode channel for
+quarantine copies -> ``basic.consume``. Each step's callback starts the next; every outcome is
+reported to the :class:`Events` the service implements (consuming, open failed, closed, a
+delivery, a confirm, a returned copy, blocked/unblocked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Set
+
+import pika
+import pika.exceptions
+from pika.adapters.select_connection import IOLoop
+
+from .. import amqp
+from . import delivery as deliveries
+from .acks import AckTracker
+from .fastpath import DispatchConnection
+from .logs import LineLog
+from .quarantine import Unconfirmed
+
+FAST = "fast"
+PIKA = "pika"
+
+
+class Session:
+    """One connection, its two channels, its delivery tags and its quarantine copies."""
+
+    def __init__(self, number: int, host: str, path: str) -> None:
+        self.number = number
+        self.host = host
+        self.path = path  # the delivery path: FAST or PIKA
+        self.conn: Any = None  # the pika connection, set right after this object exists
+        self.consuming_since = 0.0
+        self.channel: Any = None  # consuming channel
+        self.qchannel: Any = None  # quarantine publishing channel, confirm mode
+        self.consumer_tag = f"dispatch.{os.getpid()}.{number}"
+        self.cancelled: Set[str] = set()  # our consumer tags cancelled on this channel
+        self.consuming = False
+        self.alive = True  # False once the connection is gone: late timers do nothing
+        self.closing = False  # we asked for the close
+        self.blocked = False  # the broker blocked our publishing (a resource alarm)
+        self.trouble: Optional[str] = None  # why we closed it ourselves, if for an error
+        self.tracker = AckTracker()
+        self.ack_timer: Any = None
+        self.since_ack = 0
+        self.unconfirmed = Unconfirmed()
+        self.deferred: Dict[int, Any] = {}  # delivery tag -> timer that requeues it
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.tracker.in_flight or self.unconfirmed or self.deferred)
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and not self.closing
+
+    @property
+    def frame_max(self) -> int:
+        try:
+            return int(self.conn.params.frame_max)
+        except (AttributeError, TypeError, ValueError):
+            return 131072
+
+    def close(self, trouble: Optional[str] = None) -> None:
+        """Close the connection (once); ``trouble``: we close it because of this error."""
+        if trouble is not None and self.trouble is None:
+            self.trouble = trouble
+        if self.closing or not self.alive:
+            return
+        self.closing = True
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            self.conn.close()
+
+
+class Events:
+    """What the service does when the session gets somewhere (implemented by the Dispatcher)."""
+
+    def on_consuming(self, sess: Session) -> None: ...
+    def on_open_failed(self, sess: Session, error: BaseException) -> None: ...
+    def on_closed(self, sess: Session, error: BaseException) -> None: ...
+    def on_delivery(self, sess: Session, delivery: deliveries.Delivery) -> None: ...
+    def on_confirm(self, sess: Session, frame: Any) -> None: ...
+    def on_return(self, sess: Session) -> None: ...
+    def on_channel_closed(self, sess: Session, which: str, error: BaseException) -> None: ...
+
+
+class Connector:
+    """Opens sessions and walks each through the callback chain up to consuming."""
+
+    def __init__(self, ioloop: IOLoop, log: LineLog, prefetch: int, events: Events) -> None:
+        self.ioloop = ioloop
+        self.log = log
+        self.prefetch = prefetch
+        self.events = events
+
+    def open(self, sess: Session, params: pika.ConnectionParameters) -> None:
+        factory = DispatchConnection if sess.path == FAST else pika.SelectConnection
+        ev = self.events
+        sess.conn = factory(
+            params,
+            on_open_callback=lambda _conn: self._on_open(sess),
+            on_open_error_callback=lambda _conn, error: ev.on_open_failed(sess, error),
+            on_close_callback=lambda _conn, error: ev.on_closed(sess, error),
+            custom_ioloop=self.ioloop,
+        )
+
+    def _steps(self, sess: Session, steps: Sequence[Callable[[Callable[..., None]], None]],
+               done: Callable[[], None]) -> None:
+        def run(index: int, *_frame: Any) -> None:
+            if not sess.usable:
+                return
+            if index == len(steps):
+                done()
+            else:
+                steps[index](functools.partial(run, index + 1))
+
+        run(0)
+
+    def _on_open(self, sess: Session) -> None:
+        sess.conn.add_on_connection_blocked_callback(lambda _conn, _frame: self._blocked(sess, True))
+        sess.conn.add_on_connection_unblocked_callback(lambda _conn, _frame: self._blocked(sess, False))
+        sess.conn.channel(on_open_callback=functools.partial(self._on_channel, sess))
+
+    def _blocked(self, sess: Session, blocked: bool) -> None:
+        sess.blocked = blocked
+        if blocked:
+            self.log.warning(f"the broker blocked publishing on {sess.host} (a resource alarm): bad "
+                             "messages go back to the queue until it is lifted")
+        else:
+            self.log.info(f"the broker unblocked publishing on {sess.host}")
+
+    def _on_channel(self, sess: Session, channel: Any) -> None:
+        sess.channel = channel
+        channel.add_on_close_callback(
+            lambda _ch, error: self.events.on_channel_closed(sess, "consuming", error))
+        channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(sess))
+        self._steps(sess, [
+            lambda cb: amqp.declare_exchange(channel, callback=cb),
+            lambda cb: amqp.declare_queue(channel, callback=cb),
+            lambda cb: amqp.bind_queue(channel, callback=cb),
+            lambda cb: amqp.declare_quarantine(channel, callback=cb),
+            lambda cb: channel.basic_qos(prefetch_count=self.prefetch, callback=cb),
+        ], lambda: sess.conn.channel(on_open_callback=functools.partial(self._on_qchannel, sess)))
+
+    def _on_qchannel(self, sess: Session, qchannel: Any) -> None:
+        if not sess.usable:
+            return
+        sess.qchannel = qchannel
+        ev = self.events
+        qchannel.add_on_close_callback(lambda _ch, error: ev.on_channel_closed(sess, "quarantine", error))
+        qchannel.add_on_return_callback(lambda *_returned: ev.on_return(sess))
+        qchannel.confirm_delivery(ack_nack_callback=functools.partial(ev.on_confirm, sess),
+                                  callback=lambda _frame: self.consume(sess))
+
+    def consume(self, sess: Session) -> None:
+        if not sess.usable:
+            return
+        ev = self.events
+        if isinstance(sess.conn, DispatchConnection):
+            sess.conn.fast_deliveries(sess.channel.channel_number, functools.partial(ev.on_delivery, sess))
+        sess.channel.basic_consume(
+            amqp.QUEUE, functools.partial(self._on_message, sess), consumer_tag=sess.consumer_tag,
+            callback=lambda _frame: ev.on_consuming(sess),
+        )
+
+    def _on_message(self, sess: Session, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        """pika's delivery callback (the pika delivery path)."""
+        self.events.on_delivery(sess, deliveries.from_pika(method, properties, body))
+
+    def cancel(self, sess: Session, done: Callable[[], None]) -> None:
+        """Stop consuming; ``done()`` once the broker confirmed."""
+        sess.cancelled.add(sess.consumer_tag)
+        sess.channel.basic_cancel(sess.consumer_tag, callback=lambda _frame: done())
+
+    def _on_broker_cancel(self, sess: Session) -> None:
+        if sess.usable:
+            self.log.warning(f"the broker cancelled our consumer (was {amqp.QUEUE!r} deleted?): reconnecting")
+            sess.close("consumer cancelled by the broker")
