@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from roboshop_dispatch import envfile
 from roboshop_dispatch.files import NotRegularFile, write_atomic
 from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.layout import CREDENTIALS_MIN_SYSTEMD, RENDER_CACHE
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.render import render_unit
 from roboshop_dispatch.settings import (
@@ -66,10 +67,9 @@ def run_files(root: Path, s: Optional[Settings] = None, **kw):
 
 
 @pytest.fixture
-def credential_route(monkeypatch):
-    """The bundled consumer reads $CREDENTIALS_DIRECTORY (the consumer branch); the switch is
-    transitional (config_step.consumer_reads_credential)."""
-    monkeypatch.setattr(config_step, "consumer_reads_credential", lambda: True)
+def credential_route():
+    """The bundled flavour on a systemd >= 247 host: the password goes to a credential (the
+    default of these tests; named so that each test says which route it relies on)."""
 
 
 # -- 5: app directories that are system directories, however spelt ----------------------------------
@@ -340,11 +340,12 @@ def test_credential_route_keeps_the_password_out_of_the_environment(tmp_path, cr
     assert all(r.status == OK for r in again.values())
 
 
-def test_an_env_file_install_migrates_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_step, "consumer_reads_credential", lambda: False)
-    run_files(tmp_path)
+def test_an_env_file_install_migrates_once(tmp_path):
+    # an install made where credentials could not be used (as dispatchctl 0.1 did everywhere) ...
+    run_files(tmp_path, systemd_version=CREDENTIALS_MIN_SYSTEMD - 1)
     assert envfile.parse((tmp_path / "etc/roboshop/dispatch.env").read_text())["AMQP_PASS"] == PASSWORD
-    monkeypatch.setattr(config_step, "consumer_reads_credential", lambda: True)
+    # ... then a new dispatchctl (its render cache no longer matches) on a host that can
+    (tmp_path / str(RENDER_CACHE).lstrip("/")).unlink()
     ctx, results = run_files(tmp_path, dry_run=True)
     assert {"credential", "envfile", "unit"} <= ctx.changed
     assert "AMQP_PASS" in results["config"].message and PASSWORD not in results["config"].diff

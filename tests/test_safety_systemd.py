@@ -11,15 +11,11 @@ import json
 
 import pytest
 
-from roboshop_dispatch.steps.config import consumer_reads_credential
 from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, props
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
 CREDENTIAL = "/etc/roboshop/dispatch.amqp-pass"
-NEEDS_CONSUMER = pytest.mark.xfail(
-    not consumer_reads_credential(), strict=True,
-    reason="the bundled consumer on this branch does not read $CREDENTIALS_DIRECTORY yet (consumer branch)")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +147,6 @@ def _second_process_view(host, pid: int) -> str:
                     check=False).stdout
 
 
-@NEEDS_CONSUMER
 def test_the_password_is_a_credential_no_other_process_can_read(clean, broker, vhost):
     host = clean
     install(host, broker, vhost)
@@ -167,7 +162,6 @@ def test_the_password_is_a_credential_no_other_process_can_read(clean, broker, v
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
-@NEEDS_CONSUMER
 def test_an_env_file_install_migrates_to_the_credential_and_restarts_once(clean, broker, vhost):
     host = clean
     install(host, broker, vhost)

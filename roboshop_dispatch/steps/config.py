@@ -50,20 +50,10 @@ CREDENTIAL = "credential"
 ENV_ROUTE = "envfile"
 
 
-def consumer_reads_credential() -> bool:
-    """Whether the bundled consumer reads $CREDENTIALS_DIRECTORY/amqp-pass. TRANSITIONAL: true once
-    the consumer branch is merged; the integrator then deletes this check (always true)."""
-    from .. import consumer
-
-    try:
-        return "CREDENTIALS_DIRECTORY" in (Path(consumer.__file__).parent / "config.py").read_text()
-    except OSError:
-        return False
-
-
-def password_route(flavour: str, systemd_version: Optional[int], reads_credential: bool = True) -> str:
-    """``credential`` (LoadCredential=) or ``envfile`` (AMQP_PASS in the 0600 environment file)."""
-    if flavour == "go" or not reads_credential:
+def password_route(flavour: str, systemd_version: Optional[int]) -> str:
+    """``credential`` (LoadCredential=; the bundled consumer reads $CREDENTIALS_DIRECTORY) or
+    ``envfile`` (AMQP_PASS in the 0600 environment file)."""
+    if flavour == "go":
         return ENV_ROUTE
     if systemd_version is not None and systemd_version < CREDENTIALS_MIN_SYSTEMD:
         return ENV_ROUTE
@@ -158,7 +148,7 @@ def render_key(ctx: Context) -> str:
     s = ctx.settings
     # systemd's version is left out (asking costs a subprocess): a host upgraded past 247 keeps
     # its working environment-file route until the settings or dispatchctl change
-    inputs = {"masked": s.masked(), "env": s.environment(), "reads_credential": consumer_reads_credential()}
+    inputs = {"masked": s.masked(), "env": s.environment()}
     digest.update(json.dumps(inputs, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -188,7 +178,7 @@ class ConfigStep(Step[ConfigPlan]):
         return ctx.facts.systemd_version if ctx.facts.systemd_version is not None else systemd_version()
 
     def route(self, ctx: Context) -> str:
-        return password_route(ctx.settings.flavour, self.systemd_version(ctx), consumer_reads_credential())
+        return password_route(ctx.settings.flavour, self.systemd_version(ctx))
 
     def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
         """The files in writing order: credential, environment file, unit."""
