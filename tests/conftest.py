@@ -57,12 +57,7 @@ def systemd_rootfs():
 def systemd_host(systemd_rootfs):
     """A freshly booted, throwaway systemd host (PID 1 systemd, volatile root, host network).
     This checkout's CLI runs inside with ``host.dispatchctl(...)``; powered off afterwards."""
-    from tests.support.nspawn import Container, HostError
+    from tests.support.nspawn import booted
 
-    container = Container(systemd_rootfs)
-    try:
-        container.boot()
-    except HostError as exc:
-        pytest.fail(f"cannot boot the systemd test host: {exc}", pytrace=False)
-    yield container
-    container.poweroff()
+    with booted(systemd_rootfs) as container:
+        yield container

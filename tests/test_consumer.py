@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import pika
 import pytest
@@ -28,8 +28,9 @@ import pytest
 from roboshop_dispatch import amqp
 from roboshop_dispatch.consumer import config
 from roboshop_dispatch.consumer import orders as orders_mod
-from tests.support.consumer import ORDER_LINE, Consumer
-from tests.support.payment import ConfirmingPublisher, PaymentPublisher, make_order, parameters
+from tests.support.consumer import ORDER_LINE, Consumer, consumer_env
+from tests.support.consumer import PYTHONPATH_ROOT as PYTHONPATH
+from tests.support.payment import ConfirmingPublisher, PaymentPublisher, drain, make_order, parameters
 
 pytestmark = pytest.mark.broker
 
@@ -44,8 +45,6 @@ CONSUMER_PYTHON = os.environ.get("DISPATCH_TEST_PYTHON", sys.executable).split()
 def consumer_argv(args: Optional[List[str]] = None) -> List[str]:
     return [*CONSUMER_PYTHON, "-m", "roboshop_dispatch.consumer", *(args or [])]
 
-
-PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("DISPATCH_TEST_PYTHONPATH")]))
 
 
 @pytest.fixture
@@ -65,19 +64,6 @@ def consumers(broker, vhost):
         c.assert_no_password()
 
 
-def consumer_env(broker, vhost: str, **overrides: Optional[str]) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AMQP_", "DISPATCH_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))}
-    env.update(AMQP_HOST=broker.host, AMQP_PORT=str(broker.port), AMQP_VHOST=vhost, AMQP_USER=broker.user,
-               AMQP_PASS=broker.password, PYTHONPATH=PYTHONPATH)
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
 def params(broker, vhost: str) -> pika.ConnectionParameters:
     return parameters(broker.host, broker.port, vhost, broker.user, broker.password)
 
@@ -88,21 +74,6 @@ def queue_state(broker, vhost: str, queue: str = amqp.QUEUE) -> tuple:
     try:
         ok = conn.channel().queue_declare(queue, passive=True).method
         return ok.message_count, ok.consumer_count
-    finally:
-        conn.close()
-
-
-def drain(broker, vhost: str, queue: str) -> List[tuple]:
-    """Every message of ``queue`` as (properties, body), acked."""
-    conn = pika.BlockingConnection(params(broker, vhost))
-    out = []
-    try:
-        ch = conn.channel()
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append((props, body))
     finally:
         conn.close()
 
@@ -206,7 +177,7 @@ def test_each_bad_message_is_quarantined_and_the_next_order_handled(broker, vhos
     assert consumer.stop()[0] == 0
     assert queue_state(broker, vhost) == (0, 0)
 
-    quarantined = drain(broker, vhost, amqp.QUARANTINE_QUEUE)
+    quarantined = drain(params(broker, vhost), amqp.QUARANTINE_QUEUE)
     assert len(quarantined) == len(BAD)
     for (reason, body, headers), (props, q_body) in zip(BAD, quarantined):
         assert props.headers["x-dispatch-body-size"] == len(body)

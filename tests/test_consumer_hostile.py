@@ -22,7 +22,7 @@ from roboshop_dispatch.consumer import quarantine
 from roboshop_dispatch.consumer.delivery import MAX_BODY
 from tests.support import hostile
 from tests.support.consumer import Consumer, peak_rss_kib, start_consumer
-from tests.support.payment import EXCHANGE, ROUTING_KEY, PaymentPublisher, make_order, parameters
+from tests.support.payment import EXCHANGE, ROUTING_KEY, PaymentPublisher, drain, make_order, parameters
 
 pytestmark = pytest.mark.broker
 
@@ -54,20 +54,6 @@ def _count(broker, vhost, queue: str) -> int:
     conn = pika.BlockingConnection(_params(broker, vhost))
     try:
         return conn.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        conn.close()
-
-
-def _drain(broker, vhost, queue: str):
-    conn = pika.BlockingConnection(_params(broker, vhost))
-    out = []
-    try:
-        ch = conn.channel()
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append((props, body))
     finally:
         conn.close()
 
@@ -118,7 +104,7 @@ def test_numbers_that_do_not_fit_are_quarantined_not_a_crash_loop(broker, vhost,
             payment.publish_raw(body)
             payment.publish(order)
     _settled(consumer, broker, vhost, len(NUMBERS) - 1, [str(o["orderid"]) for o in good])
-    reasons = [p.headers[quarantine.ERROR_HEADER] for p, _b in _drain(broker, vhost, amqp.QUARANTINE_QUEUE)]
+    reasons = [p.headers[quarantine.ERROR_HEADER] for p, _b in drain(_params(broker, vhost), amqp.QUARANTINE_QUEUE)]
     assert sum("number" in r or "NaN" in r or "Infinity" in r for r in reasons) == 5, reasons
     assert consumer.count("order n7 dispatched") == 1  # a big but valid order is an order
     assert len(consumer.lines) < 60
@@ -135,7 +121,7 @@ def test_properties_pika_cannot_decode_are_quarantined_not_a_stalled_queue(broke
         for order in good:
             payment.publish(order)
     _settled(consumer, broker, vhost, 2, [str(o["orderid"]) for o in good])
-    copies = _drain(broker, vhost, amqp.QUARANTINE_QUEUE)
+    copies = drain(_params(broker, vhost), amqp.QUARANTINE_QUEUE)
     assert [p.headers[quarantine.ORIGINAL_PROPERTIES] for p, _b in copies] == raws  # exactly as received
     assert "ValueError" in copies[0][0].headers[quarantine.ERROR_HEADER]
     assert "RecursionError" in copies[1][0].headers[quarantine.ERROR_HEADER]
@@ -156,7 +142,7 @@ def test_cc_and_bcc_headers_never_route_the_copy_back(broker, vhost, started, pa
     _settled(consumer, broker, vhost, 1, [str(good["orderid"]), str(bcc["orderid"])])
     time.sleep(2)  # the loop grew orders.invalid by hundreds a second
     assert _count(broker, vhost, amqp.QUARANTINE_QUEUE) == 1
-    copies = _drain(broker, vhost, amqp.QUARANTINE_QUEUE)
+    copies = drain(_params(broker, vhost), amqp.QUARANTINE_QUEUE)
     for props, _body in copies:
         assert "CC" not in props.headers and "BCC" not in props.headers
         assert "header" in props.headers[quarantine.ERROR_HEADER]
@@ -194,7 +180,7 @@ def test_memory_stays_bounded_whatever_the_bodies(broker, vhost, started):
     peak = peak_rss_kib(pid) / 1024
     print(f"consumer peak RSS: {before / 1024:.1f} MiB idle, {peak:.1f} MiB after 240 MiB of bodies")
     assert peak < RSS_BOUND_MIB
-    copies = _drain(broker, vhost, amqp.QUARANTINE_QUEUE)
+    copies = drain(_params(broker, vhost), amqp.QUARANTINE_QUEUE)
     truncated = [p for p, b in copies if p.headers.get(quarantine.BODY_TRUNCATED)]
     assert len(truncated) == 3 and all(p.headers[quarantine.BODY_SIZE] > big for p in truncated)
     assert consumer.proc.poll() is None and consumer.count("connecting to ") == 1

@@ -24,7 +24,7 @@ from roboshop_dispatch import amqp
 from roboshop_dispatch.consumer import quarantine
 from tests.support import hostile
 from tests.support.consumer import Consumer, start_consumer
-from tests.support.payment import EXCHANGE, ROUTING_KEY, make_order, parameters
+from tests.support.payment import EXCHANGE, ROUTING_KEY, drain, make_order, parameters
 
 pytestmark = pytest.mark.broker
 
@@ -147,20 +147,6 @@ def _passive_count(params: pika.ConnectionParameters, queue: str) -> int:
         conn.close()
 
 
-def _drain(params: pika.ConnectionParameters, queue: str) -> List[Tuple[object, bytes]]:
-    conn = pika.BlockingConnection(params)
-    out = []
-    try:
-        ch = conn.channel()
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append((props, body))
-    finally:
-        conn.close()
-
-
 def _decoded(raw: bytes) -> dict:
     props = pika.BasicProperties()
     props.decode(raw)
@@ -230,7 +216,7 @@ class Run:
                 break
             time.sleep(0.1)
         time.sleep(0.3)  # a duplicate would show up now
-        copies = _drain(self.params, amqp.QUARANTINE_QUEUE)
+        copies = drain(self.params, amqp.QUARANTINE_QUEUE)
         by_id: Dict[str, list] = {}
         for props, body in copies:
             original = props.headers.get(quarantine.ORIGINAL_PROPERTIES)

@@ -67,6 +67,9 @@ def restart_no_block(host) -> None:
     host.run(["systemctl", "restart", "--no-block", "dispatch"])
 
 
+CREDENTIAL = "/etc/roboshop/dispatch.amqp-pass"
+
+
 def set_env(host, key: str, value: str) -> None:
     host.sh(f"sed -i 's|^{key}=.*|{key}=\"{value}\"|' {ENV_FILE}")
 
@@ -91,14 +94,16 @@ def test_status_not_installed_running_stopped_and_uninstall_then_install_again(s
     assert doc["uptime_s"] is not None and doc["restarts"] == 0
     assert doc["binary"] == {"path": "/app/dispatch", "exists": True, "flavour": "bundled"}
     assert doc["config"]["hosts"] == ["127.0.0.1"] and doc["config"]["vhost"] == vhost
-    assert doc["config"]["password"] == "********"
+    assert doc["config"]["password"] == "********" and doc["config"]["password_source"] == "credential"
+    # the path the consumer actually took, from its systemd status text
+    assert doc["delivery_path"] == "fast" and "(delivery path: fast)" in doc["status_text"], doc["status_text"]
     host.wait_for(lambda: status(host)[1]["queue"].get("consumers") == 1, timeout=15, what="a consumer")
     assert status(host)[1]["queue"]["messages"] == 0
     assert 0 < len(doc["logs"]) <= 3
     table = host.dispatchctl("status")
     assert table.returncode == 0
     for label in ("active (running)", "main PID", "uptime", "restarts", "runs as", "roboshop", "RSS", "CPU",
-                  "/app/dispatch (bundled)", "password ********", "orders queue"):
+                  "/app/dispatch (bundled)", "password ********", "orders queue", "delivery path", "fast"):
         assert label in table.stdout, label
     assert broker.password not in table.stdout + json.dumps(doc)
 
@@ -162,18 +167,11 @@ def test_check_passes_on_a_healthy_host(systemd_host, broker, vhost):
         assert by[name]["status"] == "ok", by[name]
     assert by["selinux"]["status"] == "skip"  # a Debian host
     table = host.dispatchctl("check")
-    if "LoadCredential=" in host.run(["systemctl", "cat", "dispatch"]).stdout:
-        # install puts the password in the credential (systemd 252, bundled flavour): all healthy
-        assert by["credential"]["status"] == "ok", by["credential"]
-        assert doc["_rc"] == 0, json.dumps(doc["findings"], indent=1)
-        assert table.returncode == 0 and "0 failure(s)" in table.stdout
-    else:
-        # an install that still writes AMQP_PASS to the environment file (before the credential
-        # layout was merged): exactly that one finding fails, naming its fix
-        failed = [f["name"] for f in doc["findings"] if f["status"] == "fail"]
-        assert failed == ["credential"], failed
-        assert by["credential"]["fix"].startswith("dispatchctl configure")
-        assert doc["_rc"] == 1 and table.returncode == 1 and "1 failure(s)" in table.stdout
+    # install puts the password in the credential (systemd 252, bundled flavour): all healthy
+    assert "LoadCredential=" in host.run(["systemctl", "cat", "dispatch"]).stdout
+    assert by["credential"]["status"] == "ok", by["credential"]
+    assert doc["_rc"] == 0, json.dumps(doc["findings"], indent=1)
+    assert table.returncode == 0 and "0 failure(s)" in table.stdout
 
 
 def test_check_binary_removed_is_binary_not_found(systemd_host, broker, vhost):
@@ -201,7 +199,7 @@ def test_check_wrong_amqp_host_is_service_not_starting(systemd_host, broker, vho
 
 def test_check_wrong_password_is_auth_failure(systemd_host, broker, vhost):
     install(host := systemd_host, broker, vhost)
-    set_env(host, "AMQP_PASS", "not-the-password")
+    host.write(CREDENTIAL, "not-the-password", mode=0o600)  # where install keeps the password
     restart_no_block(host)
     doc = check(host)
     f = assert_issue(doc, "rabbitmq.auth", "Auth failure", "Auth failure: check AMQP user/pass")
@@ -221,18 +219,13 @@ def test_check_user_root_is_permission_denied(systemd_host, broker, vhost):
     assert f["data"]["unit_user"] == "root"
 
 
-CREDENTIAL = "/etc/roboshop/dispatch.amqp-pass"
-
-
 def test_check_reads_the_password_credential_of_the_real_unit(systemd_host, broker, vhost):
-    """The credential layout made by hand on a real unit (LoadCredential= in a drop-in): check reads
-    it from the unit, uses it for RabbitMQ, and names AMQP_PASS left in the environment file and a
-    credential file that is not root 0600."""
+    """The credential layout of a real install (LoadCredential= in the unit): check reads it from the
+    unit, uses it for RabbitMQ, and names an AMQP_PASS left in the environment file and a credential
+    file that is not root 0600."""
     install(host := systemd_host, broker, vhost)
-    host.write(CREDENTIAL, broker.password, mode=0o600)
-    host.write("/etc/systemd/system/dispatch.service.d/credential.conf",
-               f"[Service]\nLoadCredential=amqp-pass:{CREDENTIAL}\n", mode=0o644)
-    host.run(["systemctl", "daemon-reload"])
+    assert f"LoadCredential=amqp-pass:{CREDENTIAL}" in host.run(["systemctl", "cat", "dispatch"]).stdout
+    host.sh(f"printf 'AMQP_PASS=\"%s\"\\n' '{broker.password}' >> {ENV_FILE}")  # as an older install left it
     doc = check(host)
     f = doc["_by_name"]["credential"]
     assert f["status"] == "fail" and "next to the credential" in f["summary"], f
@@ -265,7 +258,8 @@ def test_logs_show_the_journal_with_the_password_masked_and_follow(systemd_host,
     install(host, broker, vhost)
     # a unit that leaks the password into the journal (as the original Go binary does with its URI)
     host.write("/etc/systemd/system/dispatch.service.d/leak.conf",
-               "[Service]\nExecStartPre=/bin/sh -c 'echo leaking amqp://roboshop:$AMQP_PASS@broker'\n", mode=0o644)
+               "[Service]\nExecStartPre=/bin/sh -c "
+               "'echo leaking amqp://roboshop:$(cat \"$$CREDENTIALS_DIRECTORY/amqp-pass\")@broker'\n", mode=0o644)
     host.run(["systemctl", "daemon-reload"])
     host.run(["systemctl", "restart", "dispatch"])
     assert broker.password in host.journal()  # the leak is real

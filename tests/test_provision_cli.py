@@ -84,7 +84,9 @@ def test_dry_run_json_reports_one_object_per_step():
     by_name = {s["name"]: s for s in doc["steps"]}
     assert by_name["appdir"]["changed"] and by_name["build"]["changed"]
     assert by_name["config"]["diff"]["added"] > 10
-    assert "diff_text" in by_name["config"] and '+AMQP_PASS="********"' in by_name["config"]["diff_text"]
+    diff = by_name["config"]["diff_text"]
+    assert "+++ b/etc/roboshop/dispatch.amqp-pass\n@@ -0,0 +1 @@\n+********\n" in diff  # the credential, masked
+    assert "+LoadCredential=amqp-pass:/etc/roboshop/dispatch.amqp-pass" in diff and "AMQP_PASS" not in diff
     assert PASSWORD not in res.stdout and PASSWORD not in res.stderr
     assert not Path("/nonexistent-dispatchctl-test").exists()
 
@@ -93,7 +95,8 @@ def test_dry_run_table_and_diff_mask_the_password():
     res = cli("install", "--amqp-host", "10.0.0.5", "--app-dir", "/nonexistent-dispatchctl-test",
               "--dry-run", "--diff")
     assert res.returncode == 0, res.stderr
-    assert "would change" in res.stdout and "AMQP_PASS=\"********\"" in res.stdout
+    assert "would change" in res.stdout and "+++ b/etc/roboshop/dispatch.amqp-pass" in res.stdout
+    assert "+********" in res.stdout
     assert PASSWORD not in res.stdout
     assert "dispatchctl install (dry run)" in res.stdout
 

@@ -175,7 +175,8 @@ def test_changed_amqp_host_changes_only_the_configuration_and_restarts_once(syst
     config = next(s for s in doc["steps"] if s["name"] == "config")
     assert "AMQP_HOST" in config["message"] and config["diff"] == {"added": 1, "removed": 1}
     assert config["data"]["files"] == {"/etc/systemd/system/dispatch.service": "ok",
-                                       "/etc/roboshop/dispatch.env": "update"}
+                                       "/etc/roboshop/dispatch.env": "update",
+                                       "/etc/roboshop/dispatch.amqp-pass": "ok"}
     assert mtime_ns(host, "/app/dispatch") == binary_mtime
     assert mtime_ns(host, "/etc/systemd/system/dispatch.service") == unit_mtime
     assert props(host, "MainPID")["MainPID"] != pid
@@ -251,7 +252,8 @@ def test_dry_run_on_a_fresh_host_changes_nothing(systemd_host, broker, vhost):
     host.write(PASS_FILE, broker.password + "\n")
     table = host.dispatchctl("install", *amqp_args(broker, vhost), "--dry-run", "--diff")
     assert table.returncode == 0, table.stderr
-    assert "would change" in table.stdout and 'AMQP_PASS="********"' in table.stdout
+    assert "would change" in table.stdout and "+++ b/etc/roboshop/dispatch.amqp-pass" in table.stdout
+    assert "+********" in table.stdout and "LoadCredential=amqp-pass:" in table.stdout
     assert broker.password not in table.stdout
     doc = install(host, broker, vhost, dry_run=True)
     assert changed(doc) == ["user", "appdir", "build", "config", "service"]

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from tests.support.nspawn import booted
 from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, props
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
@@ -20,15 +21,9 @@ CREDENTIAL = "/etc/roboshop/dispatch.amqp-pass"
 
 @pytest.fixture(scope="module")
 def host(systemd_rootfs):
-    from tests.support.nspawn import Container, HostError
-
-    container = Container(systemd_rootfs)
-    try:
-        container.boot()
-    except HostError as exc:
-        pytest.fail(f"cannot boot the systemd test host: {exc}", pytrace=False)
-    yield container
-    container.poweroff()
+    """One booted host shared by this module's tests (each starts from `clean`)."""
+    with booted(systemd_rootfs) as container:
+        yield container
 
 
 @pytest.fixture

@@ -223,17 +223,20 @@ def test_dry_run_predicts_exactly_and_a_rerun_changes_nothing(tmp_path):
     ctx, real = _run(tmp_path, s, dry_run=False)
     assert {n for n, r in dry.items() if r.changed} == {n for n, r in real.items() if r.changed} \
         == {"appdir", "build", "config"}
-    assert dry_ctx.changed == ctx.changed == {"appdir", "build", "config", "binary", "unit", "envfile"}
+    assert dry_ctx.changed == ctx.changed == {"appdir", "build", "config", "binary", "unit", "envfile",
+                                              "credential"}
     env = tmp_path / "etc/roboshop/dispatch.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert envfile.parse(env.read_text())["AMQP_PASS"] == PASSWORD
+    assert "AMQP_PASS" not in envfile.parse(env.read_text())  # the password is a systemd credential
+    credential = tmp_path / "etc/roboshop/dispatch.amqp-pass"
+    assert stat.S_IMODE(credential.stat().st_mode) == 0o600 and credential.read_text() == PASSWORD
     unit = (tmp_path / "etc/systemd/system/dispatch.service").read_text()
     assert PASSWORD not in unit
     binary = tmp_path / "app/dispatch"
     assert stat.S_IMODE(binary.stat().st_mode) == 0o755
     # written in the order credential, environment file, unit (a failed run never leaves a unit
     # that points at settings not yet written)
-    assert (tmp_path / PENDING.relative_to("/")).read_text().split() == ["binary", "envfile", "unit"]
+    assert (tmp_path / PENDING.relative_to("/")).read_text().split() == ["binary", "credential", "envfile", "unit"]
     before = _snapshot(tmp_path)
     ctx2, again = _run(tmp_path, s, dry_run=False)
     assert all(r.status == OK for r in again.values()), [r.message for r in again.values()]
@@ -249,8 +252,8 @@ def test_changed_host_changes_only_the_environment_file_and_masks_passwords(tmp_
     ctx, real = _run(tmp_path, s, dry_run=False)
     for results, c in ((dry, dry_ctx), (real, ctx)):
         assert [n for n, r in results.items() if r.changed] == ["config"]
-        assert c.changed == {"config", "envfile"}
-    assert "AMQP_HOST, AMQP_PASS" in real["config"].message
+        assert c.changed == {"config", "envfile", "credential"}
+    assert "dispatch.amqp-pass" in real["config"].message and "dispatch.env (AMQP_HOST)" in real["config"].message
     diff = real["config"].diff
     assert '-AMQP_HOST="10.0.0.5"' in diff and '+AMQP_HOST="10.0.0.9"' in diff
     assert "old-secret-1" not in diff and "new-secret-2" not in diff and "********" in diff

@@ -327,3 +327,20 @@ class Container:
         script = ("for r in \"$@\"; do [ -e \"$r\" ] && find \"$r\" -xdev -printf '%p %y %m %u %s %T@\\n'; "
                   "done; true")
         return sorted(self.run(["sh", "-c", script, "sh", *roots]).stdout.splitlines())
+
+
+@contextlib.contextmanager
+def booted(rootfs):
+    """A freshly booted systemd host from ``rootfs``, powered off afterwards; a host that cannot
+    boot fails the test loudly with the reason."""
+    import pytest
+
+    container = Container(rootfs)
+    try:
+        container.boot()
+    except HostError as exc:
+        pytest.fail(f"cannot boot the systemd test host: {exc}", pytrace=False)
+    try:
+        yield container
+    finally:
+        container.poweroff()

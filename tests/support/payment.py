@@ -47,6 +47,21 @@ def make_order(index: int = 0, orderid: Optional[str] = None) -> Dict[str, objec
     }
 
 
+def drain(params: pika.ConnectionParameters, queue: str) -> list:
+    """Every message of ``queue`` as (properties, body), acked."""
+    conn = pika.BlockingConnection(params)
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+    finally:
+        conn.close()
+
+
 def parameters(host: str, port: int, vhost: str, user: str, password: str) -> pika.ConnectionParameters:
     return pika.ConnectionParameters(
         host=host, port=port, virtual_host=vhost, credentials=pika.PlainCredentials(user, password),
