@@ -45,6 +45,19 @@ def declare(broker: Broker) -> Finding:
     return declare_finding(broker.attempt(contract.declare_topology), _ms(started))
 
 
+def _refused(name: str, what: str, code: int, text: str, amqp: AmqpSettings) -> Finding:
+    """A passive declare the broker refused (not 404): the permissions are the fix."""
+    return finding(name, FAIL, f"passive declare refused: {code} {scrub(text)}",
+                   diagnosis=f"{what} cannot be inspected", cause=scrub(text), fix=permissions_fix(amqp))
+
+
+def _unverified(name: str, what: str, summary: str, amqp: AmqpSettings, elapsed_ms: float) -> Finding:
+    """It exists, but comparing it with the contract needs the configure permission."""
+    return finding(name, WARN, summary, diagnosis=f"{what} not verified",
+                   cause="comparing needs a declare, which needs the configure permission", fix=permissions_fix(amqp),
+                   elapsed_ms=elapsed_ms)
+
+
 # -- the exchange ----------------------------------------------------------------------------------
 
 
@@ -63,15 +76,10 @@ def exchange_finding(amqp: AmqpSettings, probe: ExchangeProbe, elapsed_ms: float
             fix="start dispatch (systemctl start dispatch), or: dispatchctl check-rabbitmq --declare",
             elapsed_ms=elapsed_ms)
     if code != 0:
-        return finding("exchange", FAIL, f"passive declare refused: {code} {scrub(text)}",
-                       diagnosis="Exchange robot-shop cannot be inspected", cause=scrub(text),
-                       fix=permissions_fix(amqp))
+        return _refused("exchange", "Exchange robot-shop", code, text, amqp)
     if probe.active is None:
-        return finding(
-            "exchange", WARN, f"exchange '{contract.EXCHANGE}' exists; its type and durability cannot be compared "
-            "without configure permission on it", diagnosis="Exchange robot-shop not verified",
-            cause="comparing needs a declare, which needs the configure permission", fix=permissions_fix(amqp),
-            elapsed_ms=elapsed_ms)
+        return _unverified("exchange", "Exchange robot-shop", f"exchange '{contract.EXCHANGE}' exists; its type and "
+                           "durability cannot be compared without configure permission on it", amqp, elapsed_ms)
     return _exchange_compared(amqp, probe.active, elapsed_ms)
 
 
@@ -132,14 +140,10 @@ def queue_finding(amqp: AmqpSettings, probe: QueueProbe, elapsed_ms: float) -> F
                    f"'{contract.QUEUE}', every order payment publishes is unroutable and silently dropped"),
             fix=MISSING_QUEUE_FIX, elapsed_ms=elapsed_ms)
     if code != 0:
-        return finding("queue", FAIL, f"passive declare refused: {code} {scrub(text)}",
-                       diagnosis="Queue orders cannot be inspected", cause=scrub(text), fix=permissions_fix(amqp))
+        return _refused("queue", "Queue orders", code, text, amqp)
     if probe.active is None:
-        return finding(
-            "queue", WARN, f"'{contract.QUEUE}' exists; its properties cannot be compared without configure "
-            "permission on it", diagnosis="Queue orders not verified",
-            cause="comparing needs a declare, which needs the configure permission", fix=permissions_fix(amqp),
-            elapsed_ms=elapsed_ms)
+        return _unverified("queue", "Queue orders", f"'{contract.QUEUE}' exists; its properties cannot be compared "
+                           "without configure permission on it", amqp, elapsed_ms)
     return _queue_compared(amqp, probe.active, elapsed_ms)
 
 
