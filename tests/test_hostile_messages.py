@@ -276,7 +276,7 @@ def pika_run(broker):
     run.close(broker)
 
 
-_SETTINGS = settings(max_examples=25, deadline=None, derandomize=False,
+_SETTINGS = settings(max_examples=25, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                             HealthCheck.function_scoped_fixture])
 
