@@ -466,8 +466,8 @@ def test_steps_do_not_import_each_other():
 
     steps_dir = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "steps"
     shared = {"base", "pending", "record"}
-    # archive.py is a library, not a step (the archive branch moves it to roboshop_dispatch/)
-    step_modules = {p.stem for p in steps_dir.glob("*.py")} - shared - {"__init__", "plan", "archive"}
+    step_modules = {p.stem for p in steps_dir.glob("*.py")} - shared - {"__init__", "plan"}
+    assert not (steps_dir / "archive.py").exists(), "archive.py is a library: roboshop_dispatch/archive.py"
     for path in steps_dir.glob("*.py"):
         if path.stem in ("plan", "__init__"):
             continue
