@@ -67,9 +67,10 @@ print(json.dumps({"count": count, "seconds": elapsed}))
 
 
 class Bench:
-    def __init__(self, broker: Broker, orders: int) -> None:
+    def __init__(self, broker: Broker, orders: int, fastpath: str = "1") -> None:
         self.broker = broker
         self.orders = orders
+        self.fastpath = fastpath
         self.runs = 0
 
     def params(self, vhost: str) -> pika.ConnectionParameters:
@@ -115,6 +116,7 @@ class Bench:
                    PYTHONPATH=str(ROOT))
         if processing is not None:
             env["DISPATCH_PROCESSING_MS"] = processing
+        env["DISPATCH_FASTPATH"] = self.fastpath
         # the consumer appends to its own file description; we read through another one (a shared
         # one would share the offset, and our seeks would move the consumer's writes)
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,15 +198,18 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=20_000, help="orders to preload per run (20000)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of (a) and (b) each; the best counts (3)")
+    parser.add_argument("--fastpath", choices=("1", "0"), default="1",
+                        help="the consumer's DISPATCH_FASTPATH: 1 the frame path (default), 0 pika's own")
     args = parser.parse_args(argv)
 
     broker = Broker()
     try:
         broker.start()
-        bench = Bench(broker, args.orders)
+        bench = Bench(broker, args.orders, args.fastpath)
         version = broker.ctl("eval", "rabbit_misc:version().", check=False).stdout.strip().strip('"')
         print(f"orders={args.orders} rounds={args.rounds} broker=RabbitMQ {version or '?'} "
-              f"python={sys.version.split()[0]} pika={pika.__version__} cpus={os.cpu_count()}", flush=True)
+              f"python={sys.version.split()[0]} pika={pika.__version__} cpus={os.cpu_count()} "
+              f"fastpath={args.fastpath}", flush=True)
         best_a: Optional[Dict[str, float]] = None
         best_b: Optional[Dict[str, float]] = None
         peak = 0.0
