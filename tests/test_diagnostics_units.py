@@ -268,3 +268,12 @@ def test_commands_on_a_host_without_systemd(systemd_rootfs):
     assert rc == 0, out
     assert [(s["name"], s["status"]) for s in json.loads(out)["steps"]] == [
         ("stop", "ok"), ("disable", "ok"), ("unit", "ok"), ("config", "ok"), ("binary", "ok")]
+
+
+def test_a_broker_reply_is_shown_on_one_line_with_controls_escaped():
+    from roboshop_dispatch.diagnostics.catalog import scrub
+
+    shown = scrub("NOT_FOUND - no queue 'x\x1b[2J\x9b31m'\nin vhost '/'")
+    assert "\n" not in shown and "\x1b" not in shown and "\x9b" not in shown
+    assert "\\x1b[2J" in shown and "\\x9b31m" in shown and "in vhost '/'" in shown
+    assert len(scrub("x" * 1000)) == 300

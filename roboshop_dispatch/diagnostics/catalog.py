@@ -40,8 +40,11 @@ def finding(name: str, status: str, summary: str, **kw: Any) -> Finding:
 
 
 def scrub(text: str) -> str:
-    """A broker's reply text, on one line and short."""
-    return text.replace("\n", " ")[:300]
+    """A broker's reply text, on one line and short, every non-printable character escaped (it can
+    carry names a publisher chose: a terminal never gets their control sequences)."""
+    from ..consumer.orders import escape
+
+    return escape(text.replace("\n", " "))[:300]
 
 
 def host_label(host: str, port: int) -> str:
