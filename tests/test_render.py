@@ -75,10 +75,12 @@ def _analyze(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("flavour, limit", [("bundled", 2.0), ("go", 2.0)])
-def test_security_exposure_score(tmp_path, flavour, limit):
+@pytest.mark.parametrize("flavour, limit, credential", [("bundled", 2.0, False), ("bundled", 2.0, True),
+                                                       ("go", 2.0, False)])
+def test_security_exposure_score(tmp_path, flavour, limit, credential):
     path = tmp_path / "dispatch.service"
-    path.write_text(render_unit(_settings(flavour=flavour)))
+    path.write_text(render_unit(_settings(flavour=flavour), credential=credential))
+    assert ("LoadCredential=amqp-pass:" in path.read_text()) is credential
     res = _analyze("security", "--offline=true", f"--threshold={int(limit * 10)}", str(path))
     last = res.stdout.strip().splitlines()[-1]
     assert "Overall exposure level" in last, res.stdout + res.stderr
