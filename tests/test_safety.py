@@ -230,6 +230,15 @@ def test_an_account_that_is_root_in_disguise_is_refused(uid, gid, fragment):
     assert not decide_user("roboshop", _passwd("roboshop", 998, 998), Path("/app"), "/bin/false").needed
 
 
+def test_a_member_of_the_group_root_is_refused_from_recorded_groups():
+    from roboshop_dispatch.steps.base import StepFailed
+
+    member = _passwd("roboshop", 998, 998)
+    with pytest.raises(StepFailed, match="member of the group root"):
+        decide_user("roboshop", member, Path("/app"), "/usr/sbin/nologin", groups=[998, 0])
+    assert not decide_user("roboshop", member, Path("/app"), "/usr/sbin/nologin", groups=[998, 4]).needed
+
+
 # -- 6: links planted where dispatchctl keeps its files -------------------------------------------------
 
 

@@ -7,10 +7,11 @@ root under another name: uid 0, or gid 0 as its primary group (files of group ro
 
 from __future__ import annotations
 
+import os
 import pwd
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, unchanged
@@ -36,8 +37,9 @@ class UserPlan:
     argv: List[str]
 
 
-def refuse_privileged(entry: pwd.struct_passwd) -> None:
-    """An account that is root in disguise is never the service user."""
+def refuse_privileged(entry: pwd.struct_passwd, groups: Sequence[int] = ()) -> None:
+    """An account that is root in disguise is never the service user (``groups``: every group it
+    is in, as ``os.getgrouplist`` gives them)."""
     if entry.pw_uid == 0:
         raise StepFailed(f"user {entry.pw_name} has uid 0: it is root under another name, and the service "
                          "must never run as root", f"choose another --user, or give {entry.pw_name} its own uid")
@@ -45,19 +47,19 @@ def refuse_privileged(entry: pwd.struct_passwd) -> None:
         raise StepFailed(f"user {entry.pw_name} has gid 0 (group root) as its primary group: the service "
                          "would get root's group access", f"choose another --user, or give {entry.pw_name} "
                          "its own group (usermod -g)")
-    import os
-
-    if 0 in os.getgrouplist(entry.pw_name, entry.pw_gid):
+    if 0 in groups:
         raise StepFailed(f"user {entry.pw_name} is a member of the group root (gid 0): the service would get "
                          "root's group access", f"remove {entry.pw_name} from the group root (gpasswd -d "
                          f"{entry.pw_name} root) or choose another --user")
 
 
-def decide(name: str, entry: Optional[pwd.struct_passwd], app_dir: Path, shell: str) -> Change[UserPlan]:
+def decide(name: str, entry: Optional[pwd.struct_passwd], app_dir: Path, shell: str,
+           groups: Sequence[int] = ()) -> Change[UserPlan]:
+    """Pure: the account as looked up (``None``: absent) and its groups -> what to do."""
     if entry is None:
         return Change([Action("create", f"system user {name}", f" (shell {shell})")],
                       UserPlan(useradd_command(name, app_dir, shell)), report={"user": name})
-    refuse_privileged(entry)
+    refuse_privileged(entry, groups)
     note = "" if entry.pw_uid < 1000 else " (a regular account: left alone)"
     return unchanged(f"user {name} exists (uid {entry.pw_uid}){note}", {"user": name, "uid": entry.pw_uid})
 
@@ -75,7 +77,9 @@ class UserStep(Step[UserPlan]):
 
     def check(self, ctx: Context) -> Change[UserPlan]:
         name = ctx.settings.service_user
-        return decide(name, lookup(name), ctx.settings.app_dir, nologin_shell(ctx.root))
+        entry = lookup(name)
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid) if entry is not None else []
+        return decide(name, entry, ctx.settings.app_dir, nologin_shell(ctx.root), groups)
 
     def apply(self, ctx: Context, change: Change[UserPlan]) -> str:
         ctx.runner.run(change.the_plan().argv, timeout=60)
