@@ -304,7 +304,7 @@ def read(
     return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
 
 
-def read_settings(env_file: Path = layout.ENV_FILE) -> InstalledState:
+def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -> InstalledState:
     """Only the installed AMQP settings, as the consumer reads them: the environment file, the
     credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, no
     ``systemctl``. For ``check-rabbitmq``, which needs nothing else of the host."""
@@ -312,7 +312,8 @@ def read_settings(env_file: Path = layout.ENV_FILE) -> InstalledState:
     credentials = load_credentials(_unit_texts(unit_file, ""))
     state = InstalledState(unit_file=unit_file, credentials=credentials,
                            **_passwords(_read_env(env_file), _read_credential(credentials)))
-    return replace(state, **consumer_settings(state, env_file))
+    # interpret=False: only the files (``logs`` needs the passwords to mask, not pika's import)
+    return replace(state, **consumer_settings(state, env_file)) if interpret else state
 
 
 def _passwords(env_facts: Dict[str, Any], credential: Dict[str, Any]) -> Dict[str, Any]:

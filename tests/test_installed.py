@@ -137,3 +137,18 @@ def test_a_stale_environment_password_beside_the_credential_is_masked_but_never_
     assert "old-in-env" not in json.dumps(state.to_json()) and "new-credential" not in json.dumps(state.to_json())
     alone = InstalledState(**_passwords(env, {}))
     assert alone.secrets() == ["old-in-env"] and alone.shadowed_password is None
+
+
+def test_reading_only_the_passwords_does_not_load_pika(tmp_path):
+    """`dispatchctl logs` masks the installed passwords: it reads the files, not pika's import."""
+    import subprocess
+    import sys
+
+    env = tmp_path / "dispatch.env"
+    env.write_text('AMQP_HOST="h"\nAMQP_PASS="s3cret pw"\n')
+    code = ("import sys; from pathlib import Path; from roboshop_dispatch.installed import read_settings; "
+            f"state = read_settings(Path({str(env)!r}), interpret=False); "
+            "assert state.secrets() == ['s3cret pw'], state.secrets(); "
+            "assert 'pika' not in sys.modules, 'pika was imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

@@ -288,7 +288,7 @@ def logs(
     from ..systemd import UNIT
 
     # every password the installation holds (credential, environment file), as the consumer reads them
-    mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE).secrets()).text
+    mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE, interpret=False).secrets()).text
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
     opt.finish(_stream_journal(argv, mask, follow))
 
