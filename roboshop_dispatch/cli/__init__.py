@@ -1,8 +1,31 @@
-"""The ``dispatchctl`` command. Imports are lazy so ``dispatchctl --version`` starts fast."""
+"""The ``dispatchctl`` command. Imports are lazy so ``dispatchctl --version`` starts fast.
+
+``main()`` keeps two promises for every command: exit codes (0 ok, 1 a check failed, 2 usage,
+130 interrupted; ``status``: 3/4; ``--exit-code``: 3) and, with ``--json``, exactly one JSON
+document on stdout, also when the command never ran (a usage error) or crashed."""
 
 from __future__ import annotations
 
 import sys
+from typing import List, Optional, Tuple
+
+EXIT_INTERNAL = 1
+EXIT_ABORTED = 130
+
+
+def wants_json(argv: List[str]) -> bool:
+    """``--json`` among the options (not after ``--``)."""
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
+def command_of(argv: List[str], names: "set[str]") -> str:
+    """The command named on the command line (its first word that is one), else ``dispatchctl``."""
+    for word in argv:
+        if word == "--":
+            break
+        if word in names:
+            return word
+    return "dispatchctl"
 
 
 def main() -> None:
@@ -11,8 +34,34 @@ def main() -> None:
 
         print(f"dispatchctl {__version__}")
         return
+    code, kind, message = _run()
+    argv = sys.argv[1:]
+    if kind and wants_json(argv):
+        from .app import app
+        from .output import error_document, json_printed, print_json
+
+        if not json_printed():
+            names = {c.name or (c.callback.__name__.replace("_", "-") if c.callback else "")
+                     for c in app.registered_commands}
+            print_json(error_document(command_of(argv, names), kind, message or "see stderr"))
+    sys.exit(code)
+
+
+def _usage_message(exc: Exception) -> Optional[str]:
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    if not message:  # empty for `no_args_is_help`, which has printed the help already
+        return None
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{message}{hint}"
+
+
+def _run() -> Tuple[int, str, str]:
+    """Run the command: (exit code, error kind when it ended in error, the error's message)."""
     import typer
 
+    from . import output
     from .app import app
 
     # click's standalone mode prints a multi-line box for a usage error; ours is one line
@@ -21,14 +70,30 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:
-        format_message = getattr(exc, "format_message", None)
-        message = format_message() if callable(format_message) else str(exc)
-        if message:  # empty for `no_args_is_help`, which has printed the help already
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            print(f"dispatchctl: error: {message}{hint}", file=sys.stderr)
-        sys.exit(2)
+        message = _usage_message(exc)
+        if message:
+            output.error(message)
+        return 2, output.USAGE, message or "a command is required (see `dispatchctl --help`)"
     except typer.Abort:
         print("dispatchctl: aborted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return EXIT_ABORTED, output.ABORTED, "interrupted"
+    except Exception as exc:  # a bug: one line (the traceback with -v), and the JSON document
+        return EXIT_INTERNAL, output.INTERNAL, _internal(exc)
+    code = code if isinstance(code, int) else 0
+    if code == 2 and not output.json_printed():  # a usage error found by the command itself
+        return code, output.USAGE, output.last_error()
+    return code, "", ""
+
+
+def _internal(exc: Exception) -> str:
+    import traceback
+
+    from .common import INVOCATION
+    from .output import NO_SECRETS
+
+    message = NO_SECRETS.text(f"{type(exc).__name__}: {exc}")
+    if INVOCATION.verbosity or "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"dispatchctl: internal error: {message} (a bug in dispatchctl: -v shows the traceback; "
+          "please report it)", file=sys.stderr)
+    return f"internal error: {message}"

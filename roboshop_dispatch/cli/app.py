@@ -1,19 +1,33 @@
-"""The typer application: each command module registers its commands on ``app``."""
+"""The typer application: each command module registers its commands on ``app``.
+
+Every command is a :class:`~.common.DispatchCommand`: ``-h/--help``, ``-v/-vv``, ``-q`` (and
+``--exit-code`` beside a ``--dry-run``) come from there, not from each command's signature."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from .. import __version__
+from .common import HELP_OPTION_NAMES, DispatchCommand
 
-app = typer.Typer(
+
+class DispatchTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`DispatchCommand` unless told otherwise."""
+
+    def command(self, name: Optional[str] = None, *, cls: Any = None, **kwargs: Any) -> Callable[..., Any]:
+        return super().command(name, cls=cls or DispatchCommand, **kwargs)
+
+
+app = DispatchTyper(
     name="dispatchctl",
     help="Provision and operate the RoboShop dispatch service, safely and idempotently.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # plain help: wraps at word boundaries, never cuts a default off
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
 )
 
 

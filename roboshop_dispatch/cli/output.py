@@ -1,6 +1,12 @@
 """The CLI's one output layer: one console, one JSON printer, one way to print an error, and the
 redaction every printed text and document goes through (:class:`roboshop_dispatch.redact.Redactor`).
 
+Every JSON document goes through :func:`print_json`, which gives it the envelope
+``{"command", "ok", "version", "error"?, ...}`` (described by ``schema/dispatchctl.schema.json``)
+and records that it was printed: ``main()`` prints an error document itself only when a run with
+``--json`` ended without one (a usage error, an unexpected exception), so stdout always holds
+exactly one document.
+
 rich is imported only when something is drawn on a terminal, and never for ``--json``.
 """
 
@@ -8,11 +14,30 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 from ..redact import Redactor
 
 NO_SECRETS = Redactor(())
+
+# error kinds of the envelope's "error" member
+USAGE = "usage"          # a bad option or argument (exit 2)
+PREFLIGHT = "preflight"  # the host cannot run the command: not root, no systemd, unsupported OS (exit 1)
+STEP = "step"            # a step failed (exit 1)
+CHECK = "check"          # a check failed (check, check-rabbitmq: exit 1)
+INTERNAL = "internal"    # a bug in dispatchctl (exit 1)
+ABORTED = "aborted"      # interrupted (exit 130)
+NO_SYSTEMD = "no-systemd"  # status on a host whose PID 1 is not systemd (exit 4)
+
+
+class _State:
+    """What this process has printed so far (one invocation per process)."""
+
+    json_documents = 0
+    errors: List[str] = []
+
+
+STATE = _State()
 
 
 def console(stderr: bool = False) -> Any:
@@ -26,11 +51,33 @@ def console(stderr: bool = False) -> Any:
     return con
 
 
+def envelope(document: Dict[str, Any]) -> Dict[str, Any]:
+    """``document`` with the envelope's members first: command, ok, version (and error)."""
+    from .. import __version__
+
+    head: Dict[str, Any] = {"command": document.get("command", "dispatchctl"),
+                            "ok": bool(document.get("ok", False)), "version": __version__}
+    return {**head, **{k: v for k, v in document.items() if k not in head}}
+
+
+def error_document(command: str, kind: str, message: str, **extra: Any) -> Dict[str, Any]:
+    return envelope({"command": command, "ok": False, "error": {"kind": kind, "message": message}, **extra})
+
+
 def print_json(document: Any, redactor: Optional[Redactor] = None) -> None:
-    """One JSON document on stdout, every string redacted."""
-    shown = (redactor or NO_SECRETS).document(document)
+    """One JSON document on stdout, in the envelope, every string redacted."""
+    shown = (redactor or NO_SECRETS).document(envelope(document))
     sys.stdout.write(json.dumps(shown, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    STATE.json_documents += 1
+
+
+def json_printed() -> bool:
+    return STATE.json_documents > 0
+
+
+def last_error() -> str:
+    return STATE.errors[-1] if STATE.errors else ""
 
 
 def write(text: str, redactor: Optional[Redactor] = None, *, err: bool = False) -> None:
@@ -40,6 +87,7 @@ def write(text: str, redactor: Optional[Redactor] = None, *, err: bool = False) 
 
 
 def error(message: str, redactor: Optional[Redactor] = None) -> None:
+    STATE.errors.append((redactor or NO_SECRETS).text(message))
     write(f"dispatchctl: error: {message}\n", redactor, err=True)
 
 
