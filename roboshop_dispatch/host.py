@@ -55,12 +55,20 @@ def child_environment(base: Optional[Mapping[str, str]] = None,
 
 class Runner:
     """Runs commands with a timeout, never through a shell, never with a secret in their
-    environment (:func:`child_environment`). Output is captured as text."""
+    environment (:func:`child_environment`). Output is captured as text.
 
-    def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None) -> None:
+    ``on_line`` (``-vv``) receives each line of a command's output (stdout and stderr) as it
+    comes; ``on_result`` receives every finished command, also a failed one (the run log). Steps
+    never see either: they only call ``run``."""
+
+    def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None, *,
+                 on_line: Optional[Callable[[str], None]] = None,
+                 on_result: Optional[Callable[[Result], None]] = None) -> None:
         self.timeout = timeout
         self.env = dict(env) if env is not None else None
         self.calls: List[Tuple[str, ...]] = []  # every argv run, in order (reports and tests)
+        self.on_line = on_line
+        self.on_result = on_result
 
     def run(
         self,
@@ -74,28 +82,91 @@ class Runner:
     ) -> Result:
         self.calls.append(tuple(argv))
         merged = child_environment(self.env, env)
+        limit = timeout or self.timeout
         try:
-            proc = subprocess.run(
-                list(argv), capture_output=True, text=True, timeout=timeout or self.timeout,
-                input=input, cwd=cwd, env=merged, stdin=None if input is not None else subprocess.DEVNULL,
-            )
+            if self.on_line is not None and input is None:
+                result = stream_command(argv, self.on_line, timeout=limit, cwd=cwd, env=merged)
+            else:
+                proc = subprocess.run(
+                    list(argv), capture_output=True, text=True, timeout=limit,
+                    input=input, cwd=cwd, env=merged, stdin=None if input is not None else subprocess.DEVNULL,
+                )
+                result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         except FileNotFoundError:
+            result = Result(tuple(argv), 127, "", f"{argv[0]}: command not found")
+            self._report(result)
             if check:
                 raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
-            return Result(tuple(argv), 127, "", f"{argv[0]}: command not found")
+            return result
         except subprocess.TimeoutExpired as exc:
+            self._report(Result(tuple(argv), -1, _text(exc.stdout), _text(exc.stderr)
+                                + f"\ntimed out after {exc.timeout:.0f}s"))
             raise CommandError(argv, -1, f"timed out after {exc.timeout:.0f}s") from None
-        result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise CommandError(argv, proc.returncode, (proc.stderr or proc.stdout))
+        self._report(result)
+        if check and result.returncode != 0:
+            raise CommandError(argv, result.returncode, (result.stderr or result.stdout))
         return result
 
+    def _report(self, result: Result) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
 
     def spawn(self, argv: Sequence[str]) -> subprocess.Popen:
         """Start a command in the background (stdout and stderr piped, as text), recorded like run()."""
         self.calls.append(tuple(argv))
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=child_environment(self.env))
+
+
+def _text(data: object) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data if isinstance(data, str) else ""
+
+
+def stream_command(argv: Sequence[str], on_line: Callable[[str], None], *, timeout: float,
+                   cwd: Optional[Path] = None, env: Optional[Mapping[str, str]] = None) -> Result:
+    """Run ``argv`` (stdin closed), handing each line of its stdout and stderr to ``on_line`` as
+    it comes; the whole of both is in the Result. Killed after ``timeout`` seconds
+    (``subprocess.TimeoutExpired``, with the output so far)."""
+    import selectors
+    import time
+
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=cwd, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    data: Dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
+    pending: Dict[int, bytearray] = {fd: bytearray() for fd in data}
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for fd in data:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(list(argv), timeout, bytes(data[out_fd]), bytes(data[err_fd]))
+            for key, _ in sel.select(min(left, 1.0)):
+                fd = int(key.fd)
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    if pending[fd]:
+                        on_line(pending[fd].decode("utf-8", "replace"))
+                    continue
+                data[fd] += chunk
+                pending[fd] += chunk
+                *lines, rest = pending[fd].split(b"\n")
+                pending[fd] = bytearray(rest)
+                for line in lines:
+                    on_line(line.decode("utf-8", "replace"))
+    proc.stdout.close()
+    proc.stderr.close()
+    code = proc.wait()
+    return Result(tuple(argv), code, data[out_fd].decode("utf-8", "replace"),
+                  data[err_fd].decode("utf-8", "replace"))
 
 
 def parse_os_release(text: str) -> Dict[str, str]:

@@ -16,40 +16,90 @@ from .output import NO_SECRETS, console, print_json
 STATUS_STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red"}
 
 
-class Progress:
-    """A spinner per step while it runs (stderr, terminals only, gone when done)."""
+RESULT_WIDTH = len("would change")
 
-    def __init__(self, enabled: bool, total: int, title: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total = total
+
+def row_text(name: str, shown: str, seconds: str, details: str, name_width: int) -> List[str]:
+    """One step's row of the plain table (continuation lines indented under the details)."""
+    lines = details.splitlines() or [""]
+    out = [f"{name:<{name_width}}  {shown:<{RESULT_WIDTH}}  {seconds:>6}  {lines[0]}".rstrip()]
+    out.extend(" " * (name_width + RESULT_WIDTH + 12) + extra for extra in lines[1:])
+    return out
+
+
+class Progress:
+    """What is shown while steps run.
+
+    - ``live``: a terminal: each step with its elapsed time while it runs (rich, on stderr, gone
+      when done: the table follows);
+    - ``rows``: not a terminal (CI, ``| tee``): each step's row of the plain table as it finishes,
+      flushed (on stdout, which then gets only the rest of the table; on stderr with --json);
+    - ``off``: ``-q``.
+
+    ``child_line`` shows a line of a running command's output (``-vv``), masked."""
+
+    def __init__(self, mode: str, planned: List[str], title: str, *, dry_run: bool, stream=None,
+                 redactor: Redactor = NO_SECRETS) -> None:
+        self.mode = mode
         self.title = title
+        self.dry_run = dry_run
+        self.stream = stream or sys.stdout
+        self.redactor = redactor
+        self.name_width = max([len("step"), *(len(n) for n in planned)])
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, SpinnerColumn, TextColumn
-            from rich.progress import Progress as RichProgress
+    @staticmethod
+    def mode_for(*, as_json: bool, quiet: bool) -> str:
+        if quiet:
+            return "off"
+        if (sys.stderr if as_json else sys.stdout).isatty():
+            return "live" if sys.stderr.isatty() else "off"
+        return "rows"
 
-            self._progress = RichProgress(
-                SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                TextColumn("{task.completed}/{task.total}"), console=console(stderr=True), transient=True,
-            )
+    def __enter__(self) -> Progress:
+        if self.mode == "live":
+            from rich.progress import Progress as RichProgress
+            from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = RichProgress(SpinnerColumn(finished_text="•"), TextColumn("{task.description}"),
+                                          TimeElapsedColumn(), console=console(stderr=True), transient=True)
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.title, total=self.total)
+        elif self.mode == "rows":
+            self._write([self.title, row_text("step", "result", "time", "details", self.name_width)[0]])
         return self
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
+    def _write(self, lines: List[str]) -> None:
+        self.stream.write(self.redactor.text("\n".join(lines) + "\n"))
+        self.stream.flush()
+
     def on_start(self, step) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=f"{self.title}: {step.title or step.name}")
+            self._task = self._progress.add_task(f"{step.name}: {step.title or 'running'}", total=1)
 
     def on_done(self, step, result: StepResult) -> None:
+        shown = "would change" if self.dry_run and result.status == CHANGED else result.status
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=1, description=f"{step.name}: {shown}")
+        elif self.mode == "rows":
+            message = result.message
+            if result.failed and "\n" in message:
+                message = message.splitlines()[0] + " (details below)"
+            self._write(row_text(result.name, shown, f"{result.duration_s:.2f}s", message, self.name_width))
+
+    def child_line(self, line: str) -> None:
+        """A line of a command's output as it comes (-vv)."""
+        text = self.redactor.text(line.rstrip("\r\n"))
         if self._progress is not None:
-            self._progress.advance(self._task)
+            from rich.text import Text
+
+            self._progress.console.print(Text(f"  | {text}", style="dim"), soft_wrap=True)
+        elif self.mode == "rows":
+            self._write([f"  | {text}"])
 
 
 def results_document(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str],
@@ -63,30 +113,41 @@ def results_document(command: str, results: List[StepResult], *, dry_run: bool, 
     ran = {r.name for r in results}
     for name in planned:
         if name not in ran:
-            steps.append({"name": name, "status": "skipped", "changed": False, "failed": False,
+            steps.append({"name": name, "status": SKIPPED, "changed": False, "failed": False,
                           "message": "not run: an earlier step failed",
                           "diff": {"added": 0, "removed": 0}, "next_action": "", "duration_s": 0.0})
     failed = next((r for r in results if r.failed), None)
-    return {
+    document: Dict[str, Any] = {
         "command": command,
-        "dry_run": dry_run,
         "ok": failed is None,
+        "dry_run": dry_run,
         "changed": sum(1 for r in results if r.changed),
         "failed_step": failed.name if failed else None,
         "duration_s": round(duration_s, 3),
         "steps": steps,
     }
+    if failed is not None:
+        document["error"] = {"kind": "step", "message": f"step '{failed.name}' failed: {failed.message}",
+                             "step": failed.name, "next_action": failed.next_action}
+    return document
+
+
+SKIPPED = "skipped"
+
+
+def _shown(status: str, dry_run: bool) -> str:
+    return "would change" if dry_run and status == CHANGED else status
 
 
 def _rows(document: Dict[str, Any]) -> List[List[str]]:
     rows = []
     for item in document["steps"]:
         status = item["status"]
-        shown = "would change" if document["dry_run"] and status == CHANGED else status
         message = item["message"]
         if status == FAILED and "\n" in message:  # the full reason follows on stderr
             message = message.splitlines()[0] + " (details below)"
-        rows.append([item["name"], shown, message, f"{item['duration_s']:.2f}s", status])
+        rows.append([item["name"], _shown(status, document["dry_run"]), message, f"{item['duration_s']:.2f}s",
+                     status])
     return rows
 
 
@@ -100,26 +161,29 @@ def _summary(document: Dict[str, Any], results: List[StepResult]) -> str:
 
 
 def print_table(document: Dict[str, Any], results: List[StepResult], *, show_diff: bool = False,
-                title: Optional[str] = None, redactor: Redactor = NO_SECRETS) -> None:
+                title: Optional[str] = None, redactor: Redactor = NO_SECRETS, streamed: bool = False) -> None:
     """A rich table on a terminal; plain aligned text into a pipe or a log (rich would draw the
-    same table without colours, at the cost of importing it: a third of a re-run's time)."""
+    same table without colours, at the cost of importing it: a third of a re-run's time).
+    ``streamed``: the title and the rows of the steps that ran are printed already (Progress)."""
     title = title or f"dispatchctl {document['command']}" + (" (dry run)" if document["dry_run"] else "")
     diffs = [(r.name, redactor.text(r.diff)) for r in results if r.diff] if show_diff else []
     document = redactor.document(document)
+    rows = _rows(document)
     if sys.stdout.isatty():
-        _print_rich(title, _rows(document), diffs, _summary(document, results), bool(document["changed"]))
-    else:
-        _print_plain(title, _rows(document), diffs, _summary(document, results))
+        _print_rich(title, rows, diffs, _summary(document, results), bool(document["changed"]))
+        return
+    if streamed:
+        rows = [row for row in rows if row[4] == SKIPPED]
+    _print_plain(None if streamed else title, rows, diffs, _summary(document, results))
 
 
-def _print_plain(title: str, rows: List[List[str]], diffs, summary: str) -> None:
-    out = [title]
-    header = ["step", "result", "details", "time"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
-    for row in [header, *rows]:
-        details = row[2].splitlines() or [""]
-        out.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[3]:>6}  {details[0]}".rstrip())
-        out.extend(" " * (widths[0] + widths[1] + 12) + extra for extra in details[1:])
+def _print_plain(title: Optional[str], rows: List[List[str]], diffs, summary: str) -> None:
+    out = [title] if title is not None else []
+    width = max([len("step"), *(len(r[0]) for r in rows)])
+    if title is not None:
+        out.extend(row_text("step", "result", "time", "details", width))
+    for row in rows:
+        out.extend(row_text(row[0], row[1], row[3], row[2], width))
     for name, diff in diffs:
         out.append(f"-- diff: {name} --")
         out.append(diff.rstrip("\n"))
@@ -147,11 +211,12 @@ def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed:
             style = ("green" if line.startswith("+") and not line.startswith("+++") else
                      "red" if line.startswith("-") and not line.startswith("---") else
                      "cyan" if line.startswith("@@") else "")
-            con.print(Text(line, style=style))
+            # never wrapped: a continuation line would lose its +/- (the terminal folds it instead)
+            con.print(Text(line, style=style), soft_wrap=True)
     con.print(Text(summary, style="yellow" if changed else "green"))
 
 
-def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS) -> None:
+def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS, log_path: str = "") -> None:
     from .output import write
 
     failed = next((r for r in results if r.failed), None)
@@ -160,17 +225,20 @@ def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS) ->
     text = f"dispatchctl: error: step '{failed.name}' failed: {failed.message}\n"
     if failed.next_action:
         text += f"dispatchctl: next: {failed.next_action}\n"
+    if log_path:
+        text += f"dispatchctl: the full output of the failed step: {log_path}\n"
     write(text, redactor, err=True)
 
 
 def show(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str], duration_s: float,
-         as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS) -> Dict[str, Any]:
+         as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS, quiet: bool = False,
+         streamed: bool = False, log_path: str = "") -> Dict[str, Any]:
     """Print the results the way the user asked, redacted; return the JSON document either way."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
                                 show_diff=show_diff)
     if as_json:
         print_json(document, redactor)
-    else:
-        print_table(document, results, show_diff=show_diff, redactor=redactor)
-    print_failure(results, redactor)
+    elif not quiet:
+        print_table(document, results, show_diff=show_diff, redactor=redactor, streamed=streamed)
+    print_failure(results, redactor, log_path)
     return document

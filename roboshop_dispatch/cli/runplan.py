@@ -1,43 +1,97 @@
 """Run a plan of steps for a command (install, build, configure, start, uninstall): check the host,
-take the host lock, run the steps with progress, show the results redacted. One function for all."""
+take the host lock, run the steps with progress, show the results redacted, log a run that
+changes the host. One function for all."""
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
-from ..host import HostFacts
+from ..host import HostFacts, Runner
 from ..settings import Settings
 from ..steps.base import PreflightError, Step
 from . import options as opt
-from .output import error
+from .common import EXIT_CHANGES, INVOCATION
+from .output import PREFLIGHT, error, error_document, print_json
 
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
              preflight: Callable[[HostFacts], None], dry_run: bool, diff: bool, as_json: bool,
              confirmed: bool = False) -> int:
-    """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed."""
-    from ..steps.base import run_steps
-    from ..steps.plan import context
-    from .render import Progress, show
-
+    """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed, and
+    with --exit-code 3 when something would change (dry run) or changed."""
     facts = HostFacts.gather()
     try:
         preflight(facts)
     except PreflightError as exc:
         error(str(exc))
+        if as_json:
+            print_json(error_document(command, PREFLIGHT, str(exc), dry_run=dry_run))
         return opt.EXIT_CHECK_FAILED
     lock = None if dry_run else opt.change_lock()
     try:
-        started = time.monotonic()
-        ctx = context(settings, dry_run=dry_run, facts=facts)
-        ctx.confirmed = confirmed
-        with Progress(not as_json, len(steps), command) as progress:
-            results = run_steps(steps, ctx, progress.on_start, progress.on_done)
-        document = show(command, results, dry_run=dry_run, planned=[s.name for s in steps],
-                        duration_s=time.monotonic() - started, as_json=as_json, show_diff=diff,
-                        redactor=settings.redactor())
+        document = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
+                        confirmed=confirmed)
     finally:
         if lock is not None:
             lock.close()
-    return opt.EXIT_OK if document["ok"] else opt.EXIT_CHECK_FAILED
+    if not document["ok"]:
+        return opt.EXIT_CHECK_FAILED
+    return EXIT_CHANGES if INVOCATION.exit_code and document["changed"] else opt.EXIT_OK
+
+
+def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool):
+    """The run log for a run that changes the host (root, not a dry run), else None."""
+    if dry_run or not facts.is_root:
+        return None
+    from ..runlog import RunLog
+    from .output import warning
+
+    log, reason = RunLog.open(settings.redactor())
+    if log is None:
+        warning(f"{reason}: this run is not logged")
+        return None
+    log.start(command, sys.argv[1:])
+    return log
+
+
+def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFacts, *, dry_run: bool,
+         diff: bool, as_json: bool, confirmed: bool) -> Any:
+    from ..steps.base import run_steps
+    from ..steps.plan import context
+    from .render import Progress, show
+
+    redactor = settings.redactor()
+    log = _open_log(command, settings, facts, dry_run)
+    mode = Progress.mode_for(as_json=as_json, quiet=INVOCATION.quiet)
+    title = f"dispatchctl {command}" + (" (dry run)" if dry_run else "")
+    planned = [s.name for s in steps]
+    started = time.monotonic()
+    with Progress(mode, planned, title, dry_run=dry_run, stream=sys.stderr if as_json else sys.stdout,
+                  redactor=redactor) as progress:
+        runner = Runner(timeout=300, on_line=progress.child_line if INVOCATION.streaming else None,
+                        on_result=log.command_done if log is not None else None)
+        ctx = context(settings, dry_run=dry_run, facts=facts, runner=runner)
+        ctx.confirmed = confirmed
+        results = run_steps(steps, ctx, _both(progress.on_start, log and (lambda s: log.step_started(s.name))),
+                            _both(progress.on_done, log and (lambda s, r: log.step_done(r))))
+    try:
+        document = show(command, results, dry_run=dry_run, planned=planned, duration_s=time.monotonic() - started,
+                        as_json=as_json, show_diff=diff, redactor=redactor, quiet=INVOCATION.quiet,
+                        streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "")
+    finally:
+        if log is not None:
+            log.finish("ok" if all(not r.failed for r in results) else "failed")
+            log.close()
+    return document
+
+
+def _both(first: Callable[..., None], second: Optional[Callable[..., None]]) -> Callable[..., None]:
+    if not second:
+        return first
+
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+    return call
