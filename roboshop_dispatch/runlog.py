@@ -9,6 +9,7 @@ log never fails a run: :meth:`RunLog.open` returns None with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
@@ -86,7 +87,5 @@ class RunLog:
         self.write(f"=== {summary}\n")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass

@@ -18,6 +18,9 @@ from .settings import MASK
 EXIT_RUNNING = 0
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_INSTALLED = 4
+# PID 1 is not systemd (a container, a chroot): the service's state cannot be known; LSB's
+# "status unknown", the code systemctl's own `is-active` family uses for it
+EXIT_NO_SYSTEMD = 4
 
 BROKER_TIMEOUT_S = 1.5
 
@@ -245,6 +248,31 @@ def unit_doc(state: Any) -> Dict[str, Any]:
     }
 
 
+def systemd_running(root: Path = Path("/")) -> bool:
+    """systemd is PID 1 here (what sd_booted() checks: /run/systemd/system exists)."""
+    return (root / "run/systemd/system").is_dir()
+
+
+def pid1_name(root: Path = Path("/")) -> str:
+    try:
+        return (root / "proc/1/comm").read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def no_systemd_doc(root: Path = Path("/")) -> Dict[str, Any]:
+    """``status`` on a host whose PID 1 is not systemd: says so, and whether a unit file is there."""
+    from .layout import UNIT_NAME, UNIT_PATH
+
+    pid1 = pid1_name(root)
+    return {
+        "unit": UNIT_NAME, "systemd": False, "pid1": pid1, "installed": False, "running": False,
+        "unit_file_present": (root / UNIT_PATH.relative_to("/")).exists(),
+        "error": {"kind": "no-systemd", "message": f"this host does not run systemd (PID 1 is {pid1}): "
+                  "the service cannot run here; dispatch needs a systemd host"},
+    }
+
+
 def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = True,
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
@@ -286,10 +314,13 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
         logs = []
     doc["logs"] = [mask(line) for line in logs]
     doc["running"] = state.installed and state.active
+    doc["systemd"] = True
     return doc
 
 
 def exit_code(doc: Dict[str, Any]) -> int:
+    if doc.get("systemd") is False:
+        return EXIT_NO_SYSTEMD
     if not doc["installed"]:
         return EXIT_NOT_INSTALLED
     return EXIT_RUNNING if doc["running"] else EXIT_NOT_RUNNING

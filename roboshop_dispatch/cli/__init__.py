@@ -7,7 +7,7 @@ document on stdout, also when the command never ran (a usage error) or crashed."
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 EXIT_INTERNAL = 1
 EXIT_ABORTED = 130
@@ -18,7 +18,7 @@ def wants_json(argv: List[str]) -> bool:
     return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
-def command_of(argv: List[str], names: "set[str]") -> str:
+def command_of(argv: List[str], names: Set[str]) -> str:
     """The command named on the command line (its first word that is one), else ``dispatchctl``."""
     for word in argv:
         if word == "--":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import typer
 
@@ -16,6 +16,7 @@ from ..layout import ENV_FILE
 from ..settings import PASSWORD_ENV, SettingsError
 from . import options as opt
 from .app import app
+from .common import INVOCATION
 from .output import console as _console
 from .output import error, print_json
 
@@ -65,43 +66,77 @@ def resolve_amqp(
 ANSI = {"ok": "32", "warn": "33", "fail": "1;31", "skip": "2"}
 
 
+def finding_lines(findings: List[Any], mask: Callable[[str], str]) -> List[Tuple[str, str, str]]:
+    """(status, title, summary) per line of the findings table: a run of skipped checks with the
+    same reason is one line ("9 checks"), naming them."""
+    out: List[Tuple[str, str, str]] = []
+    i = 0
+    while i < len(findings):
+        f = findings[i]
+        j = i
+        while j + 1 < len(findings) and findings[j + 1].status == "skip" and findings[j + 1].summary == f.summary:
+            j += 1
+        if f.status == "skip" and j > i:
+            names = ", ".join(g.title for g in findings[i:j + 1])
+            out.append(("skip", f"{j - i + 1} checks", f"{mask(f.summary)}: {names}"))
+        else:
+            out.append((f.status, f.title, mask(f.summary)))
+        i = j + 1
+    return out
+
+
+def wrap(text: str, first: str, rest: str, width: int) -> str:
+    """``first`` + ``text``, wrapped at word boundaries to ``width`` (0: not wrapped), later lines
+    starting with ``rest``; a word longer than the line (a URL, a path) is never split."""
+    import textwrap
+
+    if width <= len(first) + 20:
+        return first + text.replace("\n", "\n" + rest)
+    lines: List[str] = []
+    for n, paragraph in enumerate(text.splitlines() or [""]):
+        lines.extend(textwrap.wrap(paragraph, width, initial_indent=first if n == 0 else rest,
+                                   subsequent_indent=rest, break_long_words=False, break_on_hyphens=False)
+                     or [first if n == 0 else rest])
+    return "\n".join(lines)
+
+
 def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbose: bool = False) -> None:
     """The findings as an aligned text table, then each diagnosis with its cause and fix.
 
     Plain text on purpose: it pastes into a ticket as it is, and leaving rich out saves a third of
-    the command's start-up time (these commands run while something is on fire). Colours only on
-    a terminal, and never with $NO_COLOR."""
+    the command's start-up time (these commands run while something is on fire). On a terminal:
+    colours (never with $NO_COLOR) and text wrapped at word boundaries to its width; into a pipe:
+    each line as long as its text."""
     import os
     import shutil
-    import textwrap
 
     out = sys.stdout
-    tty = out.isatty() and not os.environ.get("NO_COLOR")
+    tty = out.isatty()
+    colour = tty and not os.environ.get("NO_COLOR")
     width = shutil.get_terminal_size((120, 24)).columns if tty else 0
 
     def paint(text: str, status: str) -> str:
-        return f"\x1b[{ANSI[status]}m{text}\x1b[0m" if tty and status in ANSI else text
+        return f"\x1b[{ANSI[status]}m{text}\x1b[0m" if colour and status in ANSI else text
 
-    title_width = max(len(f.title) for f in report.findings) if report.findings else 10
+    rows = finding_lines(report.findings, mask)
+    title_width = max((len(t) for _, t, _ in rows), default=10)
     lines = [title, ""]
-    indent = 2 + 6 + title_width + 2
-    for f in report.findings:
-        summary = mask(f.summary)
-        if width > indent + 20:
-            wrapped = textwrap.wrap(summary, width - indent) or [""]
-            summary = ("\n" + " " * indent).join(wrapped)
-        lines.append(f"  {paint(f.status.ljust(4), f.status)}  {f.title.ljust(title_width)}  {summary}")
+    indent = " " * (2 + 6 + title_width + 2)
+    for status, name, summary in rows:
+        text = wrap(summary, indent, indent, width)[len(indent):]
+        lines.append(f"  {paint(status.ljust(4), status)}  {name.ljust(title_width)}  {text}")
     for f in report.findings:
         if f.status not in ("fail", "warn") or not f.diagnosis:
             continue
         lines.append("")
-        lines.append(paint(f"{'FAIL' if f.status == 'fail' else 'WARN'}: {mask(f.diagnosis)}", f.status))
+        lines.append(paint(wrap(f"{'FAIL' if f.status == 'fail' else 'WARN'}: {mask(f.diagnosis)}", "", "  ", width),
+                           f.status))
         if f.issue:
-            lines.append(f"  manual's common issue: {f.issue}")
+            lines.append(wrap(f.issue, "  manual's common issue: ", "    ", width))
         if f.cause:
-            lines.append("  cause: " + mask(f.cause).replace("\n", "\n         "))
+            lines.append(wrap(mask(f.cause), "  cause: ", " " * 9, width))
         if f.fix:
-            lines.append("  fix:   " + mask(f.fix).replace("\n", "\n         "))
+            lines.append(wrap(mask(f.fix), "  fix:   ", " " * 9, width))
         if verbose and f.traceback:
             lines.append("  " + mask(f.traceback).rstrip("\n").replace("\n", "\n  "))
     counts = report.counts()
@@ -110,7 +145,7 @@ def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbo
     if report.issues:
         summary += " — common issues: " + ", ".join(report.issues)
     lines.append("")
-    lines.append(paint(summary, "ok" if report.ok else "fail"))
+    lines.append(paint(wrap(summary, "", "  ", width), "ok" if report.ok else "fail"))
     out.write("\n".join(lines) + "\n")
     out.flush()
 
@@ -186,64 +221,84 @@ def check(
 # -- status ------------------------------------------------------------------------------------
 
 
+Row = Tuple[str, str, str]  # (key, value, style: "" or "ok"/"warn"/"fail")
+
+
+def status_rows(doc: Dict[str, Any]) -> List[Row]:
+    """What ``status`` shows, as (key, value, style) rows: one renderer for a terminal (a panel)
+    and one for a pipe (``key: value`` lines)."""
+    from ..status import human_bytes, human_duration
+
+    if doc.get("systemd") is False:
+        return [("systemd", doc["error"]["message"], "fail"),
+                ("unit file", "present" if doc.get("unit_file_present") else "absent", "")]
+    if not doc["installed"]:
+        return [("unit", f"{doc['unit']} is not installed", "fail"),
+                ("next", "dispatchctl install --amqp-host HOST --amqp-pass-file FILE", "")]
+    state = f"{doc['active_state']} ({doc['sub_state']})"
+    if doc["result"] and doc["result"] != "success":
+        state += f", result {doc['result']}"
+    rows: List[Row] = [("state", state, "ok" if doc["running"] else "fail"), ("enabled", doc["enabled"] or "-", ""),
+                       ("main PID", str(doc["main_pid"] or "-"), ""), ("uptime", human_duration(doc["uptime_s"]), ""),
+                       ("restarts", str(doc["restarts"]), "")]
+    proc = doc.get("process") or {}
+    if proc and "error" not in proc:
+        rows += [("runs as", proc["user"], "fail" if proc["user"] == "root" else ""),
+                 ("memory", f"{human_bytes(proc['rss_bytes'])} RSS", ""),
+                 ("CPU", f"{proc['cpu_percent']:.2f}% average ({proc['cpu_seconds']:.2f}s since start)", "")]
+    else:
+        rows.append(("runs as", f"User={doc['unit_user'] or '(root)'} (no process)", ""))
+    binary = doc["binary"]
+    rows.append(("binary", f"{binary['path']} ({binary['flavour'] or 'missing'})", "" if binary["exists"] else "fail"))
+    config = doc["config"]
+    if "hosts" in config:
+        source = f" (from the {config['password_source']})" if config.get("password_source") else ""
+        rows.append(("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
+                                 f"user {config['user']} password {config['password']}{source}", ""))
+    if doc.get("status_text"):
+        rows.append(("systemd status", doc["status_text"], ""))
+    if doc.get("delivery_path") or binary["flavour"] == "bundled":
+        rows.append(("delivery path", doc.get("delivery_path") or "unknown", ""))
+    if config.get("error"):
+        rows.append(("config", f"{config['path']}: {config['error']}", "warn"))
+    queue = doc.get("queue")
+    if queue is not None:
+        if "error" in queue:
+            rows.append(("orders queue", f"unknown: {queue['error']}", "warn"))
+        else:
+            rows.append(("orders queue", f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
+                         "warn" if not queue["consumers"] else ""))
+    return rows
+
+
 def print_status(doc: Dict[str, Any]) -> None:
+    """A rich panel on a terminal; ``key: value`` lines into a pipe (no box, no fixed width)."""
+    rows = status_rows(doc)
+    logs = doc.get("logs") or []
+    if not sys.stdout.isatty():
+        width = max(len(k) for k, _, _ in rows)
+        lines = [f"{k + ':':<{width + 1}} {v}" for k, v, _ in rows]
+        if logs:
+            lines += ["", f"last {len(logs)} log line(s):", *logs]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        return
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    from ..status import human_bytes, human_duration
-
+    styles = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     console = _console()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    if not doc["installed"]:
-        grid.add_row("unit", Text(f"{doc['unit']} is not installed", style="bold red"))
-        grid.add_row("next", "dispatchctl install --amqp-host HOST --amqp-pass-file FILE")
-        console.print(Panel(grid, title="dispatch", title_align="left", border_style="red"))
-        return
-    running = doc["running"]
-    state = f"{doc['active_state']} ({doc['sub_state']})"
-    if doc["result"] and doc["result"] != "success":
-        state += f", result {doc['result']}"
-    grid.add_row("state", Text(state, style="green" if running else "bold red"))
-    grid.add_row("enabled", doc["enabled"] or "-")
-    grid.add_row("main PID", str(doc["main_pid"] or "-"))
-    grid.add_row("uptime", human_duration(doc["uptime_s"]))
-    grid.add_row("restarts", str(doc["restarts"]))
-    proc = doc.get("process") or {}
-    if proc and "error" not in proc:
-        grid.add_row("runs as", Text(proc["user"], style="bold red" if proc["user"] == "root" else ""))
-        grid.add_row("memory", f"{human_bytes(proc['rss_bytes'])} RSS")
-        grid.add_row("CPU", f"{proc['cpu_percent']:.2f}% average ({proc['cpu_seconds']:.2f}s since start)")
-    else:
-        grid.add_row("runs as", f"User={doc['unit_user'] or '(root)'} (no process)")
-    binary = doc["binary"]
-    grid.add_row("binary", Text(f"{binary['path']} ({binary['flavour'] or 'missing'})",
-                                style="" if binary["exists"] else "bold red"))
-    config = doc["config"]
-    if "hosts" in config:
-        source = f" (from the {config['password_source']})" if config.get("password_source") else ""
-        grid.add_row("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
-                                 f"user {config['user']} password {config['password']}{source}")
-    if doc.get("status_text"):
-        grid.add_row("systemd status", doc["status_text"])
-    if doc.get("delivery_path") or binary["flavour"] == "bundled":
-        grid.add_row("delivery path", doc.get("delivery_path") or "unknown")
-    if config.get("error"):
-        grid.add_row("config", Text(f"{config['path']}: {config['error']}", style="yellow"))
-    queue = doc.get("queue")
-    if queue is not None:
-        if "error" in queue:
-            grid.add_row("orders queue", Text(f"unknown: {queue['error']}", style="yellow"))
-        else:
-            grid.add_row("orders queue", Text(
-                f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
-                style="yellow" if not queue["consumers"] else ""))
-    console.print(Panel(grid, title="dispatch", title_align="left", border_style="green" if running else "red"))
-    if doc["logs"]:
-        console.print(Text(f"last {len(doc['logs'])} log line(s):", style="bold"))
-        for line in doc["logs"]:
+    for key, value, style in rows:
+        grid.add_row(key, Text(value, style=styles.get(style, "")))
+    good = bool(doc.get("running"))
+    console.print(Panel(grid, title="dispatch", title_align="left", border_style="green" if good else "red"))
+    if logs:
+        console.print(Text(f"last {len(logs)} log line(s):", style="bold"))
+        for line in logs:
             console.print(Text(line))
 
 
@@ -260,16 +315,22 @@ def status(
     json_output: bool = opt.JsonOutput,
     env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
-    """The service at a glance. Exit 0 running, 3 not running, 4 not installed (like systemctl is-active)."""
-    from ..status import exit_code, gather
+    """The service at a glance. Exit 0 running, 3 not running, 4 not installed or no systemd on
+    this host (like systemctl is-active)."""
+    from ..status import exit_code, gather, no_systemd_doc, systemd_running
 
-    doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None,
-                 preload=() if json_output else (_import_rich,))
-    if json_output:
-        print_json(doc)
+    if not systemd_running():
+        doc = no_systemd_doc()
     else:
+        tty = sys.stdout.isatty() and not json_output
+        doc = gather(lines=max(0, lines), env_file=Path(env_file) if env_file else None,
+                     preload=(_import_rich,) if tty else ())
+    code = exit_code(doc)
+    if json_output:
+        print_json({"command": "status", "ok": code == 0, **doc})
+    elif not INVOCATION.quiet:
         print_status(doc)
-    opt.finish(exit_code(doc))
+    opt.finish(code)
 
 
 # -- logs --------------------------------------------------------------------------------------

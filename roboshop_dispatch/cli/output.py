@@ -33,8 +33,9 @@ NO_SYSTEMD = "no-systemd"  # status on a host whose PID 1 is not systemd (exit 4
 class _State:
     """What this process has printed so far (one invocation per process)."""
 
-    json_documents = 0
-    errors: List[str] = []
+    def __init__(self) -> None:
+        self.json_documents = 0
+        self.errors: List[str] = []
 
 
 STATE = _State()
