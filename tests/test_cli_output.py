@@ -1,0 +1,173 @@
+"""Readable output, driven through the real CLI: into a pipe (CI, ``| tee``) and on a terminal
+(a real pty at 80 columns). This machine has no systemd as PID 1: dry runs work, real runs and
+``status`` say why not (the systemd host's side is in test_cli_output_systemd.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+from typing import List, Tuple
+
+DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
+PASSWORD = "s3cr3t-Pa$$ w0rd"
+NOWHERE = "/nonexistent-dispatchctl-output-test"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+DRY_INSTALL = ["install", "--amqp-host", "10.0.0.5", "--app-dir", NOWHERE, "--dry-run"]
+
+
+def environ() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["DISPATCHCTL_AMQP_PASS"] = PASSWORD
+    return env
+
+
+def piped(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DISPATCHCTL, *args], capture_output=True, text=True, env=environ(), timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def on_terminal(*args: str, columns: int = 80) -> Tuple[int, str]:
+    """Run with stdin, stdout and stderr on a real pty of ``columns`` columns: (exit code, output)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**environ(), "TERM": "xterm-256color"}
+    proc = subprocess.Popen([DISPATCHCTL, *args], stdin=follower, stdout=follower, stderr=follower, env=env,
+                            close_fds=True)
+    os.close(follower)
+    chunks: List[bytes] = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 30)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+
+
+# -- steps: one row per step as it finishes (pipe), elapsed time per step (terminal) -------------
+
+
+def test_piped_run_prints_title_header_one_row_per_step_then_the_summary():
+    res = piped(*DRY_INSTALL)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "dispatchctl install (dry run)"
+    assert lines[1].split() == ["step", "result", "time", "details"]
+    rows = lines[2:-1]
+    assert [r.split()[0] for r in rows] == ["packages", "user", "appdir", "build", "config", "service"], res.stdout
+    for row in rows:
+        assert re.match(r"^\S+\s+(ok|would change)\s+\d+\.\d\ds  \S", row), row
+    assert re.match(r"^6 step\(s\): \d would change, \d ok in \d+\.\d\ds$", lines[-1]), lines[-1]
+    assert "\x1b" not in res.stdout and PASSWORD not in res.stdout
+
+
+def test_json_keeps_stdout_for_the_document_and_rows_go_to_stderr():
+    res = piped(*DRY_INSTALL, "--json")
+    assert res.returncode == 0
+    assert res.stdout.lstrip().startswith("{")
+    assert [line.split()[0] for line in res.stderr.splitlines()[2:]] == \
+        ["packages", "user", "appdir", "build", "config", "service"], res.stderr
+
+
+def test_quiet_prints_nothing_and_exit_code_says_there_is_drift():
+    res = piped(*DRY_INSTALL, "-q", "--exit-code")
+    assert res.returncode == 3, res.stderr  # something would change on this machine
+    assert res.stdout == "" and res.stderr == ""
+    assert piped(*DRY_INSTALL, "-q").returncode == 0  # without --exit-code: 0, as before
+
+
+def test_exit_code_exists_only_beside_dry_run():
+    res = piped("status", "--exit-code")
+    assert res.returncode == 2 and "--exit-code" in res.stderr
+
+
+def test_vv_streams_the_commands_output_in_the_rows():
+    res = piped(*DRY_INSTALL, "-vv")
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    child = [i for i, line in enumerate(lines) if line.startswith("  | ")]
+    packages_row = next(i for i, line in enumerate(lines) if line.startswith("packages "))
+    assert child and all(i < packages_row for i in child), res.stdout  # the package query, before its row
+    assert "  | " not in piped(*DRY_INSTALL, "-v").stdout
+
+
+def test_terminal_shows_each_running_step_with_its_elapsed_time_then_the_table():
+    code, out = on_terminal(*DRY_INSTALL)
+    assert code == 0, out
+    text = ANSI.sub("", out)
+    assert re.search(r"packages: \w.*0:00:0\d", text), text  # the live view: a step, its elapsed time
+    assert "dispatchctl install (dry run)" in text and "would change" in text and PASSWORD not in text
+
+
+def test_diff_lines_are_never_wrapped_on_an_80_column_terminal():
+    code, out = on_terminal(*DRY_INSTALL, "--diff", columns=80)
+    assert code == 0, out
+    text = ANSI.sub("", out).replace("\r", "")
+    lines = text.splitlines()
+    added = [line for line in lines if line.startswith("+") and not line.startswith("+++")]
+    assert any(len(line) > 80 for line in added), "no diff line longer than the terminal: the test proves nothing"
+    # a wrapped line would leave a continuation line in the diff without its +/-/space prefix
+    start = next(i for i, line in enumerate(lines) if line.startswith("── diff:"))
+    body = [line for line in lines[start:] if line and not line.startswith(("── diff:", "6 step(s)"))]
+    assert all(line[0] in "+- @" for line in body), [line for line in body if line[0] not in "+- @"][:3]
+
+
+# -- check-rabbitmq: identical skips collapse; cause and fix wrap on a terminal ---------------------
+
+
+CLOSED_PORT = ["check-rabbitmq", "--amqp-host", "127.0.0.1", "--amqp-port", "1"]
+
+
+def test_identical_skips_are_one_line_naming_the_checks():
+    res = piped(*CLOSED_PORT)
+    assert res.returncode == 1
+    skips = [line for line in res.stdout.splitlines() if line.lstrip().startswith("skip")]
+    assert len(skips) == 1, res.stdout
+    assert re.search(r"skip\s+9 checks\s+not checked: the port is not reachable: AMQP handshake, ", skips[0])
+    assert "Round-trip latency" in skips[0]
+    cause = next(line for line in res.stdout.splitlines() if line.startswith("  cause: "))
+    assert len(cause) > 80  # piped: each text on one line, as long as it is (grep-able)
+
+
+def test_on_a_terminal_cause_and_fix_wrap_at_word_boundaries():
+    code, out = on_terminal(*CLOSED_PORT, columns=80)
+    assert code == 1
+    lines = ANSI.sub("", out).replace("\r", "").splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    cause = next(i for i, line in enumerate(lines) if line.startswith("  cause: "))
+    assert lines[cause + 1].startswith(" " * 9) and lines[cause + 1].strip()  # continued, indented
+    piped_cause = next(line for line in piped(*CLOSED_PORT).stdout.splitlines() if line.startswith("  cause: "))
+    rewrapped = " ".join(lines[cause].split()[1:] + " ".join(lines[cause + 1: cause + 4]).split())
+    assert rewrapped.startswith(" ".join(piped_cause.split()[1:])[:100])  # no word split or lost
+
+
+# -- status without systemd: says so; plain lines into a pipe, the panel on a terminal ----------------
+
+
+def test_status_without_systemd_says_so_plainly_when_piped():
+    res = piped("status")
+    assert res.returncode == 4
+    assert res.stdout.startswith("systemd:") and "does not run systemd (PID 1 is " in res.stdout
+    assert "not installed" not in res.stdout
+    assert not set(res.stdout) & set("╭╮╰╯│─"), res.stdout
+
+
+def test_status_draws_its_panel_on_a_terminal_only():
+    code, out = on_terminal("status")
+    assert code == 4
+    assert "╭" in out and "does not run systemd" in ANSI.sub("", out)

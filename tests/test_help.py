@@ -1,0 +1,91 @@
+"""``--help`` at 80 columns (COLUMNS=80, piped): ``-h`` is ``--help`` on every command, the
+command list has one line per command, metavars say what a value is, long defaults are shown
+whole, and -v/-vv/-q are accepted by every command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
+COMMANDS = ["install", "configure", "build", "start", "check-rabbitmq", "check", "status", "logs", "uninstall"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DISPATCHCTL_AMQP_PASS"}
+    env["COLUMNS"] = "80"
+    return subprocess.run([DISPATCHCTL, *args], capture_output=True, text=True, env=env, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_the_command_list_has_one_line_per_command_within_80_columns():
+    res = cli("--help")
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    listed = lines[lines.index("Commands:") + 1:]
+    names = [line.split()[0] for line in listed if line.strip()]
+    assert names == COMMANDS, res.stdout
+    assert all(len(line) <= 80 for line in res.stdout.splitlines()), res.stdout
+    for line in listed:  # a summary, not a docstring cut off
+        assert not line.rstrip().endswith(("...", "…")), line
+    assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_h_is_help_and_every_command_takes_v_vv_q(command):
+    long, short = cli(command, "--help"), cli(command, "-h")
+    assert long.returncode == short.returncode == 0
+    assert long.stdout == short.stdout and long.stdout.startswith(f"Usage: dispatchctl {command}")
+    for option in ("-v, --verbose", "-q, --quiet", "-h, --help"):
+        assert option in long.stdout, long.stdout
+    assert ("--exit-code" in long.stdout) == ("--dry-run" in long.stdout)
+    for line in long.stdout.splitlines():  # wrapped at word boundaries: only one unbreakable word is longer
+        assert len(line) <= 80 or len(line.split()[-1]) > 40, line
+    assert "<str>" not in long.stdout and "TEXT" not in long.stdout, long.stdout
+
+
+def test_metavars_and_long_defaults():
+    out = cli("install", "--help").stdout
+    for opt, metavar in (("--amqp-pass-file", "FILE"), ("--app-dir", "DIR"), ("--user", "USER"),
+                         ("--amqp-host", "HOST"), ("--amqp-user", "USER")):
+        assert re.search(rf"{opt} {re.escape(metavar)}", out), (opt, out)
+    joined = re.sub(r"-\n\s+", "-", out)  # the URL may be wrapped, but whole
+    assert "(default: https://roboshop-artifacts.s3.amazonaws.com/dispatch.zip)" in " ".join(joined.split()), out
+
+
+@pytest.mark.parametrize("args", [["-v"], ["-vv"], ["-q"], ["--verbose", "--verbose"]])
+def test_verbosity_options_parse_on_every_command(args):
+    """Parsed, not refused: each command then fails (or works) for its own reason, never exit 2."""
+    for command in ("status", "check"):
+        res = cli(command, *args, "--json")
+        assert res.returncode != 2, res.stderr
+
+
+def test_completion_scripts_for_bash_zsh_fish():
+    for shell in ("bash", "zsh", "fish"):
+        env = {**os.environ, "_DISPATCHCTL_COMPLETE": f"source_{shell}"}
+        res = subprocess.run([DISPATCHCTL], capture_output=True, text=True, env=env, timeout=60)
+        assert res.returncode == 0 and "dispatchctl" in res.stdout and "_DISPATCHCTL_COMPLETE" in res.stdout, \
+            (shell, res.stdout, res.stderr)
+    # the completions themselves: bash asks for the words after `dispatchctl che`
+    env = {**os.environ, "_DISPATCHCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dispatchctl che", "COMP_CWORD": "1"}
+    res = subprocess.run([DISPATCHCTL], capture_output=True, text=True, env=env, timeout=60)
+    assert set(res.stdout.split()) >= {"check", "check-rabbitmq"}, res.stdout
+
+
+def test_version_stays_fast():
+    import time
+
+    best = min(_timed([DISPATCHCTL, "--version"], time) for _ in range(5))
+    assert best < 0.15, best
+
+
+def _timed(argv, time) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, capture_output=True, check=True, timeout=30)
+    return time.perf_counter() - started
