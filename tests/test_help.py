@@ -66,7 +66,15 @@ def test_verbosity_options_parse_on_every_command(args):
         assert res.returncode != 2, res.stderr
 
 
-def test_completion_scripts_for_bash_zsh_fish():
+def test_completion_scripts_for_bash_zsh_fish(tmp_path):
+    shown = cli("--show-completion", "bash")
+    assert shown.returncode == 0 and "complete -o default -F _dispatchctl_completion dispatchctl" in shown.stdout
+    env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    installed = subprocess.run([DISPATCHCTL, "--install-completion"], capture_output=True, text=True, env=env,
+                               timeout=60)
+    assert installed.returncode == 0, installed.stderr
+    assert "_dispatchctl_completion" in (tmp_path / ".bash_completions" / "dispatchctl.sh").read_text()
+    assert "dispatchctl.sh" in (tmp_path / ".bashrc").read_text()
     for shell in ("bash", "zsh", "fish"):
         env = {**os.environ, "_DISPATCHCTL_COMPLETE": f"source_{shell}"}
         res = subprocess.run([DISPATCHCTL], capture_output=True, text=True, env=env, timeout=60)
