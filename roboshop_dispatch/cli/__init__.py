@@ -1,4 +1,5 @@
-"""The ``dispatchctl`` command. Imports are lazy so ``dispatchctl --version`` starts fast.
+"""The ``dispatchctl`` command. Imports are lazy (not even ``typing``) so ``dispatchctl --version``
+starts fast.
 
 ``main()`` keeps two promises for every command: exit codes (0 ok, 1 a check failed, 2 usage,
 130 interrupted; ``status``: 3/4; ``--exit-code``: 3) and, with ``--json``, exactly one JSON
@@ -7,18 +8,17 @@ document on stdout, also when the command never ran (a usage error) or crashed."
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Set, Tuple
 
 EXIT_INTERNAL = 1
 EXIT_ABORTED = 130
 
 
-def wants_json(argv: List[str]) -> bool:
+def wants_json(argv: list[str]) -> bool:
     """``--json`` among the options (not after ``--``)."""
     return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
-def command_of(argv: List[str], names: Set[str]) -> str:
+def command_of(argv: list[str], names: set[str]) -> str:
     """The command named on the command line (its first word that is one), else ``dispatchctl``."""
     for word in argv:
         if word == "--":
@@ -47,7 +47,7 @@ def main() -> None:
     sys.exit(code)
 
 
-def _usage_message(exc: Exception) -> Optional[str]:
+def _usage_message(exc: Exception) -> str | None:
     format_message = getattr(exc, "format_message", None)
     message = format_message() if callable(format_message) else str(exc)
     if not message:  # empty for `no_args_is_help`, which has printed the help already
@@ -57,7 +57,7 @@ def _usage_message(exc: Exception) -> Optional[str]:
     return f"{message}{hint}"
 
 
-def _run() -> Tuple[int, str, str]:
+def _run() -> tuple[int, str, str]:
     """Run the command: (exit code, error kind when it ended in error, the error's message)."""
     import typer
 
