@@ -171,3 +171,9 @@ def test_status_draws_its_panel_on_a_terminal_only():
     code, out = on_terminal("status")
     assert code == 4
     assert "╭" in out and "does not run systemd" in ANSI.sub("", out)
+
+
+def test_quiet_check_prints_only_the_diagnoses():
+    res = piped(*CLOSED_PORT, "-q")
+    assert res.returncode == 1
+    assert res.stdout.startswith("FAIL: ") and "skip" not in res.stdout and " ok, " not in res.stdout

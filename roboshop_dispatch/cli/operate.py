@@ -74,9 +74,10 @@ def finding_lines(findings: List[Any], mask: Callable[[str], str]) -> List[Tuple
     while i < len(findings):
         f = findings[i]
         j = i
-        while j + 1 < len(findings) and findings[j + 1].status == "skip" and findings[j + 1].summary == f.summary:
+        while (f.status == "skip" and j + 1 < len(findings) and findings[j + 1].status == "skip"
+               and findings[j + 1].summary == f.summary):
             j += 1
-        if f.status == "skip" and j > i:
+        if j > i:
             names = ", ".join(g.title for g in findings[i:j + 1])
             out.append(("skip", f"{j - i + 1} checks", f"{mask(f.summary)}: {names}"))
         else:
@@ -118,9 +119,9 @@ def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbo
     def paint(text: str, status: str) -> str:
         return f"\x1b[{ANSI[status]}m{text}\x1b[0m" if colour and status in ANSI else text
 
-    rows = finding_lines(report.findings, mask)
+    rows = [] if INVOCATION.quiet else finding_lines(report.findings, mask)  # -q: the diagnoses only
     title_width = max((len(t) for _, t, _ in rows), default=10)
-    lines = [title, ""]
+    lines = [] if INVOCATION.quiet else [title, ""]
     indent = " " * (2 + 6 + title_width + 2)
     for status, name, summary in rows:
         text = wrap(summary, indent, indent, width)[len(indent):]
@@ -144,9 +145,11 @@ def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbo
                f"{', ' + str(counts['skip']) + ' skipped' if counts['skip'] else ''} in {report.elapsed_s:.2f}s")
     if report.issues:
         summary += " — common issues: " + ", ".join(report.issues)
-    lines.append("")
-    lines.append(paint(wrap(summary, "", "  ", width), "ok" if report.ok else "fail"))
-    out.write("\n".join(lines) + "\n")
+    if not INVOCATION.quiet:
+        lines.append("")
+        lines.append(paint(wrap(summary, "", "  ", width), "ok" if report.ok else "fail"))
+    if lines:
+        out.write("\n".join(lines).lstrip("\n") + "\n")
     out.flush()
 
 

@@ -1,0 +1,72 @@
+"""The output layer's pure parts: the wrap of cause/fix text, the collapse of identical skips, the
+JSON envelope, and how main() reads --json and the command from a command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roboshop_dispatch import __version__
+from roboshop_dispatch.cli import command_of, wants_json
+from roboshop_dispatch.cli.operate import finding_lines, wrap
+from roboshop_dispatch.cli.output import envelope, error_document
+
+WORDS = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")),
+                         min_size=1, max_size=30), min_size=0, max_size=40)
+
+
+@given(words=WORDS, width=st.integers(min_value=0, max_value=120))
+def test_wrap_keeps_every_word_and_the_width(words, width):
+    text = " ".join(words)
+    first, rest = "  cause: ", " " * 9
+    out = wrap(text, first, rest, width)
+    assert out.startswith(first)
+    assert out[len(first):].split() == words or " ".join(out[len(first):].split()) == " ".join(words)
+    if width > len(first) + 20:
+        for line in out.splitlines():
+            assert len(line) <= width or len(line.split()) == 1 or len(line.split()[-1]) > width - len(rest)
+            assert line.startswith((first, rest))
+    else:
+        assert "\n" not in out
+
+
+@dataclass
+class F:
+    status: str
+    title: str
+    summary: str
+
+
+def test_a_run_of_identical_skips_is_one_line_and_other_lines_stay():
+    findings = [F("ok", "A", "fine"), F("fail", "B", "broken"), *(F("skip", f"S{i}", "not checked: B") for i in range(3)),
+                F("skip", "T", "other reason"), F("ok", "C", "fine")]
+    lines = finding_lines(findings, str)
+    assert lines == [("ok", "A", "fine"), ("fail", "B", "broken"), ("skip", "3 checks", "not checked: B: S0, S1, S2"),
+                     ("skip", "T", "other reason"), ("ok", "C", "fine")]
+
+
+@given(st.lists(st.sampled_from(["ok", "skip", "fail"]), max_size=12))
+def test_collapsing_never_loses_a_check(statuses):
+    findings = [F(s, f"t{i}", "same") for i, s in enumerate(statuses)]
+    lines = finding_lines(findings, str)
+    named = []
+    for status, title, summary in lines:
+        named += summary.split(": ", 1)[1].split(", ") if title.endswith(" checks") else [title]
+    assert named == [f.title for f in findings]
+
+
+def test_envelope_puts_command_ok_version_first_and_keeps_the_rest():
+    doc = envelope({"x": 1, "ok": True, "command": "status"})
+    assert list(doc) == ["command", "ok", "version", "x"] and doc["version"] == __version__
+    err = error_document("install", "usage", "bad")
+    assert err["ok"] is False and err["error"] == {"kind": "usage", "message": "bad"}
+
+
+def test_json_and_the_command_are_read_before_a_double_dash():
+    names = {"status", "install"}
+    assert wants_json(["status", "--json"]) and not wants_json(["status", "--", "--json"])
+    assert command_of(["-v", "status", "--json"], names) == "status"
+    assert command_of(["--", "status"], names) == "dispatchctl"
+    assert command_of(["instal"], names) == "dispatchctl"
