@@ -40,7 +40,8 @@ class F:
 
 
 def test_a_run_of_identical_skips_is_one_line_and_other_lines_stay():
-    findings = [F("ok", "A", "fine"), F("fail", "B", "broken"), *(F("skip", f"S{i}", "not checked: B") for i in range(3)),
+    findings = [F("ok", "A", "fine"), F("fail", "B", "broken"),
+                *(F("skip", f"S{i}", "not checked: B") for i in range(3)),
                 F("skip", "T", "other reason"), F("ok", "C", "fine")]
     lines = finding_lines(findings, str)
     assert lines == [("ok", "A", "fine"), ("fail", "B", "broken"), ("skip", "3 checks", "not checked: B: S0, S1, S2"),
@@ -52,7 +53,7 @@ def test_collapsing_never_loses_a_check(statuses):
     findings = [F(s, f"t{i}", "same") for i, s in enumerate(statuses)]
     lines = finding_lines(findings, str)
     named = []
-    for status, title, summary in lines:
+    for _status, title, summary in lines:
         named += summary.split(": ", 1)[1].split(", ") if title.endswith(" checks") else [title]
     assert named == [f.title for f in findings]
 
