@@ -53,7 +53,9 @@ class Progress:
     def mode_for(*, as_json: bool, quiet: bool) -> str:
         if quiet:
             return "off"
-        if (sys.stderr if as_json else sys.stdout).isatty():
+        if as_json:  # rows on stderr: rich is never imported for --json
+            return "rows"
+        if sys.stdout.isatty():
             return "live" if sys.stderr.isatty() else "off"
         return "rows"
 
