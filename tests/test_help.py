@@ -87,13 +87,19 @@ def test_completion_scripts_for_bash_zsh_fish(tmp_path):
 
 
 def test_version_stays_fast():
-    import time
+    """< 150 ms on this machine when it is quiet (bench/provision.py measures it); here, robust to a
+    busy machine: what it imports (nothing of typer, rich or typing) and its CPU time."""
+    import resource
 
-    best = min(_timed([DISPATCHCTL, "--version"], time) for _ in range(5))
-    assert best < 0.15, best
-
-
-def _timed(argv, time) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, capture_output=True, check=True, timeout=30)
-    return time.perf_counter() - started
+    res = subprocess.run([sys.executable, "-X", "importtime", DISPATCHCTL, "--version"], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0 and res.stdout.startswith("dispatchctl ")
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+    assert not {"typer", "rich", "click", "typing", "roboshop_dispatch.cli.app"} & imported, sorted(imported)
+    cpu = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([DISPATCHCTL, "--version"], capture_output=True, check=True, timeout=30)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    assert min(cpu) < 0.15, cpu
