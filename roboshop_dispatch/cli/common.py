@@ -69,7 +69,7 @@ def _store(field_name: str):
 
 
 def _verbose(expose: bool) -> TyperOption:
-    return TyperOption(param_decls=["--verbose", "-v", "verbose"], count=True, default=0, expose_value=expose,
+    return TyperOption(param_decls=["--verbose", "-v", "verbose"], type=int, count=True, default=0, expose_value=expose,
                        metavar="",
                        callback=_store("verbosity"),
                        help="More detail: -v tracebacks of internal errors, -vv the output of every "
