@@ -76,8 +76,10 @@ def test_piped_run_prints_title_header_one_row_per_step_then_the_summary():
     assert "\x1b" not in res.stdout and PASSWORD not in res.stdout
 
 
-def test_json_keeps_stdout_for_the_document_and_rows_go_to_stderr():
-    res = piped(*DRY_INSTALL, "--json")
+def test_json_keeps_stdout_for_the_document_and_rows_go_to_stderr_with_v():
+    quiet = piped(*DRY_INSTALL, "--json")
+    assert quiet.returncode == 0 and quiet.stderr == ""  # --json alone: stderr only for errors
+    res = piped(*DRY_INSTALL, "--json", "-v")
     assert res.returncode == 0
     assert res.stdout.lstrip().startswith("{")
     assert [line.split()[0] for line in res.stderr.splitlines()[2:]] == \

@@ -50,11 +50,11 @@ class Progress:
         self._task: Any = None
 
     @staticmethod
-    def mode_for(*, as_json: bool, quiet: bool) -> str:
+    def mode_for(*, as_json: bool, quiet: bool, verbosity: int = 0) -> str:
         if quiet:
             return "off"
-        if as_json:  # rows on stderr: rich is never imported for --json
-            return "rows"
+        if as_json:  # stderr stays for errors; -v adds the rows there (rich is never imported for --json)
+            return "rows" if verbosity else "off"
         if sys.stdout.isatty():
             return "live" if sys.stderr.isatty() else "off"
         return "rows"

@@ -64,7 +64,7 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
 
     redactor = settings.redactor()
     log = _open_log(command, settings, facts, dry_run)
-    mode = Progress.mode_for(as_json=as_json, quiet=INVOCATION.quiet)
+    mode = Progress.mode_for(as_json=as_json, quiet=INVOCATION.quiet, verbosity=INVOCATION.verbosity)
     title = f"dispatchctl {command}" + (" (dry run)" if dry_run else "")
     planned = [s.name for s in steps]
     started = time.monotonic()
