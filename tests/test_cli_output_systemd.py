@@ -77,6 +77,8 @@ def test_a_real_install_its_json_its_log_exit_codes_and_a_failing_build(systemd_
     assert plain.returncode == 0 and plain.stdout.splitlines()[0].startswith("state:")
     assert not set(plain.stdout) & set("╭╮╰╯│"), plain.stdout
     valid(host.dispatchctl("check", "--json"), 0)
+    logs = valid(host.dispatchctl("logs", "--json", "-n", "20"), 0)
+    assert logs["lines"] and not any(broker.password in line for line in logs["lines"])
 
     # a go build that fails: rows stream as steps finish, -vv streams go's output, the hint points
     # at the log, and the log has go's full output

@@ -343,6 +343,7 @@ def status(
 def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(50, "--lines", "-n", help="How many recent lines."),
+    json_output: bool = typer.Option(False, "--json", help="Print the lines as one JSON document (not with -f)."),
     env_file: Optional[str] = opt.EnvFileOfUnit,
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
@@ -351,10 +352,36 @@ def logs(
     from ..redact import Redactor
     from ..systemd import UNIT
 
+    if json_output and follow:
+        raise opt.usage_error("--json prints one document: it cannot be combined with --follow")
     # every password the installation holds (credential, environment file), as the consumer reads them
     mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE, interpret=False).secrets()).text
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
-    opt.finish(_stream_journal(argv, mask, follow))
+    opt.finish(_journal_document(argv, mask) if json_output else _stream_journal(argv, mask, follow))
+
+
+def _journal_document(argv: List[str], mask: Callable[[str], str]) -> int:
+    """``logs --json``: the lines (masked) in one document; journalctl's exit code."""
+    import subprocess
+
+    from ..host import child_environment
+
+    doc: Dict[str, Any] = {"command": "logs", "unit": argv[2], "lines": []}
+    try:
+        proc = subprocess.run([*argv, "-q"], capture_output=True, text=True, errors="replace", timeout=60,
+                              stdin=subprocess.DEVNULL, env=child_environment())
+    except (OSError, subprocess.SubprocessError) as exc:
+        doc["error"] = {"kind": "internal" if not isinstance(exc, FileNotFoundError) else "no-systemd",
+                        "message": f"journalctl: {exc}"}
+        print_json(doc)
+        return opt.EXIT_CHECK_FAILED
+    doc["lines"] = [mask(line) for line in proc.stdout.splitlines()]
+    doc["ok"] = proc.returncode == 0
+    if proc.returncode != 0:
+        reason = proc.stderr.strip() or f"journalctl exited {proc.returncode}"
+        doc["error"] = {"kind": "journal", "message": mask(reason)}
+    print_json(doc)
+    return opt.EXIT_OK if proc.returncode == 0 else opt.EXIT_CHECK_FAILED
 
 
 def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -> int:
