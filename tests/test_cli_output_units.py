@@ -71,3 +71,39 @@ def test_json_and_the_command_are_read_before_a_double_dash():
     assert command_of(["-v", "status", "--json"], names) == "status"
     assert command_of(["--", "status"], names) == "dispatchctl"
     assert command_of(["instal"], names) == "dispatchctl"
+
+
+# -- the run log: an attacker's link at its path is refused, the file is root 0600, masked ------------
+
+
+def test_the_run_log_refuses_a_symlink_or_a_hard_link_and_masks(tmp_path):
+    import os
+    import stat
+
+    from roboshop_dispatch.redact import Redactor
+    from roboshop_dispatch.runlog import RunLog
+
+    victim = tmp_path / "shadow"
+    victim.write_text("root:x:0\n")
+    os.chmod(victim, 0o640)
+    link = tmp_path / "symlinked.log"
+    link.symlink_to(victim)
+    log, reason = RunLog.open(Redactor(["pw"]), path=link)
+    assert log is None and "cannot write" in reason
+    hard = tmp_path / "hardlinked.log"
+    os.link(victim, hard)
+    log, reason = RunLog.open(Redactor(["pw"]), path=hard)
+    assert log is None and "regular file of its own" in reason
+    assert victim.read_text() == "root:x:0\n" and stat.S_IMODE(victim.stat().st_mode) == 0o640
+
+    path = tmp_path / "dispatchctl.log"
+    path.write_text("earlier run\n")
+    os.chmod(path, 0o644)
+    log, reason = RunLog.open(Redactor(["s3cret-pw"]), path=path)
+    assert log is not None, reason
+    log.start("install", ["install", "--amqp-pass", "s3cret-pw"])
+    log.finish("ok")
+    log.close()
+    text = path.read_text()
+    assert text.startswith("earlier run\n") and "s3cret-pw" not in text and "********" in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
