@@ -1,7 +1,8 @@
-"""How step results are shown: rich progress while steps run, a summary table (or JSON) after.
+"""How step results are shown: progress while steps run (a row per finished step into a pipe,
+each running step's elapsed time on a terminal), a summary table (or JSON) after.
 
 Shared by every command that runs steps (provisioning here, uninstall in operate). rich is
-imported only when something is drawn, and never for ``--json``.
+imported only when something is drawn on a terminal, and never for ``--json``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Progress:
     - ``live``: a terminal: each step with its elapsed time while it runs (rich, on stderr, gone
       when done: the table follows);
     - ``rows``: not a terminal (CI, ``| tee``): each step's row of the plain table as it finishes,
-      flushed (on stdout, which then gets only the rest of the table; on stderr with --json);
-    - ``off``: ``-q``.
+      flushed (on stdout, which then gets only the rest of the table; on stderr with --json -v);
+    - ``off``: ``-q``, or ``--json`` without ``-v`` (stderr holds only errors then).
 
     ``child_line`` shows a line of a running command's output (``-vv``), masked."""
 
