@@ -33,9 +33,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 CACHE = Path(os.environ.get("DISPATCHCTL_TEST_CACHE", "/var/cache/dispatchctl-test"))
 SUITE = "bookworm"
 # what a RHEL/Debian host has for the bundled flavour (python3, useradd) plus golang for the go
-# flavour (a real `go build`), procps for ps/kill, and systemd as PID 1.
+# flavour (a real `go build`), procps for ps/kill, systemd as PID 1, and the way operators put
+# dispatchctl on root's PATH: pipx (with python3-venv) and sudo (whose secure_path is the test).
 PACKAGES: Tuple[str, ...] = (
-    "systemd", "systemd-sysv", "dbus", "python3", "passwd", "procps", "golang-go",
+    "systemd", "systemd-sysv", "dbus", "python3", "passwd", "procps", "golang-go", "pipx", "sudo",
 )
 RECIPE_VERSION = 2
 # units that only slow the boot or do background work a test must not race with
