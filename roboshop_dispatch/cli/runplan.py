@@ -4,7 +4,7 @@ take the host lock, run the steps with progress, show the results redacted. One 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..host import HostFacts
 from ..settings import Settings
@@ -15,8 +15,9 @@ from .output import error
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
              preflight: Callable[[HostFacts], None], dry_run: bool, diff: bool, as_json: bool,
-             confirmed: bool = False) -> int:
-    """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed."""
+             confirmed: bool = False, section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> int:
+    """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed.
+    ``section``: an extra part of the report, (its JSON key, its JSON value, its text)."""
     from ..steps.base import run_steps
     from ..steps.plan import context
     from .render import Progress, show
@@ -36,7 +37,7 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
             results = run_steps(steps, ctx, progress.on_start, progress.on_done)
         document = show(command, results, dry_run=dry_run, planned=[s.name for s in steps],
                         duration_s=time.monotonic() - started, as_json=as_json, show_diff=diff,
-                        redactor=settings.redactor())
+                        redactor=settings.redactor(), section=section)
     finally:
         if lock is not None:
             lock.close()
