@@ -286,3 +286,25 @@ def build_settings(resolved: Resolved) -> Settings:
     else:
         amqp = AmqpSettings.placeholder()
     return Settings(amqp=amqp, **rest)
+
+
+class LazyPassword:
+    """The password, asked for only when it is needed (``check-rabbitmq`` at its login check): the
+    one known (given or installed), else ``ask()`` once (a hidden prompt on a terminal: None when
+    there is none), else SettingsError saying how to give one. Call it for the Secret."""
+
+    def __init__(self, known: Optional[Secret], source: Optional[Source],
+                 ask: Optional[Callable[[], Optional[str]]], why_not_installed: str = "") -> None:
+        self.value, self.source = known, source
+        self._ask, self._why = ask, why_not_installed
+        self.asked = 0
+
+    def __call__(self) -> Secret:
+        if self.value is None and self._ask is not None and not self.asked:
+            self.asked += 1
+            text = self._ask()
+            if text:
+                self.value, self.source = validate_password("password prompt", text), Source(PROMPT, PROMPT)
+        if self.value is None:
+            raise no_password_error(self._why)
+        return self.value
