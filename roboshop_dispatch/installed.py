@@ -24,13 +24,11 @@ import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import envfile, layout
 from .settings import MASK, AmqpSettings, Secret, SettingsError
-
-if TYPE_CHECKING:
-    from .sources import Remembered
+from .sources import Remembered
 
 PASSWORD_KEY = "AMQP_PASS"
 UNIT_PROPERTIES = (
@@ -216,7 +214,8 @@ class InstalledState:
         the raw values (the consumer's defaults for those not set) when the consumer would refuse
         them; never the password. Empty when the environment file cannot be read."""
         if self.consumer is None:
-            return {k: r.text for k, r in remembered(self).items() if k in AMQP_KEYS}
+            found = remembered(self)
+            return {k: found[k].text for k in AMQP_KEYS if k in found}
         c = self.consumer
         return {"AMQP_HOST": ",".join(c.hosts), "AMQP_PORT": str(c.port), "AMQP_VHOST": c.vhost, "AMQP_USER": c.user}
 
@@ -350,7 +349,48 @@ def consumer_defaults() -> Dict[str, str]:
     return {name: default for name, default, _ in config.VARIABLES if name != PASSWORD_KEY}
 
 
-def remembered(state: InstalledState) -> Dict[str, Remembered]:
+class RememberedValues(Mapping[str, "Remembered"]):
+    """The installed values (:func:`remembered`): a variable the environment file does not set is
+    the consumer's default, looked up only when asked for (it imports pika, which a re-run of
+    ``install`` on a complete installation never needs)."""
+
+    def __init__(self, found: Dict[str, Remembered], env_path: Optional[str]) -> None:
+        self._found = found
+        self._env_path = env_path  # None: no environment file read, so no consumer defaults either
+        self._defaults: Optional[Dict[str, str]] = None
+
+    def _default(self, key: str) -> Optional[Remembered]:
+        if self._env_path is None or not key.isupper():
+            return None
+        if self._defaults is None:
+            self._defaults = consumer_defaults()
+        if key not in self._defaults:
+            return None
+        return Remembered(self._defaults[key], f"{self._env_path}: {key} (not set: the consumer's default)")
+
+    def __getitem__(self, key: str) -> Remembered:
+        found = self._found.get(key) or self._default(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self._found or self._default(key) is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every value, the consumer's defaults included (this loads them)."""
+        keys = list(self._found)
+        if self._env_path is not None:
+            if self._defaults is None:
+                self._defaults = consumer_defaults()
+            keys += [k for k in self._defaults if k not in self._found]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def remembered(state: InstalledState) -> RememberedValues:
     """Every installed setting as text with where it was read, for the settings a command is not
     given (:mod:`roboshop_dispatch.sources`): each variable of the environment file (the consumer's
     default for those it does not set), ``amqp_pass`` (the credential, else AMQP_PASS),
@@ -360,12 +400,11 @@ def remembered(state: InstalledState) -> Dict[str, Remembered]:
     from .sources import Remembered
 
     out: Dict[str, Remembered] = {}
+    env_path: Optional[str] = None
     if not state.env_error and state.env_file.exists:
-        path = state.env_file.path
+        env_path = state.env_file.path
         for key, value in state.environment.items():
-            out[key] = Remembered(value, f"{path}: {key}")
-        for key, default in consumer_defaults().items():
-            out.setdefault(key, Remembered(default, f"{path}: {key} (not set: the consumer's default)"))
+            out[key] = Remembered(value, f"{env_path}: {key}")
     if state.password:
         where = state.credential_file.path if state.password_source == "credential" and state.credential_file \
             else f"{state.env_file.path}: {PASSWORD_KEY}"
@@ -378,7 +417,7 @@ def remembered(state: InstalledState) -> Dict[str, Remembered]:
         out["app_dir"] = Remembered(str(binary.parent), f"{unit}: ExecStart=")
         if state.flavour and Path(state.binary.path) == binary:
             out["flavour"] = Remembered(state.flavour, f"{binary} (the installed binary)")
-    return out
+    return RememberedValues(out, env_path)
 
 
 def _unit_binary(exec_start: str) -> Optional[Path]:

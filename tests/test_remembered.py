@@ -103,7 +103,7 @@ def test_a_bad_value_in_a_source_that_does_not_win_is_not_used():
 
 def test_plain_http_artifact_needs_insecure_from_any_source():
     names = ("artifact", "insecure")
-    with pytest.raises(SettingsError, match="DISPATCHCTL_ARTIFACT: .*plain http"):
+    with pytest.raises(SettingsError, match=r"DISPATCHCTL_ARTIFACT: .*plain http"):
         resolve(names, {}, {"DISPATCHCTL_ARTIFACT": "http://example.invalid/d.zip"}, {})
     r = resolve(names, {}, {"DISPATCHCTL_ARTIFACT": "http://example.invalid/d.zip", "DISPATCHCTL_INSECURE": "1"}, {})
     assert r.values["insecure"] is True
@@ -209,7 +209,7 @@ def test_password_given_in_order(tmp_path):
     assert password_given(None, "opt", env)[0] == Secret("opt")
     assert password_given(None, None, {"DISPATCHCTL_AMQP_PASS": "from-env"})[0] == Secret("from-env")
     assert password_given(None, None, {}) == (None, None)
-    with pytest.raises(SettingsError, match="^DISPATCHCTL_AMQP_PASS_FILE: cannot read"):
+    with pytest.raises(SettingsError, match=r"^DISPATCHCTL_AMQP_PASS_FILE: cannot read"):
         password_given(None, None, {"DISPATCHCTL_AMQP_PASS_FILE": str(tmp_path / "none")})
 
 
@@ -278,3 +278,28 @@ def test_nothing_is_remembered_when_the_environment_file_cannot_be_read():
     state = InstalledState(env_file=FileInfo(ENV, kind="file"), env_error=installed.os.strerror(13))
     assert remembered(state) == {}
     assert InstalledState().amqp_values() == {}
+
+
+def test_a_complete_installation_is_remembered_without_importing_pika(tmp_path):
+    """A re-run of install on a complete installation must stay fast: the consumer's defaults (which
+    import pika) are looked up only for a variable the environment file does not set."""
+    import subprocess
+    import sys
+
+    env = tmp_path / "dispatch.env"
+    env.write_text('AMQP_HOST="10.0.0.5"\nAMQP_PORT="5673"\nAMQP_VHOST="/"\nAMQP_USER="roboshop"\n'
+                   'DISPATCH_ERROR_PERCENT="0"\n')
+    code = f"""
+import sys
+from pathlib import Path
+from roboshop_dispatch.installed import read_settings, remembered
+from roboshop_dispatch.sources import COMMAND_KNOBS, resolve
+found = remembered(read_settings(Path({str(env)!r}), interpret=False))
+r = resolve(COMMAND_KNOBS["configure"], {{}}, {{}}, found)
+assert r.values["amqp_port"] == 5673, r
+print("pika" in sys.modules)
+found = remembered(read_settings(Path({str(tmp_path / 'partial.env')!r}), interpret=False))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -14,8 +14,7 @@ import pytest
 
 from roboshop_dispatch import envfile
 from roboshop_dispatch.settings import MASK
-from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, mtime_ns, props, service_actions, \
-    wait_consumer
+from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, mtime_ns, props, service_actions, wait_consumer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 

@@ -117,7 +117,7 @@ def password(pass_file: Optional[str], pass_value: Optional[str]) -> Optional[Se
     )
 
 
-def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Dict[str, Remembered], str]:
+def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
     """What is installed (installed.remembered: the one parser), and why nothing could be read
     ('' when it could, or when nothing is installed)."""
     from ..installed import read_settings, remembered
@@ -130,7 +130,7 @@ def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Dict[str, Remembered]
 def resolved_settings(
     command: str, given: Dict[str, Optional[str]], *, pass_file: Optional[str] = None,
     pass_value: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
-    installed: Optional[Tuple[Dict[str, Remembered], str]] = None,
+    installed: Optional[Tuple[Mapping[str, Remembered], str]] = None,
 ) -> Resolved:
     """Each setting of ``command`` from the option given, else DISPATCHCTL_*, else what is installed,
     else its default, all validated before the password is asked for (a typo never costs a
