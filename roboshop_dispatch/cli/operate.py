@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import typer
 
-from ..layout import ENV_FILE
+from ..layout import APP_DIR, ENV_FILE, SERVICE_USER
 from ..settings import SettingsError
 from . import options as opt
 from .app import app
@@ -156,8 +156,8 @@ def check_rabbitmq(
 
 @app.command()
 def check(
-    user: str = typer.Option("roboshop", "--user", help="The service user the unit must run as."),
-    app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
+    user: str = typer.Option(SERVICE_USER, "--user", help="The service user the unit must run as."),
+    app_dir: str = typer.Option(str(APP_DIR), "--app-dir", help="Where /app/dispatch lives."),
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
     json_output: bool = opt.JsonOutput,
     verbose: bool = opt.Verbose,
