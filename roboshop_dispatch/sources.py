@@ -266,10 +266,14 @@ def no_password_error(why_not_installed: str = "") -> SettingsError:
 
 
 def installed_password(installed: Mapping[str, Remembered]) -> Tuple[Optional[Secret], Optional[Source]]:
+    """The installed password (the credential, else AMQP_PASS), validated like --amqp-pass-file."""
     found = installed.get(PASSWORD)
     if found is None:
         return None, None
-    return Secret(found.text), Source(INSTALLED, found.where)
+    try:
+        return validate_password(found.where, found.text), Source(INSTALLED, found.where)
+    except SettingsError as exc:
+        raise SettingsError(found.where, f"{exc.message}: give --amqp-pass-file") from None
 
 
 # -- Settings from the resolved values -------------------------------------------------------------

@@ -303,3 +303,14 @@ found = remembered(read_settings(Path({str(tmp_path / 'partial.env')!r}), interp
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_installed_password_is_validated_and_named():
+    from roboshop_dispatch.sources import installed_password
+
+    where = "/etc/roboshop/dispatch.amqp-pass"
+    assert installed_password({"amqp_pass": Remembered("pw", where)}) == (Secret("pw"), Source(INSTALLED, where))
+    assert installed_password({}) == (None, None)
+    with pytest.raises(SettingsError) as err:
+        installed_password({"amqp_pass": Remembered("p\x1bw", where)})
+    assert str(err.value).startswith(f"{where}: ") and str(err.value).endswith("give --amqp-pass-file")

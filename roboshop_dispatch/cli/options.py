@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, NoReturn, Optional, Tuple
 import typer
 
 from ..layout import ENV_FILE
-from ..settings import PASSWORD_ENV, Secret, SettingsError, read_password, validate_password
+from ..settings import PASSWORD_ENV, SettingsError, validate_password
 from ..sources import PASS_FILE_ENV
 
 if TYPE_CHECKING:
@@ -108,13 +108,6 @@ def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
         from .output import warning
 
         warning("--amqp-pass is visible to every user in `ps`; use --amqp-pass-file or $DISPATCHCTL_AMQP_PASS")
-
-
-def password(pass_file: Optional[str], pass_value: Optional[str]) -> Optional[Secret]:
-    warn_if_pass_on_command_line(pass_value)
-    return read_password(
-        pass_file=pass_file, pass_value=pass_value, prompt=(_prompt if sys.stdin.isatty() else None),
-    )
 
 
 def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
