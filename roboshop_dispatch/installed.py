@@ -326,8 +326,10 @@ def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -
     unit_values = unit_settings(texts)
     binary = _unit_binary(unit_values.get("ExecStart", ""))
     info = lstat(binary) if binary is not None else FileInfo(str(layout.APP_DIR / layout.BINARY_NAME))
+    stamp = _read_stamp(binary.parent / layout.BUILD_STAMP_NAME) if binary is not None else {}
     state = InstalledState(unit_file=unit_file, credentials=credentials, unit_values=unit_values, binary=info,
                            flavour=flavour_of(binary) if binary is not None and info.kind == "file" else None,
+                           build_stamp=stamp,
                            **_passwords(_read_env(env_file), _read_credential(credentials)))
     # interpret=False: only the files (``logs`` needs the passwords to mask, not pika's import)
     return replace(state, **consumer_settings(state, env_file)) if interpret else state
@@ -397,7 +399,6 @@ def remembered(state: InstalledState) -> RememberedValues:
     ``service_user`` (the unit's User=), ``app_dir`` (the directory of the dispatch its ExecStart=
     runs) and ``flavour`` (of that binary). Nothing for what is not installed or cannot be read."""
     from .sources import PASSWORD as PASSWORD_NAME
-    from .sources import Remembered
 
     out: Dict[str, Remembered] = {}
     env_path: Optional[str] = None
@@ -417,7 +418,23 @@ def remembered(state: InstalledState) -> RememberedValues:
         out["app_dir"] = Remembered(str(binary.parent), f"{unit}: ExecStart=")
         if state.flavour and Path(state.binary.path) == binary:
             out["flavour"] = Remembered(state.flavour, f"{binary} (the installed binary)")
+        out.update(_remembered_build(state.build_stamp, binary.parent / layout.BUILD_STAMP_NAME))
     return RememberedValues(out, env_path)
+
+
+def _remembered_build(stamp: Mapping[str, Any], path: Path) -> Dict[str, Remembered]:
+    """The go build's artifact and its SHA-256 from the stamp beside the binary (a plain http://
+    artifact was allowed with --insecure: that is remembered too)."""
+
+    artifact, sha256 = stamp.get("artifact"), stamp.get("artifact_sha256")
+    if not isinstance(artifact, str) or not artifact:
+        return {}
+    out = {"artifact": Remembered(artifact, f"{path}: artifact")}
+    if isinstance(sha256, str) and sha256:
+        out["artifact_sha256"] = Remembered(sha256, f"{path}: artifact_sha256")
+    if artifact.startswith("http://"):
+        out["insecure"] = Remembered("1", f"{path}: artifact (http://, allowed with --insecure)")
+    return out
 
 
 def _unit_binary(exec_start: str) -> Optional[Path]:

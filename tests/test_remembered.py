@@ -314,3 +314,16 @@ def test_the_installed_password_is_validated_and_named():
     with pytest.raises(SettingsError) as err:
         installed_password({"amqp_pass": Remembered("p\x1bw", where)})
     assert str(err.value).startswith(f"{where}: ") and str(err.value).endswith("give --amqp-pass-file")
+
+
+def test_the_go_builds_artifact_is_remembered_from_its_stamp():
+    state = InstalledState(unit_file=FileInfo("/etc/systemd/system/dispatch.service", kind="file"),
+                           unit_values={"ExecStart": "/app/dispatch"}, binary=FileInfo("/app/dispatch", kind="file"),
+                           flavour="go", build_stamp={"artifact": "http://10.0.0.9/d.zip", "artifact_sha256": "b" * 64})
+    found = remembered(state)
+    r = resolve(COMMAND_KNOBS["build"], {}, {}, found)
+    assert (r.values["flavour"], r.values["artifact"], r.values["artifact_sha256"]) == \
+        ("go", "http://10.0.0.9/d.zip", "b" * 64)
+    assert r.values["insecure"] is True  # the http:// artifact was allowed when it was built
+    assert r.sources["artifact"] == Source(INSTALLED, "/app/.dispatch-build.json: artifact")
+    assert resolve(COMMAND_KNOBS["build"], {"artifact": "/srv/x.zip"}, {}, found).values["artifact"] == "/srv/x.zip"
