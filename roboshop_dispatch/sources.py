@@ -117,7 +117,7 @@ KNOBS: Tuple[Knob, ...] = (
     Knob("app_dir", "--app-dir", validate_app_dir, "/app", "app_dir"),
     Knob("flavour", "--flavour", validate_flavour, "bundled", "flavour"),
     Knob("artifact", "--artifact", _artifact, DEFAULT_ARTIFACT, "artifact"),
-    Knob("artifact_sha256", "--sha256", _sha256, None, "artifact_sha256", optional=True),
+    Knob("artifact_sha256", "--sha256", _sha256, None, optional=True),  # a pin: never remembered
     Knob("insecure", "--insecure", _flag, "0", "insecure"),
     Knob("error_percent", "--error-percent", _percent, "0", "DISPATCH_ERROR_PERCENT"),
 )
