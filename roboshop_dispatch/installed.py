@@ -24,10 +24,11 @@ import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import envfile, layout
 from .settings import MASK, AmqpSettings, Secret, SettingsError
+from .sources import Remembered
 
 PASSWORD_KEY = "AMQP_PASS"
 UNIT_PROPERTIES = (
@@ -150,9 +151,11 @@ class InstalledState:
     process_user: Optional[str] = None
     journal: Tuple[str, ...] = ()
     unit_verify: Optional[Mapping[str, Any]] = None  # {"returncode": n, "stderr": text}
+    # the unit file's own [Service] User=, ExecStart=, EnvironmentFile= (read without systemctl)
+    unit_values: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("properties", "environment", "build_stamp", "unit_verify"):
+        for name in ("properties", "environment", "build_stamp", "unit_verify", "unit_values"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, MappingProxyType):
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
@@ -208,11 +211,17 @@ class InstalledState:
 
     def amqp_values(self) -> Dict[str, str]:
         """AMQP_HOST, AMQP_PORT, AMQP_VHOST, AMQP_USER as the consumer reads them (its defaults), or
-        the raw values when the consumer would refuse them; never the password."""
+        the raw values (the consumer's defaults for those not set) when the consumer would refuse
+        them; never the password. Empty when the environment file cannot be read."""
         if self.consumer is None:
-            return {k: v for k, v in self.environment.items() if k.startswith("AMQP_")}
+            found = remembered(self)
+            return {k: found[k].text for k in AMQP_KEYS if k in found}
         c = self.consumer
         return {"AMQP_HOST": ",".join(c.hosts), "AMQP_PORT": str(c.port), "AMQP_VHOST": c.vhost, "AMQP_USER": c.user}
+
+    def unit_value(self, key: str) -> str:
+        """``User``, ``ExecStart``: systemd's answer when it gave one, else the unit file's line."""
+        return self.prop(key) or self.unit_values.get(key, "")
 
     def secrets(self) -> List[str]:
         """Every password this installation holds, for masking what is shown."""
@@ -287,7 +296,8 @@ def read(
     systemd = Systemd(runner or Runner(timeout=30))
     props = systemd.show(UNIT_PROPERTIES) if host.systemd_pid1 else {}
     unit_file = lstat(Path(props.get("FragmentPath") or layout.UNIT_PATH))
-    credentials = load_credentials(_unit_texts(unit_file, props.get("DropInPaths", "")))
+    unit_texts = _unit_texts(unit_file, props.get("DropInPaths", ""))
+    credentials = load_credentials(unit_texts)
     env_path = env_file or env_file_from_unit(props, layout.ENV_FILE)
     env_facts = _read_env(env_path)
     secret = _read_credential(credentials)  # the credential's password wins over AMQP_PASS
@@ -295,7 +305,7 @@ def read(
         unit=systemd.unit, properties=props, os_id=host.os_id, os_name=host.os_name, os_family=host.family,
         is_root=host.is_root, systemd_pid1=host.systemd_pid1,
         systemd_version=systemd_version(systemd.runner) if host.systemd_pid1 and version else None,
-        selinux=host.selinux, unit_file=unit_file, credentials=credentials,
+        selinux=host.selinux, unit_file=unit_file, credentials=credentials, unit_values=unit_settings(unit_texts),
         service_user=user_info(service_user), app_dir=lstat(app_dir),
         **_passwords(env_facts, secret), **_read_binary(props, app_dir, host.family == "rhel"),
     )
@@ -305,15 +315,132 @@ def read(
 
 
 def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -> InstalledState:
-    """Only the installed AMQP settings, as the consumer reads them: the environment file, the
-    credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, no
-    ``systemctl``. For ``check-rabbitmq``, which needs nothing else of the host."""
+    """Only the installed settings, as the consumer reads them: the environment file, the
+    credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, the unit
+    file's User= and ExecStart= and the flavour of the binary it runs; no ``systemctl``. For
+    ``check-rabbitmq`` and the remembered settings of ``install``/``configure``/``build``/``start``
+    (:func:`remembered`), which need nothing else of the host."""
     unit_file = lstat(layout.UNIT_PATH)
-    credentials = load_credentials(_unit_texts(unit_file, ""))
-    state = InstalledState(unit_file=unit_file, credentials=credentials,
+    texts = _unit_texts(unit_file, "")
+    credentials = load_credentials(texts)
+    unit_values = unit_settings(texts)
+    binary = _unit_binary(unit_values.get("ExecStart", ""))
+    info = lstat(binary) if binary is not None else FileInfo(str(layout.APP_DIR / layout.BINARY_NAME))
+    stamp = _read_stamp(binary.parent / layout.BUILD_STAMP_NAME) if binary is not None else {}
+    state = InstalledState(unit_file=unit_file, credentials=credentials, unit_values=unit_values, binary=info,
+                           flavour=flavour_of(binary) if binary is not None and info.kind == "file" else None,
+                           build_stamp=stamp,
                            **_passwords(_read_env(env_file), _read_credential(credentials)))
     # interpret=False: only the files (``logs`` needs the passwords to mask, not pika's import)
     return replace(state, **consumer_settings(state, env_file)) if interpret else state
+
+
+# -- the remembered settings ----------------------------------------------------------------------
+
+AMQP_KEYS = ("AMQP_HOST", "AMQP_PORT", "AMQP_VHOST", "AMQP_USER")
+
+
+def consumer_defaults() -> Dict[str, str]:
+    """The consumer's default for each variable it reads (consumer/config.py), as text: the value
+    the service uses when the environment file does not set it. (Not the password: it has none.)"""
+    from .pikaload import load
+
+    load()  # consumer.config imports the contract, which imports pika: without its asyncio adapter
+    from .consumer import config
+
+    return {name: default for name, default, _ in config.VARIABLES if name != PASSWORD_KEY}
+
+
+class RememberedValues(Mapping[str, "Remembered"]):
+    """The installed values (:func:`remembered`): a variable the environment file does not set is
+    the consumer's default, looked up only when asked for (it imports pika, which a re-run of
+    ``install`` on a complete installation never needs)."""
+
+    def __init__(self, found: Dict[str, Remembered], env_path: Optional[str]) -> None:
+        self._found = found
+        self._env_path = env_path  # None: no environment file read, so no consumer defaults either
+        self._defaults: Optional[Dict[str, str]] = None
+
+    def _default(self, key: str) -> Optional[Remembered]:
+        if self._env_path is None or not key.isupper():
+            return None
+        if self._defaults is None:
+            self._defaults = consumer_defaults()
+        if key not in self._defaults:
+            return None
+        return Remembered(self._defaults[key], f"{self._env_path}: {key} (not set: the consumer's default)")
+
+    def __getitem__(self, key: str) -> Remembered:
+        found = self._found.get(key) or self._default(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self._found or self._default(key) is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every value, the consumer's defaults included (this loads them)."""
+        keys = list(self._found)
+        if self._env_path is not None:
+            if self._defaults is None:
+                self._defaults = consumer_defaults()
+            keys += [k for k in self._defaults if k not in self._found]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def remembered(state: InstalledState) -> RememberedValues:
+    """Every installed setting as text with where it was read, for the settings a command is not
+    given (:mod:`roboshop_dispatch.sources`): each variable of the environment file (the consumer's
+    default for those it does not set), ``amqp_pass`` (the credential, else AMQP_PASS),
+    ``service_user`` (the unit's User=), ``app_dir`` (the directory of the dispatch its ExecStart=
+    runs) and ``flavour`` (of that binary). Nothing for what is not installed or cannot be read."""
+    from .sources import PASSWORD as PASSWORD_NAME
+
+    out: Dict[str, Remembered] = {}
+    env_path: Optional[str] = None
+    if not state.env_error and state.env_file.exists:
+        env_path = state.env_file.path
+        for key, value in state.environment.items():
+            out[key] = Remembered(value, f"{env_path}: {key}")
+    if state.password:
+        where = state.credential_file.path if state.password_source == "credential" and state.credential_file \
+            else f"{state.env_file.path}: {PASSWORD_KEY}"
+        out[PASSWORD_NAME] = Remembered(state.password.reveal(), where)
+    unit = state.unit_file.path
+    if state.unit_value("User"):
+        out["service_user"] = Remembered(state.unit_value("User"), f"{unit}: User=")
+    binary = _unit_binary(state.unit_value("ExecStart"))
+    if binary is not None:
+        out["app_dir"] = Remembered(str(binary.parent), f"{unit}: ExecStart=")
+        if state.flavour and Path(state.binary.path) == binary:
+            out["flavour"] = Remembered(state.flavour, f"{binary} (the installed binary)")
+        out.update(_remembered_build(state.build_stamp, binary.parent / layout.BUILD_STAMP_NAME))
+    return RememberedValues(out, env_path)
+
+
+def _remembered_build(stamp: Mapping[str, Any], path: Path) -> Dict[str, Remembered]:
+    """The go build's artifact and its SHA-256 from the stamp beside the binary (a plain http://
+    artifact was allowed with --insecure: that is remembered too)."""
+
+    artifact, sha256 = stamp.get("artifact"), stamp.get("artifact_sha256")
+    if not isinstance(artifact, str) or not artifact:
+        return {}
+    out = {"artifact": Remembered(artifact, f"{path}: artifact")}
+    if isinstance(sha256, str) and sha256:
+        out["artifact_sha256"] = Remembered(sha256, f"{path}: artifact_sha256")
+    if artifact.startswith("http://"):
+        out["insecure"] = Remembered("1", f"{path}: artifact (http://, allowed with --insecure)")
+    return out
+
+
+def _unit_binary(exec_start: str) -> Optional[Path]:
+    """The dispatch program an ExecStart= runs (systemd's form or the unit file's), or None."""
+    found = binary_from_unit({"ExecStart": exec_start}, Path())
+    return found if found != Path() and found.is_absolute() else None
 
 
 def _passwords(env_facts: Dict[str, Any], credential: Dict[str, Any]) -> Dict[str, Any]:
@@ -545,6 +672,27 @@ def load_credentials(unit_texts: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
             name, _, path = value.partition(":")
             found[name] = path or name
     return tuple(found.items())
+
+
+def unit_settings(unit_texts: Sequence[str]) -> Dict[str, str]:
+    """The last ``User=``, ``ExecStart=`` and ``EnvironmentFile=`` of the ``[Service]`` section of a
+    unit file and its drop-ins (an empty assignment clears it, as in systemd)."""
+    found: Dict[str, str] = {}
+    for text in unit_texts:
+        section = ""
+        for line in _logical_lines(text):
+            if line.startswith("["):
+                section = line.strip()
+                continue
+            key, sep, value = line.partition("=")
+            key = key.strip()
+            if section != "[Service]" or not sep or key not in ("User", "ExecStart", "EnvironmentFile"):
+                continue
+            if value.strip():
+                found[key] = value.strip()
+            else:
+                found.pop(key, None)
+    return found
 
 
 def _logical_lines(text: str) -> List[str]:

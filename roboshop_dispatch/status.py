@@ -177,26 +177,24 @@ def delivery_path(status_text: str) -> Optional[str]:
 
 def config_of(state: Any) -> Dict[str, Any]:
     """The configuration as ``status`` shows it: the consumer's own reading of the installed
-    environment (its defaults), the password masked."""
+    environment (its defaults), the password masked; when the consumer would refuse it, the raw
+    values with the consumer's defaults for those not set (installed.remembered: the one reading)."""
     doc: Dict[str, Any] = {"path": state.env_file.path}
     if state.env_error:
         doc["error"] = state.env_error
         return doc
-    from .pikaload import load
+    from .installed import remembered
 
-    load()  # the consumer's config imports the contract, which imports pika
-    from .consumer import config as consumer_config
-
-    env = state.environment
     cfg = state.consumer
+    raw = {key: found.text for key, found in remembered(state).items()}
     doc.update({
-        "hosts": list(cfg.hosts) if cfg else [h.strip() for h in env.get("AMQP_HOST", "").split(",") if h.strip()],
-        "port": str(cfg.port) if cfg else env.get("AMQP_PORT", "5672"),
-        "vhost": cfg.vhost if cfg else env.get("AMQP_VHOST", "/"),
-        "user": cfg.user if cfg else env.get("AMQP_USER", consumer_config.DEFAULT_USER),
+        "hosts": list(cfg.hosts) if cfg else [h.strip() for h in raw.get("AMQP_HOST", "").split(",") if h.strip()],
+        "port": str(cfg.port) if cfg else raw.get("AMQP_PORT", ""),
+        "vhost": cfg.vhost if cfg else raw.get("AMQP_VHOST", ""),
+        "user": cfg.user if cfg else raw.get("AMQP_USER", ""),
         "password": MASK if state.password else "(not set)",
         "password_source": state.password_source or None,
-        "error_percent": f"{cfg.error_percent:g}" if cfg else env.get("DISPATCH_ERROR_PERCENT", "0"),
+        "error_percent": f"{cfg.error_percent:g}" if cfg else raw.get("DISPATCH_ERROR_PERCENT", ""),
     })
     if state.config_error:
         doc["error"] = state.config_error

@@ -496,7 +496,7 @@ def test_a_port_that_never_speaks_is_a_handshake_failure_within_the_bound(broker
     (["--amqp-host", "bad host!"], "--amqp-host"),
     (["--amqp-host", "127.0.0.1", "--amqp-port", "0"], "--amqp-port"),
     (["--amqp-host", "127.0.0.1", "--amqp-port", "x"], "--amqp-port"),
-    (["--amqp-host", "127.0.0.1"], "--amqp-pass-file"),
+    (["--amqp-host", "127.0.0.1", "--amqp-pass-file", "/nonexistent/pass"], "--amqp-pass-file"),
 ])
 def test_bad_or_missing_options_exit_2_naming_the_option(args, option):
     run = check(*args)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import typer
 
-from ..layout import ENV_FILE
-from ..settings import PASSWORD_ENV, SettingsError
+from ..layout import APP_DIR, ENV_FILE, SERVICE_USER
+from ..settings import SettingsError
 from . import options as opt
 from .app import app
 from .common import INVOCATION
@@ -25,42 +25,28 @@ from .output import error, print_json
 
 def resolve_amqp(
     *, host: Optional[str], port: Optional[str], vhost: Optional[str], user: Optional[str],
-    pass_file: Optional[str], env_file: Path,
-):
-    """The AMQP settings to check: each option given wins, else the installed configuration, else
-    the contract's default. The password: --amqp-pass-file, $DISPATCHCTL_AMQP_PASS, the installed
-    AMQP_PASS, a hidden prompt on a TTY. Raises SettingsError naming what is wrong or missing."""
+    pass_file: Optional[str], env_file: Path, pass_value: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[Any, Any]:
+    """The AMQP settings to check and a lazy password: each setting from its option, else its
+    DISPATCHCTL_* variable, else what is installed (as the consumer reads it: its defaults), else
+    the default (sources.resolve). The password (asked for only at the login check):
+    --amqp-pass-file, --amqp-pass, $DISPATCHCTL_AMQP_PASS_FILE, $DISPATCHCTL_AMQP_PASS, the
+    installed one, a hidden prompt on a terminal. Raises SettingsError naming what is wrong."""
     import os
 
-    from ..installed import read_settings
-    from ..settings import AmqpSettings, parse_int, read_password, validate_hosts, validate_port
+    from ..sources import COMMAND_KNOBS, LazyPassword, build_settings, installed_password, password_given, resolve
 
-    # the options given are validated first, so that a typo never costs a password prompt
-    if host is not None:
-        validate_hosts("--amqp-host", host)
-    port_value = validate_port("--amqp-port", parse_int("--amqp-port", port)) if port is not None else None
-    installed: Dict[str, str] = {}
-    installed_password = None
-    need_installed = host is None or (pass_file is None and os.environ.get(PASSWORD_ENV) is None)
-    if need_installed:  # the settings the consumer reads (its defaults; the password from its credential)
-        state = read_settings(env_file)
-        if state.env_error and host is None:
-            raise SettingsError("--amqp-host", f"not given, and {state.env_unreadable()}")
-        installed, installed_password = state.amqp_values(), state.password
-    password = read_password(pass_file=pass_file)
-    if password is None and installed_password:
-        password = installed_password
-    if password is None and sys.stdin.isatty():
-        password = read_password(pass_file=None, prompt=opt._prompt)
-    if port_value is None:
-        port_value = parse_int("AMQP_PORT", installed.get("AMQP_PORT") or "5672")
-    return AmqpSettings.build(
-        hosts=host if host is not None else installed.get("AMQP_HOST", ""),
-        port=port_value,
-        vhost=vhost if vhost is not None else (installed.get("AMQP_VHOST") or "/"),
-        user=user if user is not None else (installed.get("AMQP_USER") or "roboshop"),
-        password=password,
-    )
+    env = os.environ if environ is None else environ
+    found, why = opt.installed_settings(env_file)
+    given = {"amqp_hosts": host, "amqp_port": port, "amqp_vhost": vhost, "amqp_user": user}
+    resolved = resolve(COMMAND_KNOBS["check-rabbitmq"], given, env, found, installed_missing=why)
+    opt.warn_if_pass_on_command_line(pass_value)
+    secret, source = password_given(pass_file, pass_value, env)
+    if secret is None:
+        secret, source = installed_password(found)
+    ask = opt._prompt if sys.stdin.isatty() else None
+    return build_settings(resolved).amqp, LazyPassword(secret, source, ask, why)
 
 
 ANSI = {"ok": "32", "warn": "33", "fail": "1;31", "skip": "2"}
@@ -156,14 +142,20 @@ def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbo
 @app.command("check-rabbitmq")
 def check_rabbitmq(
     amqp_host: Optional[str] = typer.Option(
-        None, "--amqp-host", metavar="HOST[,HOST...]", help="RabbitMQ host(s) (default: the installed AMQP_HOST)."),
-    amqp_port: Optional[str] = typer.Option(None, "--amqp-port", metavar="PORT",
-                                            help="RabbitMQ port (default: installed, else 5672)."),
-    amqp_vhost: Optional[str] = typer.Option(None, "--amqp-vhost", help="Virtual host (default: installed, else /)."),
-    amqp_user: Optional[str] = typer.Option(None, "--amqp-user",
-                                            help="RabbitMQ user (default: installed, else roboshop)."),
-    amqp_pass_file: Optional[str] = typer.Option(
-        None, "--amqp-pass-file", help=f"File holding the password (else ${PASSWORD_ENV}, else the installed one)."),
+        None, "--amqp-host", metavar="HOST[,HOST...]",
+        help="RabbitMQ host(s). Else $DISPATCHCTL_AMQP_HOST, else the installed AMQP_HOST."),
+    amqp_port: Optional[str] = typer.Option(
+        None, "--amqp-port", metavar="PORT",
+        help="RabbitMQ port. Else $DISPATCHCTL_AMQP_PORT, else installed, else 5672."),
+    amqp_vhost: Optional[str] = typer.Option(
+        None, "--amqp-vhost", metavar="VHOST",
+        help="Virtual host. Else $DISPATCHCTL_AMQP_VHOST, else installed, else /."),
+    amqp_user: Optional[str] = typer.Option(
+        None, "--amqp-user", metavar="USER",
+        help="RabbitMQ user. Else $DISPATCHCTL_AMQP_USER, else installed (the consumer's default when the "
+             "environment file sets none), else roboshop."),
+    amqp_pass_file: Optional[str] = opt.AmqpPassFile,
+    amqp_pass: Optional[str] = opt.AmqpPass,
     declare: bool = typer.Option(False, "--declare",
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
                                       "is ever created or changed)."),
@@ -174,18 +166,19 @@ def check_rabbitmq(
 ) -> None:
     """Can dispatch reach RabbitMQ and use its queue? Name, port, handshake, login, vhost,
     permissions, exchange, queue, binding, counts, latency: each with its fix. Changes nothing on the
-    broker unless --declare. Exit 0 when no check fails (warnings are shown, not failures), 1 otherwise."""
+    broker unless --declare. The password is asked for only when the login is reached. Exit 0 when
+    no check fails (warnings are shown, not failures), 1 otherwise."""
     try:
-        amqp = resolve_amqp(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
-                            pass_file=amqp_pass_file, env_file=Path(env_file))
+        amqp, password = resolve_amqp(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
+                                      pass_file=amqp_pass_file, pass_value=amqp_pass, env_file=Path(env_file))
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
 
     from ..diagnostics import check_rabbitmq as run_checks
     from ..redact import Redactor
 
-    report = run_checks(amqp, declare=declare, budget=max(0.5, timeout))
-    redactor = Redactor([amqp.password.reveal()])
+    report = run_checks(amqp, declare=declare, budget=max(0.5, timeout), password=password)
+    redactor = Redactor([password.value.reveal()] if password.value else [])
     target = amqp.masked()
     if json_output:
         print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()}, redactor)
@@ -201,8 +194,8 @@ def check_rabbitmq(
 
 @app.command()
 def check(
-    user: str = typer.Option("roboshop", "--user", help="The service user the unit must run as."),
-    app_dir: str = typer.Option("/app", "--app-dir", help="Where /app/dispatch lives."),
+    user: str = typer.Option(SERVICE_USER, "--user", help="The service user the unit must run as."),
+    app_dir: str = typer.Option(str(APP_DIR), "--app-dir", help="Where /app/dispatch lives."),
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
     json_output: bool = opt.JsonOutput,
     verbose: bool = opt.Verbose,

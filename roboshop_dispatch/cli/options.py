@@ -2,51 +2,65 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import NoReturn, Optional
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Mapping, NoReturn, Optional, Tuple
 
 import typer
 
-from ..layout import APP_DIR, ENV_FILE, SERVICE_USER
-from ..settings import (
-    DEFAULT_ARTIFACT,
-    PASSWORD_ENV,
-    AmqpSettings,
-    Secret,
-    Settings,
-    SettingsError,
-    parse_int,
-    read_password,
-)
+from ..layout import ENV_FILE
+from ..settings import PASSWORD_ENV, SettingsError, validate_password
+from ..sources import PASS_FILE_ENV
+
+if TYPE_CHECKING:
+    from ..sources import Remembered, Resolved
+
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 
 # -- provisioning -------------------------------------------------------------------------------
-AmqpHost = typer.Option(None, "--amqp-host", metavar="HOST[,HOST...]",
-                        help="RabbitMQ host (required): an IP, an RFC 1123 name, or a comma-separated cluster list.")
-AmqpPort = typer.Option("5672", "--amqp-port", metavar="PORT", help="RabbitMQ port.")
-AmqpVhost = typer.Option("/", "--amqp-vhost", help="RabbitMQ virtual host.")
-AmqpUser = typer.Option("roboshop", "--amqp-user", help="RabbitMQ user.")
+# Every remembered setting defaults to None (not given): its value is then taken from its
+# DISPATCHCTL_* variable, the installed files, or its default (sources.resolve), and --help says so.
+
+
+def _remembered(name: str, *decls: str, help: str, metavar: Optional[str] = None) -> Any:
+    from ..sources import KNOB
+
+    knob = KNOB[name]
+    default = "none" if knob.default is None else knob.default
+    remembered = "the installed value, else " if knob.installed else ""
+    return typer.Option(None, knob.option, *decls, metavar=metavar,
+                        help=f"{help} Else ${knob.envvar}, else {remembered}{default}.")
+
+
+AmqpHost = _remembered("amqp_hosts", metavar="HOST[,HOST...]",
+                       help="RabbitMQ host: an IP, an RFC 1123 name, or a comma-separated cluster list.")
+AmqpPort = _remembered("amqp_port", metavar="PORT", help="RabbitMQ port.")
+AmqpVhost = _remembered("amqp_vhost", metavar="VHOST", help="RabbitMQ virtual host.")
+AmqpUser = _remembered("amqp_user", metavar="USER", help="RabbitMQ user.")
 AmqpPassFile = typer.Option(
-    None, "--amqp-pass-file",
-    help=f"File holding the RabbitMQ password (else ${PASSWORD_ENV}, else a hidden prompt).",
+    None, "--amqp-pass-file", metavar="FILE",
+    help=f"File holding the RabbitMQ password. Else --amqp-pass, ${PASS_FILE_ENV}, ${PASSWORD_ENV}, the installed "
+         "password, a hidden prompt on a terminal.",
 )
 AmqpPass = typer.Option(
     None, "--amqp-pass", help="The RabbitMQ password on the command line: visible in `ps`, prefer --amqp-pass-file.",
 )
-User = typer.Option(SERVICE_USER, "--user", help="The service user (a system account, created when missing).")
-AppDir = typer.Option(str(APP_DIR), "--app-dir", help="Where /app/dispatch lives.")
-Flavour = typer.Option("bundled", "--flavour", metavar="bundled|go",
-                       help="bundled: a self-contained python zipapp (offline); go: the manual's go build.")
-Artifact = typer.Option(DEFAULT_ARTIFACT, "--artifact", metavar="URL|PATH",
-                        help="The go flavour's source zip (a URL or a local path).")
-Sha256 = typer.Option(None, "--sha256", metavar="HEX",
-                      help="The artifact's expected SHA-256 (64 hex digits): refused when it differs.")
-Insecure = typer.Option(False, "--insecure", help="Allow an http:// artifact (no transport security).")
-ErrorPercent = typer.Option("0", "--error-percent", metavar="0..100",
-                            help="Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos).")
+User = _remembered("service_user", metavar="USER", help="The service user (a system account, created when missing).")
+AppDir = _remembered("app_dir", metavar="DIR", help="Where dispatch lives.")
+Flavour = _remembered("flavour", metavar="bundled|go",
+                      help="bundled: a self-contained python zipapp (offline); go: the manual's go build.")
+Artifact = _remembered("artifact", metavar="URL|PATH", help="The go flavour's source zip (a URL or a local path).")
+Sha256 = _remembered("artifact_sha256", metavar="HEX",
+                     help="The artifact's expected SHA-256 (64 hex digits): refused when it differs.")
+Insecure = typer.Option(False, "--insecure",
+                        help="Allow an http:// artifact (no transport security). Else $DISPATCHCTL_INSECURE=1.")
+ErrorPercent = _remembered("error_percent", metavar="0..100",
+                           help="Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos).")
 
 # -- every command --------------------------------------------------------------------------------
 JsonOutput = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
@@ -89,36 +103,58 @@ def _prompt() -> Optional[str]:
     return getpass.getpass("RabbitMQ password: ")
 
 
-def password(pass_file: Optional[str], pass_value: Optional[str]) -> Optional[Secret]:
+def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
     if pass_value is not None:
         from .output import warning
 
         warning("--amqp-pass is visible to every user in `ps`; use --amqp-pass-file or $DISPATCHCTL_AMQP_PASS")
-    return read_password(
-        pass_file=pass_file, pass_value=pass_value, prompt=(_prompt if sys.stdin.isatty() else None),
+
+
+def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
+    """What is installed (installed.remembered: the one parser), and why nothing could be read
+    ('' when it could, or when nothing is installed)."""
+    from ..installed import read_settings, remembered
+
+    state = read_settings(env_file, interpret=False)
+    why = state.env_unreadable() if state.env_error and state.env_file.kind != "missing" else ""
+    return remembered(state), why
+
+
+def resolved_settings(
+    command: str, given: Dict[str, Optional[str]], *, pass_file: Optional[str] = None,
+    pass_value: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+    installed: Optional[Tuple[Mapping[str, Remembered], str]] = None,
+) -> Resolved:
+    """Each setting of ``command`` from the option given, else DISPATCHCTL_*, else what is installed,
+    else its default, all validated before the password is asked for (a typo never costs a
+    prompt); then the password (for install and configure): given, else installed, else a prompt
+    on a terminal. Raises SettingsError naming the source of a bad value."""
+    from ..sources import (
+        COMMAND_KNOBS,
+        NEEDS_PASSWORD,
+        PROMPT,
+        Source,
+        installed_password,
+        no_password_error,
+        password_given,
+        resolve,
     )
 
-
-def settings(
-    *, host: Optional[str], port: str, vhost: str, user: str, pass_file: Optional[str],
-    pass_value: Optional[str], service_user: str = SERVICE_USER, app_dir: str = str(APP_DIR),
-    flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: str = "0",
-    sha256: Optional[str] = None, insecure: bool = False,
-) -> Settings:
-    """Validate every option (raises SettingsError naming the option) before anything runs; the
-    password is asked for last, so a typo never costs a prompt."""
-    if host is None:
-        raise SettingsError("--amqp-host", "is required (the RabbitMQ host or a comma-separated list)")
-    port_number = parse_int("--amqp-port", port)
-    percent = parse_int("--error-percent", error_percent)
-
-    def build(secret: Optional[Secret]) -> Settings:
-        amqp = AmqpSettings.build(hosts=host, port=port_number, vhost=vhost, user=user, password=secret)
-        return Settings.build(amqp=amqp, service_user=service_user, app_dir=app_dir, flavour=flavour,
-                              artifact=artifact, error_percent=percent, sha256=sha256, insecure=insecure)
-
-    build(Secret("unused"))
-    return build(password(pass_file, pass_value))
+    env = os.environ if environ is None else environ
+    found, why = installed if installed is not None else installed_settings()
+    resolved = resolve(COMMAND_KNOBS[command], given, env, found, installed_missing=why)
+    if command not in NEEDS_PASSWORD:
+        return resolved
+    warn_if_pass_on_command_line(pass_value)
+    secret, source = password_given(pass_file, pass_value, env)
+    if secret is None:
+        secret, source = installed_password(found)
+    if secret is None and sys.stdin.isatty():
+        text = _prompt()
+        secret, source = (validate_password("password prompt", text), Source(PROMPT, PROMPT)) if text else (None, None)
+    if secret is None:
+        raise no_password_error(why)
+    return replace(resolved, password=secret, password_source=source)
 
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "settings", "usage_error"]
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "resolved_settings", "usage_error"]

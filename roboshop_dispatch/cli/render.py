@@ -8,7 +8,7 @@ imported only when something is drawn on a terminal, and never for ``--json``.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..redact import Redactor
 from ..steps.base import CHANGED, FAILED, OK, StepResult
@@ -235,13 +235,21 @@ def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS, lo
 
 def show(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str], duration_s: float,
          as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS, quiet: bool = False,
-         streamed: bool = False, log_path: str = "") -> Dict[str, Any]:
-    """Print the results the way the user asked, redacted; return the JSON document either way."""
+         streamed: bool = False, log_path: str = "",
+         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Dict[str, Any]:
+    """Print the results the way the user asked, redacted; return the JSON document either way.
+    ``section`` (JSON key, JSON value, text): one more part of the report, e.g. the settings' sources."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
                                 show_diff=show_diff)
+    if section is not None:
+        document[section[0]] = section[1]
     if as_json:
         print_json(document, redactor)
     elif not quiet:
+        if section is not None:
+            from .output import write
+
+            write(section[2], redactor)
         print_table(document, results, show_diff=show_diff, redactor=redactor, streamed=streamed)
     print_failure(results, redactor, log_path)
     return document

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..host import HostFacts, Runner
 from ..settings import Settings
@@ -18,9 +18,10 @@ from .output import PREFLIGHT, error, error_document, print_json
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
              preflight: Callable[[HostFacts], None], dry_run: bool, diff: bool, as_json: bool,
-             confirmed: bool = False) -> int:
+             confirmed: bool = False, section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> int:
     """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed, and
-    with --exit-code 3 when something would change (dry run) or changed."""
+    with --exit-code 3 when something would change (dry run) or changed. ``section``: an extra part
+    of the report, (its JSON key, its JSON value, its text)."""
     facts = HostFacts.gather()
     try:
         preflight(facts)
@@ -32,7 +33,7 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
     lock = None if dry_run else opt.change_lock()
     try:
         document = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
-                        confirmed=confirmed)
+                        confirmed=confirmed, section=section)
     finally:
         if lock is not None:
             lock.close()
@@ -57,7 +58,8 @@ def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool)
 
 
 def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFacts, *, dry_run: bool,
-         diff: bool, as_json: bool, confirmed: bool) -> Any:
+         diff: bool, as_json: bool, confirmed: bool,
+         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Any:
     from ..steps.base import run_steps
     from ..steps.plan import context
     from .render import Progress, show
@@ -79,7 +81,7 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
     try:
         document = show(command, results, dry_run=dry_run, planned=planned, duration_s=time.monotonic() - started,
                         as_json=as_json, show_diff=diff, redactor=redactor, quiet=INVOCATION.quiet,
-                        streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "")
+                        streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "", section=section)
     finally:
         if log is not None:
             log.finish("ok" if all(not r.failed for r in results) else "failed")

@@ -57,6 +57,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from .. import layout
+
 # the parsing of systemd's answers lives with the installed state; kept importable from here
 from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
 from ..redact import Redactor
@@ -108,8 +110,8 @@ def __getattr__(name: str) -> Any:
 
 def check_host(
     *,
-    service_user: str = "roboshop",
-    app_dir: Path = Path("/app"),
+    service_user: str = layout.SERVICE_USER,
+    app_dir: Path = layout.APP_DIR,
     env_file: Optional[Path] = None,
     rabbitmq: bool = True,
     log_lines: int = 10,

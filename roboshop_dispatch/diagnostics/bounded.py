@@ -31,6 +31,10 @@ class Clock:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    def extend(self, seconds: float) -> None:
+        """Give back time the checks did not use (a password prompt waiting for the user)."""
+        self.end += max(0.0, seconds)
+
 
 def start(fn: Callable[[], Any]) -> cf.Future:
     """``fn()`` in a daemon thread; its outcome lands in the returned future."""

@@ -238,7 +238,7 @@ def check_service(s: InstalledState) -> Optional[Finding]:
     if s.active:
         return _f("service", "Service active", OK,
                   f"active ({sub}), MainPID {s.prop('MainPID')}, {restarts} restart(s)")
-    active, lines, host = s.prop("ActiveState"), list(s.journal), s.environment.get("AMQP_HOST", "?")
+    active, lines, host = s.prop("ActiveState"), list(s.journal), s.amqp_values().get("AMQP_HOST", "?")
     state = f"{active} ({sub}), result {s.prop('Result', '?')}, {restarts} restart(s)"
     if active == "inactive" and s.prop("Result") == "success" and restarts in ("", "0"):
         return _f("service", "Service active", FAIL, f"{state}: stopped", diagnosis="Service stopped",

@@ -6,9 +6,10 @@ that drops packets answers in seconds)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional
 
-from ..settings import AmqpSettings
+from ..settings import AmqpSettings, Secret, SettingsError
 from . import network
 from .bounded import Clock, run_bounded
 from .catalog import (
@@ -20,7 +21,7 @@ from .catalog import (
     host_label,
     order,
 )
-from .report import FAIL, SERVICE_NOT_STARTING, Finding, Report, internal_error
+from .report import FAIL, SERVICE_NOT_STARTING, SKIP, Finding, Report, internal_error
 
 
 def check_rabbitmq(
@@ -30,13 +31,16 @@ def check_rabbitmq(
     budget: float = DEFAULT_BUDGET_S,
     resolve_timeout: float = RESOLVE_TIMEOUT_S,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    password: Optional[Callable[[], Secret]] = None,
 ) -> Report:
-    """Every check of ``dispatchctl check-rabbitmq``, within ``budget`` seconds."""
+    """Every check of ``dispatchctl check-rabbitmq``, within ``budget`` seconds. ``password``, when
+    given, is called only when the login is reached (it may prompt: the time it waits is not
+    counted); its SettingsError (no password) is the login's failure."""
     clock = Clock(budget)
     report = Report()
     names = order(declare)
     try:
-        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout)
+        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout, password)
     except Exception as exc:  # a bug in a check: reported as such, never blamed on the broker
         name = next((n for n in names if report.get(n) is None), names[-1])
         report.add(internal_error(name, TITLES[name], exc))
@@ -47,7 +51,7 @@ def check_rabbitmq(
 
 
 def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, resolve_timeout: float,
-           connect_timeout: float) -> None:
+           connect_timeout: float, password: Optional[Callable[[], Secret]] = None) -> None:
     names = order(declare)
     started = time.monotonic()
     resolved = network.resolve_all(amqp.hosts, amqp.port, min(resolve_timeout, clock.left()))
@@ -60,6 +64,18 @@ def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, reso
     if report.add(network.tcp_finding(tcp, amqp.port, timeout, _ms(started))).status == FAIL:
         report.skip_rest(names, "tcp", "the port is not reachable", TITLES)
         return
+    if password is not None:
+        asked = time.monotonic()
+        try:
+            amqp = replace(amqp, password=password())
+        except SettingsError as exc:
+            report.add(finding("handshake", SKIP, "not tried: there is no password to log in with"))
+            report.add(finding("auth", FAIL, exc.message, diagnosis="No AMQP password", cause=str(exc),
+                               fix="give --amqp-pass-file FILE, or set DISPATCHCTL_AMQP_PASS, or run "
+                                   "dispatchctl check-rabbitmq on a terminal to be asked"))
+            report.skip_rest(names, "auth", "no password", TITLES)
+            return
+        clock.extend(time.monotonic() - asked)
     _amqp(report, amqp, next(t for t in tcp if t["ok"]), clock, declare)
 
 

@@ -1,0 +1,329 @@
+"""Remembered settings, pure logic: the option > DISPATCHCTL_* > what is installed > the default
+(sources.resolve), every value validated under the name of its source, and the installed values
+read by the one parser (installed.remembered) with the consumer's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roboshop_dispatch import installed
+from roboshop_dispatch.installed import FileInfo, InstalledState, remembered, unit_settings
+from roboshop_dispatch.settings import MASK, Secret, Settings, SettingsError
+from roboshop_dispatch.sources import (
+    COMMAND_KNOBS,
+    DEFAULT,
+    ENVIRONMENT,
+    INSTALLED,
+    KNOB,
+    KNOBS,
+    OPTION,
+    LazyPassword,
+    Remembered,
+    Source,
+    build_settings,
+    password_given,
+    resolve,
+)
+
+ENV = "/etc/roboshop/dispatch.env"
+
+# per row: valid texts and texts its validator refuses
+VALID: Dict[str, list] = {
+    "amqp_hosts": ["10.0.0.5", "rabbit-1,rabbit-2", "127.0.0.2", "mq.example"],
+    "amqp_port": ["5672", "1", "65535", "5673"],
+    "amqp_vhost": ["/", "shop", "a b", "ünï"],
+    "amqp_user": ["roboshop", "guest", "ops user"],
+    "service_user": ["roboshop", "svc_1", "dispatch"],
+    "app_dir": ["/app", "/opt/dispatch", "/srv/roboshop"],
+    "flavour": ["bundled", "go"],
+    "artifact": ["https://example.invalid/d.zip", "/srv/d.zip", "file:///srv/d.zip"],
+    "artifact_sha256": ["a" * 64, "0123456789abcdef" * 4],
+    "insecure": ["1", "0", "yes", "no"],
+    "error_percent": ["0", "50", "100"],
+}
+INVALID: Dict[str, list] = {
+    "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
+    "amqp_port": ["x", "0", "70000", ""],
+    "amqp_vhost": ["", "a\nb", "x\x1b[2J"],
+    "amqp_user": ["", "u\x00"],
+    "service_user": ["root", "Bad User", ""],
+    "app_dir": ["/", "/etc", "relative", "/tmp/x"],
+    "flavour": ["rust", ""],
+    "artifact": ["ftp://x/d.zip", "d.zip"],
+    "artifact_sha256": ["zz", "a" * 63],
+    "insecure": ["maybe"],
+    "error_percent": ["101", "-1", "x"],
+}
+RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
+
+
+def test_every_row_has_examples_and_an_environment_variable():
+    assert set(VALID) == set(INVALID) == set(KNOB)
+    assert KNOB["amqp_hosts"].envvar == "DISPATCHCTL_AMQP_HOST"
+    assert KNOB["app_dir"].envvar == "DISPATCHCTL_APP_DIR"
+    assert KNOB["flavour"].envvar == "DISPATCHCTL_FLAVOUR"
+    assert {k.envvar for k in KNOBS}.isdisjoint({"DISPATCHCTL_AMQP_PASS", "DISPATCHCTL_AMQP_PASS_FILE"})
+
+
+def test_the_highest_source_wins_in_order():
+    names = ("amqp_port",)
+    inst = {"AMQP_PORT": Remembered("5674", f"{ENV}: AMQP_PORT")}
+    assert resolve(names, {}, {}, {}).values["amqp_port"] == 5672
+    r = resolve(names, {}, {}, inst)
+    assert r.values["amqp_port"] == 5674 and r.sources["amqp_port"] == Source(INSTALLED, f"{ENV}: AMQP_PORT")
+    r = resolve(names, {}, {"DISPATCHCTL_AMQP_PORT": "5675"}, inst)
+    assert r.values["amqp_port"] == 5675 and r.sources["amqp_port"] == Source(ENVIRONMENT, "DISPATCHCTL_AMQP_PORT")
+    r = resolve(names, {"amqp_port": "5676"}, {"DISPATCHCTL_AMQP_PORT": "5675"}, inst)
+    assert r.values["amqp_port"] == 5676 and r.sources["amqp_port"] == Source(OPTION, "--amqp-port")
+
+
+def test_errors_name_their_source():
+    with pytest.raises(SettingsError) as err:
+        resolve(("amqp_port",), {}, {"DISPATCHCTL_AMQP_PORT": "x"}, {})
+    assert str(err.value) == "DISPATCHCTL_AMQP_PORT: 'x' is not a whole number"
+    with pytest.raises(SettingsError) as err:
+        resolve(("amqp_port",), {}, {}, {"AMQP_PORT": Remembered("x", f"{ENV}: AMQP_PORT")})
+    assert str(err.value) == f"{ENV}: AMQP_PORT: 'x' is not a whole number: give --amqp-port"
+    with pytest.raises(SettingsError) as err:
+        resolve(("amqp_hosts",), {}, {}, {}, installed_missing=f"{ENV} is not readable (run as root)")
+    assert str(err.value) == ("--amqp-host: is required: give --amqp-host or set DISPATCHCTL_AMQP_HOST; "
+                              f"{ENV} is not readable (run as root)")
+
+
+def test_a_bad_value_in_a_source_that_does_not_win_is_not_used():
+    r = resolve(("amqp_port",), {"amqp_port": "5680"}, {"DISPATCHCTL_AMQP_PORT": "x"},
+                {"AMQP_PORT": Remembered("y", f"{ENV}: AMQP_PORT")})
+    assert r.values["amqp_port"] == 5680
+
+
+def test_plain_http_artifact_needs_insecure_from_any_source():
+    names = ("artifact", "insecure")
+    with pytest.raises(SettingsError, match=r"DISPATCHCTL_ARTIFACT: .*plain http"):
+        resolve(names, {}, {"DISPATCHCTL_ARTIFACT": "http://example.invalid/d.zip"}, {})
+    r = resolve(names, {}, {"DISPATCHCTL_ARTIFACT": "http://example.invalid/d.zip", "DISPATCHCTL_INSECURE": "1"}, {})
+    assert r.values["insecure"] is True
+
+
+@st.composite
+def _scenario(draw):
+    """Per row: which sources hold a (valid) value."""
+    names = tuple(draw(st.sets(st.sampled_from(sorted(KNOB)), min_size=1)))
+    given, environ, inst, present = {}, {}, {}, {}
+    for name in names:
+        knob = KNOB[name]
+        kinds = draw(st.sets(st.sampled_from([OPTION, ENVIRONMENT] + ([INSTALLED] if knob.installed else []))))
+        present[name] = kinds
+        for kind in kinds:
+            text = draw(st.sampled_from(VALID[name]))
+            if kind == OPTION:
+                given[name] = text
+            elif kind == ENVIRONMENT:
+                environ[knob.envvar] = text
+            else:
+                inst[knob.installed] = Remembered(text, f"{ENV}: {knob.installed}")
+    return names, given, environ, inst, present
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scenario())
+def test_the_winner_is_always_the_highest_source_given(scenario):
+    names, given_, environ, inst, present = scenario
+    if "amqp_hosts" in names and not present["amqp_hosts"]:
+        with pytest.raises(SettingsError, match="--amqp-host: is required"):
+            resolve(names, given_, environ, inst)
+        return
+    r = resolve(names, given_, environ, inst)
+    for name in names:
+        knob = KNOB[name]
+        expected = max(present[name], key=RANK.__getitem__) if present[name] else DEFAULT
+        assert r.sources[name].kind == expected
+        text = {OPTION: given_.get(name), ENVIRONMENT: environ.get(knob.envvar),
+                INSTALLED: inst[knob.installed].text if knob.installed in inst else None,
+                DEFAULT: knob.default}[expected]
+        assert r.values[name] == (None if text is None else knob.parse("x", text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_bad_value_that_wins_names_its_source(data):
+    name = data.draw(st.sampled_from(sorted(KNOB)))
+    knob = KNOB[name]
+    kind = data.draw(st.sampled_from([OPTION, ENVIRONMENT] + ([INSTALLED] if knob.installed else [])))
+    bad = data.draw(st.sampled_from(INVALID[name]))
+    given_, environ, inst = {}, {}, {}
+    # valid values in every lower source: the bad one still wins, and is refused
+    for lower in [k for k in (OPTION, ENVIRONMENT, INSTALLED) if RANK[k] < RANK[kind]]:
+        if lower == ENVIRONMENT:
+            environ[knob.envvar] = VALID[name][0]
+        elif lower == INSTALLED and knob.installed:
+            inst[knob.installed] = Remembered(VALID[name][0], f"{ENV}: {knob.installed}")
+    if kind == OPTION:
+        given_[name] = bad
+    elif kind == ENVIRONMENT:
+        environ[knob.envvar] = bad
+    else:
+        inst[knob.installed] = Remembered(bad, f"{ENV}: {knob.installed}")
+    with pytest.raises(SettingsError) as err:
+        resolve((name,), given_, environ, inst)
+    label = {OPTION: knob.option, ENVIRONMENT: knob.envvar, INSTALLED: f"{ENV}: {knob.installed}"}[kind]
+    assert str(err.value).startswith(label + ": ")
+    if kind == INSTALLED:
+        assert str(err.value).endswith(f": give {knob.option}")
+
+
+def test_settings_are_built_from_the_rows_and_the_password_is_masked():
+    inst = {"AMQP_HOST": Remembered("10.9.9.9", f"{ENV}: AMQP_HOST"),
+            "service_user": Remembered("svc", "/etc/systemd/system/dispatch.service: User=")}
+    r = resolve(COMMAND_KNOBS["configure"], {"amqp_port": "5999"}, {}, inst)
+    from dataclasses import replace
+
+    r = replace(r, password=Secret("s3cret"), password_source=Source(INSTALLED, "/etc/roboshop/dispatch.amqp-pass"))
+    s = build_settings(r)
+    assert isinstance(s, Settings)
+    assert (s.amqp.hosts, s.amqp.port, s.amqp.user, s.service_user) == (("10.9.9.9",), 5999, "roboshop", "svc")
+    doc = r.document()
+    assert doc["amqp_pass"] == {"value": MASK, "source": "installed", "from": "/etc/roboshop/dispatch.amqp-pass"}
+    assert doc["amqp_hosts"] == {"value": ["10.9.9.9"], "source": "installed", "from": f"{ENV}: AMQP_HOST"}
+    assert doc["amqp_port"]["source"] == "option" and doc["amqp_user"]["source"] == "default"
+    assert "s3cret" not in repr(doc) + r.text()
+    assert "settings:" in r.text() and "installed (/etc/roboshop/dispatch.amqp-pass)" in r.text()
+
+
+def test_build_and_start_need_no_amqp_settings():
+    s = build_settings(resolve(COMMAND_KNOBS["build"], {"flavour": "go"}, {}, {}))
+    assert s.flavour == "go" and s.amqp.hosts == ("localhost",)
+    assert build_settings(resolve(COMMAND_KNOBS["start"], {}, {}, {})).app_dir == Path("/app")
+
+
+def test_password_given_in_order(tmp_path):
+    f = tmp_path / "p"
+    f.write_text("from-file\n")
+    env = {"DISPATCHCTL_AMQP_PASS": "from-env", "DISPATCHCTL_AMQP_PASS_FILE": str(f)}
+    assert password_given(None, None, env)[0] == Secret("from-file")
+    assert password_given(None, None, env)[1] == Source(ENVIRONMENT, "DISPATCHCTL_AMQP_PASS_FILE")
+    assert password_given(None, "opt", env)[0] == Secret("opt")
+    assert password_given(None, None, {"DISPATCHCTL_AMQP_PASS": "from-env"})[0] == Secret("from-env")
+    assert password_given(None, None, {}) == (None, None)
+    with pytest.raises(SettingsError, match=r"^DISPATCHCTL_AMQP_PASS_FILE: cannot read"):
+        password_given(None, None, {"DISPATCHCTL_AMQP_PASS_FILE": str(tmp_path / "none")})
+
+
+def test_lazy_password_asks_once_and_only_when_called():
+    asked = []
+
+    def ask():
+        asked.append(1)
+        return "typed"
+
+    lazy = LazyPassword(None, None, ask)
+    assert asked == []
+    assert lazy() == Secret("typed") and lazy() == Secret("typed") and len(asked) == 1
+    assert lazy.source == Source("prompt", "prompt")
+    with pytest.raises(SettingsError, match="no AMQP password"):
+        LazyPassword(None, None, None)()
+    never = LazyPassword(None, None, lambda: None)
+    with pytest.raises(SettingsError):
+        never()
+    with pytest.raises(SettingsError):
+        never()
+    assert never.asked == 1
+
+
+# -- what is installed: the one parser ---------------------------------------------------------------
+
+UNIT = """[Unit]
+Description=Dispatch
+[Service]
+User=svc
+EnvironmentFile=/etc/roboshop/dispatch.env
+ExecStart=/usr/bin/python3 /opt/shop/dispatch
+LoadCredential=amqp-pass:/etc/roboshop/dispatch.amqp-pass
+"""
+
+
+def test_unit_settings_reads_the_service_section_and_drop_ins():
+    assert unit_settings([UNIT]) == {"User": "svc", "EnvironmentFile": "/etc/roboshop/dispatch.env",
+                                     "ExecStart": "/usr/bin/python3 /opt/shop/dispatch"}
+    assert unit_settings([UNIT, "[Service]\nUser=\n"]).get("User") is None
+    assert unit_settings(["[Install]\nUser=x\n"]) == {}
+
+
+def test_remembered_takes_the_consumers_default_for_what_the_file_does_not_set():
+    state = InstalledState(env_file=FileInfo(ENV, kind="file", mode=0o600, uid=0, gid=0),
+                           environment={"AMQP_HOST": "10.0.0.5", "DISPATCH_QUEUE_TYPE": "quorum"},
+                           password=Secret("pw"), password_source="credential",
+                           credential_file=FileInfo("/etc/roboshop/dispatch.amqp-pass", kind="file"),
+                           unit_file=FileInfo("/etc/systemd/system/dispatch.service", kind="file"),
+                           unit_values=unit_settings([UNIT]),
+                           binary=FileInfo("/opt/shop/dispatch", kind="file"), flavour="bundled")
+    found = remembered(state)
+    assert found["AMQP_HOST"] == Remembered("10.0.0.5", f"{ENV}: AMQP_HOST")
+    assert found["AMQP_USER"].text == "guest" and "the consumer's default" in found["AMQP_USER"].where
+    assert found["AMQP_PORT"].text == "5672"
+    assert found["DISPATCH_QUEUE_TYPE"].text == "quorum"  # every variable of the file: one row to remember more
+    assert found["amqp_pass"] == Remembered("pw", "/etc/roboshop/dispatch.amqp-pass")
+    assert found["service_user"].text == "svc" and found["app_dir"].text == "/opt/shop"
+    assert found["flavour"].text == "bundled"
+    r = resolve(COMMAND_KNOBS["configure"], {}, {}, found)
+    assert r.values["amqp_user"] == "guest"  # the login the service uses, not the CLI's default
+    assert state.amqp_values()["AMQP_USER"] == "guest"
+
+
+def test_nothing_is_remembered_when_the_environment_file_cannot_be_read():
+    state = InstalledState(env_file=FileInfo(ENV, kind="file"), env_error=installed.os.strerror(13))
+    assert remembered(state) == {}
+    assert InstalledState().amqp_values() == {}
+
+
+def test_a_complete_installation_is_remembered_without_importing_pika(tmp_path):
+    """A re-run of install on a complete installation must stay fast: the consumer's defaults (which
+    import pika) are looked up only for a variable the environment file does not set."""
+    import subprocess
+    import sys
+
+    env = tmp_path / "dispatch.env"
+    env.write_text('AMQP_HOST="10.0.0.5"\nAMQP_PORT="5673"\nAMQP_VHOST="/"\nAMQP_USER="roboshop"\n'
+                   'DISPATCH_ERROR_PERCENT="0"\n')
+    code = f"""
+import sys
+from pathlib import Path
+from roboshop_dispatch.installed import read_settings, remembered
+from roboshop_dispatch.sources import COMMAND_KNOBS, resolve
+found = remembered(read_settings(Path({str(env)!r}), interpret=False))
+r = resolve(COMMAND_KNOBS["configure"], {{}}, {{}}, found)
+assert r.values["amqp_port"] == 5673, r
+print("pika" in sys.modules)
+found = remembered(read_settings(Path({str(tmp_path / 'partial.env')!r}), interpret=False))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_the_installed_password_is_validated_and_named():
+    from roboshop_dispatch.sources import installed_password
+
+    where = "/etc/roboshop/dispatch.amqp-pass"
+    assert installed_password({"amqp_pass": Remembered("pw", where)}) == (Secret("pw"), Source(INSTALLED, where))
+    assert installed_password({}) == (None, None)
+    with pytest.raises(SettingsError) as err:
+        installed_password({"amqp_pass": Remembered("p\x1bw", where)})
+    assert str(err.value).startswith(f"{where}: ") and str(err.value).endswith("give --amqp-pass-file")
+
+
+def test_the_go_builds_artifact_is_remembered_from_its_stamp():
+    state = InstalledState(unit_file=FileInfo("/etc/systemd/system/dispatch.service", kind="file"),
+                           unit_values={"ExecStart": "/app/dispatch"}, binary=FileInfo("/app/dispatch", kind="file"),
+                           flavour="go", build_stamp={"artifact": "http://10.0.0.9/d.zip", "artifact_sha256": "b" * 64})
+    found = remembered(state)
+    r = resolve(COMMAND_KNOBS["build"], {}, {}, found)
+    assert (r.values["flavour"], r.values["artifact"]) == ("go", "http://10.0.0.9/d.zip")
+    assert r.values["artifact_sha256"] is None  # the digest of what was fetched is no pin: new sources build
+    assert r.values["insecure"] is True  # the http:// artifact was allowed when it was built
+    assert r.sources["artifact"] == Source(INSTALLED, "/app/.dispatch-build.json: artifact")
+    assert resolve(COMMAND_KNOBS["build"], {"artifact": "/srv/x.zip"}, {}, found).values["artifact"] == "/srv/x.zip"
