@@ -66,7 +66,8 @@ def test_piped_run_prints_title_header_one_row_per_step_then_the_summary():
     res = piped(*DRY_INSTALL)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "dispatchctl install (dry run)"
+    assert lines[0] == "settings:", res.stdout  # the values used and their sources come first
+    lines = lines[lines.index("dispatchctl install (dry run)"):]
     assert lines[1].split() == ["step", "result", "time", "details"]
     rows = lines[2:-1]
     assert [r.split()[0] for r in rows] == ["packages", "user", "appdir", "build", "config", "service"], res.stdout

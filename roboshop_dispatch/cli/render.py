@@ -238,7 +238,8 @@ def show(command: str, results: List[StepResult], *, dry_run: bool, planned: Lis
          streamed: bool = False, log_path: str = "",
          section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Dict[str, Any]:
     """Print the results the way the user asked, redacted; return the JSON document either way.
-    ``section`` (JSON key, JSON value, text): one more part of the report, e.g. the settings' sources."""
+    ``section`` (JSON key, JSON value, text): one more part of the JSON report, e.g. the settings'
+    sources (its text is printed before the steps run, see runplan)."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
                                 show_diff=show_diff)
     if section is not None:
@@ -246,10 +247,6 @@ def show(command: str, results: List[StepResult], *, dry_run: bool, planned: Lis
     if as_json:
         print_json(document, redactor)
     elif not quiet:
-        if section is not None:
-            from .output import write
-
-            write(section[2], redactor)
         print_table(document, results, show_diff=show_diff, redactor=redactor, streamed=streamed)
     print_failure(results, redactor, log_path)
     return document

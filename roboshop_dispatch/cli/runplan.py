@@ -13,7 +13,7 @@ from ..settings import Settings
 from ..steps.base import PreflightError, Step
 from . import options as opt
 from .common import EXIT_CHANGES, INVOCATION
-from .output import PREFLIGHT, error, error_document, print_json
+from .output import PREFLIGHT, error, error_document, print_json, write
 
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
@@ -69,6 +69,8 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
     mode = Progress.mode_for(as_json=as_json, quiet=INVOCATION.quiet, verbosity=INVOCATION.verbosity)
     title = f"dispatchctl {command}" + (" (dry run)" if dry_run else "")
     planned = [s.name for s in steps]
+    if section is not None and not as_json and not INVOCATION.quiet:
+        write(section[2], redactor)  # the values this run uses, and where each came from, first
     started = time.monotonic()
     with Progress(mode, planned, title, dry_run=dry_run, stream=sys.stderr if as_json else sys.stdout,
                   redactor=redactor) as progress:
