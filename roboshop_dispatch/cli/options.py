@@ -7,7 +7,7 @@ from typing import NoReturn, Optional
 
 import typer
 
-from ..layout import APP_DIR, ENV_FILE, SERVICE_USER
+from ..layout import APP_DIR, ENV_FILE, MAX_INSTANCES, SERVICE_USER
 from ..settings import (
     DEFAULT_ARTIFACT,
     PASSWORD_ENV,
@@ -47,6 +47,13 @@ Sha256 = typer.Option(None, "--sha256", metavar="HEX",
 Insecure = typer.Option(False, "--insecure", help="Allow an http:// artifact (no transport security).")
 ErrorPercent = typer.Option("0", "--error-percent", metavar="0..100",
                             help="Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos).")
+Instances = typer.Option(
+    None, "--instances", metavar=f"1..{MAX_INSTANCES}",
+    help="Consumers on this host (default: as installed, 1 on a fresh host). 1 runs dispatch.service; "
+         "N > 1 runs dispatch@1..N from the template dispatch@.service. A change starts/stops only the difference.")
+QueueType = typer.Option("classic", "--queue-type", metavar="classic|quorum",
+                         help="The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; "
+                              "quorum survives the loss of a cluster node (bundled flavour only).")
 
 # -- every command --------------------------------------------------------------------------------
 JsonOutput = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
@@ -103,7 +110,8 @@ def settings(
     *, host: Optional[str], port: str, vhost: str, user: str, pass_file: Optional[str],
     pass_value: Optional[str], service_user: str = SERVICE_USER, app_dir: str = str(APP_DIR),
     flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: str = "0",
-    sha256: Optional[str] = None, insecure: bool = False,
+    sha256: Optional[str] = None, insecure: bool = False, instances: Optional[str] = None,
+    queue_type: str = "classic",
 ) -> Settings:
     """Validate every option (raises SettingsError naming the option) before anything runs; the
     password is asked for last, so a typo never costs a prompt."""
@@ -115,7 +123,8 @@ def settings(
     def build(secret: Optional[Secret]) -> Settings:
         amqp = AmqpSettings.build(hosts=host, port=port_number, vhost=vhost, user=user, password=secret)
         return Settings.build(amqp=amqp, service_user=service_user, app_dir=app_dir, flavour=flavour,
-                              artifact=artifact, error_percent=percent, sha256=sha256, insecure=insecure)
+                              artifact=artifact, error_percent=percent, sha256=sha256, insecure=insecure,
+                              instances=instances, queue_type=queue_type)
 
     build(Secret("unused"))
     return build(password(pass_file, pass_value))

@@ -45,6 +45,8 @@ def install(
     sha256: Optional[str] = opt.Sha256,
     insecure: bool = opt.Insecure,
     error_percent: str = opt.ErrorPercent,
+    instances: Optional[str] = opt.Instances,
+    queue_type: str = opt.QueueType,
     dry_run: bool = opt.DryRun,
     diff: bool = opt.Diff,
     json_output: bool = opt.JsonOutput,
@@ -54,7 +56,7 @@ def install(
         return opt.settings(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
                             pass_file=amqp_pass_file, pass_value=amqp_pass, service_user=user, app_dir=app_dir,
                             flavour=flavour, artifact=artifact, error_percent=error_percent, sha256=sha256,
-                            insecure=insecure)
+                            insecure=insecure, instances=instances, queue_type=queue_type)
 
     opt.finish(execute("install", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
@@ -71,6 +73,8 @@ def configure(
     app_dir: str = opt.AppDir,
     flavour: str = opt.Flavour,
     error_percent: str = opt.ErrorPercent,
+    instances: Optional[str] = opt.Instances,
+    queue_type: str = opt.QueueType,
     dry_run: bool = opt.DryRun,
     diff: bool = opt.Diff,
     json_output: bool = opt.JsonOutput,
@@ -79,7 +83,8 @@ def configure(
     def make() -> Settings:
         return opt.settings(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
                             pass_file=amqp_pass_file, pass_value=amqp_pass, service_user=user, app_dir=app_dir,
-                            flavour=flavour, error_percent=error_percent)
+                            flavour=flavour, error_percent=error_percent, instances=instances,
+                            queue_type=queue_type)
 
     opt.finish(execute("configure", make, dry_run=dry_run, diff=diff, as_json=json_output))
 
@@ -108,7 +113,8 @@ def start(
     dry_run: bool = opt.DryRun,
     json_output: bool = opt.JsonOutput,
 ) -> None:
-    """Reload systemd if the unit changed, enable, start (or restart after a pending change)."""
+    """Reload systemd if the unit changed, enable, start (or restart after a pending change); every
+    configured instance (the count `install --instances` recorded)."""
     def make() -> Settings:
         return Settings.build(amqp=AmqpSettings.placeholder())
 
