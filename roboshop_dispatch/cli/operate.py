@@ -240,11 +240,31 @@ def print_status(doc: Dict[str, Any]) -> None:
             grid.add_row("orders queue", Text(
                 f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
                 style="yellow" if not queue["consumers"] else ""))
+    _instance_rows(grid, doc)
     console.print(Panel(grid, title="dispatch", title_align="left", border_style="green" if running else "red"))
     if doc["logs"]:
         console.print(Text(f"last {len(doc['logs'])} log line(s):", style="bold"))
         for line in doc["logs"]:
             console.print(Text(line))
+
+
+def _instance_rows(grid: Any, doc: Dict[str, Any]) -> None:
+    """One row per instance when the template is in use (or a stray unit runs beside the one)."""
+    from rich.text import Text
+
+    from ..status import human_bytes
+
+    rows = doc.get("instances") or []
+    if len(rows) < 2 and all(r["unit"] == doc["unit"] for r in rows):
+        return
+    grid.add_row("instances", f"{doc.get('configured_instances') or 0} configured")
+    for r in rows:
+        orders = "" if r["orders_handled"] is None else f", {r['orders_handled']} orders handled"
+        extra = "" if r["configured"] else " (not configured)"
+        text = (f"{r['active_state']} ({r['sub_state'] or '-'}), pid {r['main_pid'] or '-'}, "
+                f"{human_bytes(r['rss_bytes'])} RSS{orders}{extra}")
+        grid.add_row(f"  {r['unit']}", Text(text, style="green" if r["active_state"] == "active" and r["configured"]
+                                            else "bold red"))
 
 
 def _import_rich() -> None:
