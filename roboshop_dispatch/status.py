@@ -296,7 +296,8 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     prefetch(_import_psutil, *preload)
 
     # the journal in the background while the rest is gathered
-    journal = start(lambda: systemd.journal_lines(lines)) if state.installed and lines > 0 else None
+    unit_journal = Systemd(systemd.runner, unit=state.unit)  # dispatch@1 when the instances run
+    journal = start(lambda: unit_journal.journal_lines(lines)) if state.installed and lines > 0 else None
 
     # the process
     process = process_info(pid) if pid else None
