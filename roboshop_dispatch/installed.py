@@ -401,7 +401,8 @@ def read_instances(runner: Any, *, systemd_pid1: bool, unit_dir: Path = layout.U
     """Every dispatch unit on the host: the unit files, the recorded count, the instances enabled
     (links in ``*.wants``) or loaded (``systemctl list-units``), each one's state from one
     ``systemctl show``. Without systemd only the files are read."""
-    numbers = set(_enabled_instances(unit_dir))
+    linked = set(_enabled_instances(unit_dir))
+    numbers = set(linked)
     if systemd_pid1:
         res = runner.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager",
                           layout.INSTANCE_PREFIX + "*"], check=False, timeout=30)
@@ -417,7 +418,9 @@ def read_instances(runner: Any, *, systemd_pid1: bool, unit_dir: Path = layout.U
         template_file=lstat(unit_dir / layout.TEMPLATE_NAME).exists,
         recorded=recorded_instances(instances_file),
         legacy=states.get(layout.UNIT_NAME, InstanceInfo(layout.UNIT_NAME)),
-        units=tuple(states.get(name, InstanceInfo(name)) for name in names),
+        # without systemd's answer, a link in a .wants directory is what enabled means
+        units=tuple(states.get(name, InstanceInfo(name, enabled="enabled" if n in linked else ""))
+                    for n, name in zip(sorted(numbers), names)),
     )
 
 
