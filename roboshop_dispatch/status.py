@@ -235,6 +235,11 @@ def orders_handled(status_text: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def queue_type_of(state: Any) -> str:
+    """The orders queue's type the installed consumer declares (DISPATCH_QUEUE_TYPE; classic when unset)."""
+    return str(state.environment.get("DISPATCH_QUEUE_TYPE") or "classic")
+
+
 def instances_doc(state: Any) -> List[Dict[str, Any]]:
     """One row per dispatch unit that is configured or runs: its state, pid, RSS, orders handled."""
     facts = state.instance_facts
@@ -310,6 +315,8 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     doc["binary"] = {"path": state.binary.path, "exists": state.binary.exists, "flavour": state.flavour}
     answer = child_answer() if child_answer is not None else {"config": config_of(state), "queue": None}
     doc["config"] = answer.get("config") or {"path": state.env_file.path, "error": answer.get("error", "?")}
+    if "error" not in doc["config"]:
+        doc["config"]["queue_type"] = queue_type_of(state)
     doc["queue"] = answer.get("queue")
 
     try:

@@ -42,8 +42,9 @@ def pids(host, *units: str) -> Dict[str, int]:
 
 
 def dispatch_units(host) -> List[str]:
-    """Every dispatch unit systemd still knows (loaded, active or failed)."""
-    out = host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "dispatch*"]).stdout
+    """``systemctl list-units 'dispatch*'``: every dispatch unit active, failed or with a job (with
+    --all, a unit merely looked up by ``systemctl show`` is listed as not-found until collected)."""
+    out = host.run(["systemctl", "list-units", "--plain", "--no-legend", "dispatch*"]).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -99,6 +100,19 @@ def test_instances_up_down_status_check_uninstall(systemd_host, broker, vhost):
     for unit in instances(2):
         assert rows[unit]["active_state"] == "active" and rows[unit]["main_pid"] == before[unit]
         assert rows[unit]["rss_bytes"] and rows[unit]["rss_bytes"] > 1_000_000
+
+    # the queue type: in the environment file and in status; a change would restart both, one by one
+    assert status["config"]["queue_type"] == "classic"
+    assert 'DISPATCH_QUEUE_TYPE="classic"' in host.run(["cat", "/etc/roboshop/dispatch.env"]).stdout.splitlines()
+    res = host.dispatchctl("configure", "--amqp-host", "127.0.0.1", "--amqp-port", str(broker.port),
+                           "--amqp-vhost", vhost, "--amqp-pass-file", PASS_FILE, "--queue-type", "quorum",
+                           "--dry-run", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    predicted = json.loads(res.stdout)
+    assert changed(predicted) == ["config", "service"]
+    assert "restart dispatch@1.service, dispatch@2.service one by one" in service_message(predicted)
+    assert next(s for s in predicted["steps"] if s["name"] == "config")["data"]["queue_type"] == "quorum"
+    assert pids(host, *instances(2)) == {u: before[u] for u in instances(2)}
 
     # one instance killed hard and left stopped: check fails naming it, with the fix
     host.run(["kill", "-KILL", str(before["dispatch@2.service"])])

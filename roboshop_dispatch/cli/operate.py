@@ -226,6 +226,7 @@ def print_status(doc: Dict[str, Any]) -> None:
         source = f" (from the {config['password_source']})" if config.get("password_source") else ""
         grid.add_row("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
                                  f"user {config['user']} password {config['password']}{source}")
+        grid.add_row("queue type", config.get("queue_type") or "classic")
     if doc.get("status_text"):
         grid.add_row("systemd status", doc["status_text"])
     if doc.get("delivery_path") or binary["flavour"] == "bundled":

@@ -236,9 +236,15 @@ class ConfigStep(Step[ConfigPlan]):
             f"the password in {s.env_file}" + (" (the Go binary reads only AMQP_PASS)" if s.flavour == "go" else "")
         count = wanted_count(ctx)
         unit = f"{s.template_path} ({count} instances)" if count > 1 else str(s.unit_path)
-        return f"{unit} and {s.env_file} up to date ({where})"
+        return f"{unit} and {s.env_file} up to date ({where}; {s.queue_type} orders queue)"
 
     def check(self, ctx: Context) -> Change[ConfigPlan]:
+        change = self._check(ctx)
+        # what the dry run and the JSON report show beside the files
+        change.report.update(instances=wanted_count(ctx), queue_type=ctx.settings.queue_type)
+        return change
+
+    def _check(self, ctx: Context) -> Change[ConfigPlan]:
         key = render_key(ctx)
         if self._cached(ctx, key):
             cache = load_cache(ctx, RENDER_CACHE)
