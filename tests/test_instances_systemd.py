@@ -29,6 +29,12 @@ def changed(doc: Dict) -> List[str]:
     return [s["name"] for s in doc["steps"] if s["changed"]]
 
 
+def timing(label: str, doc: Dict) -> None:
+    """The figures the README quotes (shown with -s)."""
+    service = next(s for s in doc["steps"] if s["name"] == "service")
+    print(f"\n{label}: install {doc.get('duration_s', '?')} s, service step {service['duration_s']} s")
+
+
 def service_message(doc: Dict) -> str:
     return next(s["message"] for s in doc["steps"] if s["name"] == "service")
 
@@ -67,6 +73,7 @@ def test_instances_up_down_status_check_uninstall(systemd_host, broker, vhost):
 
     # 1 -> 3: the instances start, then the old unit stops and its file goes
     doc = install(host, broker, vhost, "--instances", "3")
+    timing("1 -> 3", doc)
     assert changed(doc) == ["config", "service"], doc
     assert states(host, *instances(3)) == {u: "active" for u in instances(3)}
     assert host.show("dispatch.service", ["LoadState", "ActiveState"]) == {
@@ -78,13 +85,16 @@ def test_instances_up_down_status_check_uninstall(systemd_host, broker, vhost):
 
     # 3 -> 2: only @3 stops; @1 and @2 keep their processes
     doc = install(host, broker, vhost, "--instances", "2")
+    timing("3 -> 2", doc)
     assert changed(doc) == ["config", "service"], doc
     assert "stop" in service_message(doc) and "dispatch@3.service" in service_message(doc)
     assert pids(host, *instances(2)) == {u: before[u] for u in instances(2)}
     assert states(host, "dispatch@3.service")["dispatch@3.service"] == "inactive"
 
     # the same N again (and no --instances: as installed) changes nothing
-    assert changed(install(host, broker, vhost, "--instances", "2")) == []
+    doc = install(host, broker, vhost, "--instances", "2")
+    timing("2 -> 2", doc)
+    assert changed(doc) == []
     assert changed(install(host, broker, vhost)) == []
     assert pids(host, *instances(2)) == {u: before[u] for u in instances(2)}
 
@@ -136,6 +146,7 @@ def test_instances_up_down_status_check_uninstall(systemd_host, broker, vhost):
     # and back: 2 -> 1 migrates to dispatch.service (started before the instances stop)
     install(host, broker, vhost, "--instances", "2")
     doc = install(host, broker, vhost, "--instances", "1")
+    timing("2 -> 1", doc)
     assert "dispatch@1.service" in service_message(doc), doc
     assert states(host, "dispatch.service") == {"dispatch.service": "active"}
     assert dispatch_units(host) == ["dispatch.service"]
