@@ -486,6 +486,8 @@ def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -
     credential the unit file (and its drop-ins, at their places in :mod:`layout`) names, no
     ``systemctl``. For ``check-rabbitmq``, which needs nothing else of the host."""
     unit_file = lstat(layout.UNIT_PATH)
+    if not unit_file.exists and lstat(layout.TEMPLATE_PATH).exists:  # several instances: the template
+        unit_file = lstat(layout.TEMPLATE_PATH)
     credentials = load_credentials(_unit_texts(unit_file, ""))
     state = InstalledState(unit_file=unit_file, credentials=credentials,
                            **_passwords(_read_env(env_file), _read_credential(credentials)))

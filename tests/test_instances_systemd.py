@@ -135,6 +135,13 @@ def test_instances_up_down_status_check_uninstall(systemd_host, broker, vhost):
     assert host.dispatchctl("start").returncode == 0
     assert states(host, *instances(2)) == {u: "active" for u in instances(2)}
     assert host.main_pid("dispatch@1.service") == before["dispatch@1.service"]
+    # healthy again: every check passes with the template (its credential, its verify), and the log
+    # shows both instances
+    res = host.dispatchctl("check", "--json")
+    assert res.returncode == 0, res.stdout
+    logs = host.dispatchctl("logs", "-n", "200").stdout
+    assert f"dispatch[{before['dispatch@1.service']}]" in logs
+    assert f"dispatch[{host.main_pid('dispatch@2.service')}]" in logs
 
     # uninstall removes every unit: the template, the instances, their links
     res = host.dispatchctl("uninstall")

@@ -310,7 +310,9 @@ def logs(
 
     # every password the installation holds (credential, environment file), as the consumer reads them
     mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE, interpret=False).secrets()).text
-    argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
+    # and every instance's (--instances N > 1 runs dispatch@1..N)
+    argv = ["journalctl", "-u", UNIT, "-u", "dispatch@*.service", "--no-pager", "-n", str(max(0, lines))] + \
+        (["-f"] if follow else [])
     opt.finish(_stream_journal(argv, mask, follow))
 
 
