@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from roboshop_dispatch import installed as inst
 from roboshop_dispatch.diagnostics.host_checks import check_instances
 from roboshop_dispatch.layout import MAX_INSTANCES
+from roboshop_dispatch.scaling import decide, in_use
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError, validate_instances
-from roboshop_dispatch.steps.instances import decide, in_use
 
 LEGACY_FILE = Path("/etc/systemd/system/dispatch.service")
 TEMPLATE_FILE = Path("/etc/systemd/system/dispatch@.service")

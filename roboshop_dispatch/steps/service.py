@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Tuple
 
+from .. import scaling as instances
 from ..layout import RESTART_PENDING as PENDING
-from . import instances
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 from .pending import RESTART_MARKS, clear_pending, mark_pending, pending_reasons
 
@@ -31,7 +31,7 @@ START_TIMEOUT = 45.0  # seconds to wait for READY=1 (a cluster list is tried hos
 class ServicePlan:
     actions: Tuple[str, ...]
     failed: bool  # the unit is in the failed state: reset it before starting
-    # several instances (or a migration between dispatch.service and them): see steps/instances.py
+    # several instances (or a migration between dispatch.service and them): see roboshop_dispatch/scaling.py
     scale: Optional[instances.ScalePlan] = None
 
 

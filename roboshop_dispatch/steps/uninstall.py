@@ -23,9 +23,9 @@ from ..files import lstat_regular
 from ..installed import InstanceInfo
 from ..layout import INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
+from ..scaling import installed_instances
 from . import record
 from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
-from .instances import installed_instances
 
 STOPPABLE = ("active", "activating", "reloading", "deactivating")
 

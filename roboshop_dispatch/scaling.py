@@ -1,5 +1,6 @@
 """Several dispatch instances on one host (``--instances N``): the service step's decisions and
-actions when the template ``dispatch@.service`` is (or was) in use.
+actions when the template ``dispatch@.service`` is (or was) in use. Not a step itself: the
+config, service and uninstall steps share it (steps never import each other).
 
 N = 1 runs ``dispatch.service``, the manual's unit (``systemctl status dispatch`` keeps working);
 N > 1 runs ``dispatch@1.service`` .. ``dispatch@N.service`` from the template, all sharing one
@@ -23,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
-from ..installed import InstanceFacts, parse_show_blocks, read_instances
-from .base import Action, Change, Context, StepFailed, unchanged
-from .pending import RESTART_MARKS
+from .installed import InstanceFacts, parse_show_blocks, read_instances
+from .steps.base import Action, Change, Context, StepFailed, unchanged
+from .steps.pending import RESTART_MARKS
 
 INSTANCES = "instances"  # the mark of the instance count file (restarts nothing)
 START_TIMEOUT = 45.0  # seconds to wait for READY=1 of the units a start waits for
