@@ -13,6 +13,14 @@ from pathlib import Path
 UNIT_NAME = "dispatch.service"
 UNIT_DIR = Path("/etc/systemd/system")
 UNIT_PATH = UNIT_DIR / UNIT_NAME
+# several instances on one host (--instances N > 1): the template unit dispatch@.service, run as
+# dispatch@1.service .. dispatch@N.service; N = 1 keeps dispatch.service (the manual's name)
+TEMPLATE_NAME = "dispatch@.service"
+TEMPLATE_PATH = UNIT_DIR / TEMPLATE_NAME
+INSTANCE_PREFIX = "dispatch@"
+# one instance per core is the useful range; past 64 the processes only compete for the same
+# cores and each holds its own AMQP connection (a broker's connection budget is shared by all)
+MAX_INSTANCES = 64
 
 # its settings and its secret
 CONFIG_DIR = Path("/etc/roboshop")
@@ -21,6 +29,9 @@ ENV_FILE = CONFIG_DIR / "dispatch.env"
 # the consumer reads it from $CREDENTIALS_DIRECTORY/NAME (consumer/config.py spells NAME too)
 CREDENTIAL_NAME = "amqp-pass"
 CREDENTIAL_FILE = CONFIG_DIR / "dispatch.amqp-pass"
+# how many instances are configured (one line, the number; root, 0644): read by `start`,
+# `status` and `check`; changing it restarts nothing
+INSTANCES_FILE = CONFIG_DIR / "dispatch.instances"
 # LoadCredential= exists since systemd 247: older hosts keep AMQP_PASS in ENV_FILE (0600)
 CREDENTIALS_MIN_SYSTEMD = 247
 

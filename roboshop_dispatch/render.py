@@ -57,9 +57,12 @@ def exec_start(settings: Settings, python: Optional[str] = None) -> str:
     return binary
 
 
-def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credential: bool = False) -> str:
-    """The unit; ``credential``: the password comes as the systemd credential (LoadCredential=)."""
+def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credential: bool = False,
+                template: bool = False) -> str:
+    """The unit; ``credential``: the password comes as the systemd credential (LoadCredential=);
+    ``template``: dispatch@.service, the instances' template (--instances N > 1), else dispatch.service."""
     return _environment().get_template("dispatch.service.j2").render(
+        template=template,
         credential=credential,
         credential_name=CREDENTIAL_NAME,
         credential_file=str(settings.credential_file),

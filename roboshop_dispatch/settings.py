@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
-from .layout import APP_DIR, BINARY_NAME, CONFIG_DIR, CREDENTIAL_FILE, ENV_FILE, SERVICE_USER, UNIT_DIR, UNIT_NAME
+from .layout import (
+    APP_DIR,
+    BINARY_NAME,
+    CONFIG_DIR,
+    CREDENTIAL_FILE,
+    ENV_FILE,
+    INSTANCES_FILE,
+    MAX_INSTANCES,
+    SERVICE_USER,
+    TEMPLATE_NAME,
+    UNIT_DIR,
+    UNIT_NAME,
+)
 
 if TYPE_CHECKING:
     from .redact import Redactor
@@ -23,6 +35,8 @@ __all__ = ["CONFIG_DIR", "ENV_FILE", "UNIT_DIR", "UNIT_NAME"]
 
 DEFAULT_ARTIFACT = "https://roboshop-artifacts.s3.amazonaws.com/dispatch.zip"
 FLAVOURS = ("bundled", "go")
+# the `orders` queue's type (DISPATCH_QUEUE_TYPE): classic is the contract (no x-arguments)
+QUEUE_TYPES = ("classic", "quorum")
 PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
 MASK = "********"
 
@@ -210,6 +224,29 @@ def validate_flavour(option: str, value: str) -> str:
     return value
 
 
+def validate_instances(option: str, value: Optional[str]) -> Optional[int]:
+    """How many consumers to run on this host: plain ASCII digits, 1..MAX_INSTANCES (``int()``
+    alone would take ``1_0``, ``+3`` or non-ASCII digits). None: keep what is installed."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]{1,6}", text):
+        raise SettingsError(option, f"{value!r} is not a whole number (1..{MAX_INSTANCES})")
+    number = int(text)
+    if not 1 <= number <= MAX_INSTANCES:
+        raise SettingsError(option, f"{number} is outside 1..{MAX_INSTANCES}")
+    return number
+
+
+def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> str:
+    if value not in QUEUE_TYPES:
+        raise SettingsError(option, f"{value!r} is not one of {', '.join(QUEUE_TYPES)}")
+    if value != "classic" and flavour == "go":
+        raise SettingsError(option, "the go flavour declares `orders` as a classic queue only "
+                            "(it reads no DISPATCH_QUEUE_TYPE): use --flavour bundled for a quorum queue")
+    return value
+
+
 def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
     validate_text(option, value)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
@@ -330,12 +367,16 @@ class Settings:
     # the go artifact's expected SHA-256 (lower-case hex) and whether http:// is allowed
     artifact_sha256: Optional[str] = None
     insecure: bool = False
+    # consumers on this host (None: as installed, 1 on a fresh host) and the orders queue's type
+    instances: Optional[int] = None
+    queue_type: str = "classic"
 
     @classmethod
     def build(
         cls, *, amqp: AmqpSettings, service_user: str = SERVICE_USER, app_dir: str = str(APP_DIR),
         flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: int = 0,
-        sha256: Optional[str] = None, insecure: bool = False,
+        sha256: Optional[str] = None, insecure: bool = False, instances: Optional[str] = None,
+        queue_type: str = "classic",
     ) -> Settings:
         return cls(
             amqp=amqp,
@@ -346,6 +387,8 @@ class Settings:
             error_percent=validate_percent("--error-percent", error_percent),
             artifact_sha256=validate_sha256("--sha256", sha256),
             insecure=insecure,
+            instances=validate_instances("--instances", instances),
+            queue_type=validate_queue_type("--queue-type", queue_type, flavour),
         )
 
     @property
@@ -355,6 +398,15 @@ class Settings:
     @property
     def unit_path(self) -> Path:
         return self.unit_dir / UNIT_NAME
+
+    @property
+    def template_path(self) -> Path:
+        """The template unit the instances run from (--instances N > 1)."""
+        return self.unit_dir / TEMPLATE_NAME
+
+    @property
+    def instances_file(self) -> Path:
+        return INSTANCES_FILE
 
     def environment(self, *, with_password: bool = True) -> dict:
         """The consumer's environment, as written to the EnvironmentFile (the password only when
@@ -366,6 +418,7 @@ class Settings:
             "AMQP_USER": self.amqp.user,
             "AMQP_PASS": self.amqp.password.reveal(),
             "DISPATCH_ERROR_PERCENT": str(self.error_percent),
+            "DISPATCH_QUEUE_TYPE": self.queue_type,
         }
         if not with_password:
             del values["AMQP_PASS"]
@@ -383,4 +436,5 @@ class Settings:
             "app_dir": str(self.app_dir), "flavour": self.flavour, "artifact": self.artifact,
             "error_percent": self.error_percent, "unit": str(self.unit_path),
             "env_file": str(self.env_file), "sha256": self.artifact_sha256, "insecure": self.insecure,
+            "instances": self.instances, "queue_type": self.queue_type,
         }

@@ -33,9 +33,11 @@ from .settings import (
     validate_artifact,
     validate_flavour,
     validate_hosts,
+    validate_instances,
     validate_password,
     validate_percent,
     validate_port,
+    validate_queue_type,
     validate_sha256,
     validate_text,
     validate_user_name,
@@ -120,6 +122,8 @@ KNOBS: Tuple[Knob, ...] = (
     Knob("artifact_sha256", "--sha256", _sha256, None, optional=True),  # a pin: never remembered
     Knob("insecure", "--insecure", _flag, "0", "insecure"),
     Knob("error_percent", "--error-percent", _percent, "0", "DISPATCH_ERROR_PERCENT"),
+    Knob("instances", "--instances", validate_instances, "1", "instances"),
+    Knob("queue_type", "--queue-type", validate_queue_type, "classic", "DISPATCH_QUEUE_TYPE"),
 )
 KNOB = {k.name: k for k in KNOBS}
 AMQP_KNOBS = ("amqp_hosts", "amqp_port", "amqp_vhost", "amqp_user")
@@ -127,9 +131,9 @@ AMQP_KNOBS = ("amqp_hosts", "amqp_port", "amqp_vhost", "amqp_user")
 # the settings each command takes (its options, its DISPATCHCTL_* variables, its installed values)
 COMMAND_KNOBS: Dict[str, Tuple[str, ...]] = {
     "install": tuple(KNOB),
-    "configure": (*AMQP_KNOBS, "service_user", "app_dir", "flavour", "error_percent"),
+    "configure": (*AMQP_KNOBS, "service_user", "app_dir", "flavour", "error_percent", "instances", "queue_type"),
     "build": ("service_user", "app_dir", "flavour", "artifact", "artifact_sha256", "insecure"),
-    "start": ("service_user", "app_dir", "flavour"),
+    "start": ("service_user", "app_dir", "flavour", "instances"),
     "check-rabbitmq": AMQP_KNOBS,
 }
 NEEDS_PASSWORD = ("install", "configure")
@@ -207,6 +211,8 @@ def resolve(
         sources[name] = source
     if "artifact" in values:
         _refuse_plain_http(values, sources)
+    if "queue_type" in values and "flavour" in values:  # a quorum queue needs the bundled consumer
+        validate_queue_type(sources["queue_type"].where, values["queue_type"], values["flavour"])
     return Resolved(values=values, sources=sources)
 
 

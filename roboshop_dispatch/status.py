@@ -226,6 +226,40 @@ def process_info(pid: int) -> Dict[str, Any]:
         return {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
 
 
+ORDERS_HANDLED = re.compile(r"\b([0-9]{1,15}) orders? (?:handled|dispatched)\b")
+
+
+def orders_handled(status_text: str) -> Optional[int]:
+    """The orders an instance handled, when its sd_notify STATUS says ``N orders handled``; None when
+    it does not say."""
+    m = ORDERS_HANDLED.search(status_text or "")
+    return int(m.group(1)) if m else None
+
+
+def queue_type_of(state: Any) -> str:
+    """The orders queue's type the installed consumer declares (DISPATCH_QUEUE_TYPE; classic when unset)."""
+    return str(state.environment.get("DISPATCH_QUEUE_TYPE") or "classic")
+
+
+def instances_doc(state: Any) -> List[Dict[str, Any]]:
+    """One row per dispatch unit that is configured or runs: its state, pid, RSS, orders handled."""
+    facts = state.instance_facts
+    if facts is None or (facts.configured == 0 and not facts.running()):
+        return []
+    wanted = facts.wanted_units(facts.configured) if facts.configured else []
+    rows = []
+    for info in [facts.info(u) for u in wanted] + [u for u in facts.running() if u.unit not in wanted]:
+        rss = None
+        if info.main_pid:
+            proc = process_info(info.main_pid)
+            rss = proc.get("rss_bytes")
+        rows.append({"unit": info.unit, "configured": info.unit in wanted, "active_state": info.active_state or
+                     "inactive", "sub_state": info.sub_state, "enabled": info.enabled, "main_pid": info.main_pid,
+                     "rss_bytes": rss, "orders_handled": orders_handled(info.status_text),
+                     "status_text": info.status_text})
+    return rows
+
+
 def unit_doc(state: Any) -> Dict[str, Any]:
     """The unit's part of ``status``: its states, PID, restarts, user, StatusText, delivery path."""
     status_text = state.prop("StatusText")
@@ -293,17 +327,22 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     prefetch(_import_psutil, *preload)
 
     # the journal in the background while the rest is gathered
-    journal = start(lambda: systemd.journal_lines(lines)) if state.installed and lines > 0 else None
+    unit_journal = Systemd(systemd.runner, unit=state.unit)  # dispatch@1 when the instances run
+    journal = start(lambda: unit_journal.journal_lines(lines)) if state.installed and lines > 0 else None
 
     # the process
     process = process_info(pid) if pid else None
     doc["process"] = process
     doc["uptime_s"] = process.get("uptime_s") if process else None
+    doc["instances"] = instances_doc(state)
+    doc["configured_instances"] = state.instance_facts.configured if state.instance_facts else None
 
     # the binary
     doc["binary"] = {"path": state.binary.path, "exists": state.binary.exists, "flavour": state.flavour}
     answer = child_answer() if child_answer is not None else {"config": config_of(state), "queue": None}
     doc["config"] = answer.get("config") or {"path": state.env_file.path, "error": answer.get("error", "?")}
+    if "error" not in doc["config"]:
+        doc["config"]["queue_type"] = queue_type_of(state)
     doc["queue"] = answer.get("queue")
 
     try:
@@ -311,7 +350,9 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     except Exception:  # journalctl too slow or failing: status shows the rest
         logs = []
     doc["logs"] = [mask(line) for line in logs]
-    doc["running"] = state.installed and state.active
+    # several instances: running while any of them runs (`check` fails when fewer run than configured)
+    doc["running"] = state.installed and (state.active or any(r["active_state"] == "active"
+                                                              for r in doc["instances"]))
     doc["systemd"] = True
     return doc
 

@@ -48,6 +48,8 @@ HEALTHY = inst.InstalledState(
     interpreter=inst.FileInfo("/usr/bin/python3", "file", 0o755, 0, 0),
     build_stamp={"bundle": "abc"}, binary_label="system_u:object_r:bin_t:s0", process_user="roboshop",
     unit_verify={"returncode": 0, "stderr": ""},
+    instance_facts=inst.InstanceFacts(legacy_file=True, legacy=inst.InstanceInfo(
+        "dispatch.service", "loaded", "active", "running", "enabled", 4242)),
 )
 
 

@@ -104,3 +104,30 @@ def test_course_unit_scores_unsafe_for_comparison(tmp_path):
     )
     last = _analyze("security", "--offline=true", str(path)).stdout.strip().splitlines()[-1]
     assert float(last.split(":", 1)[1].split()[0]) > 8.0
+
+
+# -- the template unit of several instances (--instances N > 1) ---------------------------------
+
+
+def _score(path) -> float:
+    last = _analyze("security", "--offline=true", str(path)).stdout.strip().splitlines()[-1]
+    assert "Overall exposure level" in last, last
+    return float(last.split(":", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("credential", [False, True])
+def test_the_template_verifies_and_scores_as_the_unit(tmp_path, credential):
+    """dispatch@.service is today's unit with the instance in its description: the same hardening
+    (the same score), and an instance of it verifies clean."""
+    s = _settings()
+    single, template = render_unit(s, credential=credential), render_unit(s, credential=credential, template=True)
+    body = [ln for ln in template.splitlines() if not ln.startswith("#")]
+    assert body == [ln.replace("Description=RoboShop Dispatch Service",
+                               "Description=RoboShop Dispatch Service (instance %i)")
+                    for ln in single.splitlines() if not ln.startswith("#")]
+    (tmp_path / "dispatch.service").write_text(single)
+    (tmp_path / "dispatch@.service").write_text(template)
+    (tmp_path / "dispatch@7.service").symlink_to(tmp_path / "dispatch@.service")
+    res = _analyze("verify", str(tmp_path / "dispatch@7.service"))
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    assert _score(tmp_path / "dispatch@7.service") == _score(tmp_path / "dispatch.service") <= 2.0

@@ -403,3 +403,26 @@ def test_dry_run_without_systemd_predicts_a_fresh_host(tmp_path):
     result = ServiceStep("start").run(ctx)
     assert result.data["actions"] == ["daemon-reload", "enable", "start"]
     assert "systemd is not running here" in str(result.data["note"])
+
+
+# -- several instances: the config step writes the template and the count ----------------------
+
+
+def test_config_writes_the_template_and_the_count_for_several_instances(tmp_path):
+    from roboshop_dispatch.steps.config import ConfigStep
+
+    unit_dir = tmp_path / "etc/systemd/system"
+    count_file = tmp_path / "etc/roboshop/dispatch.instances"
+    predicted = ConfigStep().run(ctx_for(tmp_path, settings(instances="3"), dry_run=True))
+    assert predicted.status == CHANGED and "/etc/systemd/system/dispatch@.service" in predicted.message
+    assert not unit_dir.exists()
+    result = ConfigStep().run(ctx_for(tmp_path, settings(instances="3")))
+    assert result.status == CHANGED and "instances" not in (tmp_path / "run/dispatchctl/restart-pending").read_text()
+    assert (unit_dir / "dispatch@.service").is_file() and not (unit_dir / "dispatch.service").exists()
+    assert "Description=RoboShop Dispatch Service (instance %i)" in (unit_dir / "dispatch@.service").read_text()
+    assert count_file.read_text() == "3\n" and stat.S_IMODE(count_file.stat().st_mode) == 0o644
+    # no --instances: as installed (the recorded 3), nothing to do
+    assert ConfigStep().run(ctx_for(tmp_path, settings())).status == OK
+    # back to one: dispatch.service and no count (the service step removes the template after the switch)
+    result = ConfigStep().run(ctx_for(tmp_path, settings(instances="1")))
+    assert result.status == CHANGED and (unit_dir / "dispatch.service").is_file() and not count_file.exists()

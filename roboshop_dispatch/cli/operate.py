@@ -251,6 +251,7 @@ def status_rows(doc: Dict[str, Any]) -> List[Row]:
         source = f" (from the {config['password_source']})" if config.get("password_source") else ""
         rows.append(("RabbitMQ", f"{','.join(config['hosts'])}:{config['port']} vhost {config['vhost']} "
                                  f"user {config['user']} password {config['password']}{source}", ""))
+        rows.append(("queue type", config.get("queue_type") or "classic", ""))
     if doc.get("status_text"):
         rows.append(("systemd status", doc["status_text"], ""))
     if doc.get("delivery_path") or binary["flavour"] == "bundled":
@@ -264,7 +265,7 @@ def status_rows(doc: Dict[str, Any]) -> List[Row]:
         else:
             rows.append(("orders queue", f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
                          "warn" if not queue["consumers"] else ""))
-    return rows
+    return rows + instance_rows(doc)
 
 
 def print_status(doc: Dict[str, Any]) -> None:
@@ -296,6 +297,23 @@ def print_status(doc: Dict[str, Any]) -> None:
         console.print(Text(f"last {len(logs)} log line(s):", style="bold"))
         for line in logs:
             console.print(Text(line))
+
+
+def instance_rows(doc: Dict[str, Any]) -> List[Row]:
+    """One row per instance when the template is in use (or a stray unit runs beside the one)."""
+    from ..status import human_bytes
+
+    instances = doc.get("instances") or []
+    if len(instances) < 2 and all(r["unit"] == doc["unit"] for r in instances):
+        return []
+    rows: List[Row] = [("instances", f"{doc.get('configured_instances') or 0} configured", "")]
+    for r in instances:
+        orders = "" if r["orders_handled"] is None else f", {r['orders_handled']} orders handled"
+        extra = "" if r["configured"] else " (not configured)"
+        text = (f"{r['active_state']} ({r['sub_state'] or '-'}), pid {r['main_pid'] or '-'}, "
+                f"{human_bytes(r['rss_bytes'])} RSS{orders}{extra}")
+        rows.append((f"  {r['unit']}", text, "ok" if r["active_state"] == "active" and r["configured"] else "fail"))
+    return rows
 
 
 def _import_rich() -> None:
@@ -349,7 +367,9 @@ def logs(
         raise opt.usage_error("--json prints one document: it cannot be combined with --follow")
     # every password the installation holds (credential, environment file), as the consumer reads them
     mask = Redactor(read_settings(Path(env_file) if env_file else ENV_FILE, interpret=False).secrets()).text
-    argv = ["journalctl", "-u", UNIT, "--no-pager", "-n", str(max(0, lines))] + (["-f"] if follow else [])
+    # and every instance's (--instances N > 1 runs dispatch@1..N)
+    argv = ["journalctl", "-u", UNIT, "-u", "dispatch@*.service", "--no-pager", "-n", str(max(0, lines))] + \
+        (["-f"] if follow else [])
     opt.finish(_journal_document(argv, mask) if json_output else _stream_journal(argv, mask, follow))
 
 
@@ -359,7 +379,7 @@ def _journal_document(argv: List[str], mask: Callable[[str], str]) -> int:
 
     from ..host import child_environment
 
-    doc: Dict[str, Any] = {"command": "logs", "unit": argv[2], "lines": []}
+    doc: Dict[str, Any] = {"command": "logs", "unit": argv[2], "lines": []}  # the service (and its instances)
     try:
         proc = subprocess.run([*argv, "-q"], capture_output=True, text=True, errors="replace", timeout=60,
                               stdin=subprocess.DEVNULL, env=child_environment())

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, NoReturn, Optional, Tuple
 
 import typer
 
-from ..layout import ENV_FILE
+from ..layout import ENV_FILE, MAX_INSTANCES
 from ..settings import PASSWORD_ENV, SettingsError, validate_password
 from ..sources import PASS_FILE_ENV
 
@@ -61,6 +61,13 @@ Insecure = typer.Option(False, "--insecure",
                         help="Allow an http:// artifact (no transport security). Else $DISPATCHCTL_INSECURE=1.")
 ErrorPercent = _remembered("error_percent", metavar="0..100",
                            help="Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos).")
+Instances = _remembered(
+    "instances", metavar=f"1..{MAX_INSTANCES}",
+    help="Consumers on this host: 1 runs dispatch.service; N > 1 runs dispatch@1..N from the template "
+         "dispatch@.service. A change starts/stops only the difference.")
+QueueType = _remembered("queue_type", metavar="classic|quorum",
+                        help="The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; "
+                             "quorum survives the loss of a cluster node (bundled flavour only).")
 
 # -- every command --------------------------------------------------------------------------------
 JsonOutput = typer.Option(False, "--json", help="Print one JSON document instead of tables.")

@@ -52,6 +52,8 @@ def install(
     sha256: Optional[str] = opt.Sha256,
     insecure: bool = opt.Insecure,
     error_percent: Optional[str] = opt.ErrorPercent,
+    instances: Optional[str] = opt.Instances,
+    queue_type: Optional[str] = opt.QueueType,
     dry_run: bool = opt.DryRun,
     diff: bool = opt.Diff,
     json_output: bool = opt.JsonOutput,
@@ -59,7 +61,8 @@ def install(
     """Every step of the manual procedure: packages, user, app dir, build, unit + settings, start."""
     given = {"amqp_hosts": amqp_host, "amqp_port": amqp_port, "amqp_vhost": amqp_vhost, "amqp_user": amqp_user,
              "service_user": user, "app_dir": app_dir, "flavour": flavour, "artifact": artifact,
-             "artifact_sha256": sha256, "insecure": "1" if insecure else None, "error_percent": error_percent}
+             "artifact_sha256": sha256, "insecure": "1" if insecure else None, "error_percent": error_percent,
+             "instances": instances, "queue_type": queue_type}
     opt.finish(execute("install", given, pass_file=amqp_pass_file, pass_value=amqp_pass, dry_run=dry_run,
                        diff=diff, as_json=json_output))
 
@@ -76,13 +79,16 @@ def configure(
     app_dir: Optional[str] = opt.AppDir,
     flavour: Optional[str] = opt.Flavour,
     error_percent: Optional[str] = opt.ErrorPercent,
+    instances: Optional[str] = opt.Instances,
+    queue_type: Optional[str] = opt.QueueType,
     dry_run: bool = opt.DryRun,
     diff: bool = opt.Diff,
     json_output: bool = opt.JsonOutput,
 ) -> None:
     """Write the systemd unit and the environment file; restart a running service they changed."""
     given = {"amqp_hosts": amqp_host, "amqp_port": amqp_port, "amqp_vhost": amqp_vhost, "amqp_user": amqp_user,
-             "service_user": user, "app_dir": app_dir, "flavour": flavour, "error_percent": error_percent}
+             "service_user": user, "app_dir": app_dir, "flavour": flavour, "error_percent": error_percent,
+             "instances": instances, "queue_type": queue_type}
     opt.finish(execute("configure", given, pass_file=amqp_pass_file, pass_value=amqp_pass, dry_run=dry_run,
                        diff=diff, as_json=json_output))
 
@@ -109,5 +115,6 @@ def start(
     dry_run: bool = opt.DryRun,
     json_output: bool = opt.JsonOutput,
 ) -> None:
-    """Reload systemd if the unit changed, enable, start (or restart after a pending change)."""
+    """Reload systemd if the unit changed, enable, start (or restart after a pending change); every
+    configured instance (the count `install --instances` recorded)."""
     opt.finish(execute("start", {}, dry_run=dry_run, diff=False, as_json=json_output))

@@ -253,6 +253,39 @@ def check_service(s: InstalledState) -> Optional[Finding]:
               issue=SERVICE_NOT_STARTING, data={"log": lines, "amqp_host": host})
 
 
+def check_instances(s: InstalledState) -> Optional[Finding]:
+    """As many instances running as configured (--instances), and no stale unit beside them."""
+    facts = s.instance_facts
+    title = "Instances running"
+    if not s.systemd_pid1:
+        return _f("instances", title, SKIP, "systemd is not running here")
+    if facts is None or facts.configured == 0:  # nothing installed, or a record from before instances
+        return None
+    count = facts.configured
+    if count == 1 and not [u for u in facts.running() if u.unit != s.unit]:
+        return _f("instances", title, OK, f"one instance: {s.unit} (see the service check)")
+    wanted = facts.wanted_units(count)
+    down = [facts.info(u) for u in wanted if not facts.info(u).running]
+    stray = [u for u in facts.running() if u.unit not in wanted]
+    data = {"configured": count, "running": [u.unit for u in facts.running()], "down": [u.unit for u in down]}
+    if down:
+        names = ", ".join(f"{u.unit} ({u.active_state or 'inactive'}/{u.sub_state or '-'})" for u in down)
+        return _f("instances", title, FAIL, f"{count - len(down)} of {count} running; down: {names}",
+                  diagnosis="Fewer instances running than configured",
+                  cause=f"{count} instance(s) are configured but {names} do(es) not run",
+                  fix="dispatchctl start   (or: systemctl start " + " ".join(u.unit for u in down)
+                  + "); why one stopped: dispatchctl logs, journalctl -u " + down[0].unit,
+                  issue=SERVICE_NOT_STARTING, data=data)
+    if stray:
+        names = ", ".join(u.unit for u in stray)
+        return _f("instances", title, WARN, f"{count} of {count} running, and {names} beside them",
+                  diagnosis="A dispatch unit runs that is not configured",
+                  cause=f"{names} run(s) although {count} instance(s) are configured ({', '.join(wanted)})",
+                  fix="dispatchctl start   (stops and disables what is not configured)", data=data)
+    shown = ", ".join(f"{facts.info(u).unit} pid {facts.info(u).main_pid}" for u in wanted)
+    return _f("instances", title, OK, f"{count} of {count} running: {shown}", data=data)
+
+
 BAD_SELINUX_TYPES = (":default_t:", ":user_home_t:", ":tmp_t:")
 
 
@@ -282,6 +315,7 @@ HOST_CHECKS: Tuple[Tuple[str, str, HostCheck], ...] = (
     ("credential", "Password credential", check_credential),
     ("unit-user", "Runs as the service user", check_unit_user),
     ("service", "Service active", check_service),
+    ("instances", "Instances running", check_instances),
     ("selinux", "SELinux", check_selinux),
 )
 

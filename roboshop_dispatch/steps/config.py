@@ -24,6 +24,7 @@ from .. import envfile
 from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
 from ..redact import SECRET_KEYS, Redactor
+from ..scaling import INSTANCES, wanted_count
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
 from .pending import mark_pending
 
@@ -181,9 +182,12 @@ class ConfigStep(Step[ConfigPlan]):
         return password_route(ctx.settings.flavour, self.systemd_version(ctx))
 
     def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
-        """The files in writing order: credential, environment file, unit."""
+        """The files in writing order: credential, environment file, instance count, unit (the
+        template dispatch@.service for more than one instance, else dispatch.service)."""
         s = ctx.settings
-        return [(CREDENTIAL, s.credential_file, 0o600), ("envfile", s.env_file, 0o600), ("unit", s.unit_path, 0o644)]
+        unit = s.template_path if wanted_count(ctx) > 1 else s.unit_path
+        return [(CREDENTIAL, s.credential_file, 0o600), ("envfile", s.env_file, 0o600),
+                (INSTANCES, s.instances_file, 0o644), ("unit", unit, 0o644)]
 
     def wanted(self, ctx: Context) -> List[WantedFile]:
         from ..render import render_env, render_unit
@@ -195,11 +199,15 @@ class ConfigStep(Step[ConfigPlan]):
             note = ROUTE_NOTES["go"]
         elif not credential and (self.systemd_version(ctx) or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
             note = ROUTE_NOTES["old-systemd"]
+        count = wanted_count(ctx)
         return [WantedFile(CREDENTIAL, s.credential_file, s.amqp.password.reveal() if credential else None, 0o600,
                            secret=True),
                 WantedFile("envfile", s.env_file, render_env(s, with_password=not credential), 0o600, secret=True,
                            note=note),
-                WantedFile("unit", s.unit_path, render_unit(s, PYTHON, credential=credential), 0o644)]
+                WantedFile(INSTANCES, s.instances_file, f"{count}\n" if count > 1 else None, 0o644,
+                           note=f" ({count} instances)"),
+                WantedFile("unit", s.template_path if count > 1 else s.unit_path,
+                           render_unit(s, PYTHON, credential=credential, template=count > 1), 0o644)]
 
     def _cached(self, ctx: Context, key: str) -> bool:
         cache = load_cache(ctx, RENDER_CACHE)
@@ -226,9 +234,17 @@ class ConfigStep(Step[ConfigPlan]):
         s = ctx.settings
         where = f"the password in {s.credential_file}" if route == CREDENTIAL else \
             f"the password in {s.env_file}" + (" (the Go binary reads only AMQP_PASS)" if s.flavour == "go" else "")
-        return f"{s.unit_path} and {s.env_file} up to date ({where})"
+        count = wanted_count(ctx)
+        unit = f"{s.template_path} ({count} instances)" if count > 1 else str(s.unit_path)
+        return f"{unit} and {s.env_file} up to date ({where}; {s.queue_type} orders queue)"
 
     def check(self, ctx: Context) -> Change[ConfigPlan]:
+        change = self._check(ctx)
+        # what the dry run and the JSON report show beside the files
+        change.report.update(instances=wanted_count(ctx), queue_type=ctx.settings.queue_type)
+        return change
+
+    def _check(self, ctx: Context) -> Change[ConfigPlan]:
         key = render_key(ctx)
         if self._cached(ctx, key):
             cache = load_cache(ctx, RENDER_CACHE)
@@ -281,7 +297,8 @@ class ConfigStep(Step[ConfigPlan]):
         # every byte is ready before the first write: nothing can fail half-way for want of it
         payloads = {want.mark: want.text.encode("utf-8") for want in plan.writes if want.text is not None}
         for want in plan.writes:
-            mark_pending(ctx, want.mark)
+            if want.mark != INSTANCES:  # the count restarts nothing: the service step starts/stops the difference
+                mark_pending(ctx, want.mark)
             real = ctx.host_path(want.path)
             if want.text is None:
                 lstat_regular(real)  # a link is refused, not removed

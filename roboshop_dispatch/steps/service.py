@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Collection, Dict, List, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
+from .. import scaling as instances
 from ..layout import RESTART_PENDING as PENDING
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 from .pending import RESTART_MARKS, clear_pending, mark_pending, pending_reasons
@@ -30,6 +31,8 @@ START_TIMEOUT = 45.0  # seconds to wait for READY=1 (a cluster list is tried hos
 class ServicePlan:
     actions: Tuple[str, ...]
     failed: bool  # the unit is in the failed state: reset it before starting
+    # several instances (or a migration between dispatch.service and them): see roboshop_dispatch/scaling.py
+    scale: Optional[instances.ScalePlan] = None
 
 
 def decide(unit: str, props: Dict[str, str], *, mode: str, changed: Collection[str], pending: Collection[str],
@@ -82,6 +85,10 @@ class ServiceStep(Step[ServicePlan]):
         self.mode = mode
 
     def check(self, ctx: Context) -> Change[ServicePlan]:
+        facts = instances.installed_instances(ctx)
+        count = ctx.settings.instances or facts.configured or 1
+        if instances.in_use(facts, count):
+            return self._check_instances(ctx, facts, count)
         props: Dict[str, str] = ctx.systemd.show(PROPERTIES) if ctx.facts.systemd_pid1 else {}
         if not props and not ctx.dry_run:
             raise StepFailed("systemctl show answered nothing: is systemd running?",
@@ -92,9 +99,30 @@ class ServiceStep(Step[ServicePlan]):
         return decide(ctx.systemd.unit, props, mode=self.mode, changed=ctx.changed,
                       pending=pending_reasons(ctx, started), unit_known=unit_known)
 
+    def _check_instances(self, ctx: Context, facts: instances.InstanceFacts, count: int) -> Change[ServicePlan]:
+        s = ctx.settings
+        if not ctx.facts.systemd_pid1 and not ctx.dry_run:
+            raise StepFailed("systemd is not running here", "run dispatchctl on a host booted with systemd")
+        wanted_file = s.template_path if count > 1 else s.unit_path
+        if not ctx.host_path(wanted_file).exists() and "unit" not in ctx.changed:
+            if self.mode == "follow":
+                return unchanged(f"{wanted_file} is not installed: nothing to restart", {"actions": []})
+            raise StepFailed(f"{wanted_file} is not installed", "run `dispatchctl install` (or `dispatchctl "
+                             f"configure --instances {count}`) first")
+        stale = s.unit_path if count > 1 else s.template_path
+        change = instances.decide(count, facts, mode=self.mode, changed=ctx.changed, pending=pending_reasons(ctx),
+                                  stale_file=stale if ctx.host_path(stale).exists() else None)
+        if not change.needed:
+            return unchanged(change.summary, change.report)
+        return Change(change.actions, ServicePlan((), False, change.the_plan()), report=change.report)
+
     def apply(self, ctx: Context, change: Change[ServicePlan]) -> str:
         sd = ctx.systemd
         plan = change.the_plan()
+        if plan.scale is not None:
+            message = instances.apply(ctx, plan.scale)
+            clear_pending(ctx)
+            return message
         done: List[str] = []
         if "enable" in plan.actions:
             # `systemctl enable` reloads the manager itself after creating the links: a separate

@@ -1,8 +1,9 @@
 """``dispatchctl uninstall``: the install steps backwards, with the same step contract, so
 ``--dry-run`` reports exactly what a real run removes and a second run changes nothing.
 
-Stop and disable the service, remove the unit (and drop-ins), the environment file, the
-credential and ``/app/dispatch``. The service user and the app directory stay unless ``purge``,
+Stop and disable the service and every dispatch@N instance, remove the unit and the template
+(and their drop-ins), the environment file, the instance count, the credential and
+``/app/dispatch``. The service user and the app directory stay unless ``purge``,
 and are shared with the other RoboShop services, so ``purge`` (confirmed with ``--yes`` or at a
 prompt) removes only what dispatchctl created (layout.CREATED_RECORD): the files it wrote in the
 app directory, the directory itself only when it created it and it is empty then, and the user
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any, List, Tuple
 
 from ..files import lstat_regular
+from ..installed import InstanceInfo
+from ..layout import INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
+from ..scaling import installed_instances
 from . import record
 from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
 
@@ -53,16 +57,17 @@ class StopStep(Step[None]):
     def check(self, ctx: Context) -> Change[None]:
         if not ctx.facts.systemd_pid1:
             return unchanged("no systemd on this host: nothing runs")
-        props = ctx.systemd.show(["LoadState", "ActiveState", "SubState", "MainPID"])
-        state = props.get("ActiveState", "")
-        if state in STOPPABLE:
-            return Change([Action("stop", ctx.systemd.unit, f" ({state}, MainPID {props.get('MainPID', '0')})")],
-                          report={"active_state": state})
-        return unchanged(f"{ctx.systemd.unit} is not running ({state or 'unknown'})")
+        running = installed_instances(ctx).running()  # dispatch.service and every dispatch@N
+        if running:
+            return Change([Action("stop", ", ".join(u.unit for u in running),
+                                  " (" + ", ".join(f"{u.active_state}, MainPID {u.main_pid}" for u in running) + ")")],
+                          report={"active_state": running[0].active_state, "units": [u.unit for u in running]})
+        return unchanged(f"{ctx.systemd.unit} is not running (nor any dispatch@ instance)")
 
     def apply(self, ctx: Context, change: Change[None]) -> str:
-        ctx.systemd.stop()
-        return f"stopped {ctx.systemd.unit}"
+        units = change.report["units"]
+        ctx.runner.run(["systemctl", "stop", *units])
+        return "stopped " + ", ".join(units)
 
 
 class DisableStep(Step[RemovePlan]):
@@ -76,10 +81,12 @@ class DisableStep(Step[RemovePlan]):
                 return Change([Action("remove", "the enablement links " + ", ".join(map(str, links)))],
                               RemovePlan(tuple(links)))
             return unchanged("not enabled")
-        state = ctx.systemd.show(["UnitFileState"]).get("UnitFileState", "")
-        if state in ("enabled", "enabled-runtime", "linked", "linked-runtime", "alias"):
-            return Change([Action("disable", ctx.systemd.unit, f" ({state})")], RemovePlan(()))
-        return unchanged(f"{ctx.systemd.unit} is not enabled ({state or 'not installed'})")
+        enabled = [u for u in installed_instances(ctx).every_unit() if u.is_enabled]
+        if enabled:
+            return Change([Action("disable", ", ".join(u.unit for u in enabled),
+                                  " (" + ", ".join(sorted({u.enabled for u in enabled})) + ")")],
+                          RemovePlan(()), report={"units": [u.unit for u in enabled]})
+        return unchanged(f"{ctx.systemd.unit} is not enabled (nor any dispatch@ instance)")
 
     def _links(self, ctx: Context) -> List[Path]:
         unit_dir = ctx.host_path(ctx.settings.unit_dir)
@@ -87,8 +94,10 @@ class DisableStep(Step[RemovePlan]):
             return []
         links = []
         for directory in unit_dir.iterdir():
-            if directory.name.endswith((".wants", ".requires")) and (directory / ctx.systemd.unit).is_symlink():
-                links.append(directory / ctx.systemd.unit)
+            if not directory.name.endswith((".wants", ".requires")) or not directory.is_dir():
+                continue
+            links += [entry for entry in directory.iterdir() if entry.is_symlink() and
+                      (entry.name == ctx.systemd.unit or InstanceInfo(entry.name).number)]
         return sorted(links)
 
     def apply(self, ctx: Context, change: Change[RemovePlan]) -> str:
@@ -97,8 +106,9 @@ class DisableStep(Step[RemovePlan]):
             for link in links:
                 _remove(link)
             return "removed the enablement links"
-        ctx.systemd.disable()
-        return f"disabled {ctx.systemd.unit}"
+        units = change.report["units"]
+        ctx.runner.run(["systemctl", "disable", *units])
+        return "disabled " + ", ".join(units)
 
 
 class _RemoveFiles(Step[RemovePlan]):
@@ -129,8 +139,8 @@ class UnitStep(_RemoveFiles):
 
     def paths(self, ctx: Context) -> List[Path]:
         unit = ctx.host_path(ctx.settings.unit_path)
-        dropins = unit.with_name(unit.name + ".d")
-        paths = [unit, dropins]
+        template = ctx.host_path(ctx.settings.template_path)
+        paths = [unit, unit.with_name(unit.name + ".d"), template, template.with_name(template.name + ".d")]
         pending = ctx.host_path(PENDING)
         if _exists(pending):  # a restart a previous run left pending means nothing now
             paths.append(pending)
@@ -145,12 +155,16 @@ class UnitStep(_RemoveFiles):
         if props.get("LoadState", "") not in ("", "not-found") or props.get("ActiveState") == "failed":
             return Change([Action("daemon-reload", f"to forget {ctx.systemd.unit}", f" ({props.get('LoadState')})")],
                           RemovePlan(()))
+        known = [u.unit for u in installed_instances(ctx).units]  # dispatch@N loaded or failed
+        if known:
+            return Change([Action("daemon-reload", "to forget " + ", ".join(known))], RemovePlan(()))
         return change
 
     def after(self, ctx: Context) -> None:
         if ctx.facts.systemd_pid1:
             ctx.systemd.daemon_reload()
             ctx.systemd.reset_failed()
+            ctx.runner.run(["systemctl", "reset-failed", INSTANCE_PREFIX + "*"], check=False)
 
 
 class ConfigStep(_RemoveFiles):
@@ -158,7 +172,8 @@ class ConfigStep(_RemoveFiles):
     title = "Remove the environment file and the credential"
 
     def paths(self, ctx: Context) -> List[Path]:
-        return [ctx.host_path(ctx.settings.env_file), ctx.host_path(ctx.settings.credential_file)]
+        s = ctx.settings
+        return [ctx.host_path(s.env_file), ctx.host_path(s.credential_file), ctx.host_path(s.instances_file)]
 
     def after(self, ctx: Context) -> None:
         directory = ctx.host_path(ctx.settings.env_file).parent
