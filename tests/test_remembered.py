@@ -45,6 +45,8 @@ VALID: Dict[str, list] = {
     "artifact_sha256": ["a" * 64, "0123456789abcdef" * 4],
     "insecure": ["1", "0", "yes", "no"],
     "error_percent": ["0", "50", "100"],
+    "instances": ["1", "3", "64"],
+    "queue_type": ["classic", "quorum"],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -58,6 +60,8 @@ INVALID: Dict[str, list] = {
     "artifact_sha256": ["zz", "a" * 63],
     "insecure": ["maybe"],
     "error_percent": ["101", "-1", "x"],
+    "instances": ["0", "65", "+3", "1_0", "٣", ""],
+    "queue_type": ["stream", "Quorum", ""],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 
@@ -137,15 +141,24 @@ def test_the_winner_is_always_the_highest_source_given(scenario):
         with pytest.raises(SettingsError, match="--amqp-host: is required"):
             resolve(names, given_, environ, inst)
         return
-    r = resolve(names, given_, environ, inst)
-    for name in names:
+    def winner(name):
         knob = KNOB[name]
         expected = max(present[name], key=RANK.__getitem__) if present[name] else DEFAULT
-        assert r.sources[name].kind == expected
         text = {OPTION: given_.get(name), ENVIRONMENT: environ.get(knob.envvar),
                 INSTALLED: inst[knob.installed].text if knob.installed in inst else None,
                 DEFAULT: knob.default}[expected]
-        assert r.values[name] == (None if text is None else knob.parse("x", text))
+        return expected, text
+
+    if {"flavour", "queue_type"} <= set(names) and (winner("flavour")[1], winner("queue_type")[1]) == ("go", "quorum"):
+        # the one rule across rows: a quorum queue needs the bundled consumer (go declares classic)
+        with pytest.raises(SettingsError, match="go flavour"):
+            resolve(names, given_, environ, inst)
+        return
+    r = resolve(names, given_, environ, inst)
+    for name in names:
+        expected, text = winner(name)
+        assert r.sources[name].kind == expected
+        assert r.values[name] == (None if text is None else KNOB[name].parse("x", text))
 
 
 @settings(max_examples=300, deadline=None)
@@ -288,7 +301,7 @@ def test_a_complete_installation_is_remembered_without_importing_pika(tmp_path):
 
     env = tmp_path / "dispatch.env"
     env.write_text('AMQP_HOST="10.0.0.5"\nAMQP_PORT="5673"\nAMQP_VHOST="/"\nAMQP_USER="roboshop"\n'
-                   'DISPATCH_ERROR_PERCENT="0"\n')
+                   'DISPATCH_ERROR_PERCENT="0"\nDISPATCH_QUEUE_TYPE="classic"\n')
     code = f"""
 import sys
 from pathlib import Path
