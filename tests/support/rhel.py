@@ -33,7 +33,7 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tests.support.nspawn import CACHE, PATH_INSIDE, Container, HostError, ensure_rootfs, recipe_key
 
@@ -301,6 +301,7 @@ class RhelHost(Container):
         res = self.run(["rpm", "-q", "--qf", "%{VERSION}", name], check=False)
         return res.stdout.strip() if res.returncode == 0 else None
 
-    def dnf_history(self) -> str:
-        """dnf's transaction history (one line per transaction): unchanged = no dnf transaction."""
-        return self.run(["dnf", "-q", "history", "list"], check=False).stdout
+    def dnf_history(self) -> List[str]:
+        """dnf's transactions, one line each (``ID | command | date | action | altered``)."""
+        out = self.run(["dnf", "-q", "history", "list"]).stdout
+        return [line for line in out.splitlines() if line.strip()[:1].isdigit()]
