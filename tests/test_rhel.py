@@ -228,6 +228,11 @@ def test_go_on_fedora_installs_golang_with_dnf_and_builds(fedora, broker, vhost)
     assert host.rpm_installed("python3") is None  # the go flavour asks for golang only
     host.wait_for(lambda: "dispatch-go on rhel ready host=127.0.0.1" in host.journal(), timeout=15,
                   what="the go program's start line")
+    # check on a RHEL-family host: the OS family and SELinux's mode (this kernel has none: absent)
+    res = host.dispatchctl("check", "--json")
+    by = {f["name"]: f for f in json.loads(res.stdout)["findings"]}
+    assert by["os"]["status"] == "ok" and "rhel family" in by["os"]["summary"], by["os"]
+    assert by["selinux"]["status"] == "ok" and by["selinux"]["summary"] == "absent", by["selinux"]
     rerun = rerun_without_dnf(host, args)
     print(f"\nfedora go: re-run {rerun:.2f}s (no dnf transaction, build skipped)")
 
@@ -240,7 +245,7 @@ def test_a_package_missing_from_every_repository_fails_clearly(rocky_without_gol
     host.write(PASS_FILE, broker.password + "\n")
     host.path(ZIP_INSIDE).write_bytes(go_zip())
     before = host.listing("/etc/systemd/system", "/etc/roboshop", "/app", "/var/lib/dispatchctl")
-    doc, res = run_json(host, install_args(broker, vhost, "--flavour", "go", "--artifact", ZIP_INSIDE), expect=1)
+    doc, _ = run_json(host, install_args(broker, vhost, "--flavour", "go", "--artifact", ZIP_INSIDE), expect=1)
     failed = step(doc, "packages")
     assert failed["failed"], doc
     assert "golang: no such package in any enabled repository (dispatchctl-test)" in failed["message"]

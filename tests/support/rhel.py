@@ -151,7 +151,7 @@ def _shape(root: Path) -> None:
                 continue
             with open(path, "rb") as fh:
                 head = fh.readline()
-            if head.rstrip() in (b"#!/usr/bin/python3", b"#! /usr/bin/python3") or head.startswith(b"#!/usr/bin/python3 "):
+            if head.rstrip() == b"#!/usr/bin/python3" or head.startswith(b"#!/usr/bin/python3 "):
                 data = path.read_bytes()
                 mode = path.stat().st_mode & 0o7777
                 path.unlink()  # never write through to another file
