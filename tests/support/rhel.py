@@ -43,7 +43,6 @@ HIDDEN: Tuple[str, ...] = ("usr/bin/python3", "usr/bin/go", "usr/bin/gofmt", "us
 REPO_INSIDE = "/srv/dispatchctl-rpms"
 REPO_ID = "dispatchctl-test"
 READY_MARK = ".dispatchctl-rhel-ready"
-PYTHON39 = Path(os.environ.get("DISPATCHCTL_TEST_PYTHON39", "/root/.pyenv/versions/3.9.18"))
 
 OS_RELEASE: Dict[str, str] = {
     "rocky": textwrap.dedent("""\
@@ -239,24 +238,38 @@ PY39_SKIP = ("test", "site-packages", "idlelib", "tkinter", "turtledemo", "ensur
              "sqlite3/test", "tkinter/test")
 
 
-def python39_version() -> str:
-    if not (PYTHON39 / "bin/python3.9").exists():
-        raise HostError(f"no CPython 3.9 at {PYTHON39} for the python3 RPM "
-                        "(scripts/setup-dev installs one; DISPATCHCTL_TEST_PYTHON39 points elsewhere)")
-    return PYTHON39.name
+def python39() -> Tuple[Path, str]:
+    """The prefix and version of a CPython 3.9 to pack, found as tests/test_python39.py finds it:
+    $DISPATCH_PYTHON39 (its python3.9), else pyenv's 3.9."""
+    import glob
+
+    candidates = [os.environ.get("DISPATCH_PYTHON39", "")]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
+    for candidate in filter(None, candidates):
+        prefix = Path(candidate).resolve().parent.parent
+        if (prefix / "bin/python3.9").exists() and (prefix / "lib/python3.9/os.py").exists():
+            version = _run([str(prefix / "bin/python3.9"), "-c", "import platform; print(platform.python_version())"],
+                           "asking python3.9 its version").stdout.strip()
+            return prefix, version
+    raise HostError("no CPython 3.9 for the python3 RPM: set DISPATCH_PYTHON39=/path/to/python3.9 "
+                    "(an installed prefix with lib/python3.9)")
 
 
 def build_python3_rpm(work: Path) -> Path:
     """``python3`` 3.9: /usr/bin/python3.9 (+ python3), /usr/lib/libpython3.9.so.1.0 and the
     standard library in /usr/lib/python3.9 (found from /usr/bin by CPython's own prefix search)."""
-    version = python39_version()
+    prefix, version = python39()
     excludes = " ".join(f"--exclude=./{p}" for p in PY39_SKIP) + " --exclude=__pycache__"
     install = textwrap.dedent(f"""\
         mkdir -p %{{buildroot}}/usr/bin %{{buildroot}}/usr/lib/python3.9
-        cp -p {PYTHON39}/bin/python3.9 %{{buildroot}}/usr/bin/python3.9
+        cp -p {prefix}/bin/python3.9 %{{buildroot}}/usr/bin/python3.9
         ln -s python3.9 %{{buildroot}}/usr/bin/python3
-        cp -p {PYTHON39}/lib/libpython3.9.so.1.0 %{{buildroot}}/usr/lib/libpython3.9.so.1.0
-        (cd {PYTHON39}/lib/python3.9 && tar -cf - {excludes} .) | tar -xf - -C %{{buildroot}}/usr/lib/python3.9
+        if [ -e {prefix}/lib/libpython3.9.so.1.0 ]; then
+            cp -p {prefix}/lib/libpython3.9.so.1.0 %{{buildroot}}/usr/lib/libpython3.9.so.1.0
+        else
+            touch %{{buildroot}}/usr/lib/libpython3.9.so.1.0  # a static build needs none
+        fi
+        (cd {prefix}/lib/python3.9 && tar -cf - {excludes} .) | tar -xf - -C %{{buildroot}}/usr/lib/python3.9
         mkdir -p %{{buildroot}}/usr/lib/python3.9/site-packages""")
     files = "/usr/bin/python3.9\n/usr/bin/python3\n/usr/lib/libpython3.9.so.1.0\n/usr/lib/python3.9"
     return _rpmbuild(work, "python3", version, "CPython 3.9 (as RHEL 9's python3)", "x86_64", install, files)
