@@ -505,3 +505,22 @@ def test_go_builds_what_the_manual_builds():
     # -trimpath (or a forced CGO_ENABLED=0) recompiles the standard library on a fresh host
     assert go_build_command("/usr/bin/go", Path("/app/.dispatch.new")) == [
         "/usr/bin/go", "build", "-o", "/app/.dispatch.new"]
+
+
+def test_a_lock_holder_s_command_line_cannot_write_to_the_terminal(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from roboshop_dispatch.steps.packages import describe_pid
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "\x1b[2J\x07evil"])
+    try:
+        deadline = time.monotonic() + 10
+        while "evil" not in (shown := describe_pid(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert shown.endswith("import time; time.sleep(30) ?[2J?evil)") and shown.isprintable(), shown
+    assert describe_pid(2 ** 22 + 1) == f"pid {2 ** 22 + 1}"

@@ -186,8 +186,14 @@ def describe_pid(pid: int) -> str:
             words = fh.read(300).split(b"\0")
     except OSError:
         return f"pid {pid}"
-    cmd = " ".join(w.decode(errors="replace") for w in words if w)
+    cmd = printable(" ".join(w.decode(errors="replace") for w in words if w))
     return f"pid {pid} ({cmd[:120]})" if cmd else f"pid {pid}"
+
+
+def printable(text: str) -> str:
+    """Another process's words (its command line, dnf's repo ids) without control characters: they
+    end up on the operator's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def not_found(output: str) -> List[str]:
@@ -201,7 +207,7 @@ def not_found(output: str) -> List[str]:
 def enabled_repos(runner: Runner) -> List[str]:
     res = runner.run(["dnf", "-q", "repolist", "--enabled"], check=False, timeout=120)
     lines = res.stdout.splitlines()
-    return [line.split()[0] for line in lines if line.strip() and not line.startswith("repo id")]
+    return [printable(line.split()[0]) for line in lines if line.strip() and not line.startswith("repo id")]
 
 
 def dnf_install(runner: Runner, missing: Tuple[str, ...],
