@@ -16,6 +16,14 @@ In fresh systemd-nspawn containers (tests/support/nspawn.py) against a throwaway
   unzip and ``go build`` that the real script repeats every time (no network here), and it checks
   nothing. ``rerun_ratio`` = ours / bash (below 1: ours is faster).
 
+The go flavour against the course's own recipe (``--go``, or ``--go-only`` for just that part):
+on pairs of fresh containers in the same run, ``go_first_install_s`` (``dispatchctl install
+--flavour go``, artifact served over http on loopback) and ``course_recipe_first_s``
+(/work/shared/baselines/course/dispatch.sh, unchanged, with ``ZIP_URL`` pointing at the same
+artifact), ``go_first_ratio`` = ours / recipe (target <= 1), and ``go_rerun_s`` with 0 changes.
+The Debian test rootfs has no curl nor unzip: two python3 stand-ins (``curl -L -o FILE URL``,
+``unzip FILE``) are put in /usr/local/bin for the recipe only.
+
 Wall times of the whole command as a user runs it (not --json), measured from the host around
 ``nsenter``: into a pipe (a plain table) and, as ``rerun_tty_s``, on a terminal (rich progress and
 table, through script(1)). Targets: re-run < 0.4 s, first install < 1.5 s, --version < 150 ms.
@@ -44,6 +52,14 @@ from tests.support.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E40
 
 RUNS = 3
 PASS_FILE = "/root/amqp.pass"
+COURSE_DIR = Path(os.environ.get("DISPATCHCTL_COURSE_DIR", str(ROOT.parent.parent / "shared/baselines/course")))
+# stand-ins for the two tools the recipe needs and the minbase rootfs lacks
+STAND_INS = {
+    "curl": "#!/usr/bin/python3\nimport sys, urllib.request\na = sys.argv[1:]\n"
+            "out = a[a.index('-o') + 1]\nurl = [x for x in a if x.startswith('http')][-1]\n"
+            "open(out, 'wb').write(urllib.request.urlopen(url).read())\n",
+    "unzip": "#!/usr/bin/python3\nimport sys, zipfile\nzipfile.ZipFile(sys.argv[-1]).extractall('.')\n",
+}
 
 # the course's procedure as users copy-paste it, less its network steps (see the docstring)
 COURSE_SCRIPT = """set -e
@@ -92,6 +108,95 @@ def course_baseline(rootfs: Path, broker: Broker) -> List[float]:
         host.poweroff()
 
 
+def serve_artifact() -> Tuple[str, object]:
+    """The course's fixture program, zipped as the course's artifact, over http on loopback."""
+    import http.server
+    import io
+    import threading
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(COURSE_DIR / "fixture/main.go", "main.go")
+    body = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}/dispatch.zip", httpd
+
+
+def course_recipe_first(rootfs: Path, url: str) -> float:
+    """The course's dispatch.sh, as it is, on a fresh host: its wall time."""
+    host = Container(rootfs).boot()
+    try:
+        for name, text in STAND_INS.items():
+            host.write(f"/usr/local/bin/{name}", text, mode=0o755)
+        host.run(["mkdir", "-p", "/root/course"])
+        for name in ("dispatch.sh", "dispatch.service"):
+            host.path(f"/root/course/{name}").write_bytes((COURSE_DIR / name).read_bytes())
+        started = time.perf_counter()
+        host.run(["bash", "/root/course/dispatch.sh"], env={"ZIP_URL": url}, timeout=600)
+        seconds = time.perf_counter() - started
+        state = host.show("dispatch.service", ["ActiveState"])["ActiveState"]
+        if state != "active" or not host.path("/app/dispatch").exists():
+            log = host.run(["cat", "/tmp/roboshop.log"], check=False).stdout
+            raise SystemExit(f"the course recipe did not bring dispatch up ({state}):\n{log[-2000:]}")
+        return seconds
+    finally:
+        host.poweroff()
+
+
+def go_first_install(rootfs: Path, broker: Broker, url: str, problems: List[str]) -> Tuple[float, float]:
+    """``dispatchctl install --flavour go`` on a fresh host, then its re-run: both wall times."""
+    args = ["install", "--amqp-host", "127.0.0.1", "--amqp-port", str(broker.port), "--amqp-pass-file", PASS_FILE,
+            "--flavour", "go", "--artifact", url, "--insecure"]
+    host = Container(rootfs).boot()
+    try:
+        host.write(PASS_FILE, broker.password + "\n")
+        first, res = timed(host, args)
+        if res.returncode != 0:
+            raise SystemExit(f"go first install failed:\n{res.stdout}\n{res.stderr}")
+        rerun, res = timed(host, args)
+        statuses = parse_table(res.stdout)
+        if res.returncode != 0 or set(statuses.values()) != {"ok"}:
+            problems.append(f"go re-run changed something: {statuses}")
+        return first, rerun
+    finally:
+        host.poweroff()
+
+
+def go_versus_course(rootfs: Path, broker: Broker, problems: List[str]) -> None:
+    url, httpd = serve_artifact()
+    ours: List[float] = []
+    course: List[float] = []
+    reruns: List[float] = []
+    try:
+        for i in range(RUNS):  # interleaved, alternating who goes first: the load hits both alike
+            pair = [lambda: course.append(course_recipe_first(rootfs, url)),
+                    lambda: (lambda f_r: (ours.append(f_r[0]), reruns.append(f_r[1])))(
+                        go_first_install(rootfs, broker, url, problems))]
+            for run in (pair if i % 2 == 0 else pair[::-1]):
+                run()
+    finally:
+        httpd.shutdown()  # type: ignore[attr-defined]
+    print("go_first_install_runs_s=" + ",".join(f"{s:.3f}" for s in ours))
+    print("course_recipe_first_runs_s=" + ",".join(f"{s:.3f}" for s in course))
+    print(f"go_first_install_s={statistics.median(ours):.3f}   course_recipe_first_s={statistics.median(course):.3f}")
+    print(f"go_first_ratio={statistics.median(ours) / statistics.median(course):.2f}   (ours / course recipe, "
+          "same run, fresh hosts; target <= 1)")
+    print(f"go_rerun_s={statistics.median(reruns):.3f}   (0 changes expected)")
+
+
 def parse_table(stdout: str) -> Dict[str, str]:
     """step -> status from the plain summary table (rows: step  result  time  details)."""
     statuses = {}
@@ -122,6 +227,8 @@ def service_state(host: Container) -> Dict[str, str]:
 
 
 def main() -> int:
+    if "--go-only" in sys.argv[1:]:
+        return go_only()
     # what `pip install` does for a deployed dispatchctl: byte-compile the package (this machine
     # sets PYTHONDONTWRITEBYTECODE, and the checkout is read-only inside the container)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "roboshop_dispatch")], check=True)
@@ -177,6 +284,8 @@ def main() -> int:
             finally:
                 host.poweroff()
         baseline = course_baseline(rootfs, broker)
+        if "--go" in sys.argv[1:]:
+            go_versus_course(rootfs, broker, problems)
     finally:
         broker.stop()
 
@@ -203,6 +312,21 @@ def main() -> int:
     print(f"rerun_ratio={statistics.median(reruns) / statistics.median(baseline):.2f}   (ours / course bash)")
     print("rerun_changes=0 rerun_restarts=0" if not problems else "problems=" + " | ".join(problems))
     print(f"rerun_s={statistics.median(reruns):.3f}")
+    return 0 if not problems else 1
+
+
+def go_only() -> int:
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "roboshop_dispatch")], check=True)
+    rootfs = ensure_rootfs(log=lambda m: print(m, file=sys.stderr))
+    broker = Broker()
+    broker.start()
+    problems: List[str] = []
+    try:
+        print(f"# load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, rootfs {rootfs.name}")
+        go_versus_course(rootfs, broker, problems)
+    finally:
+        broker.stop()
+    print("go_rerun_changes=0" if not problems else "problems=" + " | ".join(problems))
     return 0 if not problems else 1
 
 

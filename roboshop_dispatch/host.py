@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,17 +59,28 @@ class Runner:
     environment (:func:`child_environment`). Output is captured as text.
 
     ``on_line`` (``-vv``) receives each line of a command's output (stdout and stderr) as it
-    comes; ``on_result`` receives every finished command, also a failed one (the run log). Steps
-    never see either: they only call ``run``."""
+    comes; ``on_result`` receives every finished command, also a failed one (the run log);
+    ``on_notice`` receives a step's word to the operator while it waits (another dnf holds the
+    lock): stderr when none is given. Steps never see these: they call ``run`` and ``notice``."""
 
     def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None, *,
                  on_line: Optional[Callable[[str], None]] = None,
-                 on_result: Optional[Callable[[Result], None]] = None) -> None:
+                 on_result: Optional[Callable[[Result], None]] = None,
+                 on_notice: Optional[Callable[[str], None]] = None) -> None:
         self.timeout = timeout
         self.env = dict(env) if env is not None else None
         self.calls: List[Tuple[str, ...]] = []  # every argv run, in order (reports and tests)
         self.on_line = on_line
         self.on_result = on_result
+        self.on_notice = on_notice
+
+    def notice(self, message: str) -> None:
+        """Tell the operator something while a command waits (one line, no secret in it)."""
+        if self.on_notice is not None:
+            self.on_notice(message)
+        else:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
 
     def run(
         self,

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
 from roboshop_dispatch.host import HostFacts, Result, Runner
@@ -125,8 +127,8 @@ def test_other_families_are_refused_before_any_change(name, tmp_path):
 
 
 @pytest.mark.parametrize("name, query, install", [
-    ("rocky9", "rpm -q", ["dnf", "install", "-y", "-q", "golang"]),
-    ("fedora40", "rpm -q", ["dnf", "install", "-y", "-q", "golang"]),
+    ("rocky9", "rpm -q", ["dnf", "install", "-y", "-q", "--setopt=exit_on_lock=True", "golang"]),
+    ("fedora40", "rpm -q", ["dnf", "install", "-y", "-q", "--setopt=exit_on_lock=True", "golang"]),
     ("debian12", "dpkg-query -W", ["apt-get", "install", "-y", "-q", "--no-install-recommends", "golang-go"]),
     ("ubuntu2204", "dpkg-query -W", ["apt-get", "install", "-y", "-q", "--no-install-recommends", "golang-go"]),
 ])
@@ -426,3 +428,122 @@ def test_config_writes_the_template_and_the_count_for_several_instances(tmp_path
     # back to one: dispatch.service and no count (the service step removes the template after the switch)
     result = ConfigStep().run(ctx_for(tmp_path, settings(instances="1")))
     assert result.status == CHANGED and (unit_dir / "dispatch.service").is_file() and not count_file.exists()
+
+
+# -- the RHEL family's decisions (run for real in test_rhel.py) ---------------------------------
+
+# dnf 4.14's own words (captured on the RHEL-shaped test host)
+DNF_LOCKED = "Error: RPMDB already locked by 4242\nThe application with PID 4242 is: sleep\n"
+DNF_NO_MATCH = "No match for argument: golang\nError: Unable to find a match: golang\n"
+DNF_REPOLIST = "repo id           repo name\ndispatchctl-test  dispatchctl test repository\nappstream  AppStream\n"
+
+
+class SequenceRunner(RecordingRunner):
+    """Answers the same command differently each time it is run (dnf, lock held, then free)."""
+
+    def __init__(self, answers: Dict[str, List[Result]]) -> None:
+        super().__init__()
+        self.queue = answers
+
+    def run(self, argv, *, check=True, timeout=None, input=None, cwd=None, env=None) -> Result:
+        self.calls.append(tuple(argv))
+        for prefix, results in self.queue.items():
+            if " ".join(argv).startswith(prefix):
+                return results.pop(0) if len(results) > 1 else results[0]
+        return Result(tuple(argv), 0, "", "")
+
+
+def test_dnf_output_is_read_for_the_lock_holder_and_the_missing_packages():
+    from roboshop_dispatch.steps.packages import lock_holder, not_found
+
+    assert lock_holder(DNF_LOCKED) == 4242 and lock_holder(DNF_NO_MATCH) is None
+    assert not_found(DNF_NO_MATCH) == ["golang"]
+    assert not_found("Error: Unable to find a match: golang python3\n") == ["golang", "python3"]
+    assert not_found(DNF_LOCKED) == []
+
+
+@given(st.text(max_size=300))
+def test_reading_dnf_output_never_invents_a_package_or_a_pid(text):
+    from roboshop_dispatch.steps.packages import lock_holder, not_found
+
+    assert all(name in text for name in not_found(text))
+    pid = lock_holder(text)
+    assert pid is None or str(pid) in text
+
+
+def test_a_package_no_repository_has_is_named_with_the_repositories(monkeypatch):
+    from roboshop_dispatch.steps.base import StepFailed
+    from roboshop_dispatch.steps.packages import dnf_install
+
+    runner = SequenceRunner({"dnf install": [Result((), 1, "", DNF_NO_MATCH)],
+                             "dnf -q repolist": [Result((), 0, DNF_REPOLIST, "")]})
+    with pytest.raises(StepFailed, match=r"golang: no such package in any enabled repository "
+                                         r"\(dispatchctl-test, appstream\); nothing was installed"):
+        dnf_install(runner, ("golang",))
+    assert [c[:2] for c in runner.calls] == [("dnf", "install"), ("dnf", "-q")]
+
+
+def test_a_held_dnf_lock_is_waited_for_with_one_message_then_the_install_goes_on(monkeypatch):
+    from roboshop_dispatch.steps import packages
+
+    monkeypatch.setattr(packages, "DNF_LOCK_POLL_S", 0.01)
+    locked = Result((), packages.DNF_LOCKED_RC, "", DNF_LOCKED)
+    runner = SequenceRunner({"dnf install": [locked, locked, locked, Result((), 0, "", "")]})
+    said: List[str] = []
+    packages.dnf_install(runner, ("python3",), say=said.append)
+    assert len(runner.calls) == 4 and len(said) == 1 and "held by pid 4242" in said[0]
+
+
+def test_a_dnf_lock_held_past_the_bound_fails_and_installs_nothing(monkeypatch):
+    from roboshop_dispatch.steps import packages
+    from roboshop_dispatch.steps.base import StepFailed
+
+    monkeypatch.setenv(packages.DNF_LOCK_WAIT_ENV, "0")
+    runner = SequenceRunner({"dnf install": [Result((), packages.DNF_LOCKED_RC, "", DNF_LOCKED)]})
+    with pytest.raises(StepFailed, match="dnf is busy: another process holds its lock \\(pid 4242"):
+        packages.dnf_install(runner, ("python3",), say=lambda m: None)
+    assert len(runner.calls) == 1
+    monkeypatch.setenv(packages.DNF_LOCK_WAIT_ENV, "not a number")
+    assert packages.lock_wait_bound() == packages.DNF_LOCK_WAIT_S
+
+
+def test_the_service_user_gets_the_family_s_nologin(tmp_path):
+    from roboshop_dispatch.steps.user import decide, nologin_shell
+
+    for shell in ("sbin/nologin", "usr/sbin/nologin"):
+        (tmp_path / shell).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / shell).touch()
+    assert nologin_shell(tmp_path, "rhel") == "/sbin/nologin"
+    assert nologin_shell(tmp_path, "debian") == nologin_shell(tmp_path) == "/usr/sbin/nologin"
+    assert nologin_shell(tmp_path / "nowhere", "rhel") == "/bin/false"
+    change = decide("roboshop", None, Path("/app"), "/sbin/nologin")
+    assert change.report["argv"] == ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                                     "/app", "--shell", "/sbin/nologin", "--comment", "RoboShop dispatch service",
+                                     "roboshop"]
+
+
+def test_go_builds_what_the_manual_builds():
+    from roboshop_dispatch.steps.build import go_build_command
+
+    # -trimpath (or a forced CGO_ENABLED=0) recompiles the standard library on a fresh host
+    assert go_build_command("/usr/bin/go", Path("/app/.dispatch.new")) == [
+        "/usr/bin/go", "build", "-o", "/app/.dispatch.new"]
+
+
+def test_a_lock_holder_s_command_line_cannot_write_to_the_terminal(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from roboshop_dispatch.steps.packages import describe_pid
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "\x1b[2J\x07evil"])
+    try:
+        deadline = time.monotonic() + 10
+        while "evil" not in (shown := describe_pid(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert shown.endswith("import time; time.sleep(30) ?[2J?evil)") and shown.isprintable(), shown
+    assert describe_pid(2 ** 22 + 1) == f"pid {2 ** 22 + 1}"

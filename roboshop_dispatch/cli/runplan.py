@@ -75,7 +75,8 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
     with Progress(mode, planned, title, dry_run=dry_run, stream=sys.stderr if as_json else sys.stdout,
                   redactor=redactor) as progress:
         runner = Runner(timeout=300, on_line=progress.child_line if INVOCATION.streaming else None,
-                        on_result=log.command_done if log is not None else None)
+                        on_result=log.command_done if log is not None else None,
+                        on_notice=lambda message: write(message + "\n", redactor, err=True))
         ctx = context(settings, dry_run=dry_run, facts=facts, runner=runner)
         ctx.confirmed = confirmed
         results = run_steps(steps, ctx, _both(progress.on_start, log and (lambda s: log.step_started(s.name))),

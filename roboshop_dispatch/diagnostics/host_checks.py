@@ -4,6 +4,7 @@ A check returns None when it does not apply (the unit's user and state when noth
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from .. import layout
@@ -286,19 +287,23 @@ def check_instances(s: InstalledState) -> Optional[Finding]:
     return _f("instances", title, OK, f"{count} of {count} running: {shown}", data=data)
 
 
-BAD_SELINUX_TYPES = (":default_t:", ":user_home_t:", ":tmp_t:")
-
-
 def check_selinux(s: InstalledState) -> Finding:
+    """The SELinux mode (enforcing, permissive, disabled, absent) and, where it applies, whether
+    the binary's label lets systemd run it (roboshop_dispatch.selinux)."""
+    from .. import selinux
+
+    mode = selinux.describe_mode(s.selinux)
     if s.os_family != "rhel":
-        return _f("selinux", "SELinux", SKIP, "not a RHEL-family host")
+        return _f("selinux", "SELinux", SKIP, f"not a RHEL-family host (SELinux {mode})")
     label, path = s.binary_label, s.binary.path
-    if s.selinux == "enforcing" and any(t in label for t in BAD_SELINUX_TYPES):
-        return _f("selinux", "SELinux", WARN, f"enforcing; {path} is labelled {label}",
+    if mode in (selinux.ENFORCING, selinux.PERMISSIVE) and selinux.binary_label_unfit(label):
+        now = ("systemd may not execute it: the service fails with 203/EXEC" if mode == selinux.ENFORCING
+               else "allowed now (permissive, logged as AVC denials), denied once SELinux enforces")
+        return _f("selinux", "SELinux", WARN, f"{mode}; {path} is labelled {label}",
                   diagnosis="Permission denied: SELinux label",
-                  cause=f"{path} carries {label}, which systemd may not execute",
-                  fix=f"restorecon -Rv {s.app_dir.path}   (or: chcon -t bin_t {path})", issue=PERMISSION_DENIED)
-    return _f("selinux", "SELinux", OK, (s.selinux or "not present") + (f"; {path}: {label}" if label else ""))
+                  cause=f"{path} carries {selinux.label_type(label)}: {now}",
+                  fix=selinux.binary_fix(Path(path)), issue=PERMISSION_DENIED)
+    return _f("selinux", "SELinux", OK, mode + (f"; {path}: {label}" if label else ""))
 
 
 HostCheck = Callable[[InstalledState], Optional[Finding]]

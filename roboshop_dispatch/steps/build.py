@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_atomic
 from ..host import CommandError
@@ -92,6 +92,15 @@ def _mode_fixes(st: os.stat_result) -> list:
 def sha256_file(path: Path) -> Optional[str]:
     data = read_regular(path)
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def go_build_command(go: str, out: Path) -> List[str]:
+    """What the manual builds: a plain ``go build``. ``-trimpath`` or a forced ``CGO_ENABLED=0``
+    change every package's build ID, so the toolchain's precompiled standard library (Go <= 1.19,
+    RHEL's and Debian's packages) is no longer used and a fresh host recompiles it: 18 s instead of
+    0.9 s measured here for the course's program. The persistent GOCACHE (layout.GO_CACHE) keeps
+    whatever is compiled once for the next build."""
+    return [go, "build", "-o", str(out)]
 
 
 def find_go(root: Path = Path("/")) -> Optional[str]:
@@ -250,7 +259,7 @@ class BuildStep(Step[BuildPlan]):
         env = {
             "HOME": os.environ.get("HOME") or "/root",
             "GOPATH": str(cache / "path"), "GOCACHE": str(cache / "build"),
-            "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod",
+            "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod",
         }
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=str(app_dir)))
         try:
@@ -267,7 +276,7 @@ class BuildStep(Step[BuildPlan]):
                 if not (src / "go.mod").exists():
                     ctx.runner.run([go, "mod", "init", "dispatch"], cwd=src, env=env, timeout=120)
                 ctx.runner.run([go, "get"], cwd=src, env=env, timeout=900)
-                ctx.runner.run([go, "build", "-trimpath", "-o", str(out)], cwd=src, env=env, timeout=900)
+                ctx.runner.run(go_build_command(go, out), cwd=src, env=env, timeout=900)
             except CommandError as exc:
                 raise StepFailed(f"{' '.join(exc.argv[1:3])} failed: {exc.output.strip()[-800:]}",
                                  "fix the sources (or the network for `go get`), then run "

@@ -6,11 +6,13 @@ re-run on a ready host runs no package manager at all.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from ..host import CommandError, HostFacts, Runner
+from ..host import CommandError, HostFacts, Result, Runner
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 
 MIN_PYTHON = (3, 9)
@@ -53,9 +55,17 @@ def query_command(manager: str, packages: Tuple[str, ...]) -> List[str]:
     return ["dpkg-query", "-W", "-f=${Package}\t${db:Status-Abbrev}\t${Version}\n", *packages]
 
 
+# dnf (4: RHEL 8/9, Fedora <= 40) exits 200 when another process holds its lock and
+# exit_on_lock is set; dispatchctl then waits itself, with a message and a bound
+DNF_LOCKED_RC = 200
+DNF_LOCK_WAIT_ENV = "DISPATCHCTL_DNF_LOCK_WAIT"
+DNF_LOCK_WAIT_S = 300.0
+DNF_LOCK_POLL_S = 2.0
+
+
 def install_commands(manager: str, packages: Tuple[str, ...]) -> List[List[str]]:
     if manager == "dnf":
-        return [["dnf", "install", "-y", "-q", *packages]]
+        return [["dnf", "install", "-y", "-q", "--setopt=exit_on_lock=True", *packages]]
     return [["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]]
 
 
@@ -127,16 +137,10 @@ class PackagesStep(Step[PackagesPlan]):
 
     def apply(self, ctx: Context, change: Change[PackagesPlan]) -> str:
         manager, missing = change.the_plan().manager, change.the_plan().missing
-        env = {"DEBIAN_FRONTEND": "noninteractive"} if manager == "apt-get" else {}
-        for argv in install_commands(manager, missing):
-            try:
-                ctx.runner.run(argv, env=env, timeout=1800)
-            except CommandError:
-                if manager != "apt-get":
-                    raise
-                # a fresh Debian host often has no package lists yet
-                ctx.runner.run(["apt-get", "update", "-q"], env=env, timeout=600)
-                ctx.runner.run(argv, env=env, timeout=1800)
+        if manager == "dnf":
+            dnf_install(ctx.runner, missing)
+        else:
+            apt_install(ctx.runner, missing)
         have = installed(ctx.runner, manager, missing)
         still = [p for p in missing if p not in have]
         if still:
@@ -148,3 +152,98 @@ class PackagesStep(Step[PackagesPlan]):
     def retry_hint(self, ctx: Context) -> str:
         return "check the package manager's output above (repositories reachable?), then run " \
                "`dispatchctl install` again"
+
+
+def apt_install(runner: Runner, missing: Tuple[str, ...]) -> None:
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    for argv in install_commands("apt-get", missing):
+        try:
+            runner.run(argv, env=env, timeout=1800)
+        except CommandError:
+            # a fresh Debian host often has no package lists yet
+            runner.run(["apt-get", "update", "-q"], env=env, timeout=600)
+            runner.run(argv, env=env, timeout=1800)
+
+
+def lock_wait_bound() -> float:
+    raw = os.environ.get(DNF_LOCK_WAIT_ENV, "")
+    try:
+        return max(0.0, float(raw)) if raw else DNF_LOCK_WAIT_S
+    except ValueError:
+        return DNF_LOCK_WAIT_S
+
+
+def lock_holder(output: str) -> Optional[int]:
+    """The pid in dnf's ``RPMDB already locked by 1234`` (None: not a lock refusal)."""
+    match = re.search(r"already locked by (\d+)", output)
+    return int(match.group(1)) if match else None
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            words = fh.read(300).split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    cmd = printable(" ".join(w.decode(errors="replace") for w in words if w))
+    return f"pid {pid} ({cmd[:120]})" if cmd else f"pid {pid}"
+
+
+def printable(text: str) -> str:
+    """Another process's words (its command line, dnf's repo ids) without control characters: they
+    end up on the operator's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def not_found(output: str) -> List[str]:
+    """The packages dnf found in no repository."""
+    names: List[str] = []
+    for match in re.finditer(r"(?:No match for argument|Unable to find a match):\s*([^\n]+)", output):
+        names += [n for n in match.group(1).split() if n not in names]
+    return names
+
+
+def enabled_repos(runner: Runner) -> List[str]:
+    res = runner.run(["dnf", "-q", "repolist", "--enabled"], check=False, timeout=120)
+    lines = res.stdout.splitlines()
+    return [printable(line.split()[0]) for line in lines if line.strip() and not line.startswith("repo id")]
+
+
+def dnf_install(runner: Runner, missing: Tuple[str, ...], say: Optional[Callable[[str], None]] = None) -> None:
+    """``dnf install``; waits (bounded, with a message) while another process holds dnf's lock, and
+    turns 'no match' into an error naming the package and the enabled repositories. dnf resolves
+    the whole transaction before it changes anything, so a refusal installs nothing."""
+    argv = install_commands("dnf", missing)[0]
+    bound = lock_wait_bound()
+    deadline = time.monotonic() + bound
+    announced: Optional[int] = None
+    while True:
+        res = runner.run(argv, check=False, timeout=1800)
+        output = (res.stderr or "") + (res.stdout or "")
+        holder = lock_holder(output) if res.returncode == DNF_LOCKED_RC else None
+        if holder is None:
+            break
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"dnf is busy: another process holds its lock ({describe_pid(holder)}) and did not "
+                             f"let go within {bound:.0f}s; nothing was installed",
+                             f"wait for it to finish (or stop it), then re-run; {DNF_LOCK_WAIT_ENV}=SECONDS "
+                             "waits longer")
+        if announced != holder:
+            (say or runner.notice)(f"dispatchctl: waiting for dnf's lock, held by {describe_pid(holder)} "
+                f"(up to {bound:.0f}s)")
+            announced = holder
+        time.sleep(DNF_LOCK_POLL_S)
+    dnf_failed(runner, res, argv, output)
+
+
+def dnf_failed(runner: Runner, res: Result, argv: List[str], output: str) -> None:
+    if res.returncode == 0:
+        return
+    absent = not_found(output)
+    if absent:
+        repos = enabled_repos(runner)
+        raise StepFailed(f"{', '.join(absent)}: no such package in any enabled repository "
+                         f"({', '.join(repos) if repos else 'none enabled'}); nothing was installed",
+                         f"enable a repository that has {', '.join(absent)} (dnf repolist --all; "
+                         "dnf config-manager --set-enabled REPO), then re-run")
+    raise CommandError(argv, res.returncode, output)

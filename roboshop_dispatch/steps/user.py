@@ -17,10 +17,12 @@ from . import record
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 
 NOLOGIN_CANDIDATES = ("/usr/sbin/nologin", "/sbin/nologin", "/usr/bin/nologin")
+# RHEL's own system accounts (and its docs) spell /sbin/nologin; Debian's /usr/sbin/nologin
+NOLOGIN_BY_FAMILY = {"rhel": ("/sbin/nologin", "/usr/sbin/nologin"), "debian": ("/usr/sbin/nologin", "/sbin/nologin")}
 
 
-def nologin_shell(root: Path = Path("/")) -> str:
-    for candidate in NOLOGIN_CANDIDATES:
+def nologin_shell(root: Path = Path("/"), family: Optional[str] = None) -> str:
+    for candidate in (*NOLOGIN_BY_FAMILY.get(family or "", ()), *NOLOGIN_CANDIDATES):
         if (root / candidate.lstrip("/")).exists():
             return candidate
     return "/bin/false"
@@ -57,8 +59,9 @@ def decide(name: str, entry: Optional[pwd.struct_passwd], app_dir: Path, shell: 
            groups: Sequence[int] = ()) -> Change[UserPlan]:
     """Pure: the account as looked up (``None``: absent) and its groups -> what to do."""
     if entry is None:
+        argv = useradd_command(name, app_dir, shell)
         return Change([Action("create", f"system user {name}", f" (shell {shell})")],
-                      UserPlan(useradd_command(name, app_dir, shell)), report={"user": name})
+                      UserPlan(argv), report={"user": name, "argv": argv})
     refuse_privileged(entry, groups)
     note = "" if entry.pw_uid < 1000 else " (a regular account: left alone)"
     return unchanged(f"user {name} exists (uid {entry.pw_uid}){note}", {"user": name, "uid": entry.pw_uid})
@@ -79,7 +82,7 @@ class UserStep(Step[UserPlan]):
         name = ctx.settings.service_user
         entry = lookup(name)
         groups = os.getgrouplist(entry.pw_name, entry.pw_gid) if entry is not None else []
-        return decide(name, entry, ctx.settings.app_dir, nologin_shell(ctx.root), groups)
+        return decide(name, entry, ctx.settings.app_dir, nologin_shell(ctx.root, ctx.facts.family), groups)
 
     def apply(self, ctx: Context, change: Change[UserPlan]) -> str:
         ctx.runner.run(change.the_plan().argv, timeout=60)
