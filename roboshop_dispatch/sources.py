@@ -198,17 +198,21 @@ def resolve(
     could be read (for the error of a required setting). Raises SettingsError naming the source."""
     values: Dict[str, Any] = {}
     sources: Dict[str, Source] = {}
-    for name in names:
+    missing = []
+    for name in names:  # every value found is validated before a missing one is reported
         knob = KNOB[name]
         text, source = _pick(knob, given, environ, installed)
         if text is None:
-            if knob.optional:
-                values[name], sources[name] = None, Source(DEFAULT, DEFAULT)
-                continue
-            why = f"; {installed_missing}" if installed_missing else ""
-            raise SettingsError(knob.option, f"is required: give {knob.option} or set {knob.envvar}{why}")
+            if not knob.optional:
+                missing.append(knob)
+            values[name], sources[name] = None, Source(DEFAULT, DEFAULT)
+            continue
         values[name] = _validate(knob, text, source)
         sources[name] = source
+    if missing:
+        knob = missing[0]
+        why = f"; {installed_missing}" if installed_missing else ""
+        raise SettingsError(knob.option, f"is required: give {knob.option} or set {knob.envvar}{why}")
     if "artifact" in values:
         _refuse_plain_http(values, sources)
     if "queue_type" in values and "flavour" in values:  # a quorum queue needs the bundled consumer

@@ -340,3 +340,11 @@ def test_the_go_builds_artifact_is_remembered_from_its_stamp():
     assert r.values["insecure"] is True  # the http:// artifact was allowed when it was built
     assert r.sources["artifact"] == Source(INSTALLED, "/app/.dispatch-build.json: artifact")
     assert resolve(COMMAND_KNOBS["build"], {"artifact": "/srv/x.zip"}, {}, found).values["artifact"] == "/srv/x.zip"
+
+
+def test_a_bad_value_given_is_reported_before_a_missing_required_one():
+    """`install --amqp-port x` names the port (what the user typed), not the host it forgot."""
+    with pytest.raises(SettingsError, match="--amqp-port: 'x' is not a whole number"):
+        resolve(("amqp_hosts", "amqp_port"), {"amqp_port": "x"}, {}, {})
+    with pytest.raises(SettingsError, match="--amqp-host: is required"):
+        resolve(("amqp_hosts", "amqp_port"), {"amqp_port": "5672"}, {}, {})
