@@ -192,9 +192,8 @@ class Cluster:
 
     def stop(self) -> None:
         if self.started:
-            for node in self.nodes:
-                if node.alive():
-                    node.ctl("stop", timeout=120, check=False)
+            with ThreadPoolExecutor(SIZE) as pool:
+                list(pool.map(lambda n: n.alive() and n.ctl("stop", timeout=120, check=False), self.nodes))
             for node in self.nodes:  # whatever did not stop politely
                 if node.alive():
                     node.kill()
