@@ -110,10 +110,11 @@ _TYPE_CONFLICT = re.compile(r"inequivalent arg '" + QUEUE_TYPE_ARG + r"' for que
 _CURRENT = re.compile(r"but current is (?:the value )?(none|'([^']*)')")
 
 
-def queue_type_conflict(error: BaseException) -> Optional[Tuple[str, str]]:
+def queue_type_conflict(error: "BaseException | str") -> Optional[Tuple[str, str]]:
     """``(queue, its current type)`` when ``error`` is the broker refusing a declare because the
     queue exists with another ``x-queue-type`` (406 PRECONDITION_FAILED); else None. A queue
-    declared with no argument is ``classic``; an unreadable type is ``unknown``."""
+    declared with no argument is ``classic``; an unreadable type is ``unknown``. ``error`` may be
+    the reply text itself."""
     text = " ".join(str(error).split())
     if "PRECONDITION_FAILED" not in text:
         return None

@@ -8,6 +8,7 @@ beam.smp), the consumer is the real process, orders are published with publisher
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -191,3 +192,55 @@ def test_leader_loss_loses_no_confirmed_order(cluster, cvhost, cconsumers, recor
     assert not lost and new_leader is not leader and consumer.proc.poll() is None
     leader.restart()
     assert consumer.stop()[0] == 0
+
+
+# == check-rabbitmq on the cluster ================================================================
+def check_on(cluster, vhost: str, management_port=None, hosts=None):
+    from roboshop_dispatch.diagnostics import check_rabbitmq
+    from roboshop_dispatch.settings import AmqpSettings, Secret
+
+    settings = AmqpSettings(hosts=tuple(hosts or [n.address for n in cluster.nodes]), port=cluster.port,
+                            vhost=vhost, user=cluster.user, password=Secret(cluster.password))
+    return check_rabbitmq(settings, budget=8.0, management_port=management_port or cluster.http_port)
+
+
+@pytest.mark.parametrize("queue_type", [amqp.CLASSIC, amqp.QUORUM])
+def test_check_rabbitmq_reports_the_queue_type_leader_and_members(cluster, cvhost, queue_type):
+    """Read-only: a classic orders on a cluster is a warning naming its one node; a quorum one is
+    ok with its leader and three members. Nothing on the broker changes."""
+    declare_orders(cluster, cvhost, 2, queue_type)
+    before = cluster.queue_info(cvhost)
+    report = check_on(cluster, cvhost)
+    f = report.get("queue-type")
+    assert f is not None and report.get("queue").status == "ok", [x.as_dict() for x in report.findings]
+    assert f.data["type"] == queue_type and f.data["cluster"] is True and f.data["nodes"] == 3
+    if queue_type == amqp.CLASSIC:
+        assert f.status == "warn" and "Classic queue orders on a cluster" in f.diagnosis and f.cause and f.fix
+        assert f.data["leader"] == cluster.nodes[1].name and f.data["members"] == []
+    else:
+        assert f.status == "ok", f
+        assert f.data["leader"] == before["leader"]
+        assert sorted(f.data["members"]) == sorted(n.name for n in cluster.nodes)
+    assert cluster.queue_info(cvhost) == before
+    assert cluster.password not in repr([x.as_dict() for x in report.findings])
+
+
+def test_check_rabbitmq_without_the_management_api_says_why(cluster, cvhost):
+    declare_orders(cluster, cvhost, 1, amqp.CLASSIC)
+    with socket.socket() as held:  # bound, never listening: this port refuses every connection
+        held.bind(("127.0.0.1", 0))
+        closed = held.getsockname()[1]
+        report = check_on(cluster, cvhost, management_port=closed, hosts=[cluster.nodes[0].address] * 3)
+        single = check_on(cluster, cvhost, management_port=closed, hosts=[cluster.nodes[0].address])
+    f = report.get("queue-type")
+    assert f is not None and f.data["type"] == "classic" and f.data["leader"] is None
+    assert "unknown" in f.summary and "management API" in f.summary
+    assert f.status == "warn" and "assumed from AMQP_HOST listing 3 hosts" in f.summary  # still a cluster
+    single = single.get("queue-type")
+    assert single is not None and single.status == "ok" and single.data["cluster"] is False
+
+
+def test_check_rabbitmq_with_no_orders_queue_creates_none(cluster, cvhost):
+    report = check_on(cluster, cvhost)
+    assert report.get("queue").status == "fail" and report.get("queue-type").status == "skip"
+    assert cluster.queue_info(cvhost) == {}
