@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import pika
 
@@ -110,7 +110,7 @@ _TYPE_CONFLICT = re.compile(r"inequivalent arg '" + QUEUE_TYPE_ARG + r"' for que
 _CURRENT = re.compile(r"but current is (?:the value )?(none|'([^']*)')")
 
 
-def queue_type_conflict(error: "BaseException | str") -> Optional[Tuple[str, str]]:
+def queue_type_conflict(error: Union[BaseException, str]) -> Optional[Tuple[str, str]]:
     """``(queue, its current type)`` when ``error`` is the broker refusing a declare because the
     queue exists with another ``x-queue-type`` (406 PRECONDITION_FAILED); else None. A queue
     declared with no argument is ``classic``; an unreadable type is ``unknown``. ``error`` may be
@@ -122,10 +122,7 @@ def queue_type_conflict(error: "BaseException | str") -> Optional[Tuple[str, str
     if match is None:
         return None
     current = _CURRENT.search(text, match.end())
-    if current is None:
-        kind = "unknown"
-    else:
-        kind = current.group(2) if current.group(2) is not None else CLASSIC
+    kind = "unknown" if current is None else (current.group(2) if current.group(2) is not None else CLASSIC)
     kind = kind if kind and kind.isalnum() and len(kind) <= 20 else "unknown"
     return match.group(1), kind
 

@@ -143,6 +143,7 @@ def test_list_failover_when_the_connected_node_dies(cluster, cvhost, cconsumers)
     publish(cluster, cvhost, after, *others)
     consumer.wait_orders([str(o["orderid"]) for o in after], timeout=60)
     assert consumer.proc.poll() is None and resumed_s < 30, resumed_s
+    assert consumer.count("quarantined") == 0, consumer.output  # a redelivered order is still an order
     on.restart()
     assert consumer.stop()[0] == 0
 
@@ -190,6 +191,7 @@ def test_leader_loss_loses_no_confirmed_order(cluster, cvhost, cconsumers, recor
     record_property("confirmed", len(publisher.confirmed))
     record_property("duplicates", duplicates)
     assert not lost and new_leader is not leader and consumer.proc.poll() is None
+    assert consumer.count("quarantined") == 0, consumer.output
     leader.restart()
     assert consumer.stop()[0] == 0
 

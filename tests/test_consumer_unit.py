@@ -219,6 +219,8 @@ GOOD = b'{"orderid": "3f2a", "user": "u1", "cart": {"total": 12.5, "tax": 2.1, "
     (GOOD, {"t": {"nested": "x"}}, "header t is not a string (object)"),
     (GOOD, {"raw": b"\xff\xfe"}, "header raw is not a string (bytes)"),
     (GOOD, {"v": None}, "header v is not a string (null)"),
+    (GOOD, {"x-delivery-count": "x", "x-death": 1}, "header x-death is not a string (number)"),
+    (GOOD, {"x-delivery-count": True}, "header x-delivery-count is not a string (boolean)"),
     (b'{"orderid": "\xff"}', {}, "body is not UTF-8"),
     (b"\xef\xbb\xbf" + GOOD, {}, "invalid JSON"),  # a BOM is not JSON
     (b" " * (orders.MAX_BODY + 1), {}, "body too large"),
@@ -234,6 +236,9 @@ def test_good_orders():
     assert orders.parse_order(GOOD, {})["orderid"] == "3f2a"
     assert orders.parse_order(GOOD, None)["user"] == "u1"
     assert orders.parse_order(GOOD, {"traceid": "abc", "x-b3": ""})["cart"]["total"] == 12.5
+    # a quorum queue's redelivery count and dead-lettering's record: set by the broker, not a bad message
+    assert orders.parse_order(GOOD, {"x-delivery-count": 1})["orderid"] == "3f2a"
+    assert orders.parse_order(GOOD, {"x-death": [{"count": 1, "reason": "rejected"}]})["orderid"] == "3f2a"
     assert orders.parse_order(b' \n{"orderid": "x"}\r\n ')["orderid"] == "x"
     big = b'{"orderid": "x", "pad": "' + b"a" * (orders.MAX_BODY - 40) + b'"}'
     assert len(big) <= orders.MAX_BODY and orders.parse_order(big)["orderid"] == "x"

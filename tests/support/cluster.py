@@ -50,7 +50,7 @@ def free_port_on(addresses: List[str], exclude: tuple = ()) -> int:
 
 
 class Node:
-    def __init__(self, cluster: "Cluster", index: int) -> None:
+    def __init__(self, cluster: Cluster, index: int) -> None:
         self.index = index
         self.address = f"127.0.0.{index}"
         tag = cluster.tag
@@ -170,7 +170,7 @@ class Cluster:
     def hosts(self) -> str:
         return ",".join(n.address for n in self.nodes)
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         for node in self.nodes:
             node.write_config()
         self.started = True
