@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -100,8 +100,9 @@ class TimedConsumer(Consumer):
             self.cond.notify_all()
 
 
-def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool) -> Optional[float]:
-    """When the first order after line ``mark`` (and after a new "consuming" line) was logged."""
+def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool, before: Set[str]) -> Optional[float]:
+    """When the first order confirmed after the kill (not in ``before``) was logged after line
+    ``mark`` (and after a new "consuming" line): orders already in flight at the kill do not count."""
     start = mark
     if reconnect:
         starts = [i for i in range(mark, len(consumer.lines)) if " consuming orders on " in consumer.lines[i]]
@@ -109,18 +110,21 @@ def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool) -> Optional
             return None
         start = starts[0]
     for i in range(start, len(consumer.lines)):
-        if consumer.lines[i].startswith(("INFO order ", "ERROR order ")):
+        m = ORDER_LINE.match(consumer.lines[i])
+        if m and (json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)) not in before:
             return consumer.times[i]
     return None
 
 
-def resumed(consumer: TimedConsumer, killed_at: float, mark: int, reconnect: bool, timeout: float = 120) -> float:
-    """Seconds from ``killed_at`` until ``consumer`` logged an order after line ``mark`` (and, with
-    ``reconnect``, after a new "consuming" line), by the time each line was read."""
-    consumer.wait(lambda: _resumed_at(consumer, mark, reconnect) is not None, timeout,
+def resumed(consumer: TimedConsumer, killed_at: float, mark: int, reconnect: bool, before: Set[str],
+            timeout: float = 120) -> float:
+    """Seconds from ``killed_at`` until ``consumer`` logged an order confirmed after the kill (not in
+    ``before``) after line ``mark`` (and, with ``reconnect``, after a new "consuming" line), by the
+    time each line was read."""
+    consumer.wait(lambda: _resumed_at(consumer, mark, reconnect, before) is not None, timeout,
                   "the consumer to dispatch again")
     with consumer.cond:
-        at = _resumed_at(consumer, mark, reconnect)
+        at = _resumed_at(consumer, mark, reconnect, before)
     assert at is not None
     return at - killed_at
 
@@ -154,9 +158,9 @@ def scenario(cluster: Cluster, rate: float, settle: float) -> int:
     time.sleep(settle)
 
     print(f"1. kill {a.name} (consumer 1's node, not the leader)", flush=True)
-    mark, killed_at = len(c1.lines), time.monotonic()
+    mark, killed_at, before = len(c1.lines), time.monotonic(), set(publisher.confirmed)
     a.kill()
-    node_s = resumed(c1, killed_at, mark, reconnect=True)
+    node_s = resumed(c1, killed_at, mark, reconnect=True, before=before)
     print(f"   consumer 1 resumed on {on(cluster, c1).name} after {node_s:.2f}s; restarting {a.name}", flush=True)
     a.restart()
     time.sleep(settle)
@@ -164,12 +168,12 @@ def scenario(cluster: Cluster, rate: float, settle: float) -> int:
     leader = cluster.leader(VHOST)
     was_on = (on(cluster, c1), on(cluster, c2))
     print(f"2. kill the leader {leader.name} (consumers on {was_on[0].name}, {was_on[1].name})", flush=True)
-    marks, killed_at = (len(c1.lines), len(c2.lines)), time.monotonic()
+    marks, killed_at, before = (len(c1.lines), len(c2.lines)), time.monotonic(), set(publisher.confirmed)
     leader.kill()
     new = cluster.wait_leader(VHOST, not_on=leader)
     elected_s = time.monotonic() - killed_at
-    leader1_s = resumed(c1, killed_at, marks[0], reconnect=was_on[0] is leader)
-    leader2_s = resumed(c2, killed_at, marks[1], reconnect=was_on[1] is leader)
+    leader1_s = resumed(c1, killed_at, marks[0], reconnect=was_on[0] is leader, before=before)
+    leader2_s = resumed(c2, killed_at, marks[1], reconnect=was_on[1] is leader, before=before)
     print(f"   new leader {new.name} seen by rabbitmqctl within {elected_s:.2f}s; consumers resumed after "
           f"{leader1_s:.2f}s and {leader2_s:.2f}s", flush=True)
 
