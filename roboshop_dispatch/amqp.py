@@ -6,8 +6,9 @@ and by dispatchctl's diagnostics. Keep it that way: no import of the CLI or of o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 import pika
 
@@ -18,6 +19,10 @@ ROUTING_KEY = "orders"
 QUARANTINE_QUEUE = "orders.invalid"
 DEFAULT_PORT = 5672
 DEFAULT_VHOST = "/"
+CLASSIC = "classic"  # the contract: ``orders`` with no arguments (a Go dispatch and payment expect it)
+QUORUM = "quorum"  # ``x-queue-type: quorum``: replicated over the cluster, survives a node's loss
+QUEUE_TYPES = (CLASSIC, QUORUM)
+QUEUE_TYPE_ARG = "x-queue-type"
 
 
 def parameters(
@@ -68,23 +73,58 @@ def declare_exchange(channel, *, passive: bool = False, callback=None) -> None:
     channel.exchange_declare(**kwargs)
 
 
-def declare_queue(channel, *, passive: bool = False, callback=None) -> None:
-    """``orders``: durable, not exclusive, not auto-delete and NO arguments (adding any breaks
-    every existing deployment with 406 PRECONDITION_FAILED)."""
+def queue_arguments(queue_type: str = CLASSIC) -> Optional[Dict[str, str]]:
+    """The arguments ``orders`` (and ``orders.invalid``) are declared with: None for the contract's
+    classic queue (NO arguments: adding any breaks every existing deployment with 406
+    PRECONDITION_FAILED), ``{"x-queue-type": "quorum"}`` for a quorum queue."""
+    if queue_type == CLASSIC:
+        return None
+    if queue_type == QUORUM:
+        return {QUEUE_TYPE_ARG: QUORUM}
+    raise ValueError(f"unknown queue type {queue_type!r}: one of {', '.join(QUEUE_TYPES)}")
+
+
+def declare_queue(channel, *, passive: bool = False, callback=None, queue_type: str = CLASSIC,
+                  queue: str = QUEUE) -> None:
+    """``orders``: durable, not exclusive, not auto-delete; no arguments (classic, the contract)
+    or ``x-queue-type: quorum``. ``passive``: only check that it exists, whatever its type."""
     kwargs = dict(
-        queue=QUEUE, passive=passive, durable=True, exclusive=False, auto_delete=False, arguments=None,
+        queue=queue, passive=passive, durable=True, exclusive=False, auto_delete=False,
+        arguments=None if passive else queue_arguments(queue_type),
     )
     if callback is not None:
         kwargs["callback"] = callback
     channel.queue_declare(**kwargs)
 
 
-def declare_quarantine(channel, *, callback=None) -> None:
-    """``orders.invalid``: durable, where bad messages go with their reason in a header."""
-    kwargs = dict(queue=QUARANTINE_QUEUE, durable=True, exclusive=False, auto_delete=False, arguments=None)
-    if callback is not None:
-        kwargs["callback"] = callback
-    channel.queue_declare(**kwargs)
+def declare_quarantine(channel, *, callback=None, queue_type: str = CLASSIC, passive: bool = False) -> None:
+    """``orders.invalid``: durable, where bad messages go with their reason in a header; of the same
+    type as ``orders`` (a classic queue is gone while its node is down)."""
+    declare_queue(channel, passive=passive, callback=callback, queue_type=queue_type, queue=QUARANTINE_QUEUE)
+
+
+# "inequivalent arg 'x-queue-type' for queue 'orders' in vhost '/': received none but current is
+# the value 'quorum' of type 'longstr'" (RabbitMQ 3.10; 3.12 words it "received 'classic' but current
+# is 'quorum'"): the queue exists with another type than the one asked for.
+_TYPE_CONFLICT = re.compile(r"inequivalent arg '" + QUEUE_TYPE_ARG + r"' for queue '([^']*)'")
+_CURRENT = re.compile(r"but current is (?:the value )?(none|'([^']*)')")
+
+
+def queue_type_conflict(error: Union[BaseException, str]) -> Optional[Tuple[str, str]]:
+    """``(queue, its current type)`` when ``error`` is the broker refusing a declare because the
+    queue exists with another ``x-queue-type`` (406 PRECONDITION_FAILED); else None. A queue
+    declared with no argument is ``classic``; an unreadable type is ``unknown``. ``error`` may be
+    the reply text itself."""
+    text = " ".join(str(error).split())
+    if "PRECONDITION_FAILED" not in text:
+        return None
+    match = _TYPE_CONFLICT.search(text)
+    if match is None:
+        return None
+    current = _CURRENT.search(text, match.end())
+    kind = "unknown" if current is None else (current.group(2) if current.group(2) is not None else CLASSIC)
+    kind = kind if kind and kind.isalnum() and len(kind) <= 20 else "unknown"
+    return match.group(1), kind
 
 
 def bind_queue(channel, *, callback=None) -> None:
@@ -94,12 +134,12 @@ def bind_queue(channel, *, callback=None) -> None:
     channel.queue_bind(**kwargs)
 
 
-def declare_topology(channel) -> None:
+def declare_topology(channel, queue_type: str = CLASSIC) -> None:
     """Exchange, queue, binding and quarantine queue, on a BlockingChannel. Idempotent."""
     declare_exchange(channel)
-    declare_queue(channel)
+    declare_queue(channel, queue_type=queue_type)
     bind_queue(channel)
-    declare_quarantine(channel)
+    declare_quarantine(channel, queue_type=queue_type)
 
 
 # -- connection errors: one line each, and the fix ---------------------------------------------

@@ -42,6 +42,9 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "0 turns it off"),
     ("DISPATCH_FASTPATH", "1", "1: decode deliveries with the lean frame path (fastpath.py); 0: pika's own "
      "path (slower, for ruling the fast path out)"),
+    ("DISPATCH_QUEUE_TYPE", amqp.CLASSIC, "type 'orders' is declared with: classic (the contract: no arguments) "
+     "or quorum (x-queue-type, replicated over a cluster); an existing queue of the other type is used as it "
+     "is, never deleted"),
 )
 
 
@@ -65,6 +68,7 @@ class Config:
     processing_ms: Optional[Tuple[int, int]] = DEFAULT_PROCESSING_MS  # None: no simulated work
     fast_path: bool = True  # decode deliveries with fastpath.DispatchConnection when pika allows
     password_source: str = PASSWORD_FROM_ENVIRONMENT  # credential, environment or missing
+    queue_type: str = amqp.CLASSIC  # amqp.CLASSIC or amqp.QUORUM: how orders is declared
 
     def describe(self) -> str:
         """One line for the start-up log. Never includes the password."""
@@ -77,7 +81,8 @@ class Config:
         return (
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
             f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
-            f"fastpath={'on' if self.fast_path else 'off'} password={self.password_source}"
+            f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} "
+            f"password={self.password_source}"
         )
 
 
@@ -166,6 +171,17 @@ def _processing(env: Mapping[str, str]) -> Optional[Tuple[int, int]]:
     return (low, high)
 
 
+def _queue_type(env: Mapping[str, str]) -> str:
+    raw = env.get("DISPATCH_QUEUE_TYPE")
+    if raw is None:
+        return amqp.CLASSIC
+    text = raw.strip().lower()
+    if text not in amqp.QUEUE_TYPES:
+        raise ConfigError("DISPATCH_QUEUE_TYPE", f"={_show(raw)} is not a queue type: "
+                                                 f"{' or '.join(amqp.QUEUE_TYPES)}")
+    return text
+
+
 def _credential(env: Mapping[str, str], directory: Optional[str]) -> Optional[str]:
     """The password from the systemd credential, or None when there is none to read."""
     where = directory if directory is not None else env.get("CREDENTIALS_DIRECTORY")
@@ -227,4 +243,5 @@ def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
         processing_ms=_processing(env),
         fast_path=bool(_int(env, "DISPATCH_FASTPATH", 1, 0, 1, "0 or 1")),
         password_source=source,
+        queue_type=_queue_type(env),
     )

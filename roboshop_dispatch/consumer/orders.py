@@ -48,12 +48,20 @@ def _type_name(value: Any) -> str:
             float: "number", bytes: "bytes"}.get(type(value), type(value).__name__)
 
 
+# headers RabbitMQ itself adds to a message, with the type it gives them: a quorum queue counts
+# redeliveries in x-delivery-count (a number), dead-lettering records x-death (an array of tables).
+# An order redelivered from a quorum queue is still an order.
+BROKER_HEADERS = {"x-delivery-count": (int,), "x-death": (list,)}
+
+
 def check_headers(headers: Optional[Mapping[str, Any]]) -> None:
-    """Every header value must be a string (the original crashed on anything else)."""
+    """Every header value must be a string (the original crashed on anything else), except the
+    headers the broker adds (:data:`BROKER_HEADERS`), with their own type."""
     if not headers:
         return
     for key, value in headers.items():
-        if not isinstance(value, str):
+        allowed = BROKER_HEADERS.get(key, ())
+        if not isinstance(value, (str, *allowed)) or isinstance(value, bool):
             raise InvalidMessage(f"header {field(str(key))} is not a string ({_type_name(value)})")
 
 

@@ -67,7 +67,7 @@ class Dispatcher(Events):
         self.acks = Acker(self.ioloop, log, cfg.prefetch, after_done=self.shutdown.maybe_done)
         self.quarantine = Quarantine(self.ioloop, log, self.acks, self.stats)
         self.handler = OrderHandler(cfg, self.ioloop, log, self.rng, self.acks, self.quarantine, self.stats)
-        self.connector = Connector(self.ioloop, log, cfg.prefetch, self)
+        self.connector = Connector(self.ioloop, log, cfg.prefetch, self, queue_type=cfg.queue_type)
         self.signals = SignalWakeup(self.ioloop, self.shutdown.stop)
         self.session: Optional[Session] = None
         self.sessions = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import pika
 import pika.exceptions
@@ -53,6 +53,8 @@ class Session:
         self.since_ack = 0
         self.unconfirmed = Unconfirmed()
         self.deferred: Dict[int, Any] = {}  # delivery tag -> timer that requeues it
+        self.declaring: Optional[str] = None  # the queue whose (active) declare is in flight
+        self.passive: Set[str] = set()  # queues of another type than configured: declared passively
 
     @property
     def busy(self) -> bool:
@@ -95,11 +97,14 @@ class Events:
 class Connector:
     """Opens sessions and walks each through the callback chain up to consuming."""
 
-    def __init__(self, ioloop: IOLoop, log: LineLog, prefetch: int, events: Events) -> None:
+    def __init__(self, ioloop: IOLoop, log: LineLog, prefetch: int, events: Events,
+                 queue_type: str = amqp.CLASSIC) -> None:
         self.ioloop = ioloop
         self.log = log
         self.prefetch = prefetch
         self.events = events
+        self.queue_type = queue_type
+        self.noted: Set[Tuple[str, str]] = set()  # (queue, its type) already logged as differing
 
     def open(self, sess: Session, params: pika.ConnectionParameters) -> None:
         factory = DispatchConnection if sess.path == FAST else pika.SelectConnection
@@ -138,17 +143,49 @@ class Connector:
             self.log.info(f"the broker unblocked publishing on {sess.host}")
 
     def _on_channel(self, sess: Session, channel: Any) -> None:
+        if not sess.usable:
+            return
         sess.channel = channel
-        channel.add_on_close_callback(
-            lambda _ch, error: self.events.on_channel_closed(sess, "consuming", error))
+        channel.add_on_close_callback(lambda ch, error: self._on_channel_closed(sess, ch, error))
         channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(sess))
         self._steps(sess, [
             lambda cb: amqp.declare_exchange(channel, callback=cb),
-            lambda cb: amqp.declare_queue(channel, callback=cb),
+            lambda cb: self._declare(sess, channel, amqp.QUEUE, cb),
             lambda cb: amqp.bind_queue(channel, callback=cb),
-            lambda cb: amqp.declare_quarantine(channel, callback=cb),
+            lambda cb: self._declare(sess, channel, amqp.QUARANTINE_QUEUE, cb),
             lambda cb: channel.basic_qos(prefetch_count=self.prefetch, callback=cb),
         ], lambda: sess.conn.channel(on_open_callback=functools.partial(self._on_qchannel, sess)))
+
+    def _declare(self, sess: Session, channel: Any, queue: str, then: Callable[..., None]) -> None:
+        """Declare ``queue`` with the configured type, or passively once it proved to be of another."""
+        passive = queue in sess.passive
+        sess.declaring = None if passive else queue
+
+        def declared(frame: Any) -> None:
+            sess.declaring = None
+            then(frame)
+
+        amqp.declare_queue(channel, queue=queue, queue_type=self.queue_type, passive=passive, callback=declared)
+
+    def _on_channel_closed(self, sess: Session, channel: Any, error: BaseException) -> None:
+        """A queue of another type than configured (406 on our declare): never crash-loop on it, never
+        delete it; a new channel uses it as it is (passive declare). Anything else: the service's."""
+        if channel is not sess.channel:
+            return  # a channel we already replaced
+        conflict = amqp.queue_type_conflict(error) if sess.declaring is not None and sess.usable else None
+        if conflict is None or conflict[0] != sess.declaring:
+            self.events.on_channel_closed(sess, "consuming", error)
+            return
+        queue, current = conflict
+        sess.passive.add(queue)
+        sess.declaring = None
+        if (queue, current) not in self.noted:
+            self.noted.add((queue, current))
+            self.log.warning(
+                f"queue {queue!r} exists as a {current} queue but DISPATCH_QUEUE_TYPE={self.queue_type}: using it as "
+                f"it is (passive declare); set DISPATCH_QUEUE_TYPE={current} to match, or move it (README: "
+                "Scaling out)")
+        sess.conn.channel(on_open_callback=functools.partial(self._on_channel, sess))
 
     def _on_qchannel(self, sess: Session, qchannel: Any) -> None:
         if not sess.usable:

@@ -26,6 +26,7 @@ RABBIT_CHECKS: Tuple[Tuple[str, str], ...] = (
     ("binding", "Binding robot-shop -> orders"),
     ("counts", "Messages and consumers"),
     ("latency", "Round-trip latency"),
+    ("queue-type", "Queue type and replicas"),
 )
 TITLES = dict(RABBIT_CHECKS)
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, Optional
 
+from .. import amqp as contract
 from ..settings import AmqpSettings, Secret, SettingsError
 from . import network
 from .bounded import Clock, run_bounded
@@ -21,7 +22,10 @@ from .catalog import (
     host_label,
     order,
 )
+from .queue_type import DEFAULT_MANAGEMENT_PORT, NAME, queue_type_check
 from .report import FAIL, SERVICE_NOT_STARTING, SKIP, Finding, Report, internal_error
+
+MANAGEMENT_TIMEOUT_S = 1.0
 
 
 def check_rabbitmq(
@@ -32,15 +36,17 @@ def check_rabbitmq(
     resolve_timeout: float = RESOLVE_TIMEOUT_S,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     password: Optional[Callable[[], Secret]] = None,
+    management_port: int = DEFAULT_MANAGEMENT_PORT,
 ) -> Report:
     """Every check of ``dispatchctl check-rabbitmq``, within ``budget`` seconds. ``password``, when
     given, is called only when the login is reached (it may prompt: the time it waits is not
-    counted); its SettingsError (no password) is the login's failure."""
+    counted); its SettingsError (no password) is the login's failure. The queue's type, leader and
+    members come from the management HTTP API on ``management_port`` of the node checked."""
     clock = Clock(budget)
     report = Report()
     names = order(declare)
     try:
-        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout, password)
+        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout, password, management_port)
     except Exception as exc:  # a bug in a check: reported as such, never blamed on the broker
         name = next((n for n in names if report.get(n) is None), names[-1])
         report.add(internal_error(name, TITLES[name], exc))
@@ -51,7 +57,8 @@ def check_rabbitmq(
 
 
 def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, resolve_timeout: float,
-           connect_timeout: float, password: Optional[Callable[[], Secret]] = None) -> None:
+           connect_timeout: float, password: Optional[Callable[[], Secret]] = None,
+           management_port: int = DEFAULT_MANAGEMENT_PORT) -> None:
     names = order(declare)
     started = time.monotonic()
     resolved = network.resolve_all(amqp.hosts, amqp.port, min(resolve_timeout, clock.left()))
@@ -76,7 +83,24 @@ def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, reso
             report.skip_rest(names, "auth", "no password", TITLES)
             return
         clock.extend(time.monotonic() - asked)
-    _amqp(report, amqp, next(t for t in tcp if t["ok"]), clock, declare)
+    target = next(t for t in tcp if t["ok"])
+    _amqp(report, amqp, target, clock, declare)
+    _queue_type(report, amqp, target["address"], clock, management_port)
+
+
+def _queue_type(report: Report, amqp: AmqpSettings, address: str, clock: Clock, management_port: int) -> None:
+    """Type, leader and members of orders; a warning for a classic queue on a cluster (read-only)."""
+    if report.get(NAME) is not None:
+        return  # skipped with the rest already
+    queue = report.get("queue")
+    if queue is None or queue.status == FAIL or queue.status == SKIP:
+        report.add(finding(NAME, SKIP, f"not checked: queue '{contract.QUEUE}' is missing or not readable"))
+        return
+    started = time.monotonic()
+    result = queue_type_check(amqp, address, queue.data.get("queue_type"), management_port,
+                              min(MANAGEMENT_TIMEOUT_S, clock.left()))
+    result.elapsed_ms = _ms(started)
+    report.add(result)
 
 
 def _ms(started: float) -> float:

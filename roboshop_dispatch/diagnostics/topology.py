@@ -119,6 +119,7 @@ def probe_exchange(broker: Broker, may_configure: bool) -> ExchangeProbe:
 class QueueProbe:
     passive: Reply  # its counts (value: the Queue.DeclareOk frame's method), or 404
     active: Optional[Reply] = None  # the contract's exact declare, then a passive one for the counts
+    queue_type: Optional[str] = None  # classic or quorum, as the declare that matched it says
 
 
 def queue_counts(probe: QueueProbe) -> Optional[Tuple[int, int]]:
@@ -144,13 +145,19 @@ def queue_finding(amqp: AmqpSettings, probe: QueueProbe, elapsed_ms: float) -> F
     if probe.active is None:
         return _unverified("queue", "Queue orders", f"'{contract.QUEUE}' exists; its properties cannot be compared "
                            "without configure permission on it", amqp, elapsed_ms)
-    return _queue_compared(amqp, probe.active, elapsed_ms)
+    return _queue_compared(amqp, probe, elapsed_ms)
 
 
-def _queue_compared(amqp: AmqpSettings, reply: Reply, elapsed_ms: float) -> Finding:
+def _queue_compared(amqp: AmqpSettings, probe: QueueProbe, elapsed_ms: float) -> Finding:
+    reply = probe.active
+    assert reply is not None
+    if reply.code == 0 and probe.queue_type == contract.QUORUM:
+        return finding("queue", OK, f"'{contract.QUEUE}' exists: a quorum queue (x-queue-type), durable, not "
+                       "exclusive, not auto-delete (DISPATCH_QUEUE_TYPE=quorum; a classic consumer uses it as it is)",
+                       data={"queue_type": contract.QUORUM}, elapsed_ms=elapsed_ms)
     if reply.code == 0:
         return finding("queue", OK, f"'{contract.QUEUE}' exists: durable, not exclusive, not auto-delete, "
-                       "no arguments", elapsed_ms=elapsed_ms)
+                       "no arguments", data={"queue_type": contract.CLASSIC}, elapsed_ms=elapsed_ms)
     if reply.code == 406:
         return finding(
             "queue", FAIL, f"'{contract.QUEUE}' exists with other properties: {scrub(reply.text)} (nothing changed)",
@@ -175,11 +182,19 @@ def probe_queue(broker: Broker, may_configure: bool) -> QueueProbe:
     if passive.code != 0 or not may_configure:
         return QueueProbe(passive)
 
-    def compare(ch: Any) -> Any:
-        contract.declare_queue(ch)  # the contract's exact declare: a no-op when it matches
-        return ch.queue_declare(queue=contract.QUEUE, passive=True)
+    def compare(queue_type: str) -> Any:
+        def declare(ch: Any) -> Any:
+            contract.declare_queue(ch, queue_type=queue_type)  # the exact declare: a no-op when it matches
+            return ch.queue_declare(queue=contract.QUEUE, passive=True)
 
-    return QueueProbe(passive, broker.attempt(compare))
+        return declare
+
+    active = broker.attempt(compare(contract.CLASSIC))
+    conflict = contract.queue_type_conflict(active.text) if active.code == 406 else None
+    if conflict is not None and conflict[1] in contract.QUEUE_TYPES and conflict[1] != contract.CLASSIC:
+        # another type than the contract's (DISPATCH_QUEUE_TYPE=quorum): compared as that type
+        return QueueProbe(passive, broker.attempt(compare(conflict[1])), conflict[1])
+    return QueueProbe(passive, active, contract.CLASSIC if active.code == 0 else None)
 
 
 # -- the binding -----------------------------------------------------------------------------------

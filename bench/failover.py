@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Failover of dispatch on a real 3-node RabbitMQ cluster with a quorum ``orders`` (run by hand).
+
+Starts its own cluster (tests/support/cluster.py: nodes on 127.0.0.1-3, one AMQP port), declares
+the topology with ``x-queue-type: quorum`` from node 1 and runs two real consumer processes
+(``python -m roboshop_dispatch.consumer``, DISPATCH_QUEUE_TYPE=quorum, default simulated work)
+on two nodes that do not lead the queue. A publisher sends payment-shaped orders with publisher
+confirms at a steady rate (persistent, mandatory, retried until confirmed) from a third node list.
+
+1. kill -9 the node consumer 1 is on (not the leader): consumer 1 reconnects to the next node of
+   its AMQP_HOST list, which is the leader's; seconds from the kill to its next dispatched order.
+   That node is then restarted: with it still down, killing the leader in step 2 would leave one
+   of three members, no majority, and no quorum queue can elect a leader then (Raft).
+2. kill -9 the queue leader (consumer 1 is now connected to it): a new leader is elected, consumer
+   1 reconnects, consumer 2 (whose node stays up) keeps its connection; seconds from the kill to
+   each one's next dispatched order.
+3. restart the leader's node; the publisher stops after a few more seconds.
+
+Then every confirmed order must have been dispatched at least once (lost=0); orders dispatched
+twice (redelivered after a connection loss) are counted; the consumers must never have exited.
+The last line is ``lost=N duplicates=N resume_s=NODE,LEADER1,LEADER2``. Exit 1 when an order was
+lost or a consumer exited.
+
+    .venv/bin/python bench/failover.py [--rate 200] [--settle 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Set
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pika  # noqa: E402
+
+from roboshop_dispatch import amqp  # noqa: E402
+from tests.support.cluster import Cluster, Node  # noqa: E402
+from tests.support.consumer import ORDER_LINE, Consumer, consumer_env  # noqa: E402
+from tests.support.payment import ConfirmingPublisher, make_order, parameters  # noqa: E402
+
+VHOST = "failover"
+
+
+def params(cluster: Cluster, nodes: List[Node]) -> List[pika.ConnectionParameters]:
+    return [parameters(n.address, cluster.port, VHOST, cluster.user, cluster.password) for n in nodes]
+
+
+class SteadyPublisher(threading.Thread):
+    """Publishes one order every 1/rate s (confirmed, retried through failover) until stopped."""
+
+    def __init__(self, publisher: ConfirmingPublisher, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.publisher = publisher
+        self.interval = 1.0 / rate
+        self.halt = threading.Event()
+        self.failure: Optional[BaseException] = None
+        self.longest_wait = 0.0  # the longest publish (until confirmed), seconds
+
+    def run(self) -> None:
+        i = 0
+        next_at = time.monotonic()
+        try:
+            while not self.halt.is_set():
+                started = time.monotonic()
+                self.publisher.publish(make_order(i))
+                self.longest_wait = max(self.longest_wait, time.monotonic() - started)
+                i += 1
+                next_at = max(next_at + self.interval, time.monotonic() - 1.0)
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        except BaseException as exc:  # reported by main
+            self.failure = exc
+
+
+class TimedConsumer(Consumer):
+    """A consumer whose output lines carry the monotonic time they were read at."""
+
+    def __init__(self, env, argv) -> None:
+        self.times: List[float] = []
+        super().__init__(env, argv)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
+            with self.cond:
+                self.times.append(time.monotonic())
+                self.lines.append(line)
+                m = ORDER_LINE.match(line)
+                if m:
+                    self.orders[json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)] += 1
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+
+def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool, before: Set[str]) -> Optional[float]:
+    """When the first order confirmed after the kill (not in ``before``) was logged after line
+    ``mark`` (and after a new "consuming" line): orders already in flight at the kill do not count."""
+    start = mark
+    if reconnect:
+        starts = [i for i in range(mark, len(consumer.lines)) if " consuming orders on " in consumer.lines[i]]
+        if not starts:
+            return None
+        start = starts[0]
+    for i in range(start, len(consumer.lines)):
+        m = ORDER_LINE.match(consumer.lines[i])
+        if m and (json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)) not in before:
+            return consumer.times[i]
+    return None
+
+
+def resumed(consumer: TimedConsumer, killed_at: float, mark: int, reconnect: bool, before: Set[str],
+            timeout: float = 120) -> float:
+    """Seconds from ``killed_at`` until ``consumer`` logged an order confirmed after the kill (not in
+    ``before``) after line ``mark`` (and, with ``reconnect``, after a new "consuming" line), by the
+    time each line was read."""
+    consumer.wait(lambda: _resumed_at(consumer, mark, reconnect, before) is not None, timeout,
+                  "the consumer to dispatch again")
+    with consumer.cond:
+        at = _resumed_at(consumer, mark, reconnect, before)
+    assert at is not None
+    return at - killed_at
+
+
+def on(cluster: Cluster, consumer: TimedConsumer) -> Node:
+    line = [ln for ln in consumer.lines if " consuming orders on " in ln][-1]
+    return cluster.node_at(line.split(" consuming orders on ", 1)[1].split()[0].rsplit(":", 1)[0])
+
+
+def start_consumer(cluster: Cluster, order: List[Node], number: int) -> TimedConsumer:
+    env = consumer_env(cluster, VHOST, AMQP_HOST=",".join(n.address for n in order), DISPATCH_QUEUE_TYPE="quorum")
+    consumer = TimedConsumer(env, [sys.executable, "-m", "roboshop_dispatch.consumer"])
+    consumer.wait_consuming(timeout=60)
+    print(f"consumer {number} (pid {consumer.proc.pid}) consuming on {on(cluster, consumer).name}", flush=True)
+    return consumer
+
+
+def scenario(cluster: Cluster, rate: float, settle: float) -> int:
+    cluster.add_vhost(VHOST)
+    conn = pika.BlockingConnection(params(cluster, [cluster.nodes[0]]))
+    amqp.declare_topology(conn.channel(), queue_type=amqp.QUORUM)
+    conn.close()
+    leader = cluster.leader(VHOST)
+    a, b = [n for n in cluster.nodes if n is not leader]
+    print(f"quorum orders: leader {leader.name}, members {cluster.queue_info(VHOST).get('members')}", flush=True)
+    c1 = start_consumer(cluster, [a, leader, b], 1)
+    c2 = start_consumer(cluster, [b, a, leader], 2)
+    publisher = ConfirmingPublisher(params(cluster, [b, a, leader]), give_up_after=120)  # type: ignore[arg-type]
+    pub = SteadyPublisher(publisher, rate)
+    pub.start()
+    time.sleep(settle)
+
+    print(f"1. kill {a.name} (consumer 1's node, not the leader)", flush=True)
+    mark, killed_at, before = len(c1.lines), time.monotonic(), set(publisher.confirmed)
+    a.kill()
+    node_s = resumed(c1, killed_at, mark, reconnect=True, before=before)
+    print(f"   consumer 1 resumed on {on(cluster, c1).name} after {node_s:.2f}s; restarting {a.name}", flush=True)
+    a.restart()
+    time.sleep(settle)
+
+    leader = cluster.leader(VHOST)
+    was_on = (on(cluster, c1), on(cluster, c2))
+    print(f"2. kill the leader {leader.name} (consumers on {was_on[0].name}, {was_on[1].name})", flush=True)
+    marks, killed_at, before = (len(c1.lines), len(c2.lines)), time.monotonic(), set(publisher.confirmed)
+    leader.kill()
+    new = cluster.wait_leader(VHOST, not_on=leader)
+    elected_s = time.monotonic() - killed_at
+    leader1_s = resumed(c1, killed_at, marks[0], reconnect=was_on[0] is leader, before=before)
+    leader2_s = resumed(c2, killed_at, marks[1], reconnect=was_on[1] is leader, before=before)
+    print(f"   new leader {new.name} seen by rabbitmqctl within {elected_s:.2f}s; consumers resumed after "
+          f"{leader1_s:.2f}s and {leader2_s:.2f}s", flush=True)
+
+    print(f"3. restart {leader.name}", flush=True)
+    leader.restart()
+    time.sleep(settle)
+    pub.halt.set()
+    pub.join(180)
+    publisher.close()
+    if pub.failure is not None:
+        print(f"the publisher gave up: {type(pub.failure).__name__}: {pub.failure}", flush=True)
+    confirmed = set(publisher.confirmed)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not confirmed <= (set(c1.orders) | set(c2.orders)):
+        time.sleep(0.2)
+    alive = c1.proc.poll() is None and c2.proc.poll() is None
+    everything = collections.Counter(c1.orders) + collections.Counter(c2.orders)
+    lost = len(confirmed - set(everything))
+    duplicates = sum(n - 1 for n in everything.values())
+    codes = [c.stop()[0] for c in (c1, c2)]
+    print(f"published {publisher.attempts} times for {len(confirmed)} confirmed orders "
+          f"({publisher.reconnects} publisher reconnects, longest publish {pub.longest_wait:.2f}s); "
+          f"dispatched {sum(everything.values())} ({len(c1.orders)} + {len(c2.orders)} distinct); consumers "
+          f"{'never exited' if alive else 'EXITED'}, stopped with {codes}", flush=True)
+    print(f"lost={lost} duplicates={duplicates} resume_s={node_s:.2f},{leader1_s:.2f},{leader2_s:.2f}", flush=True)
+    return 0 if lost == 0 and alive and pub.failure is None else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="orders per second (default 200)")
+    parser.add_argument("--settle", type=float, default=4.0, help="seconds of steady traffic between steps")
+    args = parser.parse_args()
+    started = time.monotonic()
+    cluster = Cluster()
+    try:
+        cluster.start()
+        print(f"cluster of 3 up in {time.monotonic() - started:.1f}s (AMQP port {cluster.port})", flush=True)
+        return scenario(cluster, args.rate, args.settle)
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
