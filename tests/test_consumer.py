@@ -597,6 +597,34 @@ def test_systemd_notify_and_watchdog(broker, vhost, consumers, tmp_path, abstrac
     assert any(n.startswith("STATUS=connecting to") for n in got)
 
 
+def test_status_tells_systemd_the_orders_handled(broker, vhost, consumers, tmp_path):
+    """STATUS= carries "N orders handled" (what `dispatchctl status` shows per instance), updated
+    while consuming, only when the count changed."""
+    from roboshop_dispatch.consumer.service import STATUS_EVERY_S
+    from roboshop_dispatch.status import orders_handled
+
+    path = str(tmp_path / "notify")
+    notes, finish = _notifications(path)
+    consumer = consumers(NOTIFY_SOCKET=path, DISPATCH_PROCESSING_MS="0")
+    consumer.wait_consuming()
+    orders = [make_order(i) for i in range(3)]
+    publisher = ConfirmingPublisher(params(broker, vhost))
+    for order in orders:
+        publisher.publish(order)
+    consumer.wait_orders(set(publisher.confirmed), timeout=30)
+    deadline = time.monotonic() + STATUS_EVERY_S * 3
+    while not any(orders_handled(n) == 3 for n in notes):
+        assert time.monotonic() < deadline, f"no STATUS with 3 orders handled: {notes}"
+        time.sleep(0.1)
+    time.sleep(STATUS_EVERY_S * 1.5)  # nothing new handled: no new STATUS
+    assert consumer.stop()[0] == 0
+    got = finish()
+    counts = [orders_handled(n) for n in got if "STATUS=consuming" in n]
+    assert counts[0] == 0 and counts.count(3) == 1, got
+    ready = next(n for n in got if "READY=1" in n)
+    assert "STATUS=consuming orders" in ready and "(delivery path: fast)" in ready
+
+
 def test_watchdog_for_another_pid_is_ignored(broker, vhost, consumers, tmp_path):
     path = str(tmp_path / "notify")
     _notes, finish = _notifications(path)

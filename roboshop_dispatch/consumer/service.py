@@ -31,6 +31,9 @@ from .sdnotify import Notifier, watchdog_interval
 from .session import FAST, PIKA, Connector, Events, Session
 from .shutdown import STOP_DEADLINE, STOP_GRACE, Shutdown, SignalWakeup
 
+# how often STATUS= tells systemd the orders handled so far (only when the count changed)
+STATUS_EVERY_S = 5.0
+
 __all__ = ["BACKOFF_CAP", "FAST", "PIKA", "STOP_DEADLINE", "STOP_GRACE", "Dispatcher", "backoff", "choose_path",
            "main"]
 
@@ -74,6 +77,8 @@ class Dispatcher(Events):
         self.retry_timer: Any = None
         self.ready_sent = False
         self.path = PIKA
+        self.consuming_status: Optional[str] = None  # what STATUS= says while consuming
+        self.reported = 0  # the orders handled as last told to systemd
 
     # == lifecycle ================================================================================
     def run(self) -> int:
@@ -85,6 +90,8 @@ class Dispatcher(Events):
         self.signals.install()
         if self.watchdog_every and self.notifier.enabled:
             self.ioloop.call_later(self.watchdog_every, self._watchdog)
+        if self.notifier.enabled:
+            self.ioloop.call_later(STATUS_EVERY_S, self._report)
         self._connect()
         try:
             self.ioloop.start()
@@ -98,6 +105,20 @@ class Dispatcher(Events):
 
     def stop(self, why: str) -> None:
         self.shutdown.stop(why)
+
+    def _report(self) -> None:
+        """STATUS= with the orders handled so far, when it changed (``systemctl status``, and
+        ``dispatchctl status`` per instance)."""
+        if self.shutdown.stopping:
+            return
+        handled = self.stats["dispatched"]
+        if self.consuming_status is not None and handled != self.reported:
+            self.reported = handled
+            self.notifier.status(self._status_line())
+        self.ioloop.call_later(STATUS_EVERY_S, self._report)
+
+    def _status_line(self) -> str:
+        return f"{self.consuming_status}; {self.stats['dispatched']} orders handled"
 
     def _watchdog(self) -> None:
         self.notifier.watchdog()
@@ -119,6 +140,7 @@ class Dispatcher(Events):
         self.connector.open(self.session, params)
 
     def _schedule(self, delay: float, why: str) -> None:
+        self.consuming_status = None
         if self.shutdown.stopping:
             self.ioloop.stop()
             return
@@ -177,11 +199,13 @@ class Dispatcher(Events):
         self.policy.consuming()
         status = f"consuming {amqp.QUEUE} on {sess.host} vhost={self.cfg.vhost} (delivery path: {sess.path})"
         self.log.info(f"{status} (prefetch {self.cfg.prefetch})")
+        self.consuming_status = status
+        self.reported = self.stats["dispatched"]
         if self.ready_sent:
-            self.notifier.status(status)
+            self.notifier.status(self._status_line())
         else:
             self.ready_sent = True
-            self.notifier.ready(status)
+            self.notifier.ready(self._status_line())
         if self.notifier.failed:
             self.log.warning(f"cannot notify systemd on NOTIFY_SOCKET: {self.notifier.failed}")
             self.notifier.failed = None
