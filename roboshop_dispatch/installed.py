@@ -835,10 +835,9 @@ def _unit_texts(unit_file: FileInfo, drop_ins: str) -> List[str]:
     return texts
 
 
-def load_credentials(unit_texts: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
-    """The ``LoadCredential=ID[:PATH]`` of the ``[Service]`` section of a unit file and its drop-ins,
-    in order (an empty assignment clears the list, as in systemd)."""
-    found: Dict[str, str] = {}
+def _service_assignments(unit_texts: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """Each ``KEY=VALUE`` of the ``[Service]`` section of a unit file and its drop-ins, in order
+    (key and value stripped; an empty value is an assignment that clears, as in systemd)."""
     for text in unit_texts:
         section = ""
         for line in _logical_lines(text):
@@ -846,14 +845,22 @@ def load_credentials(unit_texts: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
                 section = line.strip()
                 continue
             key, sep, value = line.partition("=")
-            if section != "[Service]" or not sep or key.strip() != "LoadCredential":
-                continue
-            value = value.strip()
-            if not value:
-                found.clear()
-                continue
-            name, _, path = value.partition(":")
-            found[name] = path or name
+            if section == "[Service]" and sep:
+                yield key.strip(), value.strip()
+
+
+def load_credentials(unit_texts: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """The ``LoadCredential=ID[:PATH]`` of the ``[Service]`` section of a unit file and its drop-ins,
+    in order (an empty assignment clears the list, as in systemd)."""
+    found: Dict[str, str] = {}
+    for key, value in _service_assignments(unit_texts):
+        if key != "LoadCredential":
+            continue
+        if not value:
+            found.clear()
+            continue
+        name, _, path = value.partition(":")
+        found[name] = path or name
     return tuple(found.items())
 
 
@@ -861,20 +868,13 @@ def unit_settings(unit_texts: Sequence[str]) -> Dict[str, str]:
     """The last ``User=``, ``ExecStart=`` and ``EnvironmentFile=`` of the ``[Service]`` section of a
     unit file and its drop-ins (an empty assignment clears it, as in systemd)."""
     found: Dict[str, str] = {}
-    for text in unit_texts:
-        section = ""
-        for line in _logical_lines(text):
-            if line.startswith("["):
-                section = line.strip()
-                continue
-            key, sep, value = line.partition("=")
-            key = key.strip()
-            if section != "[Service]" or not sep or key not in ("User", "ExecStart", "EnvironmentFile"):
-                continue
-            if value.strip():
-                found[key] = value.strip()
-            else:
-                found.pop(key, None)
+    for key, value in _service_assignments(unit_texts):
+        if key not in ("User", "ExecStart", "EnvironmentFile"):
+            continue
+        if value:
+            found[key] = value
+        else:
+            found.pop(key, None)
     return found
 
 

@@ -14,10 +14,9 @@ import time
 import zipfile
 from typing import Dict, List
 
-import pika
 import pytest
 
-from tests.support.payment import parameters
+from tests.test_provision_systemd import wait_consumer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
@@ -141,27 +140,6 @@ def go_zip() -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("dispatch/main.go", GO_PROGRAM)
     return buf.getvalue()
-
-
-def wait_consumer(broker, vhost: str, timeout: float = 30.0) -> None:
-    params = parameters(broker.host, broker.port, vhost, broker.user, broker.password)
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            conn = pika.BlockingConnection(params)
-            try:
-                count = conn.channel().queue_declare("orders", passive=True).method.consumer_count
-            finally:
-                if conn.is_open:
-                    conn.close()
-            if count >= 1:
-                return
-            last = f"{count} consumers"
-        except pika.exceptions.AMQPError as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise AssertionError(f"the service never consumed from orders: {last}")
 
 
 def rerun_without_dnf(host, args: List[str]) -> float:
