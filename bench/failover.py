@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ import pika  # noqa: E402
 
 from roboshop_dispatch import amqp  # noqa: E402
 from tests.support.cluster import Cluster, Node  # noqa: E402
-from tests.support.consumer import ORDER_LINE, Consumer, consumer_env  # noqa: E402
+from tests.support.consumer import Consumer, consumer_env, order_id  # noqa: E402
 from tests.support.payment import ConfirmingPublisher, make_order, parameters  # noqa: E402
 
 VHOST = "failover"
@@ -85,19 +84,9 @@ class TimedConsumer(Consumer):
         self.times: List[float] = []
         super().__init__(env, argv)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            with self.cond:
-                self.times.append(time.monotonic())
-                self.lines.append(line)
-                m = ORDER_LINE.match(line)
-                if m:
-                    self.orders[json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)] += 1
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
+    def _take(self, line: str) -> None:
+        self.times.append(time.monotonic())
+        super()._take(line)
 
 
 def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool, before: Set[str]) -> Optional[float]:
@@ -110,8 +99,8 @@ def _resumed_at(consumer: TimedConsumer, mark: int, reconnect: bool, before: Set
             return None
         start = starts[0]
     for i in range(start, len(consumer.lines)):
-        m = ORDER_LINE.match(consumer.lines[i])
-        if m and (json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)) not in before:
+        orderid = order_id(consumer.lines[i])
+        if orderid is not None and orderid not in before:
             return consumer.times[i]
     return None
 

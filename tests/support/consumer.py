@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 ORDER_LINE = re.compile(r"^(?:INFO|ERROR) order (\S+) (dispatched|failed) (.*)$")
 
 
+def order_id(line: str):
+    """The order id a dispatched/failed line reports (JSON-quoted when it is not plain), or None."""
+    m = ORDER_LINE.match(line)
+    if m is None:
+        return None
+    return json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)
+
+
 class Consumer:
     def __init__(self, env: Dict[str, str], argv: List[str]) -> None:
         self.env = env
@@ -37,13 +45,17 @@ class Consumer:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
             with self.cond:
-                self.lines.append(line)
-                m = ORDER_LINE.match(line)
-                if m:
-                    self.orders[json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)] += 1
+                self._take(line)
                 self.cond.notify_all()
         with self.cond:
             self.cond.notify_all()
+
+    def _take(self, line: str) -> None:
+        """One line of output (under the lock): kept, and counted when it reports an order."""
+        self.lines.append(line)
+        orderid = order_id(line)
+        if orderid is not None:
+            self.orders[orderid] += 1
 
     @property
     def output(self) -> str:
