@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -19,6 +16,7 @@ import pytest
 
 from roboshop_dispatch import envfile
 from tests.support.broker import free_port
+from tests.support.terminal import on_terminal
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
 PROMPT = b"RabbitMQ password:"
@@ -32,35 +30,8 @@ def clean_env(**extra: str) -> Dict[str, str]:
 
 def on_a_terminal(argv: List[str], env: Dict[str, str], answer: Optional[str] = None,
                   timeout: float = 30.0) -> Tuple[int, bytes]:
-    """Run argv with a pty as its controlling terminal (stdin, stdout, stderr); type ``answer`` when
-    the password prompt shows. Returns the exit code and everything the terminal showed."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its controlling terminal
-        try:
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    shown = b""
-    answered = False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-            if answer is not None and not answered and PROMPT in shown:
-                os.write(fd, answer.encode() + b"\n")
-                answered = True
-    else:
-        os.kill(pid, 9)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), shown
+    """On a real terminal; ``answer`` is typed when the password prompt shows."""
+    return on_terminal(argv, env, prompt=PROMPT, answer=answer, timeout=timeout)
 
 
 def test_a_closed_port_needs_no_password_and_asks_for_none(tmp_path):

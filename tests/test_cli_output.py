@@ -4,17 +4,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
-from typing import List, Tuple
+from typing import Tuple
+
+from tests.support.terminal import on_terminal as run_on_terminal
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
 PASSWORD = "s3cr3t-Pa$$ w0rd"
@@ -36,27 +33,8 @@ def piped(*args: str) -> subprocess.CompletedProcess:
 
 def on_terminal(*args: str, columns: int = 80) -> Tuple[int, str]:
     """Run with stdin, stdout and stderr on a real pty of ``columns`` columns: (exit code, output)."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {**environ(), "TERM": "xterm-256color"}
-    proc = subprocess.Popen([DISPATCHCTL, *args], stdin=follower, stdout=follower, stderr=follower, env=env,
-                            close_fds=True)
-    os.close(follower)
-    chunks: List[bytes] = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 30)
-        if not ready:
-            proc.kill()
-            break
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    code, shown = run_on_terminal([DISPATCHCTL, *args], {**environ(), "TERM": "xterm-256color"}, columns=columns)
+    return code, shown.decode("utf-8", "replace")
 
 
 # -- steps: one row per step as it finishes (pipe), elapsed time per step (terminal) -------------
