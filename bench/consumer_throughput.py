@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of the bundled dispatch consumer against a bare pika baseline, on a real RabbitMQ.
 
-Starts its own throwaway RabbitMQ node (tests/support/broker.py), then for each run preloads N
+Starts its own throwaway RabbitMQ node (roboshop_dispatch/lab/broker.py), then for each run preloads N
 payment-shaped orders (default 20,000) into a fresh vhost and times the drain:
 
   (a) the bundled consumer, ``python -m roboshop_dispatch.consumer``, simulated processing off;
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 
 from roboshop_dispatch import amqp  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 from tests.support.payment import EXCHANGE, ROUTING_KEY, make_order  # noqa: E402
 
 BASELINE = r"""

@@ -27,8 +27,8 @@ from typing import List, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
 
 TARGET_MS = 400.0
 

@@ -1,7 +1,7 @@
 """Benchmark: ``dispatchctl install`` on a fresh systemd host, and the idempotent re-run.
 
-In fresh systemd-nspawn containers (tests/support/nspawn.py) against a throwaway RabbitMQ node
-(tests/support/broker.py), as the issue asks:
+In fresh systemd-nspawn containers (roboshop_dispatch/lab/nspawn.py) against a throwaway RabbitMQ node
+(roboshop_dispatch/lab/broker.py), as the issue asks:
 
 - ``first_install_s``: the first ``install`` (bundled flavour; python3 already present), median
   over 3 fresh containers;
@@ -47,8 +47,8 @@ from typing import Dict, List, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
 
 RUNS = 3
 PASS_FILE = "/root/amqp.pass"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of 1, 2 and 4 dispatch consumer processes on one host against one broker (by hand).
 
-Starts its own throwaway RabbitMQ node (tests/support/broker.py). For each count K (1, 2, 4, in
+Starts its own throwaway RabbitMQ node (roboshop_dispatch/lab/broker.py). For each count K (1, 2, 4, in
 the same run, alternated over ``--rounds``), preloads N payment-shaped orders into a fresh vhost,
 starts K real consumers (``python -m roboshop_dispatch.consumer``, simulated work off: the CPU is
 what is measured) competing on ``orders``, and times from the first one's "consuming" line to the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 
 from roboshop_dispatch import amqp  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 from tests.support.consumer import consumer_env  # noqa: E402
 from tests.support.payment import EXCHANGE, ROUTING_KEY, make_order  # noqa: E402
 

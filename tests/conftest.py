@@ -20,7 +20,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def vhost(broker):
     broker.ctl("delete_vhost", name, check=False)
 
 
-# -- a real systemd host (systemd-nspawn): tests/support/nspawn.py ------------------------------
+# -- a real systemd host (systemd-nspawn): roboshop_dispatch/lab/nspawn.py ------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,7 @@ def systemd_rootfs():
     """The cached Debian rootfs (built with debootstrap on first use, minutes; then reused)."""
     import subprocess
 
-    from tests.support.nspawn import HostError, ensure_rootfs
+    from roboshop_dispatch.lab.nspawn import HostError, ensure_rootfs
 
     try:
         return ensure_rootfs(log=lambda msg: print(msg, file=sys.stderr))
@@ -66,7 +66,7 @@ def systemd_rootfs():
 def systemd_host(systemd_rootfs):
     """A freshly booted, throwaway systemd host (PID 1 systemd, volatile root, host network).
     This checkout's CLI runs inside with ``host.dispatchctl(...)``; powered off afterwards."""
-    from tests.support.nspawn import booted
+    from tests.support.hosts import booted
 
     with booted(systemd_rootfs) as container:
         yield container

@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
+from roboshop_dispatch.lab.broker import Broker  # noqa: E402
+from roboshop_dispatch.lab.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "installed-debian12-bundled-credential.json"
 READ = ("import json; from roboshop_dispatch import installed; "

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from roboshop_dispatch import envfile
-from tests.support.broker import free_port
+from roboshop_dispatch.lab.broker import free_port
 from tests.support.terminal import on_terminal
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")

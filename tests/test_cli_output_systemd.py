@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from tests.support.nspawn import PATH_INSIDE, run_unbooted, venv_bin
+from roboshop_dispatch.lab.nspawn import PATH_INSIDE, run_unbooted, venv_bin
 from tests.test_json_output import VALIDATOR
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]

@@ -238,7 +238,7 @@ def test_uninstall_purge_removes_the_app_dir(tmp_path):
 
 
 def test_commands_on_a_host_without_systemd(systemd_rootfs):
-    from tests.support.nspawn import run_unbooted, venv_bin
+    from roboshop_dispatch.lab.nspawn import run_unbooted, venv_bin
 
     cli = venv_bin("dispatchctl")
     script = "; ".join(

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from roboshop_dispatch import __version__
-from tests.support.nspawn import REPO, Container, HostError
+from roboshop_dispatch.lab.nspawn import Container, HostError
+from tests.support.hosts import REPO
 from tests.test_provision_systemd import wait_consumer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]

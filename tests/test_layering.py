@@ -37,9 +37,9 @@ def modules_under(sub: str):
 
 FORBIDDEN = {
     "consumer": (f"{TOP}.cli", f"{TOP}.steps", f"{TOP}.diagnostics", f"{TOP}.settings", f"{TOP}.installed",
-                 "typer", "rich", "jinja2", "psutil"),
-    "steps": (f"{TOP}.cli", "typer", "rich"),
-    "diagnostics": (f"{TOP}.cli", "typer", "rich"),
+                 f"{TOP}.lab", "typer", "rich", "jinja2", "psutil"),
+    "steps": (f"{TOP}.cli", f"{TOP}.lab", "typer", "rich"),
+    "diagnostics": (f"{TOP}.cli", f"{TOP}.lab", "typer", "rich"),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import pytest
 
-from tests.support.nspawn import PATH_INSIDE, venv_bin
+from roboshop_dispatch.lab.nspawn import PATH_INSIDE, venv_bin
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nspawn import run_unbooted, venv_bin
+from roboshop_dispatch.lab.nspawn import run_unbooted, venv_bin
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
 PASSWORD = "s3cr3t-Pa$$ w0rd"

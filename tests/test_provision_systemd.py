@@ -1,5 +1,5 @@
 """``dispatchctl install`` and its parts on a real systemd host (a booted systemd-nspawn
-container, tests/support/nspawn.py) against the real test broker: the service inside reaches it on
+container, roboshop_dispatch/lab/nspawn.py) against the real test broker: the service inside reaches it on
 127.0.0.1 through the shared network. Nothing is mocked."""
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def test_dry_run_on_a_fresh_host_changes_nothing(systemd_host, broker, vhost):
 
 
 def host_dispatchctl() -> str:
-    from tests.support.nspawn import venv_bin
+    from roboshop_dispatch.lab.nspawn import venv_bin
 
     return venv_bin("dispatchctl")
 

@@ -35,7 +35,7 @@ def shared_vhost(broker) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def host(systemd_rootfs, broker, shared_vhost):
     """One booted host with dispatch installed once, with every AMQP option and a password file."""
-    from tests.support.nspawn import booted
+    from tests.support.hosts import booted
 
     with booted(systemd_rootfs) as container:
         container.write(PASS_FILE, broker.password + "\n")

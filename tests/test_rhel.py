@@ -48,7 +48,7 @@ func main() {
 
 @pytest.fixture(scope="session")
 def rhel_rootfs():
-    from tests.support.nspawn import HostError
+    from roboshop_dispatch.lab.nspawn import HostError
     from tests.support.rhel import ensure_rhel_rootfs
 
     try:
@@ -60,7 +60,7 @@ def rhel_rootfs():
 @pytest.fixture(scope="session")
 def rhel_repos(rhel_rootfs, tmp_path_factory):
     """The session's RPM repositories (built once per session): ``all`` and ``no-golang``."""
-    from tests.support.nspawn import HostError
+    from roboshop_dispatch.lab.nspawn import HostError
     from tests.support.rhel import build_repo
 
     try:
@@ -70,7 +70,7 @@ def rhel_repos(rhel_rootfs, tmp_path_factory):
 
 
 def boot(rootfs, repo, os_release: str = "rocky"):
-    from tests.support.nspawn import HostError
+    from roboshop_dispatch.lab.nspawn import HostError
     from tests.support.rhel import RhelHost
 
     host = RhelHost(rootfs, repo, os_release)

@@ -1,4 +1,4 @@
-"""Issue 7 on a real systemd host (systemd-nspawn, tests/support/nspawn.py) with the real test
+"""Issue 7 on a real systemd host (systemd-nspawn, roboshop_dispatch/lab/nspawn.py) with the real test
 broker: purge keeps what dispatchctl did not create and asks first; planted links are refused and
 their targets untouched; the password is out of reach of the service user's other processes.
 
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.support.nspawn import booted
+from tests.support.hosts import booted
 from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, props
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]

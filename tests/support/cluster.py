@@ -4,7 +4,7 @@ Node ``i`` listens on ``127.0.0.{i}``, all on ONE AMQP port (and one management 
 ``AMQP_HOST=127.0.0.1,127.0.0.2,127.0.0.3`` with a single ``AMQP_PORT`` is exactly how dispatch
 sees a cluster of three hosts. Node names and ports are unique per test session (the pid plus a
 random tag, ports probed free on all three addresses), so several sessions on one machine do not
-clash, nor with the single test broker (tests/support/broker.py). Data lives in a temp dir, removed
+clash, nor with the single test broker (roboshop_dispatch/lab/broker.py). Data lives in a temp dir, removed
 by :meth:`Cluster.stop`. When a node cannot start, the error carries the tail of its log.
 """
 
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tests.support.broker import PASSWORD, USER, BrokerUnavailable
+from roboshop_dispatch.lab.broker import PASSWORD, USER, BrokerUnavailable
 
 SIZE = 3
 

@@ -1,7 +1,7 @@
 """A RHEL-shaped systemd host for the tests: real ``dnf`` and ``rpm`` over a local repository.
 
 No RHEL-family image or repository can be had on these machines, so the host is derived from the
-Debian test rootfs (tests/support/nspawn.py) and cached beside it, keyed by its recipe:
+Debian test rootfs (roboshop_dispatch/lab/nspawn.py) and cached beside it, keyed by its recipe:
 
 - Debian's ``dnf``, ``python3-dnf`` and ``rpm`` are installed into a copy of the Debian rootfs
   (``apt-get`` inside it, once), ``/etc/os-release`` says Rocky Linux 9, the RPM database is empty
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tests.support.nspawn import CACHE, PATH_INSIDE, Container, HostError, ensure_rootfs, recipe_key
+from roboshop_dispatch.lab.nspawn import CACHE, PATH_INSIDE, Container, HostError, ensure_rootfs, recipe_key
 
 RHEL_RECIPE_VERSION = 1
 DEB_PACKAGES: Tuple[str, ...] = ("dnf", "python3-dnf", "rpm")

@@ -1,4 +1,4 @@
-"""A throwaway RabbitMQ node owned by the test run (recipe: ../shared/real-test-hosts.md).
+"""A throwaway RabbitMQ node (recipe: ../shared/real-test-hosts.md), for the lab and the tests.
 
 The node listens on a free loopback port, keeps its data in a temp dir, and is stopped (and its
 dir removed) at the end. ``outage()`` closes the AMQP listener and every connection

@@ -1,15 +1,17 @@
-"""A real systemd (PID 1) host for the tests: a Debian rootfs booted with systemd-nspawn.
+"""A real systemd (PID 1) host: a Debian rootfs booted with systemd-nspawn. One implementation
+for the lab (``dispatchctl lab``) and the test suite; never imported by the consumer or the steps.
 
 Recipe: ../shared/real-test-hosts.md. ``ensure_rootfs()`` builds the rootfs with debootstrap the
-first time (minutes) and caches it under /var/cache/dispatchctl-test/, keyed by a hash of the
-recipe, so a changed package list builds a new one. ``Container`` boots a throwaway host from it
-with ``--volatile=overlay`` (a tmpfs over the root: nothing a test does persists), runs commands
-inside with nsenter and powers it off.
+first time (minutes) and caches it under /var/cache/dispatchctl-lab/ ($DISPATCHCTL_LAB_CACHE),
+keyed by a hash of the recipe, so a changed package list builds a new one. ``Container`` boots a
+throwaway host from it with ``--volatile=overlay`` (a tmpfs over the root: nothing done inside
+persists), runs commands inside with nsenter and powers it off.
 
-The repository, its virtualenv and the interpreter the virtualenv links to are bind-mounted
-read-only at the same paths, so ``Container.dispatchctl(...)`` runs this checkout's CLI inside the
-host, while the service itself runs with the container's own /usr/bin/python3. The container shares
-the host's network: a service inside reaches the test broker on 127.0.0.1.
+The source tree of this package, the virtualenv it runs from and the interpreter that virtualenv
+links to are bind-mounted read-only at the same paths, so ``Container.dispatchctl(...)`` runs this
+very CLI inside the host, while the service itself runs with the container's own /usr/bin/python3.
+The container shares the host's network: a service inside reaches a broker on 127.0.0.1, and
+``enable_ssh()`` makes the host reachable by ssh on a port of its own (Ansible's connection).
 
 Nothing here skips: when the host cannot be built or booted, the caller fails with the reason.
 """
@@ -30,15 +32,20 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-CACHE = Path(os.environ.get("DISPATCHCTL_TEST_CACHE", "/var/cache/dispatchctl-test"))
+CACHE = Path(os.environ.get("DISPATCHCTL_LAB_CACHE", "/var/cache/dispatchctl-lab"))
 SUITE = "bookworm"
 # what a RHEL/Debian host has for the bundled flavour (python3, useradd) plus golang for the go
 # flavour (a real `go build`), procps for ps/kill, systemd as PID 1, and the way operators put
-# dispatchctl on root's PATH: pipx (with python3-venv) and sudo (whose secure_path is the test).
+# dispatchctl on root's PATH: pipx (with python3-venv) and sudo (whose secure_path is the test);
+# and what Ansible needs of a managed host: sshd (started per host by enable_ssh, not at boot),
+# python3-apt for the package module and unzip for unarchive (the course's role uses both).
 PACKAGES: Tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "python3", "passwd", "procps", "golang-go", "pipx", "sudo",
+    "openssh-server", "python3-apt", "unzip",
 )
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
+# started on demand: every host shares the machine's network, so each sshd needs its own port
+NOT_AT_BOOT = ("ssh.service", "ssh.socket")
 # units that only slow the boot or do background work a test must not race with
 MASKED_UNITS = (
     "systemd-remount-fs.service", "getty@tty1.service", "console-getty.service",
@@ -48,7 +55,9 @@ MASKED_UNITS = (
 READY_MARK = ".dispatchctl-rootfs-ready"
 PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-REPO = Path(__file__).resolve().parents[2]
+# the tree this package is imported from: the checkout for an editable install (bound read-only
+# into every host, so the CLI inside is this one), else inside the bound virtualenv anyway
+SOURCE = Path(__file__).resolve().parents[2]
 
 
 class HostError(RuntimeError):
@@ -57,7 +66,7 @@ class HostError(RuntimeError):
 
 def recipe_key() -> str:
     recipe = {"suite": SUITE, "variant": "minbase", "packages": sorted(PACKAGES),
-              "masked": sorted(MASKED_UNITS), "version": RECIPE_VERSION}
+              "masked": sorted(MASKED_UNITS), "not_at_boot": sorted(NOT_AT_BOOT), "version": RECIPE_VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -102,7 +111,8 @@ def ensure_rootfs(log=None) -> Path:
             raise HostError(f"debootstrap failed (exit {proc.returncode}):\n"
                             f"{_tail(proc.stdout + proc.stderr)}\n{_tail(detail)}")
         _customise(work)
-        missing = [p for p in ("usr/bin/python3", "usr/bin/go", "usr/sbin/useradd", "lib/systemd/systemd")
+        missing = [p for p in ("usr/bin/python3", "usr/bin/go", "usr/sbin/useradd", "usr/sbin/sshd",
+                                  "lib/systemd/systemd")
                    if not (work / p).exists()]
         if missing:
             raise HostError(f"the built rootfs lacks {', '.join(missing)} (see {work})")
@@ -123,7 +133,7 @@ def _customise(root: Path) -> None:
         link.symlink_to("/dev/null")
     for wants in system.glob("*.wants"):
         for link in wants.iterdir():
-            if link.name in MASKED_UNITS:
+            if link.name in MASKED_UNITS or link.name in NOT_AT_BOOT:
                 link.unlink()
     default = system / "default.target"
     if default.is_symlink() or default.exists():
@@ -133,7 +143,7 @@ def _customise(root: Path) -> None:
 
 def _binds() -> List[str]:
     """Read-only binds that let the CLI of this checkout run inside at the same paths."""
-    paths = {REPO, Path(sys.prefix).resolve()}
+    paths = {SOURCE, Path(sys.prefix).resolve()}
     base = Path(sys.base_prefix).resolve()
     if not str(base).startswith("/usr"):  # a pyenv or /opt interpreter the venv links to
         paths.add(base)
@@ -329,19 +339,14 @@ class Container:
                   "done; true")
         return sorted(self.run(["sh", "-c", script, "sh", *roots]).stdout.splitlines())
 
-
-@contextlib.contextmanager
-def booted(rootfs):
-    """A freshly booted systemd host from ``rootfs``, powered off afterwards; a host that cannot
-    boot fails the test loudly with the reason."""
-    import pytest
-
-    container = Container(rootfs)
-    try:
-        container.boot()
-    except HostError as exc:
-        pytest.fail(f"cannot boot the systemd test host: {exc}", pytrace=False)
-    try:
-        yield container
-    finally:
-        container.poweroff()
+    # -- reaching it the way Ansible does -------------------------------------------------------
+    def enable_ssh(self, port: int, authorized_key: str, address: str = "127.0.0.1") -> None:
+        """Start sshd inside on ``address:port`` (the host's network is shared, so every host
+        needs a port of its own), accepting only ``authorized_key`` for root."""
+        self.write("/etc/ssh/sshd_config.d/00-lab.conf",
+                   f"Port {port}\nListenAddress {address}\nPermitRootLogin prohibit-password\n"
+                   "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n", mode=0o644)
+        ssh_dir = self.path("/root/.ssh")
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.write("/root/.ssh/authorized_keys", authorized_key.strip() + "\n", mode=0o600)
+        self.run(["systemctl", "start", "ssh.service"])
