@@ -40,19 +40,25 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 class Broker:
-    def __init__(self, port: Optional[int] = None) -> None:
+    """One RabbitMQ node. By default the tests' (a temp dir, user roboshop/roboshop123); the lab
+    passes its own dir, node name, ports and a generated password, and can drive a node another
+    process started (``started=True``)."""
+
+    def __init__(self, port: Optional[int] = None, *, dir: Optional[Path] = None, node: Optional[str] = None,
+                 dist_port: Optional[int] = None, user: str = USER, password: str = PASSWORD,
+                 started: bool = False) -> None:
         if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
             raise BrokerUnavailable(
                 "rabbitmq-server is not installed: run scripts/setup-dev (apt-get install -y rabbitmq-server)"
             )
         self.host = "127.0.0.1"
         self.port = port or free_port()
-        self.dist_port = free_port()
-        self.node = f"dispatchtest{uuid.uuid4().hex[:8]}@localhost"
-        self.dir = Path(tempfile.mkdtemp(prefix="dispatch-broker-"))
-        self.user = USER
-        self.password = PASSWORD
-        self.started = False
+        self.dist_port = dist_port or free_port()
+        self.node = node or f"dispatchtest{uuid.uuid4().hex[:8]}@localhost"
+        self.dir = dir if dir is not None else Path(tempfile.mkdtemp(prefix="dispatch-broker-"))
+        self.user = user
+        self.password = password
+        self.started = started
 
     # -- process control ----------------------------------------------------------------------
     def _env(self) -> dict:
@@ -68,10 +74,14 @@ class Broker:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
             RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(self.dir / "advanced.config"),
+            # Erlang distribution on loopback only (AMQP already is: RABBITMQ_NODE_IP_ADDRESS)
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            ERL_EPMD_ADDRESS="127.0.0.1",
         )
         return env
 
     def start(self) -> Broker:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.dir / "enabled_plugins").write_text("[].\n")
         # loopback_users = none: lets tests use any user from 127.0.0.1 exactly like a remote host
         (self.dir / "rabbitmq.conf").write_text("loopback_users = none\nlog.console = false\n")
@@ -88,9 +98,15 @@ class Broker:
         self.started = True
         self.ctl("wait", "--timeout", "60", str(self.dir / "node.pid"), timeout=90)
         self.ctl("await_startup", timeout=90)
-        self.ctl("add_user", self.user, self.password)
-        self.ctl("set_permissions", "-p", "/", self.user, ".*", ".*", ".*")
+        self.add_user(self.user, self.password)  # the password on stdin, never in argv
         return self
+
+    def pid(self) -> int:
+        """The node's beam.smp pid (its pid file), 0 when unknown."""
+        try:
+            return int((self.dir / "node.pid").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def ctl(self, *args: str, timeout: float = 60, check: bool = True,
             input: Optional[str] = None) -> subprocess.CompletedProcess:

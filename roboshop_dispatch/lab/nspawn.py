@@ -176,16 +176,76 @@ def run_unbooted(rootfs: Path, argv: Sequence[str], *, binds_ro: Sequence[Tuple[
     return subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def _cmdline(pid: int) -> List[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _stat_fields(pid: int) -> List[str]:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; [] when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text[text.rfind(")") + 2:].split()
+
+
+def pid_running(pid: int) -> bool:
+    """A live process (not a zombie waiting for its parent to reap it)."""
+    fields = _stat_fields(pid) if pid > 0 else []
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def nspawn_alive(name: str, pid: int) -> bool:
+    """``pid`` is the systemd-nspawn that runs machine ``name`` (not a reused pid)."""
+    argv = _cmdline(pid)
+    return (pid_running(pid) and any(a.endswith("systemd-nspawn") for a in argv[:1])
+            and "-M" in argv and argv[argv.index("-M") + 1:argv.index("-M") + 2] == [name])
+
+
+def host_alive(name: str, nspawn_pid: int, leader: int) -> bool:
+    """Machine ``name`` runs: its systemd-nspawn at ``nspawn_pid`` with its init at ``leader``."""
+    fields = _stat_fields(leader) if leader > 0 else []
+    return (nspawn_alive(name, nspawn_pid) and pid_running(leader) and len(fields) > 1
+            and fields[1] == str(nspawn_pid))
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` no longer runs; False when it still does after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while pid_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class Container:
     """One booted, throwaway systemd host."""
 
-    def __init__(self, rootfs: Path, name: Optional[str] = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, rootfs: Path, name: Optional[str] = None, extra_args: Sequence[str] = (),
+                 log_dir: Optional[Path] = None) -> None:
         self.rootfs = rootfs
         self.name = name or f"dtest-{uuid.uuid4().hex[:8]}"
         self.extra_args = list(extra_args)
         self.proc: Optional[subprocess.Popen] = None
         self.leader = 0
-        self.log_path = CACHE / "logs" / f"{self.name}.log"
+        self.nspawn_pid = 0  # systemd-nspawn's pid: ours (self.proc) or, attached, another process's
+        # the boot log (nspawn's console): the tests' under the cache, the lab's in its state dir
+        self.log_path = (log_dir or CACHE / "logs") / f"{self.name}.log"
+
+    @classmethod
+    def attach(cls, rootfs: Path, name: str, nspawn_pid: int, leader: int,
+               log_dir: Optional[Path] = None) -> Container:
+        """A host booted by another process (``dispatchctl lab up``), driven by its pids: run
+        things inside, power it off. Raises HostError when those pids are not that host."""
+        container = cls(rootfs, name, log_dir=log_dir)
+        if not host_alive(name, nspawn_pid, leader):
+            raise HostError(f"host {name} is not running (systemd-nspawn pid {nspawn_pid}, init pid {leader})")
+        container.nspawn_pid, container.leader = nspawn_pid, leader
+        return container
 
     # -- life cycle ---------------------------------------------------------------------------
     def boot(self, timeout: float = 60.0) -> Container:
@@ -203,6 +263,7 @@ class Container:
                 self.kill()
                 raise HostError(f"the container's init did not appear within {timeout}s:\n{self.boot_log()}")
             self.leader = self._container_init(self.proc.pid)
+            self.nspawn_pid = self.proc.pid
             if not self.leader:
                 time.sleep(0.02)
         state = ""
@@ -243,17 +304,32 @@ class Container:
             return ""
 
     def poweroff(self, timeout: float = 15.0) -> None:
-        if self.proc is None:
+        if self.proc is None and not self.nspawn_pid:
             return
-        if self.proc.poll() is None and self.leader:
+        if self.proc is None:  # attached: not our child, so watch its pid instead of waiting for it
+            self._poweroff_attached(timeout)
+        elif self.proc.poll() is None and self.leader:
             try:
                 os.kill(self.leader, signal.SIGRTMIN + 4)
                 self.proc.wait(timeout=timeout)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill()
         self.proc = None
+        self.nspawn_pid = self.leader = 0
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+    def _poweroff_attached(self, timeout: float) -> None:
+        if host_alive(self.name, self.nspawn_pid, self.leader):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGRTMIN + 4)
+            if wait_gone(self.nspawn_pid, timeout):
+                return
+        if nspawn_alive(self.name, self.nspawn_pid):  # never a pid reused by another process
+            for pid in (self.leader, self.nspawn_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            wait_gone(self.nspawn_pid, 15)
 
     def kill(self) -> None:
         if self.proc is None:

@@ -1,9 +1,7 @@
 """Publishers for the tests and the benchmark.
 
-:class:`PaymentPublisher` behaves exactly like RoboShop's payment service (payment/rabbitmq.py in
-instana/robot-shop): it declares only the ``robot-shop`` exchange (durable direct), never the
-queue, and publishes ``json.dumps(order)`` with ``BasicProperties(headers={})``: transient, no
-content type, routing key ``orders``, no confirms.
+:class:`PaymentPublisher` (RoboShop payment's publisher), :func:`make_order` and
+:func:`parameters` are the lab's (roboshop_dispatch/lab/orders.py: one implementation), re-exported.
 
 :class:`ConfirmingPublisher` is the test harness's reliable variant for the outage test: publisher
 confirms plus ``mandatory``, persistent messages (a transient message that is confirmed and still
@@ -17,34 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import uuid
 from typing import Dict, List, Optional
 
 import pika
 import pika.exceptions
 
-EXCHANGE = "robot-shop"
-ROUTING_KEY = "orders"
+from roboshop_dispatch.lab.orders import EXCHANGE, ROUTING_KEY, PaymentPublisher, make_order, parameters
 
-_CATALOGUE = [
-    ("HAL-1", "HAL", 2001.0), ("PB-1", "Positronic Brain", 42.0), ("RED", "Red Dwarf", 12.5),
-    ("STAN-1", "Stan", 67.0), ("EMM", "Emma", 1000.0), ("SHCE", "Strategic Hosting Computer", 9.99),
-]
-
-
-def make_order(index: int = 0, orderid: Optional[str] = None) -> Dict[str, object]:
-    """A payment-shaped order: ``{"orderid", "user", "cart": {"total", "tax", "items": [...]}}``."""
-    items = []
-    for n in range(1 + index % 3):
-        sku, name, price = _CATALOGUE[(index + n) % len(_CATALOGUE)]
-        qty = 1 + (index + n) % 2
-        items.append({"qty": qty, "sku": sku, "name": name, "price": price, "subtotal": qty * price})
-    total = round(sum(float(i["subtotal"]) for i in items), 2)  # type: ignore[arg-type]
-    return {
-        "orderid": orderid or str(uuid.uuid4()),
-        "user": f"user-{index % 97}",
-        "cart": {"total": total, "tax": round(total / 6, 2), "items": items},
-    }
+__all__ = ["EXCHANGE", "ROUTING_KEY", "ConfirmingPublisher", "PaymentPublisher", "drain", "make_order", "parameters"]
 
 
 def drain(params: pika.ConnectionParameters, queue: str) -> list:
@@ -60,58 +38,6 @@ def drain(params: pika.ConnectionParameters, queue: str) -> list:
             out.append((props, body))
     finally:
         conn.close()
-
-
-def parameters(host: str, port: int, vhost: str, user: str, password: str) -> pika.ConnectionParameters:
-    return pika.ConnectionParameters(
-        host=host, port=port, virtual_host=vhost, credentials=pika.PlainCredentials(user, password),
-        connection_attempts=1, socket_timeout=5, heartbeat=30,
-    )
-
-
-class PaymentPublisher:
-    """RoboShop payment's publisher, byte for byte in what it sends."""
-
-    def __init__(self, params: pika.ConnectionParameters) -> None:
-        self.params = params
-        self.conn: Optional[pika.BlockingConnection] = None
-        self.channel = None
-
-    def connect(self) -> PaymentPublisher:
-        self.conn = pika.BlockingConnection(self.params)
-        self.channel = self.conn.channel()
-        # payment: exchange_declare(exchange='robot-shop', exchange_type='direct', durable=True)
-        self.channel.exchange_declare(exchange=EXCHANGE, exchange_type="direct", durable=True)
-        return self
-
-    def publish(self, order: object, headers: Optional[dict] = None) -> None:
-        if self.channel is None:
-            self.connect()
-        assert self.channel is not None
-        self.channel.basic_publish(
-            exchange=EXCHANGE, routing_key=ROUTING_KEY,
-            properties=pika.BasicProperties(headers={} if headers is None else headers),
-            body=json.dumps(order).encode(),
-        )
-
-    def publish_raw(self, body: bytes, properties: Optional[pika.BasicProperties] = None) -> None:
-        """Anything at all, for the bad-message tests (same exchange and routing key)."""
-        if self.channel is None:
-            self.connect()
-        assert self.channel is not None
-        self.channel.basic_publish(exchange=EXCHANGE, routing_key=ROUTING_KEY,
-                                   properties=properties or pika.BasicProperties(headers={}), body=body)
-
-    def close(self) -> None:
-        if self.conn is not None and self.conn.is_open:
-            self.conn.close()
-        self.conn = self.channel = None
-
-    def __enter__(self) -> PaymentPublisher:
-        return self.connect()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class ConfirmingPublisher:
