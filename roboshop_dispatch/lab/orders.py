@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pika
 
@@ -28,12 +28,12 @@ ORDER_LINE = re.compile(r"^(?:INFO|ERROR) order (\S+) (dispatched|failed) (.*)$"
 
 def make_order(index: int = 0, orderid: Optional[str] = None) -> Dict[str, object]:
     """A payment-shaped order: ``{"orderid", "user", "cart": {"total", "tax", "items": [...]}}``."""
-    items = []
+    items: List[Dict[str, Any]] = []
     for n in range(1 + index % 3):
         sku, name, price = _CATALOGUE[(index + n) % len(_CATALOGUE)]
         qty = 1 + (index + n) % 2
         items.append({"qty": qty, "sku": sku, "name": name, "price": price, "subtotal": qty * price})
-    total = round(sum(float(i["subtotal"]) for i in items), 2)  # type: ignore[arg-type]
+    total = round(sum(float(i["subtotal"]) for i in items), 2)
     return {
         "orderid": orderid or str(uuid.uuid4()),
         "user": f"user-{index % 97}",
@@ -62,13 +62,14 @@ class PaymentPublisher:
     def __init__(self, params: pika.ConnectionParameters) -> None:
         self.params = params
         self.conn: Optional[pika.BlockingConnection] = None
-        self.channel = None
+        self.channel: Any = None
 
     def connect(self) -> PaymentPublisher:
         self.conn = pika.BlockingConnection(self.params)
-        self.channel = self.conn.channel()
+        channel = self.conn.channel()
         # payment: exchange_declare(exchange='robot-shop', exchange_type='direct', durable=True)
-        self.channel.exchange_declare(exchange=EXCHANGE, exchange_type="direct", durable=True)
+        channel.exchange_declare(exchange=EXCHANGE, exchange_type="direct", durable=True)
+        self.channel = channel
         return self
 
     def publish(self, order: object, headers: Optional[dict] = None) -> None:
