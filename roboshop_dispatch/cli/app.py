@@ -49,7 +49,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for module in ("provision", "operate"):
+    for module in ("provision", "operate", "lab"):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:  # a command module not written yet

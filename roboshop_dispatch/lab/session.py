@@ -317,6 +317,8 @@ class _Build:
             self.containers.append(container)
             try:
                 container.boot()
+                container.write("/etc/hostname", f"lab-{n}\n", mode=0o644)
+                container.run(["hostname", f"lab-{n}"])
                 port = _new_port(ports)
                 container.enable_ssh(port, key)
             except HostError as exc:
@@ -446,12 +448,13 @@ def broker_of(record: BrokerRecord, password: str) -> Broker:
 
 
 def broker_alive(record: BrokerRecord) -> bool:
-    """The recorded beam.smp runs that node (not a reused pid)."""
+    """The recorded beam.smp runs that node (not a reused pid: its environment names the node)."""
     try:
-        argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{record.pid}/comm").read_text().strip()
+        environ = Path(f"/proc/{record.pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
-    return pid_running(record.pid) and record.node.encode() in argv
+    return pid_running(record.pid) and comm == "beam.smp" and f"RABBITMQ_NODENAME={record.node}".encode() in environ
 
 
 def stop_broker(record: BrokerRecord) -> None:
