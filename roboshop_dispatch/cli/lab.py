@@ -169,7 +169,9 @@ def shell(
     from ..lab.session import LabError
 
     lab = _lab("lab shell", False)
-    which, argv = shell_words(host, list(command or []), sys.argv)
+    parsed = [*([host] if host else []), *(command or [])]
+    raw = sys.argv[sys.argv.index("shell") + 1:] if "shell" in sys.argv else parsed
+    which, argv = shell_words(raw)
     try:
         target = lab.host(which)
     except LabError as exc:
@@ -178,13 +180,19 @@ def shell(
     os.execvp("nsenter", shell_argv(target.container.leader, argv, os.environ))
 
 
-def shell_words(host: Optional[str], command: List[str], raw_argv: List[str]) -> Tuple[str, List[str]]:
-    """(host, command) from ``lab shell [HOST] [-- CMD...]``: with ``--`` right after ``shell``
-    every word is the command, and the host is the first."""
-    words = raw_argv[raw_argv.index("shell") + 1:] if "shell" in raw_argv else []
-    if words[:1] == ["--"] and host is not None:
-        return "1", [host, *command]
-    return host or "1", command
+def shell_words(raw: List[str]) -> Tuple[str, List[str]]:
+    """(host, command) from the words after ``shell`` on the command line, ``[opts] [HOST] [--
+    CMD...]``: click drops a ``--`` that comes first, so the raw words decide. The host is 1
+    unless a word before ``--`` names it; without ``--`` the words after the host are the command."""
+    words = list(raw)
+    while words and words[0] != "--" and words[0].startswith("-"):  # -v, -q: the common options
+        words.pop(0)
+    if "--" in words:
+        cut = words.index("--")
+        before, after = words[:cut], words[cut + 1:]
+    else:
+        before, after = words[:1], words[1:]
+    return (before[0] if before else "1"), [*before[1:], *after]
 
 
 def shell_argv(leader: int, command: List[str], environ: Mapping[str, str]) -> List[str]:
