@@ -14,6 +14,7 @@ import pytest
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
 COMMANDS = ["install", "configure", "build", "start", "check-rabbitmq", "check", "status", "logs", "uninstall"]
+LAB_COMMANDS = ["lab up", "lab down", "lab status", "lab inventory", "lab shell"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -29,16 +30,24 @@ def test_the_command_list_has_one_line_per_command_within_80_columns():
     lines = res.stdout.splitlines()
     listed = lines[lines.index("Commands:") + 1:]
     names = [line.split()[0] for line in listed if line.strip()]
-    assert names == COMMANDS, res.stdout
+    assert names == [*COMMANDS, "lab"], res.stdout
     assert all(len(line) <= 80 for line in res.stdout.splitlines()), res.stdout
     for line in listed:  # a summary, not a docstring cut off
         assert not line.rstrip().endswith(("...", "…")), line
     assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+def test_the_lab_lists_its_commands_one_line_each():
+    res = cli("lab", "-h")
+    assert res.returncode == 0 and res.stdout.startswith("Usage: dispatchctl lab")
+    listed = res.stdout.splitlines()[res.stdout.splitlines().index("Commands:") + 1:]
+    assert [line.split()[0] for line in listed if line.strip()] == [c.split()[1] for c in LAB_COMMANDS], res.stdout
+    assert all(len(line) <= 80 for line in res.stdout.splitlines()), res.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS + LAB_COMMANDS)
 def test_h_is_help_and_every_command_takes_v_vv_q(command):
-    long, short = cli(command, "--help"), cli(command, "-h")
+    long, short = cli(*command.split(), "--help"), cli(*command.split(), "-h")
     assert long.returncode == short.returncode == 0
     assert long.stdout == short.stdout and long.stdout.startswith(f"Usage: dispatchctl {command}")
     for option in ("-v, --verbose", "-q, --quiet", "-h, --help"):
