@@ -19,7 +19,7 @@ from roboshop_dispatch.lab import tools
 from roboshop_dispatch.lab.inventory import render
 from roboshop_dispatch.lab.nspawn import host_alive, nspawn_alive, pid_running
 from roboshop_dispatch.lab.report import Phase, format_phase
-from roboshop_dispatch.lab.session import LabError, host_name
+from roboshop_dispatch.lab.session import MARK, LabError, host_name
 from roboshop_dispatch.lab.state import (
     BrokerRecord,
     HostRecord,
@@ -276,7 +276,24 @@ def test_without_a_lab_status_down_and_shell_say_so(tmp_path):
 def test_a_doctored_state_file_is_refused_not_trusted(tmp_path):
     state = tmp_path / "lab"
     state.mkdir()
+    (state / MARK).write_text("")
     (state / "state.json").write_text(json.dumps(_doc(hosts=[{"name": "lab-1", "nspawn_pid": 1, "leader_pid": 1,
                                                               "ssh_port": 22}])))
     res = lab_cli("status", "--json", state=state)
     assert res.returncode == 1 and "nspawn_pid" in one_document(res)["error"]["message"]
+
+
+def test_a_dir_the_lab_did_not_make_is_never_used_nor_removed(tmp_path):
+    """A mistyped DISPATCHCTL_LAB_STATE (an existing dir of something else) loses nothing."""
+    precious = tmp_path / "var-lib"
+    precious.mkdir()
+    (precious / "data").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(precious)
+    for state in (precious, link):
+        for args in (["down"], ["up", "--json"], ["status"]):
+            res = lab_cli(*args, state=state)
+            assert res.returncode == 1, (args, res.stdout, res.stderr)
+            assert "refusing" in res.stderr
+        assert (precious / "data").read_text() == "keep" and sorted(os.listdir(precious)) == ["data"]
+    assert link.is_symlink()

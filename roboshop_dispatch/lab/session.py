@@ -48,6 +48,9 @@ AMQP_USER = "roboshop"   # the course's user name; the password is generated per
 EPMD_PORT = 4369
 ORDERS = 5
 PASS_INSIDE = "/root/amqp.pass"
+# in every state dir the lab made: only such a dir is ever removed (a mistyped
+# $DISPATCHCTL_LAB_STATE=/var/lib must not lose /var/lib)
+MARK = ".dispatchctl-lab"
 
 
 class LabError(RuntimeError):
@@ -96,9 +99,18 @@ class Lab:
         return self.dir / "logs"
 
     # -- reading the state ----------------------------------------------------------------------
+    def _check_ours(self) -> None:
+        """Raises LabError (preflight) when the state dir exists but is not one the lab made."""
+        if self.dir.is_symlink():
+            raise LabError(f"{self.dir} is a symbolic link: refusing to use or remove it", "preflight")
+        if os.path.lexists(self.dir) and not (self.dir / MARK).is_file():
+            raise LabError(f"{self.dir} exists and is not a lab's state dir (no {MARK} in it): refusing to "
+                           f"use or remove it; point $DISPATCHCTL_LAB_STATE elsewhere", "preflight")
+
     def load(self) -> Optional[LabState]:
         """The recorded lab, None when there is none. Raises LabError for a state file that is
-        not the lab's (a link, not root's, not parseable)."""
+        not the lab's (a link, not root's, not parseable) or a state dir the lab did not make."""
+        self._check_ours()
         try:
             st = os.lstat(self.state_file)
         except FileNotFoundError:
@@ -189,6 +201,7 @@ class Lab:
     def _make_dir(self) -> None:
         self.dir.mkdir(mode=0o711, parents=True)  # rabbitmq must traverse it to its data dir
         os.chmod(self.dir, 0o711)
+        write_atomically(self.dir / MARK, "made by dispatchctl lab up; removed by dispatchctl lab down\n", 0o644)
         for sub in (self.log_dir, self.key_path.parent):
             sub.mkdir(mode=0o700)
 
@@ -207,6 +220,7 @@ class Lab:
         with self._lock():
             if not os.path.lexists(self.dir):
                 return False
+            self._check_ours()
             self._teardown(self._load_quietly())
             return True
 
@@ -219,10 +233,7 @@ class Lab:
                                  log_dir=self.log_dir).poweroff()
         if state is not None and state.broker is not None:
             stop_broker(state.broker)
-        if self.dir.is_symlink():
-            self.dir.unlink()
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
