@@ -297,3 +297,17 @@ def test_a_dir_the_lab_did_not_make_is_never_used_nor_removed(tmp_path):
             assert "refusing" in res.stderr
         assert (precious / "data").read_text() == "keep" and sorted(os.listdir(precious)) == ["data"]
     assert link.is_symlink()
+
+
+def test_the_cli_does_not_import_the_lab_until_a_lab_command_runs():
+    """The CLI's command list (every command's start) holds the lab's commands without importing
+    roboshop_dispatch.lab (nspawn, the broker, pika's publisher)."""
+    script = ("import sys\nfrom roboshop_dispatch.cli.app import app\nimport typer.main\n"
+              "names = [c.name for c in typer.main.get_command(app).commands.values()]\n"
+              "print(' '.join(names))\n"
+              "print(' '.join(sorted(m for m in sys.modules if m.startswith('roboshop_dispatch'))))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    commands, modules = res.stdout.splitlines()
+    assert "lab" in commands.split() and "roboshop_dispatch.cli.lab" in modules.split()
+    assert not [m for m in modules.split() if m.startswith("roboshop_dispatch.lab")], modules

@@ -189,7 +189,7 @@ class Lab:
                 self._teardown(current)
                 report.cleaned_stale = True
             self._make_dir()
-            build = _Build(self, report, on_phase or (lambda _p: None))
+            build = _Build(self, report, on_phase or (lambda _p: None), on_note or (lambda _m: None))
             try:
                 build.run(hosts, install)
             except BaseException:
@@ -266,8 +266,8 @@ class Lab:
 class _Build:
     """One ``lab up`` from nothing: the phases, each timed, the state saved after each."""
 
-    def __init__(self, lab: Lab, report: LabReport, on_phase: PhaseCallback) -> None:
-        self.lab, self.report, self.on_phase = lab, report, on_phase
+    def __init__(self, lab: Lab, report: LabReport, on_phase: PhaseCallback, on_note: Callable[[str], None]) -> None:
+        self.lab, self.report, self.on_phase, self.on_note = lab, report, on_phase, on_note
         self.containers: List[Container] = []
         self.broker: Optional[Broker] = None
         self.state = LabState(rootfs=str(rootfs_path()), installed=False, created=time.time())
@@ -294,6 +294,9 @@ class _Build:
 
     def rootfs(self) -> str:
         cached = (rootfs_path() / READY_MARK).exists()
+        if not cached:
+            self.on_note(f"building the Debian 12 image once with debootstrap into {rootfs_path()} "
+                         "(minutes; later labs reuse it)")
         try:
             path = ensure_rootfs()
         except HostError as exc:
