@@ -84,7 +84,10 @@ def up(
     if report.cleaned_stale:
         _out("(a stale lab was found and removed first)\n", False)
     if report.already_up:
-        _out(f"the lab is already up ({len(report.state.hosts)} host(s)): nothing to do\n", False)
+        installed = "dispatch installed" if report.state.installed else "dispatch not installed"
+        _out(f"the lab is already up ({len(report.state.hosts)} host(s), {installed}): nothing to do\n", False)
+        if report.state.installed == no_install:
+            _out("(to change that: `dispatchctl lab down`, then `dispatchctl lab up` again)\n", False)
     elif report.status_text:
         _out(f"\n`dispatchctl status` inside lab-1:\n{report.status_text}\n", False)
     _out(_summary(lab), False)

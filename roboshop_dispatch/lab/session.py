@@ -227,12 +227,13 @@ class Lab:
     def _teardown(self, state: Optional[LabState]) -> None:
         """Stop whatever of ``state`` still runs (never a pid that is not the lab's), then remove
         the state dir."""
-        for h in state.hosts if state else []:
-            with contextlib.suppress(HostError):
-                Container.attach(Path(state.rootfs), h.name, h.nspawn_pid, h.leader_pid,  # type: ignore[union-attr]
-                                 log_dir=self.log_dir).poweroff()
-        if state is not None and state.broker is not None:
-            stop_broker(state.broker)
+        if state is not None:
+            for h in state.hosts:
+                with contextlib.suppress(HostError):
+                    Container.attach(Path(state.rootfs), h.name, h.nspawn_pid, h.leader_pid,
+                                     log_dir=self.log_dir).poweroff()
+            if state.broker is not None:
+                stop_broker(state.broker)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @contextlib.contextmanager
@@ -274,7 +275,12 @@ class _Build:
 
     def phase(self, name: str, work: Callable[[], str]) -> None:
         started = time.monotonic()
-        outcome = work()
+        try:
+            outcome = work()
+        except LabError:
+            raise
+        except Exception as exc:  # a host, the broker or pika failing: the phase failed, with the reason
+            raise LabError(f"{name}: {type(exc).__name__}: {exc}") from exc
         phase = Phase(name, outcome, time.monotonic() - started)
         self.report.phases.append(phase)
         self.on_phase(phase)
