@@ -311,3 +311,12 @@ def test_the_cli_does_not_import_the_lab_until_a_lab_command_runs():
     commands, modules = res.stdout.splitlines()
     assert "lab" in commands.split() and "roboshop_dispatch.cli.lab" in modules.split()
     assert not [m for m in modules.split() if m.startswith("roboshop_dispatch.lab")], modules
+
+
+words = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@given(st.from_regex(r"\A(lab-)?[0-9]{1,2}\Z"), st.lists(words, max_size=5))
+def test_whatever_follows_the_double_dash_is_the_command_verbatim(host, command):
+    assert shell_words([host, "--", *command]) == (host, command)
+    assert shell_words(["--", *command]) == ("1", command)
