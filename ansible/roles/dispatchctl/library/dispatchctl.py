@@ -152,17 +152,26 @@ def file_diffs(steps):
     """Ansible diffs from the steps' unified diffs: one per file (``--- old`` / ``+++ new``)."""
     diffs = []
     for step in steps:
-        text = step.get("diff_text") or ""
+        text = _text(step.get("diff_text"))
         chunks = []
         for line in text.splitlines(True):
             if line.startswith("--- ") or not chunks:
                 chunks.append([])
             chunks[-1].append(line)
         for chunk in chunks:
-            header = next((ln[4:].strip() for ln in chunk if ln.startswith("+++ ")), step.get("name", ""))
+            header = next((ln[4:].strip() for ln in chunk if ln.startswith("+++ ")), _text(step.get("name")))
             path = header[1:] if header.startswith("b/") else header
             diffs.append({"before_header": path, "after_header": path, "prepared": "".join(chunk)})
     return diffs
+
+
+def _text(value):
+    """A member that should be text, as text (a document is data: never trust its types)."""
+    return value if isinstance(value, str) else ("" if value is None else json.dumps(value))
+
+
+def _count(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _tail(text, lines=8):
@@ -170,7 +179,10 @@ def _tail(text, lines=8):
 
 
 def _failed_findings(doc):
-    return [f for f in doc.get("findings", []) if f.get("status") == "fail"]
+    findings = doc.get("findings")
+    if not isinstance(findings, list):
+        return []
+    return [f for f in findings if isinstance(f, dict) and f.get("status") == "fail"]
 
 
 def interpret(command, rc, stdout, stderr, diff_mode=False):
@@ -184,34 +196,35 @@ def interpret(command, rc, stdout, stderr, diff_mode=False):
                 "msg": f"dispatchctl {command} printed no JSON document (exit {rc}): "
                        f"{_tail(stderr) or _tail(stdout) or 'no output'}",
                 "next_action": "run the same dispatchctl command on the host to see why"}
-    steps = doc.get("steps", [])
+    steps = doc.get("steps")
+    steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
     result = {"failed": False, "changed": False, "rc": rc, "document": doc, "steps": steps,
-              "changed_steps": [s.get("name") for s in steps if s.get("changed")]}
+              "changed_steps": [_text(s.get("name")) for s in steps if s.get("changed")]}
     if command in PLANS:
-        result["changed"] = int(doc.get("changed") or 0) > 0
+        result["changed"] = _count(doc.get("changed")) > 0
         result["dry_run"] = bool(doc.get("dry_run"))
     if diff_mode and steps:
         result["diff"] = file_diffs(steps)
     error = doc.get("error")
+    error = error if isinstance(error, dict) else ({"message": str(error)} if error else None)
     if error and not (command == "status" and error.get("kind") != "no-systemd"):
-        result.update(failed=True, msg=error.get("message") or f"dispatchctl {command} failed (exit {rc})",
-                      kind=error.get("kind", ""), next_action=error.get("next_action", ""))
+        kind = _text(error.get("kind"))
+        result.update(failed=True, msg=_text(error.get("message")) or f"dispatchctl {command} failed (exit {rc})",
+                      kind=kind, next_action=_text(error.get("next_action")) or _next_action_for(kind, command))
         if error.get("step"):
-            result["step"] = error["step"]
-        if not result["next_action"]:
-            result["next_action"] = _next_action_for(error.get("kind", ""), command)
+            result["step"] = _text(error["step"])
         return result
     if command in FINDINGS and not doc.get("ok"):
         failed = _failed_findings(doc)
-        result.update(failed=True, msg="; ".join(f"{f.get('title')}: {f.get('summary')}" for f in failed)
+        result.update(failed=True, msg="; ".join(f"{_text(f.get('title'))}: {_text(f.get('summary'))}" for f in failed)
                       or f"dispatchctl {command} failed (exit {rc})",
-                      next_action="; ".join(f.get("fix") for f in failed if f.get("fix")))
+                      next_action="; ".join(_text(f.get("fix")) for f in failed if f.get("fix")))
         return result
     if rc not in (0, 3, 4) or (command in PLANS and not doc.get("ok")):
         result.update(failed=True, msg=f"dispatchctl {command} failed (exit {rc}): {_tail(stderr)}",
                       next_action="run the same dispatchctl command on the host to see why")
         return result
-    result["msg"] = _summary(command, doc)
+    result["msg"] = _summary(command, doc, steps)
     return result
 
 
@@ -223,9 +236,9 @@ def _next_action_for(kind, command):
     return f"run `dispatchctl {command}` on the host with -v to see why"
 
 
-def _summary(command, doc):
+def _summary(command, doc, steps):
     if command in PLANS:
-        names = [s.get("name") for s in doc.get("steps", []) if s.get("changed")]
+        names = [_text(s.get("name")) for s in steps if s.get("changed")]
         verb = "would change" if doc.get("dry_run") else "changed"
         return f"{verb}: {', '.join(names)}" if names else "nothing to change"
     if command == "status":
