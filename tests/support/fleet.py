@@ -6,27 +6,27 @@ port, root logs in with an ed25519 key made here with ssh-keygen, and ``inventor
 standard INI inventory for Ansible's own ssh connection plugin.
 
 ``run_playbook`` runs the real ``ansible-playbook`` of this virtualenv with everything Ansible
-writes (ANSIBLE_HOME, local temp, ssh control sockets) under a private temp dir, never /root/.ansible.
+writes (ANSIBLE_HOME, local temp, ssh control sockets) under a private temp dir, never /root/.ansible,
+and returns a ``PlayRun``: the output, the play stats and every task's result per host.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from roboshop_dispatch.lab.broker import free_port
 from roboshop_dispatch.lab.nspawn import Container, HostError
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
 class Fleet:
@@ -86,8 +86,12 @@ class Fleet:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def ansible_env(private_dir: Path, json_output: bool = False) -> Dict[str, str]:
-    """ansible-playbook's environment: C.UTF-8, this repository's role, nothing under /root/.ansible."""
+CALLBACKS = Path(__file__).resolve().parent / "ansible_callbacks"
+
+
+def ansible_env(private_dir: Path) -> Dict[str, str]:
+    """ansible-playbook's environment: C.UTF-8, this repository's role, nothing under /root/.ansible,
+    and every task's result recorded in ``private_dir/results.json`` (tests/support/ansible_callbacks)."""
     home = private_dir / "ansible-home"
     for sub in ("tmp", "cp"):
         (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -96,40 +100,51 @@ def ansible_env(private_dir: Path, json_output: bool = False) -> Dict[str, str]:
                ANSIBLE_HOME=str(home), ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
                ANSIBLE_SSH_CONTROL_PATH_DIR=str(home / "cp"), ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_RETRY_FILES_ENABLED="False", TMPDIR=str(home / "tmp"))
-    if json_output:
-        env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
+               ANSIBLE_RETRY_FILES_ENABLED="False", TMPDIR=str(home / "tmp"),
+               ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="fleet_results",
+               FLEET_RESULTS=str(private_dir / "results.json"))
     return env
 
 
-def run_playbook(inventory: Path, playbook: Path, *args: str, json_output: bool = False,
-                 extra_env: Optional[Dict[str, str]] = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = ansible_env(inventory.parent, json_output)
+class PlayRun:
+    """One ansible-playbook run: its process result, and what every task did on every host."""
+
+    def __init__(self, proc: subprocess.CompletedProcess, results: Dict[str, Any], seconds: float) -> None:
+        self.proc = proc
+        self.returncode = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.stats: Dict[str, Dict[str, int]] = results.get("stats", {})
+        self.tasks: Dict[str, Dict[str, dict]] = results.get("tasks", {})
+        self.seconds = seconds
+
+    def task(self, prefix: str) -> Dict[str, dict]:
+        """host -> {"status", "result"} of the task whose name starts with ``prefix``."""
+        return {host: entry for host, tasks in self.tasks.items() for name, entry in tasks.items()
+                if name.startswith(prefix)}
+
+    def module(self) -> Dict[str, dict]:
+        """host -> the dispatchctl module's result (the role's task "Dispatch is ...")."""
+        return {host: entry["result"] for host, entry in self.task("Dispatch is").items()}
+
+    def changed(self) -> Dict[str, int]:
+        return {host: s["changed"] for host, s in self.stats.items()}
+
+    def tail(self) -> str:
+        return self.output[-6000:]
+
+
+def run_playbook(inventory: Path, playbook: Path, *args: str, extra_env: Optional[Dict[str, str]] = None,
+                 timeout: float = 600) -> PlayRun:
+    env = ansible_env(inventory.parent)
     env.update(extra_env or {})
+    results = Path(env["FLEET_RESULTS"])
+    results.unlink(missing_ok=True)
     binary = str(Path(sys.executable).parent / "ansible-playbook")
-    return subprocess.run([binary, "-i", str(inventory), str(playbook), *args], capture_output=True, text=True,
+    started = time.monotonic()
+    proc = subprocess.run([binary, "-i", str(inventory), str(playbook), *args], capture_output=True, text=True,
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(playbook.parent))
-
-
-def recap(output: str) -> Dict[str, Dict[str, int]]:
-    """host -> {ok, changed, unreachable, failed} from the default callback's PLAY RECAP."""
-    return {m[1]: {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
-            for m in RECAP.finditer(output.split("PLAY RECAP", 1)[-1])}
-
-
-def json_results(stdout: str) -> Dict[str, object]:
-    """The json callback's document (stdout may carry warnings before it)."""
-    return json.loads(stdout[stdout.index("{"):])
-
-
-def module_results(doc: Dict[str, object], task_prefix: str = "Dispatch is") -> Dict[str, dict]:
-    """host -> the dispatchctl module's result in the json callback's document."""
-    found: Dict[str, dict] = {}
-    for play in doc["plays"]:  # type: ignore[index]
-        for task in play["tasks"]:
-            if task["task"]["name"].startswith(task_prefix):
-                found.update(task["hosts"])
-    return found
+    seconds = time.monotonic() - started
+    return PlayRun(proc, json.loads(results.read_text()) if results.exists() else {}, seconds)
 
 
 def changed_steps(result: dict) -> List[str]:
