@@ -127,6 +127,21 @@ def consumers(broker, account) -> int:
         conn.close()
 
 
+def test_check_mode_on_hosts_without_dispatchctl_predicts_its_install_and_touches_nothing(
+        fleet, broker, account, fleet_wheelhouse):
+    """Runs before the first real run (file order): the hosts have no dispatchctl yet."""
+    paths = (*WATCHED, "/opt", "/usr/local/bin", "/var/cache/dispatchctl")
+    before = {name: host.listing(*paths) for name, host in fleet.hosts.items()}
+    run = run_playbook(inventory(fleet, broker, account, fleet_wheelhouse), SITE, "--check", "--diff")
+    assert run.returncode == 0, run.tail()
+    assert {name: host.listing(*paths) for name, host in fleet.hosts.items()} == before
+    for name in HOSTS:
+        assert run.stats[name]["changed"] == 2 and run.stats[name]["failures"] == 0, run.stats
+        assert run.task("Install dispatchctl (check mode")[name]["status"] == "changed"
+        result = run.module()[name]
+        assert "dispatchctl is not installed" in result["msg"] and "steps" not in result, result
+
+
 @pytest.fixture(scope="module")
 def first_run(fleet, broker, account, fleet_wheelhouse):
     """The role's first run on hosts without dispatchctl, at -vvv, with every command line watched."""
