@@ -185,3 +185,35 @@ KEYS = st.sampled_from(["command", "ok", "changed", "steps", "error", "findings"
 def test_any_output_gives_a_result_never_an_exception(stdout, command, rc):
     result = M.interpret(command, rc, stdout, "", diff_mode=True)
     assert isinstance(result["failed"], bool) and (result["failed"] or "msg" in result)
+
+
+# -- the whole module, as Ansible runs it on a host, on the hosts' Python floor -------------------
+
+
+def run_module_on_python39(module_args: dict) -> dict:
+    """The module file run by a real CPython 3.9 (RHEL 9's python3) the way AnsiballZ runs it:
+    its arguments as ANSIBLE_MODULE_ARGS, ansible-core's module_utils on the path (made for 3.8+)."""
+    from tests.test_python39 import find_python39
+
+    site = next(Path(p) for p in sys.path if p.endswith("site-packages") and (Path(p) / "ansible").is_dir())
+    args = json.dumps({"ANSIBLE_MODULE_ARGS": {"dispatchctl_path": DISPATCHCTL, **module_args}})
+    res = subprocess.run([find_python39(), str(MODULE_PATH)], input=args, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    return json.loads(res.stdout)
+
+
+def test_the_module_runs_on_python39_in_check_and_diff_mode_without_showing_the_password():
+    secret = "Py39-Secret-Pw"
+    out = run_module_on_python39({"amqp_host": "127.0.0.1", "amqp_password": secret,
+                                  "_ansible_check_mode": True, "_ansible_diff": True})
+    assert out.get("failed") is not True, out
+    assert out["changed"] is True and out["dry_run"] is True and "--dry-run" in out["cmd"]
+    assert "/etc/systemd/system/dispatch.service" in [d["after_header"] for d in out["diff"]]
+    assert secret not in json.dumps(out) and secret not in out["cmd"]
+    assert out["invocation"]["module_args"]["amqp_password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
+
+def test_the_module_on_python39_fails_with_dispatchctls_message():
+    out = run_module_on_python39({"amqp_host": "127.0.0.1", "amqp_port": 70000, "amqp_password": "x",
+                                  "_ansible_check_mode": True})
+    assert out["failed"] is True and out["rc"] == 2 and "70000" in out["msg"] and out["next_action"]
