@@ -45,8 +45,8 @@ def params(**given_params):
 def test_install_argv_and_password_only_in_the_environment():
     argv, env = M.build_command(params(amqp_host=["n1", "n2"], amqp_port=5673, amqp_password="s3cret",
                                        instances=2), "/usr/local/bin/dispatchctl")
-    assert argv == ["/usr/local/bin/dispatchctl", "install", "--amqp-host", "n1,n2", "--amqp-port", "5673",
-                    "--instances", "2", "--json"]
+    assert argv == ["/usr/local/bin/dispatchctl", "install", "--amqp-host=n1,n2", "--amqp-port=5673",
+                    "--instances=2", "--json"]
     assert env == {"DISPATCHCTL_AMQP_PASS": "s3cret"}
 
 
@@ -69,6 +69,7 @@ def test_state_absent_uninstalls_and_purge_says_yes():
 @pytest.mark.parametrize(("given_params", "error"), [
     ({"command": "status", "amqp_host": ["h"]}, "status does not take amqp_host"),
     ({"command": "build", "instances": 3}, "build does not take instances"),
+    ({"command": "start", "error_percent": 0}, "start does not take error_percent"),  # 0 is a value too
     ({"command": "start", "amqp_password": "x"}, "start takes no password"),
     ({"amqp_password": "x", "amqp_password_file": "/root/p"}, "not both"),
 ])
@@ -85,6 +86,7 @@ def test_the_password_never_reaches_the_command_line(secret, host, check, diff, 
                                        check, diff)
     assert with_secret == without  # the argv is the same with or without a password
     assert env0 == {} and env == {"DISPATCHCTL_AMQP_PASS": secret}
+    assert without[2] == f"--amqp-host={host}"  # one token whatever the text: "-x" cannot become an option
 
 
 def test_every_option_the_module_maps_is_one_the_command_takes():

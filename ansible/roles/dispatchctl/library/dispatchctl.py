@@ -115,7 +115,7 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
     """(argv, environment additions) for ``params``; the password only ever in the environment."""
     command = command_of(params)
     allowed = COMMAND_OPTIONS[command]
-    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if params.get(k) not in (None, False, [])]
+    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if _given(params.get(k))]
     refused = [k for k in given if k not in allowed]
     if refused:
         raise UsageError(f"dispatchctl {command} does not take {', '.join(refused)}")
@@ -132,13 +132,13 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
             continue
         if key == "amqp_host":
             value = ",".join(value) if isinstance(value, (list, tuple)) else value
-        argv += [flag, str(value)]
+        argv.append(f"{flag}={value}")  # one token: a value that starts with "-" stays a value
     if params.get("insecure"):
         argv.append("--insecure")
     if params.get("purge"):
         argv += ["--purge", "--yes"]
     if pass_file:
-        argv += ["--amqp-pass-file", pass_file]
+        argv.append(f"--amqp-pass-file={pass_file}")
     if check_mode and command in PLANS:
         argv.append("--dry-run")
     if diff_mode and command in DIFFS:
@@ -146,6 +146,10 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
     argv.append("--json")
     env = {PASSWORD_ENV: secret} if secret is not None else {}
     return argv, env
+
+
+def _given(value):
+    return value is not None and value is not False and value != []
 
 
 def file_diffs(steps):
