@@ -176,9 +176,11 @@ def test_status_not_running_is_reported_not_failed_but_no_systemd_fails():
     assert result["failed"] is True and result["msg"] == "PID 1 is not systemd"
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                    max_leaves=12)
+def _containers(inner):
+    return st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3))
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10), _containers, max_leaves=12)
 KEYS = st.sampled_from(["command", "ok", "changed", "steps", "error", "findings", "dry_run", "running", "diff_text"])
 
 
