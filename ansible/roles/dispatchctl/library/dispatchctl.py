@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+"""Ansible module: run ``dispatchctl <command> --json`` on the managed host and map its one JSON
+document onto Ansible's contract. Shipped inside the ``dispatchctl`` role (its ``library/``), so a
+play that uses the role can also call the module directly in later tasks.
+
+Runs on the managed host's own python3 (>= 3.9: RHEL 9); standard library and ansible's
+module_utils only. The pure mapping functions (``build_command``, ``interpret``, ``file_diffs``)
+take and return plain data and have unit tests (tests/test_ansible_module.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: dispatchctl
+short_description: Provision and operate the RoboShop dispatch service with dispatchctl
+description:
+  - Runs C(dispatchctl COMMAND --json) on the host and reports its steps.
+  - Check mode runs C(--dry-run) (the exact changes the real run would make); diff mode adds
+    C(--diff) (passwords masked) and returns one diff per file.
+  - C(changed) is the document's count of steps that changed (would change, in check mode).
+  - A failure is reported with dispatchctl's message, its C(next_action) and exit code.
+  - The password goes to dispatchctl in its environment (C(DISPATCHCTL_AMQP_PASS)), never on a
+    command line.
+options:
+  command:
+    description: The dispatchctl command. Defaults to C(install), or C(uninstall) with I(state=absent).
+    choices: [install, configure, build, start, uninstall, check, check-rabbitmq, status]
+    type: str
+  state:
+    description: C(present) installs (or runs I(command)); C(absent) uninstalls.
+    choices: [present, absent]
+    default: present
+    type: str
+  amqp_host:
+    description: The broker, or a list of cluster nodes tried in turn.
+    type: list
+    elements: str
+  amqp_port: {type: int}
+  amqp_vhost: {type: str}
+  amqp_user: {type: str}
+  amqp_password:
+    description: The AMQP password. Never logged, never on a command line.
+    type: str
+  amqp_password_file:
+    description: A file on the host holding the password (C(--amqp-pass-file)).
+    type: path
+  user: {type: str, description: The service user (never root).}
+  app_dir: {type: path}
+  flavour: {type: str, choices: [bundled, go]}
+  artifact: {type: str, description: The go flavour's source zip.}
+  sha256: {type: str}
+  insecure: {type: bool}
+  error_percent: {type: int}
+  instances: {type: int}
+  queue_type: {type: str, choices: [classic, quorum]}
+  purge: {type: bool, default: false, description: uninstall --purge --yes.}
+  dispatchctl_path:
+    description: dispatchctl on the host; default C(dispatchctl) on PATH or in /usr/local/bin.
+    type: path
+"""
+
+RETURN = r"""
+steps: {description: one object per step (name, status, changed, message, next_action, ...), type: list}
+document: {description: dispatchctl's whole JSON document (passwords masked), type: dict}
+rc: {description: dispatchctl's exit code, type: int}
+next_action: {description: on failure, what to run or fix next, type: str}
+"""
+
+# command -> the module options it takes (beyond the password); anything else is refused before
+# dispatchctl runs, with the command named
+AMQP = ("amqp_host", "amqp_port", "amqp_vhost", "amqp_user")
+COMMAND_OPTIONS = {
+    "install": (*AMQP, "user", "app_dir", "flavour", "artifact", "sha256", "insecure", "error_percent",
+                "instances", "queue_type"),
+    "configure": (*AMQP, "user", "app_dir", "flavour", "error_percent", "instances", "queue_type"),
+    "build": ("app_dir", "flavour", "artifact", "sha256", "insecure"),
+    "start": (),
+    "uninstall": ("user", "app_dir", "purge"),
+    "check": ("user", "app_dir"),
+    "check-rabbitmq": AMQP,
+    "status": (),
+}
+TAKES_PASSWORD = ("install", "configure", "check-rabbitmq")
+PLANS = ("install", "configure", "build", "start", "uninstall")  # they change the host; --dry-run
+DIFFS = ("install", "configure", "build")  # they take --diff
+FINDINGS = ("check", "check-rabbitmq")
+VALUE_FLAGS = {"amqp_host": "--amqp-host", "amqp_port": "--amqp-port", "amqp_vhost": "--amqp-vhost",
+               "amqp_user": "--amqp-user", "user": "--user", "app_dir": "--app-dir", "flavour": "--flavour",
+               "artifact": "--artifact", "sha256": "--sha256", "error_percent": "--error-percent",
+               "instances": "--instances", "queue_type": "--queue-type"}
+PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
+DEFAULT_DIRS = ["/usr/local/bin", "/opt/dispatchctl/bin"]
+
+
+class UsageError(ValueError):
+    """The module's options do not fit the command; nothing ran."""
+
+
+def command_of(params):
+    """The dispatchctl command the options ask for."""
+    command, state = params.get("command"), params.get("state") or "present"
+    if state == "absent":
+        if command not in (None, "uninstall"):
+            raise UsageError(f"state=absent uninstalls: it cannot run command={command}")
+        return "uninstall"
+    return command or "install"
+
+
+def build_command(params, binary, check_mode=False, diff_mode=False):
+    """(argv, environment additions) for ``params``; the password only ever in the environment."""
+    command = command_of(params)
+    allowed = COMMAND_OPTIONS[command]
+    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if _given(params.get(k))]
+    refused = [k for k in given if k not in allowed]
+    if refused:
+        raise UsageError(f"dispatchctl {command} does not take {', '.join(refused)}")
+    secret = params.get("amqp_password")
+    pass_file = params.get("amqp_password_file")
+    if (secret is not None or pass_file) and command not in TAKES_PASSWORD:
+        raise UsageError(f"dispatchctl {command} takes no password")
+    if secret is not None and pass_file:
+        raise UsageError("give amqp_password or amqp_password_file, not both")
+    argv = [binary, command]
+    for key, flag in VALUE_FLAGS.items():
+        value = params.get(key)
+        if value is None or key not in allowed:
+            continue
+        if key == "amqp_host":
+            value = ",".join(value) if isinstance(value, (list, tuple)) else value
+        argv.append(f"{flag}={value}")  # one token: a value that starts with "-" stays a value
+    if params.get("insecure"):
+        argv.append("--insecure")
+    if params.get("purge"):
+        argv += ["--purge", "--yes"]
+    if pass_file:
+        argv.append(f"--amqp-pass-file={pass_file}")
+    if check_mode and command in PLANS:
+        argv.append("--dry-run")
+    if diff_mode and command in DIFFS:
+        argv.append("--diff")
+    argv.append("--json")
+    env = {PASSWORD_ENV: secret} if secret is not None else {}
+    return argv, env
+
+
+def _given(value):
+    return value is not None and value is not False and value != []
+
+
+def file_diffs(steps):
+    """Ansible diffs from the steps' unified diffs: one per file (``--- old`` / ``+++ new``)."""
+    diffs = []
+    for step in steps:
+        text = _text(step.get("diff_text"))
+        chunks = []
+        for line in text.splitlines(True):
+            if line.startswith("--- ") or not chunks:
+                chunks.append([])
+            chunks[-1].append(line)
+        for chunk in chunks:
+            header = next((ln[4:].strip() for ln in chunk if ln.startswith("+++ ")), _text(step.get("name")))
+            path = header[1:] if header.startswith("b/") else header
+            diffs.append({"before_header": path, "after_header": path, "prepared": "".join(chunk)})
+    return diffs
+
+
+def _text(value):
+    """A member that should be text, as text (a document is data: never trust its types)."""
+    return value if isinstance(value, str) else ("" if value is None else json.dumps(value))
+
+
+def _count(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _tail(text, lines=8):
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def _failed_findings(doc):
+    findings = doc.get("findings")
+    if not isinstance(findings, list):
+        return []
+    return [f for f in findings if isinstance(f, dict) and f.get("status") == "fail"]
+
+
+def interpret(command, rc, stdout, stderr, diff_mode=False):
+    """dispatchctl's result -> the module's result: a dict with ``failed``, ``changed``, ``msg``..."""
+    try:
+        doc = json.loads(stdout)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        return {"failed": True, "changed": False, "rc": rc,
+                "msg": f"dispatchctl {command} printed no JSON document (exit {rc}): "
+                       f"{_tail(stderr) or _tail(stdout) or 'no output'}",
+                "next_action": "run the same dispatchctl command on the host to see why"}
+    steps = doc.get("steps")
+    steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+    result = {"failed": False, "changed": False, "rc": rc, "document": doc, "steps": steps,
+              "changed_steps": [_text(s.get("name")) for s in steps if s.get("changed")]}
+    if command in PLANS:
+        result["changed"] = _count(doc.get("changed")) > 0
+        result["dry_run"] = bool(doc.get("dry_run"))
+    if diff_mode and steps:
+        result["diff"] = file_diffs(steps)
+    error = doc.get("error")
+    error = error if isinstance(error, dict) else ({"message": str(error)} if error else None)
+    if error and not (command == "status" and error.get("kind") != "no-systemd"):
+        kind = _text(error.get("kind"))
+        result.update(failed=True, msg=_text(error.get("message")) or f"dispatchctl {command} failed (exit {rc})",
+                      kind=kind, next_action=_text(error.get("next_action")) or _next_action_for(kind, command))
+        if error.get("step"):
+            result["step"] = _text(error["step"])
+        return result
+    if command in FINDINGS and not doc.get("ok"):
+        failed = _failed_findings(doc)
+        result.update(failed=True, msg="; ".join(f"{_text(f.get('title'))}: {_text(f.get('summary'))}" for f in failed)
+                      or f"dispatchctl {command} failed (exit {rc})",
+                      next_action="; ".join(_text(f.get("fix")) for f in failed if f.get("fix")))
+        return result
+    if rc not in (0, 3, 4) or (command in PLANS and not doc.get("ok")):
+        result.update(failed=True, msg=f"dispatchctl {command} failed (exit {rc}): {_tail(stderr)}",
+                      next_action="run the same dispatchctl command on the host to see why")
+        return result
+    result["msg"] = _summary(command, doc, steps)
+    return result
+
+
+def _next_action_for(kind, command):
+    if kind == "usage":
+        return "fix the module's options (dispatchctl refused them before touching anything)"
+    if kind == "preflight":
+        return "run the task as root (become: true) on a systemd host of a supported OS"
+    return f"run `dispatchctl {command}` on the host with -v to see why"
+
+
+def _summary(command, doc, steps):
+    if command in PLANS:
+        names = [_text(s.get("name")) for s in steps if s.get("changed")]
+        verb = "would change" if doc.get("dry_run") else "changed"
+        return f"{verb}: {', '.join(names)}" if names else "nothing to change"
+    if command == "status":
+        return "running" if doc.get("running") else ("installed, not running" if doc.get("installed")
+                                                      else "not installed")
+    return "all checks passed" if doc.get("ok") else ""
+
+
+def find_binary(module, path):
+    if path:
+        return path if os.access(path, os.X_OK) else None
+    return module.get_bin_path("dispatchctl", required=False, opt_dirs=DEFAULT_DIRS)
+
+
+def main():
+    spec = dict(
+        command=dict(type="str", choices=list(COMMAND_OPTIONS)),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        amqp_host=dict(type="list", elements="str"), amqp_port=dict(type="int"), amqp_vhost=dict(type="str"),
+        amqp_user=dict(type="str"), amqp_password=dict(type="str", no_log=True),
+        amqp_password_file=dict(type="path", no_log=False), user=dict(type="str"), app_dir=dict(type="path"),
+        flavour=dict(type="str", choices=["bundled", "go"]), artifact=dict(type="str"), sha256=dict(type="str"),
+        insecure=dict(type="bool"), error_percent=dict(type="int"), instances=dict(type="int"),
+        queue_type=dict(type="str", choices=["classic", "quorum"]), purge=dict(type="bool", default=False),
+        dispatchctl_path=dict(type="path"),
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    try:
+        command = command_of(module.params)
+        binary = find_binary(module, module.params.get("dispatchctl_path"))
+        if binary is None:
+            where = module.params.get("dispatchctl_path") or "PATH, " + ", ".join(DEFAULT_DIRS)
+            if module.check_mode:
+                module.exit_json(changed=command in PLANS,
+                                 msg=f"dispatchctl is not installed ({where}): the real run installs it first; "
+                                     "nothing can be predicted before")
+            module.fail_json(msg=f"dispatchctl not found ({where})",
+                             next_action="install it (the dispatchctl role does) or set dispatchctl_path")
+        argv, env = build_command(module.params, binary, module.check_mode, module._diff)
+    except UsageError as exc:
+        module.fail_json(msg=str(exc), next_action="fix the task's options")
+    env["LC_ALL"] = "C.UTF-8"
+    rc, out, err = module.run_command(argv, environ_update=env, check_rc=False)
+    result = interpret(command, rc, out, err, module._diff)
+    result["cmd"] = argv
+    if result.pop("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""N ssh-reachable systemd hosts and the ansible-playbook that drives them (tests and bench/fleet.py).
+
+The shape of ``roboshop_dispatch.lab.session.Lab`` (``up(hosts=N)``, ``inventory()``, ``down()``),
+which the integrator swaps in: each host is a booted ``Container`` with sshd on its own loopback
+port, root logs in with an ed25519 key made here with ssh-keygen, and ``inventory()`` is a
+standard INI inventory for Ansible's own ssh connection plugin.
+
+``run_playbook`` runs the real ``ansible-playbook`` of this virtualenv with everything Ansible
+writes (ANSIBLE_HOME, local temp, ssh control sockets) under a private temp dir, never /root/.ansible,
+and returns a ``PlayRun``: the output, the play stats and every task's result per host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from roboshop_dispatch.lab.broker import free_port
+from roboshop_dispatch.lab.nspawn import Container, HostError
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO / "ansible"
+
+
+class Fleet:
+    """``hosts`` booted systemd hosts reachable over ssh on 127.0.0.1, ports of their own."""
+
+    def __init__(self, rootfs: Path, extra_args: Sequence[str] = ()) -> None:
+        self.rootfs = rootfs
+        self.extra_args = list(extra_args)
+        self.dir = Path(tempfile.mkdtemp(prefix="dispatch-fleet-"))
+        self.dir.chmod(0o700)
+        self.key = self.dir / "id_ed25519"
+        self.hosts: Dict[str, Container] = {}
+        self.ports: Dict[str, int] = {}
+
+    def up(self, hosts: int = 3) -> Fleet:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dispatch-fleet", "-f", str(self.key)],
+                       check=True, capture_output=True, timeout=30)
+        public = (self.dir / "id_ed25519.pub").read_text()
+        try:
+            for i in range(1, hosts + 1):
+                name = f"dispatch-{i}"
+                host = Container(self.rootfs, extra_args=self.extra_args).boot()
+                self.hosts[name] = host
+                self.ports[name] = free_port()
+                host.enable_ssh(self.ports[name], public)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def inventory(self, host_vars: Optional[Dict[str, Dict[str, str]]] = None, **group_vars: str) -> str:
+        lines = ["[dispatch]"]
+        for name, port in self.ports.items():
+            extra = "".join(f" {k}={v}" for k, v in (host_vars or {}).get(name, {}).items())
+            lines.append(f"{name} ansible_host=127.0.0.1 ansible_port={port}{extra}")
+        lines += ["", "[dispatch:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key}",
+                  "ansible_python_interpreter=/usr/bin/python3",
+                  "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                  "-o LogLevel=ERROR'"]
+        lines += [f"{k}={v}" for k, v in group_vars.items()]
+        return "\n".join(lines) + "\n"
+
+    def write_inventory(self, text: str) -> Path:
+        path = self.dir / "inventory.ini"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+
+    def down(self) -> None:
+        for host in self.hosts.values():
+            try:
+                host.poweroff()
+            except HostError:
+                host.kill()
+        self.hosts.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+CALLBACKS = Path(__file__).resolve().parent / "ansible_callbacks"
+
+
+def ansible_env(private_dir: Path) -> Dict[str, str]:
+    """ansible-playbook's environment: C.UTF-8, this repository's role, nothing under /root/.ansible,
+    and every task's result recorded in ``private_dir/results.json`` (tests/support/ansible_callbacks)."""
+    home = private_dir / "ansible-home"
+    for sub in ("tmp", "cp"):
+        (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+               ANSIBLE_HOME=str(home), ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+               ANSIBLE_SSH_CONTROL_PATH_DIR=str(home / "cp"), ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_RETRY_FILES_ENABLED="False", TMPDIR=str(home / "tmp"),
+               ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="fleet_results",
+               FLEET_RESULTS=str(private_dir / "results.json"))
+    return env
+
+
+class PlayRun:
+    """One ansible-playbook run: its process result, and what every task did on every host."""
+
+    def __init__(self, proc: subprocess.CompletedProcess, results: Dict[str, Any], seconds: float) -> None:
+        self.proc = proc
+        self.returncode = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.stats: Dict[str, Dict[str, int]] = results.get("stats", {})
+        self.tasks: Dict[str, Dict[str, dict]] = results.get("tasks", {})
+        self.seconds = seconds
+
+    def task(self, prefix: str) -> Dict[str, dict]:
+        """host -> {"status", "result"} of the task whose name starts with ``prefix``."""
+        return {host: entry for host, tasks in self.tasks.items() for name, entry in tasks.items()
+                if name.startswith(prefix)}
+
+    def module(self) -> Dict[str, dict]:
+        """host -> the dispatchctl module's result (the role's task "Dispatch is ...")."""
+        return {host: entry["result"] for host, entry in self.task("Dispatch is").items()}
+
+    def changed(self) -> Dict[str, int]:
+        return {host: s["changed"] for host, s in self.stats.items()}
+
+    def tail(self) -> str:
+        return self.output[-6000:]
+
+
+def run_playbook(inventory: Path, playbook: Path, *args: str, extra_env: Optional[Dict[str, str]] = None,
+                 timeout: float = 600) -> PlayRun:
+    env = ansible_env(inventory.parent)
+    env.update(extra_env or {})
+    results = Path(env["FLEET_RESULTS"])
+    results.unlink(missing_ok=True)
+    binary = str(Path(sys.executable).parent / "ansible-playbook")
+    started = time.monotonic()
+    proc = subprocess.run([binary, "-i", str(inventory), str(playbook), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(playbook.parent))
+    seconds = time.monotonic() - started
+    return PlayRun(proc, json.loads(results.read_text()) if results.exists() else {}, seconds)
+
+
+def changed_steps(result: dict) -> List[str]:
+    return [s["name"] for s in result.get("steps", []) if s.get("changed")]
