@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.provision import COURSE_DIR, serve_artifact  # noqa: E402
-from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 from roboshop_dispatch.lab.nspawn import ensure_rootfs  # noqa: E402
 from tests.support.fleet import ANSIBLE_DIR, Fleet, PlayRun, run_playbook  # noqa: E402
 
@@ -44,12 +43,12 @@ def build_wheelhouse(out: Path) -> None:
         raise SystemExit(f"pip wheel failed:\n{res.stderr[-3000:]}")
 
 
-def runs_on_fresh_hosts(rootfs: Path, playbook: Path, group_vars: Dict[str, str], *args: str,
+def runs_on_fresh_hosts(playbook: Path, group_vars: Dict[str, str], *args: str,
                         service_again: bool = False) -> List[PlayRun]:
     """The first run and the re-run on 3 fresh hosts; with ``service_again``, the service is then
     uninstalled (``dispatchctl uninstall --purge``: dispatchctl itself stays) and the play run a
     third time: a first install on hosts that already have dispatchctl."""
-    fleet = Fleet(rootfs).up(HOSTS)
+    fleet = Fleet().up(HOSTS)  # a lab of its own: hosts, ssh, and the lab's broker (its inventory's vars)
     try:
         inventory = fleet.write_inventory(fleet.inventory(**group_vars))
         runs = [run_playbook(inventory, playbook, *args) for _ in range(2)]
@@ -73,20 +72,17 @@ def report(label: str, runs: List[PlayRun]) -> Tuple[float, float]:
 
 
 def main() -> int:
-    rootfs = ensure_rootfs(log=lambda m: print(m, file=sys.stderr))
-    broker = Broker().start()
+    ensure_rootfs(log=lambda m: print(m, file=sys.stderr))
     url, httpd = serve_artifact()
     try:
         with tempfile.TemporaryDirectory(prefix="dispatch-bench-wheels-") as wheels:
             build_wheelhouse(Path(wheels))
             os.chmod(wheels, 0o755)
-            ours = runs_on_fresh_hosts(rootfs, ANSIBLE_DIR / "site.yml", {
-                "dispatch_amqp_host": "127.0.0.1", "dispatch_amqp_port": str(broker.port),
-                "dispatch_amqp_password": broker.password, "dispatchctl_wheelhouse": wheels}, service_again=True)
-        course = runs_on_fresh_hosts(rootfs, COURSE_DIR / "ansible/dispatch.yml", {}, "-e", f"dispatch_zip_url={url}")
+            ours = runs_on_fresh_hosts(ANSIBLE_DIR / "site.yml", {"dispatchctl_wheelhouse": wheels},
+                                       service_again=True)
+        course = runs_on_fresh_hosts(COURSE_DIR / "ansible/dispatch.yml", {}, "-e", f"dispatch_zip_url={url}")
     finally:
         httpd.shutdown()  # type: ignore[attr-defined]
-        broker.stop()
     print(f"fleet of {HOSTS} fresh systemd-nspawn hosts, ansible-playbook over ssh (pipelining), same run:")
     ours_first, ours_rerun = report("ours", ours)
     course_first, course_rerun = report("course", course)

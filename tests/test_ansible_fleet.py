@@ -31,7 +31,7 @@ from tests.test_install_path_systemd import wheelhouse  # noqa: F401  (the fixtu
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
 SITE = ANSIBLE_DIR / "site.yml"
-HOSTS = ("dispatch-1", "dispatch-2", "dispatch-3")
+HOSTS = ("lab-1", "lab-2", "lab-3")
 # what a run may leave behind: the check run must change none of it
 WATCHED = ("/etc/systemd/system", "/etc/roboshop", "/app", "/var/lib/dispatchctl", "/var/log/dispatchctl.log")
 
@@ -49,20 +49,9 @@ def fleet_wheelhouse(wheelhouse, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def account(broker):
-    """A vhost and a user with a password of its own for this fleet (easy to look for)."""
-    vhost, user, password = f"fleet-{uuid.uuid4().hex[:8]}", f"fleet-{uuid.uuid4().hex[:6]}", \
-        f"Fleet-{uuid.uuid4().hex}-pw"
-    broker.ctl("add_vhost", vhost)
-    broker.add_user(user, password, vhost=vhost)
-    yield {"vhost": vhost, "user": user, "password": password}
-    broker.ctl("delete_vhost", vhost, check=False)
-    broker.delete_user(user)
-
-
-@pytest.fixture(scope="module")
 def fleet(systemd_rootfs):
-    hosts = Fleet(systemd_rootfs)
+    """3 lab hosts (`dispatchctl lab up --hosts 3 --no-install`) with the lab's own broker."""
+    hosts = Fleet()
     try:
         hosts.up(len(HOSTS))
     except Exception as exc:
@@ -71,11 +60,22 @@ def fleet(systemd_rootfs):
     hosts.down()
 
 
+@pytest.fixture(scope="module")
+def broker(fleet):
+    """The lab's RabbitMQ (this module's; the session's test broker is not used here)."""
+    return fleet.broker
+
+
+@pytest.fixture(scope="module")
+def account(broker):
+    """The lab's account, as its inventory gives it to the role (the password through a lookup of
+    the lab's 0600 file: a random string, easy to look for)."""
+    return {"vhost": "/", "user": broker.user, "password": broker.password}
+
+
 def inventory(fleet, broker, account, wheels, host_vars=None) -> Path:
-    return fleet.write_inventory(fleet.inventory(
-        host_vars, dispatch_amqp_host="127.0.0.1", dispatch_amqp_port=str(broker.port),
-        dispatch_amqp_vhost=account["vhost"], dispatch_amqp_user=account["user"],
-        dispatch_amqp_password=account["password"], dispatchctl_wheelhouse=str(wheels)))
+    """The lab's own inventory (`dispatchctl lab inventory`), plus where the wheels are."""
+    return fleet.write_inventory(fleet.inventory(host_vars, dispatchctl_wheelhouse=str(wheels)))
 
 
 class CommandLineWatch:
@@ -185,7 +185,7 @@ def test_first_run_installs_dispatchctl_and_dispatch_on_every_host(first_run, fl
         logs = "".join(host.journal() for host in fleet.hosts.values())
         return sum(f"order {oid} dispatched" in logs for oid in ids)
 
-    fleet.hosts["dispatch-1"].wait_for(lambda: dispatched() == len(ids), timeout=30, what="12 orders dispatched")
+    fleet.hosts["lab-1"].wait_for(lambda: dispatched() == len(ids), timeout=30, what="12 orders dispatched")
 
 
 def test_the_password_is_in_no_output_even_at_vvv_and_on_no_command_line(first_run, account):
@@ -238,28 +238,28 @@ def test_a_wrong_password_fails_that_host_alone_with_the_auth_diagnosis(first_ru
                                                                         fleet_wheelhouse):
     wrong = f"Wrong-{uuid.uuid4().hex}"
     pids = main_pids(fleet)
-    inv = inventory(fleet, broker, account, fleet_wheelhouse, {"dispatch-2": {"dispatch_amqp_password": wrong}})
+    inv = inventory(fleet, broker, account, fleet_wheelhouse, {"lab-2": {"dispatch_amqp_password": wrong}})
     run = run_playbook(inv, SITE)
     assert run.returncode != 0
     stats = run.stats
-    assert stats["dispatch-2"]["failures"] == 1, stats
-    for name in ("dispatch-1", "dispatch-3"):
+    assert stats["lab-2"]["failures"] == 1, stats
+    for name in ("lab-1", "lab-3"):
         assert stats[name]["failures"] == 0 and stats[name]["changed"] == 0, stats
-    assert run.task("Dispatch is")["dispatch-2"]["status"] == "failed"
-    failed = run.module()["dispatch-2"]
+    assert run.task("Dispatch is")["lab-2"]["status"] == "failed"
+    failed = run.module()["lab-2"]
     print(f"\nthe failed host's result: msg={failed['msg']!r} next_action={failed['next_action']!r}")
     assert failed["step"] == "service" and failed["rc"] == 1, failed
     assert "ACCESS_REFUSED" in failed["msg"] or "login refused" in failed["msg"].lower(), failed["msg"]
     assert "dispatchctl check" in failed["next_action"], failed
     assert wrong not in run.output and account["password"] not in run.output
     assert failed["msg"] in run.output  # the operator sees dispatchctl's message
-    for name in ("dispatch-1", "dispatch-3"):
+    for name in ("lab-1", "lab-3"):
         assert fleet.hosts[name].main_pid() == pids[name]
     # the right password again repairs that host alone
     run = run_playbook(inventory(fleet, broker, account, fleet_wheelhouse), SITE)
     assert run.returncode == 0, run.tail()
-    assert run.changed() == {"dispatch-1": 0, "dispatch-2": 1, "dispatch-3": 0}, run.stats
-    assert fleet.hosts["dispatch-2"].run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() \
+    assert run.changed() == {"lab-1": 0, "lab-2": 1, "lab-3": 0}, run.stats
+    assert fleet.hosts["lab-2"].run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() \
         == "active"
 
 

@@ -153,7 +153,8 @@ def test_the_inventory_names_every_host_and_never_the_password(up):
     assert ((STATE / "amqp.pass").stat().st_mode & 0o777) == 0o600 and len(password) >= 24
     for host in up["hosts"]:
         assert f"{host['name']} ansible_host=127.0.0.1 ansible_port={host['ssh_port']}" in res.stdout
-    assert f"amqp_port={up['broker']['port']}" in res.stdout and f"amqp_pass_file={STATE}/amqp.pass" in res.stdout
+    assert f"dispatch_amqp_port={up['broker']['port']}" in res.stdout
+    assert f"lookup('ansible.builtin.file', '{STATE}/amqp.pass')" in res.stdout
     # the password is nowhere but its 0600 files: not in output, state, inventory or any process's argv
     state_text = (STATE / "state.json").read_text()
     for text in (res.stdout, state_text, json.dumps(up), every_cmdline()):

@@ -189,11 +189,16 @@ def test_the_inventory_has_every_host_and_no_password(tmp_path):
     assert "lab-1 ansible_host=127.0.0.1 ansible_port=40001\n" in text
     assert "lab-2 ansible_host=127.0.0.1 ansible_port=40002\n" in text
     for line in ("ansible_user=root", "ansible_ssh_private_key_file=/s/ssh/id_ed25519",
-                 "ansible_python_interpreter=/usr/bin/python3", "amqp_host=127.0.0.1", "amqp_port=5999",
-                 "amqp_user=roboshop", "amqp_pass_file=/s/amqp.pass"):
+                 "ansible_python_interpreter=/usr/bin/python3", "dispatch_amqp_host=127.0.0.1",
+                 "dispatch_amqp_port=5999", "dispatch_amqp_user=roboshop",
+                 "dispatch_amqp_password=\"{{ lookup('ansible.builtin.file', '/s/amqp.pass') }}\""):
         assert f"\n{line}\n" in text
     assert "UserKnownHostsFile=/s/ssh/known_hosts -o StrictHostKeyChecking=yes" in text
-    assert "amqp_pass=" not in text and "password" not in text.replace("password is not here", "")
+    # the role's variables, host and group ones added or overriding the lab's
+    text = render(state, key_path=Path("/s/k"), known_hosts=Path("/s/kh"), password_file=Path("/s/amqp.pass"),
+                  host_vars={"lab-2": {"dispatch_instances": "2"}}, group_vars={"dispatch_amqp_port": "6000"})
+    assert "lab-2 ansible_host=127.0.0.1 ansible_port=40002 dispatch_instances=2\n" in text
+    assert "\ndispatch_amqp_port=6000\n" in text and "dispatch_amqp_port=5999" not in text
 
 
 @pytest.mark.parametrize("raw, host, command", [

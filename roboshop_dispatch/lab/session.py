@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import tools
 from .broker import Broker, BrokerUnavailable, free_port, port_open
@@ -159,9 +159,10 @@ class Lab:
             raise LabError("the lab has no broker", "preflight")
         return broker_of(state.broker, self.password_file.read_text().strip())
 
-    def inventory(self) -> str:
+    def inventory(self, host_vars: Optional[Mapping[str, Mapping[str, str]]] = None, **group_vars: str) -> str:
+        """The Ansible inventory (INI) of the lab; ``host_vars``/``group_vars`` add or override."""
         return render(self._require(), key_path=self.key_path, known_hosts=self.known_hosts,
-                      password_file=self.password_file)
+                      password_file=self.password_file, host_vars=host_vars, group_vars=group_vars)
 
     # -- up -----------------------------------------------------------------------------------------
     def up(self, hosts: int = 1, install: bool = True, on_phase: Optional[PhaseCallback] = None,

@@ -1,9 +1,9 @@
-"""N ssh-reachable systemd hosts and the ansible-playbook that drives them (tests and bench/fleet.py).
+"""N lab hosts and the ansible-playbook that drives them (tests and bench/fleet.py).
 
-The shape of ``roboshop_dispatch.lab.session.Lab`` (``up(hosts=N)``, ``inventory()``, ``down()``),
-which the integrator swaps in: each host is a booted ``Container`` with sshd on its own loopback
-port, root logs in with an ed25519 key made here with ssh-keygen, and ``inventory()`` is a
-standard INI inventory for Ansible's own ssh connection plugin.
+``Fleet`` is a lab (``roboshop_dispatch.lab.session.Lab``) brought up without dispatchctl inside:
+each host is a booted ``Container`` with sshd on its own loopback port, root logs in with the lab's
+ed25519 key, and ``inventory()`` is the lab's standard INI inventory (what ``dispatchctl lab
+inventory`` prints) for Ansible's own ssh connection plugin, with the role's variables.
 
 ``run_playbook`` runs the real ``ansible-playbook`` of this virtualenv with everything Ansible
 writes (ANSIBLE_HOME, local temp, ssh control sockets) under a private temp dir, never /root/.ansible,
@@ -14,60 +14,50 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from roboshop_dispatch.lab.broker import free_port
-from roboshop_dispatch.lab.nspawn import Container, HostError
+from roboshop_dispatch.lab.broker import Broker
+from roboshop_dispatch.lab.nspawn import Container
+from roboshop_dispatch.lab.session import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 
 
 class Fleet:
-    """``hosts`` booted systemd hosts reachable over ssh on 127.0.0.1, ports of their own."""
+    """``hosts`` lab hosts (``roboshop_dispatch.lab.session.Lab``, ``lab up --no-install``: booted,
+    sshd on a loopback port each, the lab's key and known_hosts, the lab's own RabbitMQ) in a state
+    dir of their own, so a fleet never meets an operator's lab or another fleet."""
 
-    def __init__(self, rootfs: Path, extra_args: Sequence[str] = ()) -> None:
-        self.rootfs = rootfs
-        self.extra_args = list(extra_args)
-        self.dir = Path(tempfile.mkdtemp(prefix="dispatch-fleet-"))
-        self.dir.chmod(0o700)
-        self.key = self.dir / "id_ed25519"
+    def __init__(self, state_dir: Optional[Path] = None) -> None:
+        self.lab = Lab(state_dir or Path(f"/run/dispatchctl-fleet-{uuid.uuid4().hex[:8]}"))
         self.hosts: Dict[str, Container] = {}
-        self.ports: Dict[str, int] = {}
 
     def up(self, hosts: int = 3) -> Fleet:
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dispatch-fleet", "-f", str(self.key)],
-                       check=True, capture_output=True, timeout=30)
-        public = (self.dir / "id_ed25519.pub").read_text()
         try:
-            for i in range(1, hosts + 1):
-                name = f"dispatch-{i}"
-                host = Container(self.rootfs, extra_args=self.extra_args).boot()
-                self.hosts[name] = host
-                self.ports[name] = free_port()
-                host.enable_ssh(self.ports[name], public)
+            self.lab.up(hosts=hosts, install=False)
+            self.hosts = {h.name: h.container for h in self.lab.hosts()}
         except BaseException:
             self.down()
             raise
         return self
 
+    @property
+    def dir(self) -> Path:
+        """The lab's state dir (0711, root's): removed with everything in it by ``down()``."""
+        return self.lab.dir
+
+    @property
+    def broker(self) -> Broker:
+        return self.lab.broker
+
     def inventory(self, host_vars: Optional[Dict[str, Dict[str, str]]] = None, **group_vars: str) -> str:
-        lines = ["[dispatch]"]
-        for name, port in self.ports.items():
-            extra = "".join(f" {k}={v}" for k, v in (host_vars or {}).get(name, {}).items())
-            lines.append(f"{name} ansible_host=127.0.0.1 ansible_port={port}{extra}")
-        lines += ["", "[dispatch:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key}",
-                  "ansible_python_interpreter=/usr/bin/python3",
-                  "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                  "-o LogLevel=ERROR'"]
-        lines += [f"{k}={v}" for k, v in group_vars.items()]
-        return "\n".join(lines) + "\n"
+        return self.lab.inventory(host_vars, **group_vars)
 
     def write_inventory(self, text: str) -> Path:
         path = self.dir / "inventory.ini"
@@ -77,13 +67,8 @@ class Fleet:
         return path
 
     def down(self) -> None:
-        for host in self.hosts.values():
-            try:
-                host.poweroff()
-            except HostError:
-                host.kill()
-        self.hosts.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.hosts = {}
+        self.lab.down()
 
 
 CALLBACKS = Path(__file__).resolve().parent / "ansible_callbacks"
