@@ -160,6 +160,14 @@ def test_the_inventory_names_every_host_and_never_the_password(up):
     for text in (res.stdout, state_text, json.dumps(up), every_cmdline()):
         assert password not in text
     assert password != "roboshop123"
+    # the files of the state dir that hold it are 0600 (amqp.pass, the node's rabbitmq.conf)
+    holding = [p for p in STATE.rglob("*")
+               if p.is_file() and not p.is_symlink() and password.encode() in p.read_bytes()]
+    assert {p.name for p in holding} >= {"amqp.pass", "rabbitmq.conf"}, holding
+    assert all(p.stat().st_mode & 0o077 == 0 for p in holding), [(p, oct(p.stat().st_mode)) for p in holding]
+    # the broker knows that one user only: no guest (loopback_users = none would let anyone local in)
+    users = Lab(STATE).broker.ctl("list_users", "--no-table-headers").stdout.split()
+    assert "roboshop" in users and "guest" not in users, users
 
 
 def test_lab_up_again_changes_nothing_and_another_size_is_refused(up):

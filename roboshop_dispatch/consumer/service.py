@@ -32,7 +32,7 @@ from .session import FAST, PIKA, Connector, Events, Session
 from .shutdown import STOP_DEADLINE, STOP_GRACE, Shutdown, SignalWakeup
 
 # how often STATUS= tells systemd the orders handled so far (only when the count changed)
-STATUS_EVERY_S = 5.0
+STATUS_EVERY_S = 1.0
 
 __all__ = ["BACKOFF_CAP", "FAST", "PIKA", "STOP_DEADLINE", "STOP_GRACE", "Dispatcher", "backoff", "choose_path",
            "main"]

@@ -320,8 +320,7 @@ class _Build:
                         password=password)
         self.broker = broker
         try:
-            broker.start()
-            broker.delete_user("guest")  # loopback_users = none would let any local user in as guest
+            broker.start(sole_user=True)  # no guest: loopback_users = none would let anyone local in
         except (BrokerUnavailable, subprocess.SubprocessError) as exc:
             raise LabError(f"the broker did not start: {exc}") from None
         record = BrokerRecord(node=broker.node, dir=str(broker.dir), port=broker.port, dist_port=broker.dist_port,
@@ -414,7 +413,7 @@ class _Build:
 
     def status(self, ids: List[str]) -> str:
         """`dispatchctl status` inside host 1, once its STATUS= shows the orders it handled (the
-        consumer updates it every 5 s)."""
+        consumer updates it every second)."""
         first = self.containers[0]
         mine = sum(1 for line in first.journal("dispatch*").splitlines() if handled_order_id(line) in ids)
 
