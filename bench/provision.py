@@ -52,7 +52,20 @@ from roboshop_dispatch.lab.nspawn import Container, ensure_rootfs, venv_bin  # n
 
 RUNS = 3
 PASS_FILE = "/root/amqp.pass"
-COURSE_DIR = Path(os.environ.get("DISPATCHCTL_COURSE_DIR", str(ROOT.parent.parent / "shared/baselines/course")))
+
+
+def course_dir() -> Path:
+    """The course's recipes: $DISPATCHCTL_COURSE_DIR, else ``shared/baselines/course`` beside the
+    checkout or beside one of its parents (a main checkout and a worktree sit at other depths)."""
+    if os.environ.get("DISPATCHCTL_COURSE_DIR"):
+        return Path(os.environ["DISPATCHCTL_COURSE_DIR"])
+    for parent in ROOT.parents:
+        if (parent / "shared/baselines/course").is_dir():
+            return parent / "shared/baselines/course"
+    return ROOT.parent / "shared/baselines/course"
+
+
+COURSE_DIR = course_dir()
 # stand-ins for the two tools the recipe needs and the minbase rootfs lacks
 STAND_INS = {
     "curl": "#!/usr/bin/python3\nimport sys, urllib.request\na = sys.argv[1:]\n"

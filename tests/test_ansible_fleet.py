@@ -167,6 +167,10 @@ def test_first_run_installs_dispatchctl_and_dispatch_on_every_host(first_run, fl
         host = fleet.hosts[name]
         assert host.run(["readlink", "-f", "/usr/local/bin/dispatchctl"]).stdout.strip() == \
             "/opt/dispatchctl/bin/dispatchctl"
+        # installed by the distribution's pip wheel (Debian's python3-venv has one): no pip in the venv
+        assert run.task("Install dispatchctl into it")[name]["result"]["cmd"][1].startswith(
+            "/usr/share/python-wheels/pip-"), run.task("Install dispatchctl into it")[name]
+        assert not host.path("/opt/dispatchctl/bin/pip").exists()
         assert host.run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() == "active"
     deadline = time.monotonic() + 30
     while consumers(broker, account) < len(HOSTS) and time.monotonic() < deadline:
