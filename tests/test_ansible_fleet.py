@@ -214,10 +214,15 @@ def test_second_run_changes_nothing_and_restarts_nothing(first_run, fleet, broke
 
 
 def test_check_diff_predicts_exactly_what_the_real_run_does(first_run, fleet, broker, account, fleet_wheelhouse):
-    for host in fleet.hosts.values():  # fresh for the service (dispatchctl itself stays)
-        host.run(["/usr/local/bin/dispatchctl", "uninstall", "--purge", "--yes", "--json"])
-    before = {name: host.listing(*WATCHED) for name, host in fleet.hosts.items()}
+    # fresh for the service (dispatchctl itself stays): the role with state=absent, the same
+    # inventory (whose AMQP variables uninstall does not take: dropped, not refused)
     inv = inventory(fleet, broker, account, fleet_wheelhouse)
+    gone = run_playbook(inv, SITE, "-e", "dispatch_state=absent", "-e", "dispatch_purge=true")
+    assert gone.returncode == 0, gone.tail()
+    for name in HOSTS:
+        assert gone.module()[name]["changed"] is True and "amqp_host" in gone.module()[name]["ignored"]
+        assert not fleet.hosts[name].path("/etc/systemd/system/dispatch.service").exists()
+    before = {name: host.listing(*WATCHED) for name, host in fleet.hosts.items()}
     check = run_playbook(inv, SITE, "--check", "--diff")
     assert check.returncode == 0, check.tail()
     assert {name: host.listing(*WATCHED) for name, host in fleet.hosts.items()} == before  # nothing touched

@@ -66,6 +66,20 @@ def test_state_absent_uninstalls_and_purge_says_yes():
         M.build_command(params(state="absent", command="install"), "d")
 
 
+def test_the_roles_one_set_of_variables_serves_every_command():
+    """ignore_inapplicable (the role): what a command does not take is dropped, and said."""
+    inventory = params(amqp_host=["10.0.0.5"], amqp_port=5672, amqp_user="roboshop", amqp_password="pw",
+                       ignore_inapplicable=True)
+    gone = {**inventory, "state": "absent", "purge": True}
+    assert M.inapplicable(gone) == ["amqp_host", "amqp_port", "amqp_user", "amqp_password"]
+    argv, env = M.build_command(M.applicable(gone), "d")
+    assert argv == ["d", "uninstall", "--purge", "--yes", "--json"] and env == {}
+    argv, env = M.build_command(M.applicable({**inventory, "command": "status"}), "d")
+    assert argv == ["d", "status", "--json"] and env == {}
+    argv, env = M.build_command(M.applicable(inventory), "d")  # install takes them all: nothing dropped
+    assert M.inapplicable(inventory) == [] and "--amqp-port=5672" in argv and env == {"DISPATCHCTL_AMQP_PASS": "pw"}
+
+
 @pytest.mark.parametrize(("given_params", "error"), [
     ({"command": "status", "amqp_host": ["h"]}, "status does not take amqp_host"),
     ({"command": "build", "instances": 3}, "build does not take instances"),

@@ -28,7 +28,6 @@ from roboshop_dispatch.lab.state import (
     checked_dir,
     parse,
     state_dir,
-    write_atomically,
 )
 from tests.test_json_output import one_document
 
@@ -112,18 +111,22 @@ def test_the_state_dir_comes_from_the_environment():
 
 
 def test_state_is_written_atomically_with_its_mode_and_never_through_a_link(tmp_path):
+    """The lab writes its files with the project's one atomic writer (roboshop_dispatch.files)."""
+    from roboshop_dispatch.files import NotRegularFile, write_atomic
+
     target = tmp_path / "state.json"
-    write_atomically(target, "{}", 0o600)
+    write_atomic(target, b"{}", mode=0o600)
     assert target.read_text() == "{}" and (target.stat().st_mode & 0o777) == 0o600
-    write_atomically(target, "[]", 0o644)
+    write_atomic(target, b"[]", mode=0o644)
     assert target.read_text() == "[]" and (target.stat().st_mode & 0o777) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     victim = tmp_path / "victim"
     victim.write_text("keep")
-    (tmp_path / f".state.json.{os.getpid()}.tmp").symlink_to(victim)
-    with pytest.raises(FileExistsError):
-        write_atomically(target, "x")
-    assert victim.read_text() == "keep"
+    target.unlink()
+    target.symlink_to(victim)
+    with pytest.raises(NotRegularFile):
+        write_atomic(target, b"x")
+    assert victim.read_text() == "keep" and target.is_symlink()
 
 
 # -- the install decision --------------------------------------------------------------------------
@@ -286,6 +289,31 @@ def test_a_doctored_state_file_is_refused_not_trusted(tmp_path):
                                                               "ssh_port": 22}])))
     res = lab_cli("status", "--json", state=state)
     assert res.returncode == 1 and "nspawn_pid" in one_document(res)["error"]["message"]
+
+
+def test_down_refuses_an_unreadable_record_and_keeps_it(tmp_path):
+    """The state file is the only list of what to stop: `lab down` does not remove it unread."""
+    state = tmp_path / "lab"
+    state.mkdir()
+    (state / MARK).write_text("")
+    (state / "state.json").write_text("{not json")
+    res = lab_cli("down", "--json", state=state)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    message = one_document(res)["error"]["message"]
+    assert "beam.smp" in message and str(state) in message
+    assert (state / "state.json").read_text() == "{not json"
+
+
+def test_the_lab_needs_dispatchctl_in_a_virtualenv(monkeypatch):
+    """Its hosts run dispatchctl through a read-only bind of its prefix: /usr must never be bound."""
+    from roboshop_dispatch.lab.nspawn import HostError, bind_args
+
+    assert all(arg.startswith("--bind-ro=") for arg in bind_args())  # this venv: fine
+    for prefix in ("/usr", "/usr/local"):
+        monkeypatch.setattr(sys, "prefix", prefix)
+        monkeypatch.setattr(sys, "base_prefix", "/usr")
+        with pytest.raises(HostError, match="not from a virtualenv"):
+            bind_args()
 
 
 def test_a_dir_the_lab_did_not_make_is_never_used_nor_removed(tmp_path):

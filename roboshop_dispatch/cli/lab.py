@@ -180,7 +180,10 @@ def shell(
     except LabError as exc:
         _fail("lab shell", exc.kind, str(exc), False)
     sys.stdout.flush()
-    os.execvp("nsenter", shell_argv(target.container.leader, argv, os.environ))
+    try:
+        os.execvp("nsenter", shell_argv(target.container.leader, argv, os.environ))
+    except OSError as exc:  # nsenter missing (util-linux) or not executable
+        _fail("lab shell", "preflight", f"cannot run nsenter: {exc}", False)
 
 
 def shell_words(raw: List[str]) -> Tuple[str, List[str]]:

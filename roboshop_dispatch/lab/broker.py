@@ -96,7 +96,7 @@ class Broker:
                 raise BrokerUnavailable("a sole user's name and password must be [A-Za-z0-9_-]: "
                                         "they go in rabbitmq.conf")
             conf += f"default_user = {self.user}\ndefault_pass = {self.password}\ndefault_vhost = /\n"
-        fd = os.open(self.dir / "rabbitmq.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.dir / "rabbitmq.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(conf)
         (self.dir / "advanced.config").write_text("[].\n")

@@ -141,9 +141,15 @@ def _customise(root: Path) -> None:
     default.symlink_to("/lib/systemd/system/multi-user.target")
 
 
-def _binds() -> List[str]:
+def bind_args() -> List[str]:
     """Read-only binds that let the CLI of this checkout run inside at the same paths."""
-    paths = {SOURCE, Path(sys.prefix).resolve()}
+    prefix = Path(sys.prefix).resolve()
+    if sys.prefix == sys.base_prefix or str(prefix) in ("/", "/usr", "/usr/local"):
+        # binding the system's own prefix would lay this machine's /usr over the host's
+        raise HostError(f"dispatchctl runs from {prefix}, not from a virtualenv: the hosts run it through a "
+                        "read-only bind of its virtualenv, so install it in one (python3 -m venv .venv && "
+                        ".venv/bin/pip install ., or pipx)")
+    paths = {SOURCE, prefix}
     base = Path(sys.base_prefix).resolve()
     if not str(base).startswith("/usr"):  # a pyenv or /opt interpreter the venv links to
         paths.add(base)
@@ -170,7 +176,7 @@ def run_unbooted(rootfs: Path, argv: Sequence[str], *, binds_ro: Sequence[Tuple[
     environ = {"PATH": PATH_INSIDE, "HOME": "/root", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     environ.update(env or {})
     full = ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--volatile=overlay",
-            "-M", f"dtest-{uuid.uuid4().hex[:8]}", "--console=pipe", *_binds(),
+            "-M", f"dtest-{uuid.uuid4().hex[:8]}", "--console=pipe", *bind_args(),
             *(f"--bind-ro={src}:{dst}" for src, dst in binds_ro),
             *(f"--setenv={k}={v}" for k, v in environ.items()), "--", *argv]
     return subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -251,7 +257,7 @@ class Container:
     def boot(self, timeout: float = 60.0) -> Container:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = ["systemd-nspawn", "-D", str(self.rootfs), "--boot", "--register=no", "--keep-unit",
-                "--console=passive", "-M", self.name, "--volatile=overlay", *_binds(), *self.extra_args]
+                "--console=passive", "-M", self.name, "--volatile=overlay", *bind_args(), *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -382,8 +388,11 @@ class Container:
     def write(self, inside: str, data: str, mode: int = 0o600) -> None:
         path = self.path(inside)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(data)
-        os.chmod(path, mode)
+        # created with its mode (a secret is never readable by others, not even for a moment)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
 
     # -- systemd helpers ----------------------------------------------------------------------
     def show(self, unit: str, properties: Iterable[str]) -> Dict[str, str]:

@@ -23,10 +23,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from ..files import write_atomic
 from . import tools
 from .broker import Broker, BrokerUnavailable, free_port, port_open
 from .inventory import render
-from .nspawn import READY_MARK, Container, HostError, ensure_rootfs, host_alive, pid_running, rootfs_path, venv_bin
+from .nspawn import (
+    READY_MARK,
+    Container,
+    HostError,
+    bind_args,
+    ensure_rootfs,
+    host_alive,
+    pid_running,
+    rootfs_path,
+    venv_bin,
+)
 from .orders import PaymentPublisher, handled_order_id, make_order, parameters
 from .report import LabReport, Phase
 from .state import (
@@ -38,7 +49,6 @@ from .state import (
     LabStateError,
     checked_dir,
     parse,
-    write_atomically,
 )
 from .state import (
     state_dir as default_state_dir,
@@ -120,7 +130,9 @@ class Lab:
         try:
             return parse(self.state_file.read_text())
         except (LabStateError, UnicodeDecodeError) as exc:
-            raise LabError(f"{self.state_file}: {exc}", "preflight") from None
+            raise LabError(f"{self.state_file}: {exc}. It lists what the lab runs: restore it, or stop the "
+                           f"lab's systemd-nspawn and beam.smp processes by hand and remove {self.dir}",
+                           "preflight") from None
 
     def _require(self) -> LabState:
         state = self.load()
@@ -157,7 +169,11 @@ class Lab:
         state = self._require()
         if state.broker is None:
             raise LabError("the lab has no broker", "preflight")
-        return broker_of(state.broker, self.password_file.read_text().strip())
+        try:
+            password = self.password_file.read_text().strip()
+        except OSError as exc:
+            raise LabError(f"the lab's broker password cannot be read: {exc}", "preflight") from None
+        return broker_of(state.broker, password)
 
     def inventory(self, host_vars: Optional[Mapping[str, Mapping[str, str]]] = None, **group_vars: str) -> str:
         """The Ansible inventory (INI) of the lab; ``host_vars``/``group_vars`` add or override."""
@@ -172,6 +188,10 @@ class Lab:
             raise LabError(f"--hosts must be 1..{MAX_HOSTS}, not {hosts}", "usage")
         if os.geteuid() != 0:
             raise LabError("the lab needs root (systemd-nspawn, a RabbitMQ node): run it with sudo", "preflight")
+        try:
+            bind_args()  # dispatchctl must run from a virtualenv to be bound into the hosts
+        except HostError as exc:
+            raise LabError(str(exc), "preflight") from None
         try:
             tools.ensure(on_note or (lambda _m: None))
         except tools.ToolsMissing as exc:
@@ -189,7 +209,10 @@ class Lab:
             if current is not None or self.dir.exists():
                 self._teardown(current)
                 report.cleaned_stale = True
-            self._make_dir()
+            try:
+                self._make_dir()
+            except OSError as exc:  # e.g. a leftover the teardown could not remove
+                raise LabError(f"cannot make the lab's state dir {self.dir}: {exc}", "preflight") from None
             build = _Build(self, report, on_phase or (lambda _p: None), on_note or (lambda _m: None))
             try:
                 build.run(hosts, install)
@@ -202,12 +225,12 @@ class Lab:
     def _make_dir(self) -> None:
         self.dir.mkdir(mode=0o711, parents=True)  # rabbitmq must traverse it to its data dir
         os.chmod(self.dir, 0o711)
-        write_atomically(self.dir / MARK, "made by dispatchctl lab up; removed by dispatchctl lab down\n", 0o644)
+        write_atomic(self.dir / MARK, b"made by dispatchctl lab up; removed by dispatchctl lab down\n", mode=0o644)
         for sub in (self.log_dir, self.key_path.parent):
             sub.mkdir(mode=0o700)
 
     def save(self, state: LabState) -> None:
-        write_atomically(self.state_file, state.to_json(), 0o644)
+        write_atomic(self.state_file, state.to_json().encode(), mode=0o644)
 
     def _load_quietly(self) -> Optional[LabState]:
         try:
@@ -221,8 +244,8 @@ class Lab:
         with self._lock():
             if not os.path.lexists(self.dir):
                 return False
-            self._check_ours()
-            self._teardown(self._load_quietly())
+            # an unreadable record is refused, not removed: it is the only list of what to stop
+            self._teardown(self.load())
             return True
 
     def _teardown(self, state: Optional[LabState]) -> None:
@@ -314,7 +337,7 @@ class _Build:
     def start_broker(self) -> str:
         epmd_running = port_open("127.0.0.1", EPMD_PORT)
         password = secrets.token_urlsafe(24)
-        write_atomically(self.lab.password_file, password + "\n", 0o600)
+        write_atomic(self.lab.password_file, (password + "\n").encode(), mode=0o600)
         node = f"dispatchlab{uuid.uuid4().hex[:8]}@localhost"
         broker = Broker(self.lab.broker_port, dir=self.lab.dir / "broker", node=node, user=AMQP_USER,
                         password=password)
@@ -363,7 +386,7 @@ class _Build:
             for pub in sorted(container.path("/etc/ssh").glob("ssh_host_*_key.pub")):
                 kind, blob = pub.read_text().split()[:2]
                 lines.append(f"[127.0.0.1]:{record.ssh_port} {kind} {blob}")
-        write_atomically(self.lab.known_hosts, "\n".join(lines) + "\n", 0o644)
+        write_atomic(self.lab.known_hosts, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
     def install(self) -> str:
         broker = self.broker

@@ -137,17 +137,3 @@ def parse(text: str) -> LabState:
         raise LabStateError("hosts: a name or an ssh port appears twice")
     return LabState(rootfs=_str(doc, "rootfs", SAFE_PATH), installed=doc["installed"], created=float(doc["created"]),
                     broker=_broker(doc["broker"]), hosts=hosts)
-
-
-def write_atomically(path: Path, data: str, mode: int = 0o600) -> None:
-    """``data`` into ``path`` by temp file + fsync + rename, owner root (the caller), ``mode``; the
-    temp file is made with O_EXCL|O_NOFOLLOW, so nothing planted in the dir is followed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import signal
 import subprocess
 import threading
@@ -15,8 +14,9 @@ from typing import Callable, Dict, List
 
 import pytest
 
+from roboshop_dispatch.lab.orders import ORDER_LINE  # the one pattern of a handled order's line
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-ORDER_LINE = re.compile(r"^(?:INFO|ERROR) order (\S+) (dispatched|failed) (.*)$")
 
 
 def order_id(line: str):

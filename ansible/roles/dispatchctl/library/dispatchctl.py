@@ -62,6 +62,13 @@ options:
   dispatchctl_path:
     description: dispatchctl on the host; default C(dispatchctl) on PATH or in /usr/local/bin.
     type: path
+  ignore_inapplicable:
+    description:
+      - Drop the options (and the password) the command does not take, instead of failing; they
+        are returned in C(ignored). The role sets it, so that one set of inventory variables
+        serves install, status, uninstall...
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -111,12 +118,27 @@ def command_of(params):
     return command or "install"
 
 
+def inapplicable(params):
+    """The options given that the command does not take (the password counts as one)."""
+    command = command_of(params)
+    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if _given(params.get(k))]
+    refused = [k for k in given if k not in COMMAND_OPTIONS[command]]
+    if command not in TAKES_PASSWORD:
+        refused += [k for k in ("amqp_password", "amqp_password_file") if params.get(k) is not None]
+    return refused
+
+
+def applicable(params):
+    """``params`` without what the command does not take (``ignore_inapplicable``)."""
+    dropped = set(inapplicable(params))
+    return {k: (None if k in dropped else v) for k, v in params.items()}
+
+
 def build_command(params, binary, check_mode=False, diff_mode=False):
     """(argv, environment additions) for ``params``; the password only ever in the environment."""
     command = command_of(params)
     allowed = COMMAND_OPTIONS[command]
-    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if _given(params.get(k))]
-    refused = [k for k in given if k not in allowed]
+    refused = [k for k in inapplicable(params) if k not in ("amqp_password", "amqp_password_file")]
     if refused:
         raise UsageError(f"dispatchctl {command} does not take {', '.join(refused)}")
     secret = params.get("amqp_password")
@@ -267,27 +289,33 @@ def main():
         flavour=dict(type="str", choices=["bundled", "go"]), artifact=dict(type="str"), sha256=dict(type="str"),
         insecure=dict(type="bool"), error_percent=dict(type="int"), instances=dict(type="int"),
         queue_type=dict(type="str", choices=["classic", "quorum"]), purge=dict(type="bool", default=False),
-        dispatchctl_path=dict(type="path"),
+        dispatchctl_path=dict(type="path"), ignore_inapplicable=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     try:
         command = command_of(module.params)
+        ignored = inapplicable(module.params) if module.params["ignore_inapplicable"] else []
+        params = applicable(module.params) if ignored else module.params
         binary = find_binary(module, module.params.get("dispatchctl_path"))
         if binary is None:
             where = module.params.get("dispatchctl_path") or "PATH, " + ", ".join(DEFAULT_DIRS)
+            if command == "uninstall":
+                module.exit_json(changed=False, ignored=ignored,
+                                 msg=f"dispatchctl is not installed ({where}): nothing it made to remove")
             if module.check_mode:
                 module.exit_json(changed=command in PLANS,
                                  msg=f"dispatchctl is not installed ({where}): the real run installs it first; "
                                      "nothing can be predicted before")
             module.fail_json(msg=f"dispatchctl not found ({where})",
                              next_action="install it (the dispatchctl role does) or set dispatchctl_path")
-        argv, env = build_command(module.params, binary, module.check_mode, module._diff)
+        argv, env = build_command(params, binary, module.check_mode, module._diff)
     except UsageError as exc:
         module.fail_json(msg=str(exc), next_action="fix the task's options")
     env["LC_ALL"] = "C.UTF-8"
     rc, out, err = module.run_command(argv, environ_update=env, check_rc=False)
     result = interpret(command, rc, out, err, module._diff)
     result["cmd"] = argv
+    result["ignored"] = ignored
     if result.pop("failed"):
         module.fail_json(**result)
     module.exit_json(**result)
