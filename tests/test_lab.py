@@ -238,3 +238,34 @@ def test_a_second_lab_reuses_the_cache_and_stale_state_is_cleaned(before):
     finally:
         assert session.down() is True
     assert not STATE.exists() and session.down() is False
+
+
+def test_lab_up_killed_with_sigterm_removes_what_it_made(before):
+    """SIGTERM (or SIGHUP) while `lab up` boots: like Ctrl-C, what it made is removed, no stale lab
+    is left for the next `lab up` to mistake for a complete one."""
+    state = Path(f"/run/dispatchctl-lab-test-{TOKEN}-term")
+    env = {**os.environ, "DISPATCHCTL_LAB_STATE": str(state)}
+    proc = subprocess.Popen([DISPATCHCTL, "lab", "up", "--hosts", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        for line in proc.stdout:  # the broker phase done: a node and its data exist now
+            seen += line
+            if line.startswith("broker"):
+                break
+        assert "broker" in seen, (seen, proc.stderr.read() if proc.stderr else "")
+        broker_pid = int((state / "broker" / "node.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        Lab(state).down()
+    assert proc.returncode == 1, (out, err)
+    assert "interrupted by SIGTERM" in err, err
+    assert not state.exists()
+    deadline = time.monotonic() + 30
+    while pid_running(broker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_running(broker_pid)

@@ -15,7 +15,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -215,7 +217,8 @@ class Lab:
                 raise LabError(f"cannot make the lab's state dir {self.dir}: {exc}", "preflight") from None
             build = _Build(self, report, on_phase or (lambda _p: None), on_note or (lambda _m: None))
             try:
-                build.run(hosts, install)
+                with _signals_raise():
+                    build.run(hosts, install)
             except BaseException:
                 build.abandon()
                 self._teardown(self._load_quietly())
@@ -460,6 +463,29 @@ class _Build:
         if self.broker is not None and self.state.broker is None:
             with contextlib.suppress(Exception):
                 self.broker.stop()
+
+
+class Interrupted(LabError):
+    """SIGTERM or SIGHUP during ``lab up``: what was made is removed, as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise (in the main thread), so that a killed ``lab up`` removes what it
+    made instead of leaving hosts and a broker that no state file completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(f"lab up interrupted by {signal.Signals(signum).name}: what it made is removed")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _new_port(taken: List[int]) -> int:
