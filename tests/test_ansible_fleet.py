@@ -48,10 +48,14 @@ def fleet_wheelhouse(wheelhouse, tmp_path_factory) -> Path:  # noqa: F811
     return out
 
 
+HOME_ANSIBLE: Dict[str, bool] = {}
+
+
 @pytest.fixture(scope="module")
 def fleet(systemd_rootfs):
     """3 lab hosts (`dispatchctl lab up --hosts 3 --no-install`) with the lab's own broker."""
     hosts = Fleet()
+    HOME_ANSIBLE["existed"] = (Path.home() / ".ansible").exists()
     try:
         hosts.up(len(HOSTS))
     except Exception as exc:
@@ -282,3 +286,11 @@ def test_the_example_inventory_parses_as_standard_ini(fleet):
     assert res.returncode == 0, res.stderr
     listed = json.loads(res.stdout)
     assert listed["dispatch"]["hosts"] == ["dispatch-1", "dispatch-2", "dispatch-3"]
+
+
+def test_the_plays_wrote_nothing_under_the_operators_home(fleet):
+    """Last in this file: every play ran with Ansible's home, temp dirs (local and, for the tasks
+    delegated to localhost, remote) and ssh control sockets in a private dir, not ~/.ansible."""
+    assert HOME_ANSIBLE, "the fleet fixture ran first"
+    if not HOME_ANSIBLE["existed"]:
+        assert not (Path.home() / ".ansible").exists()

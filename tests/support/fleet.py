@@ -81,7 +81,10 @@ def ansible_env(private_dir: Path) -> Dict[str, str]:
     for sub in ("tmp", "cp"):
         (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+    # the role's tasks delegated to localhost use the remote temp of the local user (~root's
+    # .ansible/tmp): a private one too (the hosts, volatile, get it at that path)
+    env.update(ANSIBLE_REMOTE_TEMP=str(home / "remote-tmp"), LC_ALL="C.UTF-8", LANG="C.UTF-8",
+               ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
                ANSIBLE_HOME=str(home), ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
                ANSIBLE_SSH_CONTROL_PATH_DIR=str(home / "cp"), ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
