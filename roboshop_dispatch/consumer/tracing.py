@@ -228,11 +228,16 @@ def traces_endpoint(env: Mapping[str, str]) -> str:
     name = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     if not url:
         name = "OTEL_EXPORTER_OTLP_ENDPOINT"
-        base = env.get(name, "").strip()
-        url = base + ("v1/traces" if base.endswith("/") else "/v1/traces")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(ch.isspace() for ch in url):
+        url = env.get(name, "").strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is no number
+        valid = False
+    if not valid or any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ConfigError(name, f"is not an http:// or https:// URL ({shown(url)})")
+    if name == "OTEL_EXPORTER_OTLP_ENDPOINT":
+        url += "v1/traces" if url.endswith("/") else "/v1/traces"
     return url
 
 
