@@ -21,7 +21,7 @@ import io
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = (
@@ -98,7 +98,7 @@ def _namespace_inits(files: Dict[str, bytes]) -> Dict[str, bytes]:
     Python 3.9's zipimport cannot import namespace packages from a zip (3.10's does not help the
     hosts), and inside the zipapp every portion of them is there anyway."""
     packages = {name.rsplit("/", 1)[0] for name in files if name.endswith(".py") and "/" in name}
-    wanted = set()
+    wanted: Set[str] = set()
     for package in packages:
         parts = package.split("/")
         wanted.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
