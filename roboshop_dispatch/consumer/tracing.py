@@ -31,7 +31,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpCounter, NoOpMeter, NoOpMeterProvider
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -126,6 +126,13 @@ class Drops:
         self.logged = 0  # the total when last logged
         self.error: Optional[str] = None  # the exporter's last complaint (no header values in it)
         self.on_drop: Optional[Callable[[int], None]] = None
+        self.ended = 0  # sampled spans handed to the export queue
+        self.exported = 0  # spans the collector took
+
+    def unaccounted(self) -> int:
+        """Spans neither exported nor counted as dropped: still queued (or being sent)."""
+        with self.lock:
+            return self.ended - self.exported - self.total
 
     def add(self, count: int) -> None:
         if count <= 0:
@@ -171,6 +178,18 @@ class DropMeterProvider(NoOpMeterProvider):
         return _DropMeter(self.drops)
 
 
+class Tally(SpanProcessor):
+    """Counts the sampled spans that go to the export queue (runs before the batch processor)."""
+
+    def __init__(self, drops: Drops) -> None:
+        self.drops = drops
+
+    def on_end(self, span: Any) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            with self.drops.lock:
+                self.drops.ended += 1
+
+
 class CountingExporter(SpanExporter):
     """The OTLP exporter, counting the spans of every batch it could not deliver."""
 
@@ -184,7 +203,10 @@ class CountingExporter(SpanExporter):
         except Exception as exc:
             self.drops.error = type(exc).__name__
             result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
+        if result is SpanExportResult.SUCCESS:
+            with self.drops.lock:
+                self.drops.exported += len(spans)
+        else:
             self.drops.add(len(spans))
         return result
 
@@ -399,6 +421,7 @@ class Tracing:
             self.log.warning(f"tracing: the last spans were not exported within {FLUSH_S:g}s: exiting without them")
         elif time.monotonic() - started > 0.5:
             self.log.info(f"tracing: flushed in {time.monotonic() - started:.1f}s")
+        self.drops.add(self.drops.unaccounted())  # still queued or on their way: dropped too
         self._report(final=True)
 
 
@@ -415,6 +438,7 @@ def start(env: Mapping[str, str], log: LineLog, ioloop: Any) -> Optional[Tracing
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout_s(env))
         processor = BatchSpanProcessor(CountingExporter(exporter, drops), meter_provider=DropMeterProvider(drops))
         provider = TracerProvider(resource=resource(), shutdown_on_exit=False)
+        provider.add_span_processor(Tally(drops))
         provider.add_span_processor(processor)
     except Exception as exc:
         what = str(exc) if isinstance(exc, ConfigError) else f"OpenTelemetry cannot start: {type(exc).__name__}: {exc}"
