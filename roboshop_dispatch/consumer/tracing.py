@@ -33,6 +33,7 @@ from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapP
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -45,6 +46,10 @@ SERVICE_NAME = "dispatch"  # the original's Instana service name; OTEL_SERVICE_N
 EXPORT_TIMEOUT_S = 2.0
 MAX_TIMEOUT_S = 10.0
 FLUSH_S = 2.0
+EXPORT_SHARE = 0.2  # of one CPU, at most, for encoding and sending spans (CountingExporter)
+MAX_PAUSE_S = 5.0
+QUEUE_SIZE = 1024  # spans waiting for export at most (OTEL_BSP_MAX_QUEUE_SIZE overrides)
+BATCH_SIZE = 256  # spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE overrides)
 DROP_LOG_S = 60.0  # at most one dropped-spans line a minute
 DROP_CHECK_S = 5.0  # the first one within this long of the first drop
 FAILED = "Failed to dispatch to SOP"  # the original's message for a failed order
@@ -54,7 +59,6 @@ ORDER_ATTRIBUTES = {
     "messaging.destination.name": amqp.EXCHANGE,
     "messaging.rabbitmq.destination.routing_key": amqp.ROUTING_KEY,
     "messaging.operation.type": "process",
-    "messaging.operation.name": "consume",
     "message_bus.destination": amqp.EXCHANGE,
     "exchange": amqp.EXCHANGE,
     "sort": "consume",
@@ -190,19 +194,52 @@ class Tally(SpanProcessor):
                 self.drops.ended += 1
 
 
-class CountingExporter(SpanExporter):
-    """The OTLP exporter, counting the spans of every batch it could not deliver."""
+class Shedding(Sampler):
+    """Admission control in front of the configured sampler: while the export queue is full, an
+    order's spans are not made at all (they would only be dropped, after costing the I/O loop the
+    most of their price) and count as dropped: 2 for an order, 1 for a quarantined message. Its
+    log line still names its trace id."""
 
-    def __init__(self, inner: SpanExporter, drops: Drops) -> None:
+    def __init__(self, inner: Sampler, drops: Drops, room: int) -> None:
         self.inner = inner
         self.drops = drops
+        self.room = room
+
+    def should_sample(self, parent_context: Optional[Context], trace_id: int, name: str, kind: Any = None,
+                      attributes: Any = None, links: Any = None, trace_state: Any = None) -> SamplingResult:
+        if name == "getOrder" and self.drops.unaccounted() >= self.room:
+            quarantined = bool(attributes) and attributes.get("dispatch.outcome") == "quarantined"
+            self.drops.add(1 if quarantined else 2)
+            parent = trace.get_current_span(parent_context).get_span_context()
+            return SamplingResult(Decision.DROP, None, parent.trace_state if parent.is_valid else None)
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return self.inner.get_description()
+
+
+class CountingExporter(SpanExporter):
+    """The OTLP exporter, counting the spans of every batch it could not deliver, and held to a
+    share of the interpreter: encoding spans in pure-Python protobuf costs about as much CPU as
+    handling the order, and the export thread would otherwise take the GIL from the I/O loop.
+    After each batch it sleeps for its CPU time x (1 / EXPORT_SHARE - 1); spans that come faster
+    than that overflow the bounded queue and are counted as dropped: orders never wait."""
+
+    def __init__(self, inner: SpanExporter, drops: Drops, share: float = EXPORT_SHARE) -> None:
+        self.inner = inner
+        self.drops = drops
+        self.pause = 1.0 / share - 1.0
+        self.closing = threading.Event()  # set at exit: flush at full speed, within FLUSH_S
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        cpu = time.thread_time()
         try:
             result = self.inner.export(spans)
         except Exception as exc:
             self.drops.error = type(exc).__name__
             result = SpanExportResult.FAILURE
+        finally:
+            self.closing.wait(min(MAX_PAUSE_S, (time.thread_time() - cpu) * self.pause))
         if result is SpanExportResult.SUCCESS:
             with self.drops.lock:
                 self.drops.exported += len(spans)
@@ -316,6 +353,20 @@ def timeout_s(env: Mapping[str, str]) -> float:
     return EXPORT_TIMEOUT_S
 
 
+def batch_sizes(env: Mapping[str, str]) -> tuple:
+    """(the BatchSpanProcessor's sizes, the queue's room): smaller than the SDK's defaults (2,048
+    and 512), a batch of pure-Python protobuf messages is memory too. OTEL_BSP_MAX_QUEUE_SIZE and
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE override them."""
+    sizes = {}
+    queue = env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip()
+    room = int(queue) if queue.isdigit() and int(queue) > 0 else QUEUE_SIZE
+    if not queue:
+        sizes["max_queue_size"] = QUEUE_SIZE
+    if not env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "").strip():
+        sizes["max_export_batch_size"] = min(BATCH_SIZE, room)
+    return sizes, room
+
+
 def resource() -> Resource:
     """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, with service.name ``dispatch`` and
     service.version this package's when they do not say."""
@@ -347,6 +398,7 @@ class Tracing:
         self.endpoint = shown(endpoint)
         self.redact: Callable[[str], str] = lambda text: text
         self.last_line = -DROP_LOG_S  # monotonic time of the last dropped-spans line
+        self.exporter: Optional[CountingExporter] = None
         ioloop.call_later(DROP_CHECK_S, self._report)
 
     @property
@@ -363,7 +415,6 @@ class Tracing:
 
     def order_span(self, delivery: Any, orderid: str) -> Any:
         attributes = dict(ORDER_ATTRIBUTES, orderid=orderid)
-        attributes["messaging.message.body.size"] = delivery.body_size
         message_id = _message_id(delivery)
         if message_id is not None:
             attributes["messaging.message.id"] = message_id
@@ -413,6 +464,8 @@ class Tracing:
 
     def close(self) -> None:
         """Flush what is queued, for FLUSH_S seconds at most whatever the collector does."""
+        if self.exporter is not None:
+            self.exporter.closing.set()
         flush = threading.Thread(target=self.provider.shutdown, name="dispatch-trace-flush", daemon=True)
         started = time.monotonic()
         flush.start()
@@ -436,8 +489,12 @@ def start(env: Mapping[str, str], log: LineLog, ioloop: Any) -> Optional[Tracing
         endpoint = traces_endpoint(env)
         headers, source, bad = exporter_headers(env)
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout_s(env))
-        processor = BatchSpanProcessor(CountingExporter(exporter, drops), meter_provider=DropMeterProvider(drops))
-        provider = TracerProvider(resource=resource(), shutdown_on_exit=False)
+        counting = CountingExporter(exporter, drops)
+        sizes, room = batch_sizes(env)
+        processor = BatchSpanProcessor(counting, meter_provider=DropMeterProvider(drops), **sizes)
+        configured = TracerProvider(shutdown_on_exit=False).sampler  # OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them
+        provider = TracerProvider(resource=resource(), shutdown_on_exit=False,
+                                  sampler=Shedding(configured, drops, room))
         provider.add_span_processor(Tally(drops))
         provider.add_span_processor(processor)
     except Exception as exc:
@@ -446,6 +503,7 @@ def start(env: Mapping[str, str], log: LineLog, ioloop: Any) -> Optional[Tracing
         return None
     tracing = Tracing(provider, drops, log, ioloop, endpoint)
     tracing.redact = _redactor(headers)
+    tracing.exporter = counting
     name = provider.resource.attributes.get("service.name")
     given = f", {len(headers)} exporter headers from {source}" if headers else ""
     if bad:
