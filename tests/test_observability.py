@@ -354,3 +354,20 @@ def test_off_means_not_imported(broker, vhost, consumers, receiver, on):
         assert {"opentelemetry.sdk.trace", "prometheus_client", "google.protobuf", "requests"} <= observability
     else:
         assert observability == set()
+
+
+def test_sigterm_flushes_for_two_seconds_at_most_whatever_the_collector(broker, vhost, consumers, receiver):
+    receiver.delay = 30.0  # a collector that takes the request and never answers in time
+    consumer = consumers(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="10000")
+    consumer.wait_consuming()
+    sent = [make_order(n) for n in range(50)]
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        for order in sent:
+            payment.publish(order, instana_headers())
+    consumer.wait_orders([o["orderid"] for o in sent])
+    time.sleep(0.5)  # an export is under way and hangs
+    code, took = consumer.stop()
+    assert code == 0 and took < 3.5, f"SIGTERM took {took:.1f}s"
+    assert consumer.count("tracing: the last spans were not exported within 2s") == 1
+    assert consumer.count(" spans dropped at exit (100 in all)") == 1  # every span, counted
+    assert queue_state(broker, vhost) == (0, 0)
