@@ -21,10 +21,10 @@ import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from roboshop_dispatch import amqp
 from tests.support.consumer import Consumer, consumer_env
 from tests.support.otlp import Receiver, Span, free_port
-from tests.support.payment import PaymentPublisher, make_order, parameters
+from tests.support.payment import PaymentPublisher, make_order
+from tests.test_consumer import params, queue_state
 
 pytestmark = pytest.mark.broker
 FAST = {"DISPATCH_PROCESSING_MS": "0-5", "OTEL_BSP_SCHEDULE_DELAY": "100"}
@@ -65,17 +65,14 @@ def consumers(broker, vhost):
         c.kill()
 
 
-def params(broker, vhost: str) -> pika.ConnectionParameters:
-    return parameters(broker.host, broker.port, vhost, broker.user, broker.password)
-
-
-def queue_state(broker, vhost: str, queue: str = amqp.QUEUE) -> tuple:
-    conn = pika.BlockingConnection(params(broker, vhost))
-    try:
-        ok = conn.channel().queue_declare(queue, passive=True).method
-        return ok.message_count, ok.consumer_count
-    finally:
-        conn.close()
+def publish_traced(broker, vhost: str, consumer: Consumer, count: int) -> list:
+    """``count`` orders with payment's Instana headers, dispatched: the orders."""
+    sent = [make_order(n) for n in range(count)]
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        for order in sent:
+            payment.publish(order, instana_headers())
+    consumer.wait_orders([o["orderid"] for o in sent])
+    return sent
 
 
 def trace_ids(consumer: Consumer) -> Dict[str, str]:
@@ -162,11 +159,7 @@ def test_payment_orders_are_traced_under_their_publishers_spans(broker, vhost, c
 def test_every_failed_order_is_an_error_span(broker, vhost, consumers, receiver):
     consumer = consumers(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, DISPATCH_ERROR_PERCENT="100")
     consumer.wait_consuming()
-    sent = [make_order(n) for n in range(20)]
-    with PaymentPublisher(params(broker, vhost)) as payment:
-        for order in sent:
-            payment.publish(order, instana_headers())
-    consumer.wait_orders([o["orderid"] for o in sent])
+    sent = publish_traced(broker, vhost, consumer, 20)
     spans = receiver.wait_spans(40)
     for order in sent:
         get, sale = order_spans(spans, order["orderid"])
@@ -360,11 +353,7 @@ def test_sigterm_flushes_for_two_seconds_at_most_whatever_the_collector(broker, 
     receiver.delay = 30.0  # a collector that takes the request and never answers in time
     consumer = consumers(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="10000")
     consumer.wait_consuming()
-    sent = [make_order(n) for n in range(50)]
-    with PaymentPublisher(params(broker, vhost)) as payment:
-        for order in sent:
-            payment.publish(order, instana_headers())
-    consumer.wait_orders([o["orderid"] for o in sent])
+    publish_traced(broker, vhost, consumer, 50)
     time.sleep(0.5)  # an export is under way and hangs
     code, took = consumer.stop()
     assert code == 0 and took < 3.5, f"SIGTERM took {took:.1f}s"

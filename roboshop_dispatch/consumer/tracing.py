@@ -20,34 +20,30 @@ journal (one of them would print a malformed header value).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import NoOpCounter, NoOpMeter, NoOpMeterProvider
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__, amqp
 from . import tracecontext
 from .config import HEADERS_CREDENTIAL, ConfigError, read_credential
+from .export import CountingExporter, DropMeterProvider, Drops, Shedding, Tally, quiet_opentelemetry
 from .logs import LineLog
 
 SERVICE_NAME = "dispatch"  # the original's Instana service name; OTEL_SERVICE_NAME overrides it
 EXPORT_TIMEOUT_S = 2.0
 MAX_TIMEOUT_S = 10.0
 FLUSH_S = 2.0
-EXPORT_SHARE = 0.2  # of one CPU, at most, for encoding and sending spans (CountingExporter)
-MAX_PAUSE_S = 5.0
 QUEUE_SIZE = 1024  # spans waiting for export at most (OTEL_BSP_MAX_QUEUE_SIZE overrides)
 BATCH_SIZE = 256  # spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE overrides)
 DROP_LOG_S = 60.0  # at most one dropped-spans line a minute
@@ -118,166 +114,6 @@ def parent_context(headers: Any) -> Optional[Context]:
         return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
     except Exception:  # whatever a header holds, an order is never lost over its trace context
         return None
-
-
-# == dropped spans ================================================================================
-class Drops:
-    """Spans lost on the way out: no room in the queue, or the collector did not take them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.total = 0
-        self.logged = 0  # the total when last logged
-        self.error: Optional[str] = None  # the exporter's last complaint (no header values in it)
-        self.on_drop: Optional[Callable[[int], None]] = None
-        self.ended = 0  # sampled spans handed to the export queue
-        self.exported = 0  # spans the collector took
-
-    def unaccounted(self) -> int:
-        """Spans neither exported nor counted as dropped: still queued (or being sent)."""
-        with self.lock:
-            return self.ended - self.exported - self.total
-
-    def add(self, count: int) -> None:
-        if count <= 0:
-            return
-        with self.lock:
-            self.total += count
-        hook = self.on_drop
-        if hook is not None:
-            hook(count)
-
-
-class _QueueFullCounter(NoOpCounter):
-    """The SDK's ``otel.sdk.processor.span.processed`` counter: counts what it marks ``queue_full``."""
-
-    def __init__(self, name: str, drops: Drops, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        self.drops = drops
-
-    def add(self, amount: Any, attributes: Any = None, context: Any = None) -> None:
-        if attributes and attributes.get("error.type") == "queue_full":
-            self.drops.add(int(amount))
-
-
-class _DropMeter(NoOpMeter):
-    def __init__(self, drops: Drops) -> None:
-        super().__init__("dispatch")
-        self.drops = drops
-
-    def create_counter(self, name: str, unit: str = "", description: str = "") -> Any:
-        if name == "otel.sdk.processor.span.processed":
-            return _QueueFullCounter(name, self.drops, unit=unit, description=description)
-        return super().create_counter(name, unit=unit, description=description)
-
-
-class DropMeterProvider(NoOpMeterProvider):
-    """Gives the BatchSpanProcessor a meter (its public ``meter_provider``) that counts its drops."""
-
-    def __init__(self, drops: Drops) -> None:
-        self.drops = drops
-
-    def get_meter(self, name: str, version: Optional[str] = None, schema_url: Optional[str] = None,
-                  attributes: Any = None) -> Any:
-        return _DropMeter(self.drops)
-
-
-class Tally(SpanProcessor):
-    """Counts the sampled spans that go to the export queue (runs before the batch processor)."""
-
-    def __init__(self, drops: Drops) -> None:
-        self.drops = drops
-
-    def on_end(self, span: Any) -> None:
-        if span.context is not None and span.context.trace_flags.sampled:
-            with self.drops.lock:
-                self.drops.ended += 1
-
-
-class Shedding(Sampler):
-    """Admission control in front of the configured sampler: while the export queue is full, an
-    order's spans are not made at all (they would only be dropped, after costing the I/O loop the
-    most of their price) and count as dropped: 2 for an order, 1 for a quarantined message. Its
-    log line still names its trace id."""
-
-    def __init__(self, inner: Sampler, drops: Drops, room: int) -> None:
-        self.inner = inner
-        self.drops = drops
-        self.room = room
-
-    def should_sample(self, parent_context: Optional[Context], trace_id: int, name: str, kind: Any = None,
-                      attributes: Any = None, links: Any = None, trace_state: Any = None) -> SamplingResult:
-        if name == "getOrder" and self.drops.unaccounted() >= self.room:
-            quarantined = bool(attributes) and attributes.get("dispatch.outcome") == "quarantined"
-            self.drops.add(1 if quarantined else 2)
-            parent = trace.get_current_span(parent_context).get_span_context()
-            return SamplingResult(Decision.DROP, None, parent.trace_state if parent.is_valid else None)
-        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        return self.inner.get_description()
-
-
-class CountingExporter(SpanExporter):
-    """The OTLP exporter, counting the spans of every batch it could not deliver, and held to a
-    share of the interpreter: encoding spans in pure-Python protobuf costs about as much CPU as
-    handling the order, and the export thread would otherwise take the GIL from the I/O loop.
-    After each batch it sleeps for its CPU time x (1 / EXPORT_SHARE - 1); spans that come faster
-    than that overflow the bounded queue and are counted as dropped: orders never wait."""
-
-    def __init__(self, inner: SpanExporter, drops: Drops, share: float = EXPORT_SHARE) -> None:
-        self.inner = inner
-        self.drops = drops
-        self.pause = 1.0 / share - 1.0
-        self.closing = threading.Event()  # set at exit: flush at full speed, within FLUSH_S
-
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        cpu = time.thread_time()
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:
-            self.drops.error = type(exc).__name__
-            result = SpanExportResult.FAILURE
-        finally:
-            self.closing.wait(min(MAX_PAUSE_S, (time.thread_time() - cpu) * self.pause))
-        if result is SpanExportResult.SUCCESS:
-            with self.drops.lock:
-                self.drops.exported += len(spans)
-        else:
-            self.drops.add(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-class _LastError(logging.Handler):
-    """Keeps the exporter's last complaint (status code and reason, or the connection error) for
-    the once-a-minute line, instead of letting OpenTelemetry's records reach the journal."""
-
-    def __init__(self, drops: Drops) -> None:
-        super().__init__(logging.WARNING)
-        self.drops = drops
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.drops.error = record.getMessage()[:300]
-        except Exception:
-            self.drops.error = str(record.msg)[:300]
-
-
-def quiet_opentelemetry(drops: Drops) -> None:
-    """OpenTelemetry's log records stay out of the journal (one prints malformed header values);
-    the exporter's are kept for the dropped-spans line."""
-    root = logging.getLogger("opentelemetry")
-    root.propagate = False
-    root.handlers[:] = [logging.NullHandler()]
-    exporter = logging.getLogger("opentelemetry.exporter")
-    exporter.handlers[:] = [_LastError(drops)]
-    exporter.propagate = False
 
 
 # == settings =====================================================================================
