@@ -125,13 +125,13 @@ def test_exporter_headers_credential_first_and_malformed_left_out(tmp_path):
     from roboshop_dispatch.consumer import tracing
 
     env = {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cret,broken,x-bad=a%0Ab"}
-    headers, source, bad = tracing.exporter_headers(env)
+    headers, source, bad, given = tracing.exporter_headers(env)
     assert headers == {"authorization": "Bearer s3cret"} and source == "OTEL_EXPORTER_OTLP_HEADERS" and bad == 2
+    redact = tracing._redactor(given)  # every value given is a secret, the malformed ones too
+    assert redact("value 'Bearer s3cret' or 'a\nb' refused") == "value '***' or '***' refused"
     (tmp_path / config.HEADERS_CREDENTIAL).write_text("x-api-key=from-credential\n")
-    headers, source, bad = tracing.exporter_headers({**env, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    headers, source, bad, _given = tracing.exporter_headers({**env, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert headers == {"x-api-key": "from-credential"} and source == "credential otlp-headers" and bad == 0
-    redact = tracing._redactor({"authorization": "Bearer s3cret"})
-    assert redact("header value 'Bearer s3cret' refused") == "header value '***' refused"
 
 
 # == metrics ======================================================================================

@@ -20,10 +20,11 @@ journal (one of them would print a malformed header value).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -154,23 +155,29 @@ def _valid_header(name: str, value: str) -> bool:
     return bool(token) and all(ch == "\t" or 32 <= ord(ch) < 127 or ord(ch) > 159 for ch in value)
 
 
+HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+
+
 def exporter_headers(env: Mapping[str, str]) -> tuple:
-    """(headers, where from, how many were malformed and left out): the systemd credential
-    ``otlp-headers``, else OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS;
-    ``key=value`` pairs, comma-separated, values URL-encoded (the specification's format)."""
+    """(headers, where from, how many were malformed and left out, every value given: secrets):
+    the systemd credential ``otlp-headers``, else OTEL_EXPORTER_OTLP_TRACES_HEADERS, else
+    OTEL_EXPORTER_OTLP_HEADERS; ``key=value`` pairs, comma-separated, values URL-encoded (the
+    specification's format)."""
     from opentelemetry.util.re import parse_env_headers
 
     raw = read_credential(env, None, HEADERS_CREDENTIAL)
     source = f"credential {HEADERS_CREDENTIAL}"
-    for name in ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
+    for name in HEADER_VARIABLES:
         if raw is None and env.get(name, "").strip():
             raw, source = env[name], name
     if raw is None:
-        return {}, "", 0
+        return {}, "", 0, []
     parsed = parse_env_headers(raw, liberal=True)
     headers = {k: v for k, v in parsed.items() if _valid_header(k, v)}
-    given = sum(1 for part in raw.split(",") if part.strip())
-    return headers, source, max(0, given - len(headers))
+    parts = [part for part in raw.split(",") if part.strip()]
+    values = [part.partition("=")[2].strip() for part in parts] + list(parsed.values())
+    values += [urllib.parse.unquote(v) for v in values]
+    return headers, source, max(0, len(parts) - len(headers)), values
 
 
 def timeout_s(env: Mapping[str, str]) -> float:
@@ -320,10 +327,12 @@ def start(env: Mapping[str, str], log: LineLog, ioloop: Any) -> Optional[Tracing
 
     drops = Drops()
     quiet_opentelemetry(drops)
-    headers: Dict[str, str] = {}
+    given: list = []
     try:
         endpoint = traces_endpoint(env)
-        headers, source, bad = exporter_headers(env)
+        headers, source, bad, given = exporter_headers(env)
+        for name in HEADER_VARIABLES:  # the exporter would parse them again, malformed ones included
+            os.environ.pop(name, None)
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout_s(env))
         counting = CountingExporter(exporter, drops)
         sizes, room = batch_sizes(env)
@@ -335,22 +344,23 @@ def start(env: Mapping[str, str], log: LineLog, ioloop: Any) -> Optional[Tracing
         provider.add_span_processor(processor)
     except Exception as exc:
         what = str(exc) if isinstance(exc, ConfigError) else f"OpenTelemetry cannot start: {type(exc).__name__}: {exc}"
-        log.error(f"tracing off: {_redactor(headers)(what)[:300]}")
+        log.error(f"tracing off: {_redactor(given)(what)[:300]}")
         return None
     tracing = Tracing(provider, drops, log, ioloop, endpoint)
-    tracing.redact = _redactor(headers)
+    tracing.redact = _redactor(given)
     tracing.exporter = counting
-    name = provider.resource.attributes.get("service.name")
-    given = f", {len(headers)} exporter headers from {source}" if headers else ""
+    service = provider.resource.attributes.get("service.name")
+    said = f", {len(headers)} exporter headers from {source}" if headers else ""
     if bad:
-        given += f" ({bad} malformed and left out: values not shown)"
-    log.info(f"tracing on: spans to {tracing.endpoint} as service {name!r} (sampler "
-             f"{provider.sampler.get_description()}, export timeout {timeout_s(env):g}s{given})")
+        said += f" ({bad} malformed and left out: values not shown)"
+    log.info(f"tracing on: spans to {tracing.endpoint} as service {service!r} (sampler "
+             f"{provider.sampler.get_description()}, export timeout {timeout_s(env):g}s{said})")
     return tracing
 
 
-def _redactor(headers: Mapping[str, str]) -> Callable[[str], str]:
-    secrets = sorted((v for v in headers.values() if len(v) >= 3), key=len, reverse=True)
+def _redactor(values: Sequence[str]) -> Callable[[str], str]:
+    """Replaces every header value given (valid or not) in a text that will be logged."""
+    secrets = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
 
     def redact(text: str) -> str:
         for secret in secrets:
