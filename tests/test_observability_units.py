@@ -221,3 +221,35 @@ def test_invented_kinds_are_bounded():
 ])
 def test_reason_kind(reason, kind):
     assert reason_kind(reason) == kind
+
+
+def test_spans_are_shed_while_the_export_queue_is_full_and_every_span_is_accounted():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+    from opentelemetry.trace import set_span_in_context
+
+    from roboshop_dispatch.consumer.export import CountingExporter, Drops, Shedding, Tally
+
+    drops = Drops()
+    provider = TracerProvider(sampler=Shedding(ALWAYS_ON, drops, room=4), shutdown_on_exit=False)
+    provider.add_span_processor(Tally(drops))
+    tracer = provider.get_tracer("test")
+    ended = []
+
+    def order() -> bool:
+        span = tracer.start_span("getOrder")
+        child = tracer.start_span("processSale", context=set_span_in_context(span))
+        child.end()
+        span.end()
+        ended.extend(s for s in (child, span) if s.get_span_context().trace_flags.sampled)
+        return span.get_span_context().trace_flags.sampled
+
+    assert order() and order()  # 4 spans queued: the queue is full
+    assert not order() and not order()  # not made: 2 spans each, counted as dropped
+    assert (drops.total, drops.shed, drops.unaccounted()) == (4, 4, 4)
+    exporter = CountingExporter(InMemorySpanExporter(), drops, share=1.0)
+    assert exporter.export(ended[:4]) is SpanExportResult.SUCCESS  # the queue drains
+    assert drops.unaccounted() == 0 and order()  # room again: recorded
+    assert (drops.ended, drops.exported, drops.total) == (6, 4, 4)

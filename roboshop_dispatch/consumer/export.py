@@ -37,17 +37,20 @@ class Drops:
         self.on_drop: Optional[Callable[[int], None]] = None
         self.ended = 0  # sampled spans handed to the export queue
         self.exported = 0  # spans the collector took
+        self.shed = 0  # spans never made (Shedding): in total, never in ended
 
     def unaccounted(self) -> int:
-        """Spans neither exported nor counted as dropped: still queued (or being sent)."""
+        """Spans made and neither exported nor dropped: still queued (or being sent)."""
         with self.lock:
-            return self.ended - self.exported - self.total
+            return self.ended - self.exported - (self.total - self.shed)
 
-    def add(self, count: int) -> None:
+    def add(self, count: int, shed: bool = False) -> None:
         if count <= 0:
             return
         with self.lock:
             self.total += count
+            if shed:
+                self.shed += count
         hook = self.on_drop
         if hook is not None:
             hook(count)
@@ -112,11 +115,13 @@ class Shedding(Sampler):
 
     def should_sample(self, parent_context: Optional[Context], trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Any = None, trace_state: Any = None) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
         if name == "getOrder" and self.drops.unaccounted() >= self.room:
             quarantined = bool(attributes) and attributes.get("dispatch.outcome") == "quarantined"
-            self.drops.add(1 if quarantined else 2)
-            parent = trace.get_current_span(parent_context).get_span_context()
+            self.drops.add(1 if quarantined else 2, shed=True)
             return SamplingResult(Decision.DROP, None, parent.trace_state if parent.is_valid else None)
+        if parent.is_valid and not parent.is_remote and not parent.trace_flags.sampled:
+            return SamplingResult(Decision.DROP, None, parent.trace_state)  # processSale of a span not made
         return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
