@@ -29,6 +29,8 @@ ENV_FILE = CONFIG_DIR / "dispatch.env"
 # the consumer reads it from $CREDENTIALS_DIRECTORY/NAME (consumer/config.py spells NAME too)
 CREDENTIAL_NAME = "amqp-pass"
 CREDENTIAL_FILE = CONFIG_DIR / "dispatch.amqp-pass"
+# systemd's credential stores, searched for LoadCredential=ID without an absolute path
+CREDSTORE_DIRS = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
 # how many instances are configured (one line, the number; root, 0644): read by `start`,
 # `status` and `check`; changing it restarts nothing
 INSTANCES_FILE = CONFIG_DIR / "dispatch.instances"

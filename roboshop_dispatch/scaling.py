@@ -5,7 +5,7 @@ config, service and uninstall steps share it (steps never import each other).
 N = 1 runs ``dispatch.service``, the manual's unit (``systemctl status dispatch`` keeps working);
 N > 1 runs ``dispatch@1.service`` .. ``dispatch@N.service`` from the template, all sharing one
 environment file and one credential. Facts first: :func:`installed_instances` reads every
-dispatch unit once (:func:`roboshop_dispatch.installed.read_instances`); :func:`decide` is a pure
+dispatch unit once (:func:`roboshop_dispatch.facts.instances.read_instances`); :func:`decide` is a pure
 function from those facts to a :class:`ScalePlan`, unit-tested from recorded facts.
 
 - Changing N starts or stops only the difference: dispatch@1 keeps its process going 2 -> 3.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
-from .installed import InstanceFacts, parse_show_blocks, read_instances
+from .facts.instances import InstanceFacts, parse_show_blocks, read_instances
 from .steps.base import Action, Change, Context, StepFailed, unchanged
 from .steps.pending import RESTART_MARKS
 

@@ -7,8 +7,8 @@ and its option on the commands that take it). A row's name is the Settings field
 ``amqp_*`` rows fill :class:`~roboshop_dispatch.settings.AmqpSettings` (``amqp_port`` -> ``port``).
 
 :func:`resolve` is pure: (the options given, the environment, the installed values) -> the values
-and where each came from. The installed values are read by :mod:`roboshop_dispatch.installed`
-(:func:`~roboshop_dispatch.installed.remembered`), the one parser of the installed state. Every
+and where each came from. The installed values are :func:`remembered` from the installed state
+(:mod:`roboshop_dispatch.facts.installed`, the one reader of it). Every
 value, whatever its source, is validated by the row's validator, and an error names its source:
 ``DISPATCHCTL_AMQP_PORT: 'x' is not a whole number``, or
 ``/etc/roboshop/dispatch.env: AMQP_PORT: ...: give --amqp-port``.
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
+from . import layout
 from .settings import (
     DEFAULT_ARTIFACT,
     MASK,
@@ -42,6 +43,9 @@ from .settings import (
     validate_text,
     validate_user_name,
 )
+
+if TYPE_CHECKING:
+    from .facts.installed import InstalledState
 
 ENV_PREFIX = "DISPATCHCTL_"
 OPTION, ENVIRONMENT, INSTALLED, DEFAULT, PROMPT = "option", "environment", "installed", "default", "prompt"
@@ -244,6 +248,105 @@ def _validate(knob: Knob, text: str, source: Source) -> Any:
 def _refuse_plain_http(values: Mapping[str, Any], sources: Mapping[str, Source]) -> None:
     if values["artifact"].startswith("http://") and not values.get("insecure"):
         validate_artifact(sources["artifact"].where, values["artifact"], insecure=False)
+
+
+# -- the installed values ----------------------------------------------------------------------
+
+
+class RememberedValues(Mapping[str, "Remembered"]):
+    """The installed values (:func:`remembered`): a variable the environment file does not set is
+    the consumer's default, looked up only when asked for (it imports pika, which a re-run of
+    ``install`` on a complete installation never needs)."""
+
+    def __init__(self, found: Dict[str, Remembered], env_path: Optional[str]) -> None:
+        self._found = found
+        self._env_path = env_path  # None: no environment file read, so no consumer defaults either
+        self._defaults: Optional[Dict[str, str]] = None
+
+    def _default(self, key: str) -> Optional[Remembered]:
+        if self._env_path is None or not key.isupper():
+            return None
+        if self._defaults is None:
+            from .facts.installed import consumer_defaults
+
+            self._defaults = consumer_defaults()
+        if key not in self._defaults:
+            return None
+        return Remembered(self._defaults[key], f"{self._env_path}: {key} (not set: the consumer's default)")
+
+    def __getitem__(self, key: str) -> Remembered:
+        found = self._found.get(key) or self._default(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self._found or self._default(key) is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every value, the consumer's defaults included (this loads them)."""
+        keys = list(self._found)
+        if self._env_path is not None:
+            if self._defaults is None:
+                from .facts.installed import consumer_defaults
+
+                self._defaults = consumer_defaults()
+            keys += [k for k in self._defaults if k not in self._found]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def remembered(state: InstalledState) -> RememberedValues:
+    """Every installed setting as text with where it was read, for the settings a command is not
+    given (:func:`resolve`): each variable of the environment file (the consumer's
+    default for those it does not set), ``amqp_pass`` (the credential, else AMQP_PASS),
+    ``service_user`` (the unit's User=), ``app_dir`` (the directory of the dispatch its ExecStart=
+    runs) and ``flavour`` (of that binary). Nothing for what is not installed or cannot be read."""
+    from .facts.installed import PASSWORD_KEY
+    from .facts.instances import recorded_instances
+    from .facts.unitfile import unit_binary
+
+    out: Dict[str, Remembered] = {}
+    env_path: Optional[str] = None
+    if not state.env_error and state.env_file.exists:
+        env_path = state.env_file.path
+        for key, value in state.environment.items():
+            out[key] = Remembered(value, f"{env_path}: {key}")
+    if state.password:
+        where = state.credential_file.path if state.password_source == "credential" and state.credential_file \
+            else f"{state.env_file.path}: {PASSWORD_KEY}"
+        out[PASSWORD] = Remembered(state.password.reveal(), where)
+    unit = state.unit_file.path
+    if state.unit_value("User"):
+        out["service_user"] = Remembered(state.unit_value("User"), f"{unit}: User=")
+    binary = unit_binary(state.unit_value("ExecStart"))
+    if binary is not None:
+        out["app_dir"] = Remembered(str(binary.parent), f"{unit}: ExecStart=")
+        if state.flavour and Path(state.binary.path) == binary:
+            out["flavour"] = Remembered(state.flavour, f"{binary} (the installed binary)")
+        out.update(_remembered_build(state.build_stamp, binary.parent / layout.BUILD_STAMP_NAME))
+    if env_path is not None:  # installed: the count recorded for N > 1, else the one dispatch.service
+        count = recorded_instances(layout.INSTANCES_FILE)
+        out["instances"] = Remembered(str(count), str(layout.INSTANCES_FILE)) if count \
+            else Remembered("1", f"{env_path} (one instance: no {layout.INSTANCES_FILE})")
+    return RememberedValues(out, env_path)
+
+
+def _remembered_build(stamp: Mapping[str, Any], path: Path) -> Dict[str, Remembered]:
+    """The go build's artifact and its SHA-256 from the stamp beside the binary (a plain http://
+    artifact was allowed with --insecure: that is remembered too)."""
+
+    artifact, sha256 = stamp.get("artifact"), stamp.get("artifact_sha256")
+    if not isinstance(artifact, str) or not artifact:
+        return {}
+    out = {"artifact": Remembered(artifact, f"{path}: artifact")}
+    if isinstance(sha256, str) and sha256:
+        out["artifact_sha256"] = Remembered(sha256, f"{path}: artifact_sha256")
+    if artifact.startswith("http://"):
+        out["insecure"] = Remembered("1", f"{path}: artifact (http://, allowed with --insecure)")
+    return out
 
 
 # -- the password ---------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def settings_and_queue(state: Any, broker: bool, timeout: float = BROKER_TIMEOUT
     the consumer's config module imports pika."""
     from dataclasses import replace
 
-    from . import installed
+    from .facts import installed
 
     state = replace(state, **installed.consumer_settings(state, Path(state.env_file.path)))
     queue = None
@@ -183,7 +183,7 @@ def config_of(state: Any) -> Dict[str, Any]:
     if state.env_error:
         doc["error"] = state.env_error
         return doc
-    from .installed import remembered
+    from .sources import remembered
 
     cfg = state.consumer
     raw = {key: found.text for key, found in remembered(state).items()}
@@ -309,8 +309,8 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
     imports the caller needs afterwards, run in the background meanwhile."""
-    from . import installed
     from .diagnostics.bounded import start
+    from .facts import installed
     from .host import Runner
     from .redact import Redactor
     from .systemd import Systemd

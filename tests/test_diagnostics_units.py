@@ -14,7 +14,8 @@ import pytest
 from roboshop_dispatch import diagnostics as d
 from roboshop_dispatch import envfile, status
 from roboshop_dispatch.cli.operate import resolve_amqp
-from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.host import Runner
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps.base import Context, run_steps

@@ -1,6 +1,6 @@
 """Remembered settings, pure logic: the option > DISPATCHCTL_* > what is installed > the default
 (sources.resolve), every value validated under the name of its source, and the installed values
-read by the one parser (installed.remembered) with the consumer's defaults."""
+read by the one parser (sources.remembered) with the consumer's defaults."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roboshop_dispatch import installed
-from roboshop_dispatch.installed import FileInfo, InstalledState, remembered, unit_settings
+from roboshop_dispatch.facts import installed
+from roboshop_dispatch.facts.installed import InstalledState
+from roboshop_dispatch.facts.paths import FileInfo
+from roboshop_dispatch.facts.unitfile import unit_settings
 from roboshop_dispatch.settings import MASK, Secret, Settings, SettingsError
 from roboshop_dispatch.sources import (
     COMMAND_KNOBS,
@@ -27,6 +29,7 @@ from roboshop_dispatch.sources import (
     Source,
     build_settings,
     password_given,
+    remembered,
     resolve,
 )
 
@@ -305,7 +308,8 @@ def test_a_complete_installation_is_remembered_without_importing_pika(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from roboshop_dispatch.installed import read_settings, remembered
+from roboshop_dispatch.facts.installed import read_settings
+from roboshop_dispatch.sources import remembered
 from roboshop_dispatch.sources import COMMAND_KNOBS, resolve
 found = remembered(read_settings(Path({str(env)!r}), interpret=False))
 r = resolve(COMMAND_KNOBS["configure"], {{}}, {{}}, found)

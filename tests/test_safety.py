@@ -21,8 +21,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
+from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.files import NotRegularFile, write_atomic
-from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.host import Runner
 from roboshop_dispatch.layout import CREDENTIALS_MIN_SYSTEMD, RENDER_CACHE
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.render import render_unit

@@ -359,7 +359,7 @@ def logs(
 ) -> None:
     """The service's journal (journalctl -u dispatch), with the AMQP password masked."""
 
-    from ..installed import read_settings
+    from ..facts.installed import read_settings
     from ..redact import Redactor
     from ..systemd import UNIT
 

@@ -120,7 +120,8 @@ def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
 def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
     """What is installed (installed.remembered: the one parser), and why nothing could be read
     ('' when it could, or when nothing is installed)."""
-    from ..installed import read_settings, remembered
+    from ..facts.installed import read_settings
+    from ..sources import remembered
 
     state = read_settings(env_file, interpret=False)
     why = state.env_unreadable() if state.env_error and state.env_file.kind != "missing" else ""

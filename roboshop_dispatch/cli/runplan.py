@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..host import HostFacts, Runner
+from ..facts.host import HostFacts
+from ..host import Runner
 from ..settings import Settings
 from ..steps.base import PreflightError, Step
 from . import options as opt

@@ -60,7 +60,9 @@ from typing import Any, Optional, Tuple
 from .. import layout
 
 # the parsing of systemd's answers lives with the installed state; kept importable from here
-from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
+from ..facts.installed import InstalledState
+from ..facts.paths import flavour_of
+from ..facts.unitfile import binary_from_unit, env_file_from_unit, exec_argv
 from ..redact import Redactor
 from .bounded import run_bounded
 from .catalog import DEFAULT_BUDGET_S, RABBIT_CHECKS, TITLES
@@ -119,7 +121,7 @@ def check_host(
     budget: float = DEFAULT_BUDGET_S,
 ) -> Tuple[Report, Redactor]:
     """Every check of ``dispatchctl check``; returns the report and the redactor for its passwords."""
-    from .. import installed
+    from ..facts import installed
 
     started = time.monotonic()
     try:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Generic, List, Optional, Sequence, Set, TypeVar
 
+from ..facts.host import HostFacts
 from ..files import NotRegularFile, diff_stat
-from ..host import CommandError, HostFacts, Runner
+from ..host import CommandError, Runner
 from ..settings import Settings
 from ..systemd import Systemd
 

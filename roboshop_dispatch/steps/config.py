@@ -174,7 +174,7 @@ class ConfigStep(Step[ConfigPlan]):
 
     @staticmethod
     def systemd_version(ctx: Context) -> Optional[int]:
-        from ..host import systemd_version
+        from ..facts.host import systemd_version
 
         return ctx.facts.systemd_version if ctx.facts.systemd_version is not None else systemd_version()
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple
 
+from ..facts.instances import InstanceInfo
 from ..files import lstat_regular
-from ..installed import InstanceInfo
 from ..layout import INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
 from ..scaling import installed_instances
