@@ -74,7 +74,7 @@ class FakeSystemd:
         self.props = props
         self.runner = RecordingRunner()
 
-    def show(self, properties):
+    def show(self):
         return dict(self.props)
 
 

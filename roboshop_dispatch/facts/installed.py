@@ -41,11 +41,6 @@ from .unitfile import (
 
 PASSWORD_KEY = "AMQP_PASS"
 AMQP_KEYS = ("AMQP_HOST", "AMQP_PORT", "AMQP_VHOST", "AMQP_USER")
-UNIT_PROPERTIES = (
-    "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
-    "ExecStart", "EnvironmentFiles", "FragmentPath", "DropInPaths", "Type", "ExecMainStatus", "ExecMainCode",
-    "ActiveEnterTimestamp", "StatusText",
-)
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,7 @@ def read(
     instances = read_instances(systemd.runner, systemd_pid1=host.systemd_pid1)
     if instances.uses_template:  # the instances share one template: dispatch@1 stands for them all
         systemd = Systemd(systemd.runner, unit=instance_unit(1))
-    props = systemd.show(UNIT_PROPERTIES) if host.systemd_pid1 else {}
+    props = systemd.show() if host.systemd_pid1 else {}
     unit_file = lstat(Path(props.get("FragmentPath") or layout.UNIT_PATH))
     texts = unit_texts(unit_file, props.get("DropInPaths", ""))
     credentials = load_credentials(texts)

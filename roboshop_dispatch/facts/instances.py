@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 from .. import layout
+from ..systemd import RUNNING_STATES, Systemd, parse_show
 from .paths import lstat
 
 ENABLED_STATES = ("enabled", "enabled-runtime", "linked", "linked-runtime", "alias")
-RUNNING_STATES = ("active", "activating", "reloading", "deactivating")
-INSTANCE_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID", "StatusText",
-                       "NeedDaemonReload", "Result")
 _INSTANCE_NAME = re.compile(r"^dispatch@([1-9][0-9]{0,5})\.service$")
 
 
@@ -47,6 +45,16 @@ class InstanceInfo:
         """N of dispatch@N.service; 0 for dispatch.service."""
         m = _INSTANCE_NAME.match(self.unit)
         return int(m.group(1)) if m else 0
+
+    @classmethod
+    def from_show(cls, values: Mapping[str, str]) -> InstanceInfo:
+        """One unit's block of ``systemctl show`` (:func:`roboshop_dispatch.systemd.parse_show`)."""
+        pid = values.get("MainPID", "")
+        return cls(unit=values.get("Id", ""), load_state=values.get("LoadState", ""),
+                   active_state=values.get("ActiveState", ""), sub_state=values.get("SubState", ""),
+                   enabled=values.get("UnitFileState", ""), main_pid=int(pid) if pid.isdigit() else 0,
+                   status_text=values.get("StatusText", ""), need_reload=values.get("NeedDaemonReload") == "yes",
+                   result=values.get("Result", ""))
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,8 @@ def read_instances(runner: Any, *, systemd_pid1: bool, unit_dir: Path = layout.U
     names = [instance_unit(n) for n in sorted(numbers)]
     states: Dict[str, InstanceInfo] = {}
     if systemd_pid1:
-        res = runner.run(["systemctl", "show", layout.UNIT_NAME, *names,
-                          "--property=" + ",".join(INSTANCE_PROPERTIES)], check=False, timeout=30)
-        states = {info.unit: info for info in parse_show_blocks(res.stdout)}
+        shown = Systemd(runner).show_units([layout.UNIT_NAME, *names])
+        states = {info.unit: info for info in map(InstanceInfo.from_show, shown) if info.unit}
     return InstanceFacts(
         legacy_file=lstat(unit_dir / layout.UNIT_NAME).exists,
         template_file=lstat(unit_dir / layout.TEMPLATE_NAME).exists,
@@ -166,26 +173,6 @@ def parse_instance_list(text: str) -> List[int]:
     return out
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
-
-
 def parse_show_blocks(text: str) -> List[InstanceInfo]:
-    """``systemctl show A B --property=...``: one block per unit, separated by an empty line."""
-    out: List[InstanceInfo] = []
-    for block in text.split("\n\n"):
-        values: Dict[str, str] = {}
-        for line in block.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key] = value
-        if values.get("Id"):
-            out.append(InstanceInfo(
-                unit=values["Id"], load_state=values.get("LoadState", ""), active_state=values.get("ActiveState", ""),
-                sub_state=values.get("SubState", ""), enabled=values.get("UnitFileState", ""),
-                main_pid=_int(values.get("MainPID", "")), status_text=values.get("StatusText", ""),
-                need_reload=values.get("NeedDaemonReload") == "yes", result=values.get("Result", "")))
-    return out
+    """``systemctl show A B --property=...`` as one InstanceInfo per unit."""
+    return [InstanceInfo.from_show(block) for block in parse_show(text) if block.get("Id")]

@@ -24,8 +24,8 @@ from .. import envfile
 from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
 from ..redact import SECRET_KEYS, Redactor
-from ..scaling import INSTANCES, wanted_count
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
+from .instances import INSTANCES, wanted_count
 from .pending import mark_pending
 
 
