@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .errors import DispatchctlError, ErrorKind
 from .layout import CHANGE_LOCK
 
 # never handed to a child process (dnf, apt-get, useradd, go, systemctl...): a child's environment
@@ -19,8 +20,10 @@ from .layout import CHANGE_LOCK
 SECRET_ENV_VARS = ("DISPATCHCTL_AMQP_PASS", "AMQP_PASS")
 
 
-class CommandError(RuntimeError):
+class CommandError(DispatchctlError):
     """A command that failed: carries the argv, exit code and the tail of its output."""
+
+    kind = ErrorKind.STEP
 
     def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
         self.argv = list(argv)

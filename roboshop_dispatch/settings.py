@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
+from .errors import DispatchctlError, ErrorKind
 from .layout import (
     APP_DIR,
     BINARY_NAME,
@@ -59,8 +60,10 @@ _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}\$?$")
 
 
-class SettingsError(ValueError):
+class SettingsError(DispatchctlError):
     """A value that failed validation; ``option`` names the CLI option or variable."""
+
+    kind = ErrorKind.USAGE
 
     def __init__(self, option: str, message: str) -> None:
         super().__init__(f"{option}: {message}")

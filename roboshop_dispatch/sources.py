@@ -165,24 +165,6 @@ class Resolved:
                              "from": self.password_source.where}
         return doc
 
-    def text(self) -> str:
-        """The short "settings" block of a --dry-run."""
-        rows = [(name, _shown(item["value"]), f"{item['source']} ({item['from']})"
-                 if item["from"] not in (item["source"], "") else item["source"])
-                for name, item in self.document().items()]
-        width = max((len(r[0]) for r in rows), default=0)
-        vwidth = min(40, max((len(r[1]) for r in rows), default=0))
-        lines = ["settings:"] + [f"  {n.ljust(width)}  {v.ljust(vwidth)}  {s}" for n, v, s in rows]
-        return "\n".join(lines) + "\n"
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(value)
-    return str(value)
-
 
 def env_name(option: str) -> str:
     return ENV_PREFIX + option.lstrip("-").upper().replace("-", "_")

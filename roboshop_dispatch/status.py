@@ -13,14 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .errors import ErrorKind, ExitStatus
 from .settings import MASK
-
-EXIT_RUNNING = 0
-EXIT_NOT_RUNNING = 3
-EXIT_NOT_INSTALLED = 4
-# PID 1 is not systemd (a container, a chroot): the service's state cannot be known; LSB's
-# "status unknown", the code systemctl's own `is-active` family uses for it
-EXIT_NO_SYSTEMD = 4
 
 BROKER_TIMEOUT_S = 1.5
 
@@ -300,7 +294,7 @@ def no_systemd_doc(root: Path = Path("/")) -> Dict[str, Any]:
     return {
         "unit": UNIT_NAME, "systemd": False, "pid1": pid1, "installed": False, "running": False,
         "unit_file_present": (root / UNIT_PATH.relative_to("/")).exists(),
-        "error": {"kind": "no-systemd", "message": f"this host does not run systemd (PID 1 is {pid1}): "
+        "error": {"kind": ErrorKind.NO_SYSTEMD, "message": f"this host does not run systemd (PID 1 is {pid1}): "
                   "the service cannot run here; dispatch needs a systemd host"},
     }
 
@@ -359,34 +353,7 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
 
 def exit_code(doc: Dict[str, Any]) -> int:
     if doc.get("systemd") is False:
-        return EXIT_NO_SYSTEMD
+        return ExitStatus.NO_SYSTEMD
     if not doc["installed"]:
-        return EXIT_NOT_INSTALLED
-    return EXIT_RUNNING if doc["running"] else EXIT_NOT_RUNNING
-
-
-def human_bytes(n: Optional[int]) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"
-
-
-def human_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h {minutes}m"
-    if hours:
-        return f"{hours}h {minutes}m {s}s"
-    if minutes:
-        return f"{minutes}m {s}s"
-    return f"{seconds:.1f}s"
+        return ExitStatus.NOT_INSTALLED
+    return ExitStatus.OK if doc["running"] else ExitStatus.NOT_RUNNING

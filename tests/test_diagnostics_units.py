@@ -13,7 +13,8 @@ import pytest
 
 from roboshop_dispatch import diagnostics as d
 from roboshop_dispatch import envfile, status
-from roboshop_dispatch.cli.operate import resolve_amqp
+from roboshop_dispatch.cli.check import resolve_amqp
+from roboshop_dispatch.cli.output.status import human_bytes, human_duration
 from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.host import Runner
 from roboshop_dispatch.redact import Redactor
@@ -164,11 +165,11 @@ def test_status_exit_codes_and_formatting():
     assert status.exit_code({"installed": False, "running": False}) == 4
     assert status.exit_code({"installed": True, "running": False}) == 3
     assert status.exit_code({"installed": True, "running": True}) == 0
-    assert status.human_bytes(29032448) == "27.7 MiB"
-    assert status.human_bytes(512) == "512 B"
-    assert status.human_duration(3.25) == "3.2s"
-    assert status.human_duration(3725) == "1h 2m 5s"
-    assert status.human_duration(90061) == "1d 1h 1m"
+    assert human_bytes(29032448) == "27.7 MiB"
+    assert human_bytes(512) == "512 B"
+    assert human_duration(3.25) == "3.2s"
+    assert human_duration(3725) == "1h 2m 5s"
+    assert human_duration(90061) == "1d 1h 1m"
 
 
 # -- uninstall steps on a temp root ------------------------------------------------------------

@@ -47,14 +47,11 @@ def _root(
 
 
 def _register() -> None:
+    """Each command module adds its commands to ``app``, in the order the command list shows them."""
     import importlib
 
-    for module in ("provision", "operate", "lab"):
-        try:
-            importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"{__package__}.{module}":
-                raise
+    for module in ("provision", "check", "status", "logs", "uninstall", "lab"):
+        importlib.import_module(f"{__package__}.{module}")
 
 
 _register()

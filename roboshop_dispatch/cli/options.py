@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, NoReturn, Optional, Tuple
 
 import typer
 
+from ..errors import ExitStatus
 from ..layout import ENV_FILE, MAX_INSTANCES
 from ..settings import PASSWORD_ENV, SettingsError, validate_password
 from ..sources import PASS_FILE_ENV
@@ -17,10 +18,6 @@ from ..sources import PASS_FILE_ENV
 if TYPE_CHECKING:
     from ..sources import Remembered, Resolved
 
-
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
 
 # -- provisioning -------------------------------------------------------------------------------
 # Every remembered setting defaults to None (not given): its value is then taken from its
@@ -99,7 +96,7 @@ def usage_error(message: str) -> typer.Exit:
     from .output import error
 
     error(message)
-    return typer.Exit(EXIT_USAGE)
+    return typer.Exit(ExitStatus.USAGE)
 
 
 def _prompt() -> Optional[str]:
@@ -165,4 +162,4 @@ def resolved_settings(
     return replace(resolved, password=secret, password_source=source)
 
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "resolved_settings", "usage_error"]
+__all__ = ["SettingsError", "resolved_settings", "usage_error"]

@@ -30,9 +30,10 @@ def execute(command: str, given: Dict[str, Optional[str]], *, pass_file: Optiona
         raise opt.usage_error(str(exc)) from None
 
     from ..steps.plan import plan, preflight
+    from .output.settings import settings_text
     from .runplan import run_plan
 
-    section = ("settings", resolved.document(), resolved.text()) if dry_run else None
+    section = ("settings", resolved.document(), settings_text(resolved)) if dry_run else None
     return run_plan(command, plan(command), settings, preflight=lambda facts: preflight(facts, dry_run=dry_run),
                     dry_run=dry_run, diff=diff, as_json=as_json, section=section)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .. import amqp
+from .errors import ConsumerError
 
 CREDENTIAL_NAME = "amqp-pass"  # LoadCredential=amqp-pass:... in the unit; read from $CREDENTIALS_DIRECTORY
 PASSWORD_FROM_CREDENTIAL = "credential"
@@ -48,7 +49,7 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ConsumerError):
     """An invalid setting: ``str(err)`` is one line naming the variable."""
 
     def __init__(self, variable: str, message: str) -> None:

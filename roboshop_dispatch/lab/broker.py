@@ -18,12 +18,14 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from ..errors import DispatchctlError
+
 USER = "roboshop"
 PASSWORD = "roboshop123"
 SAFE_CONF_VALUE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(DispatchctlError):
     pass
 
 

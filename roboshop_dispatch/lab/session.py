@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from ..errors import DispatchctlError, ErrorKind
 from ..files import write_atomic
 from . import tools
 from .broker import Broker, BrokerUnavailable, free_port, port_open
@@ -65,13 +66,12 @@ PASS_INSIDE = "/root/amqp.pass"
 MARK = ".dispatchctl-lab"
 
 
-class LabError(RuntimeError):
+class LabError(DispatchctlError):
     """The lab cannot do what was asked; ``kind`` is the JSON error kind (preflight: nothing was
     touched; step: something failed on the way and what was made is removed again)."""
 
-    def __init__(self, message: str, kind: str = "step") -> None:
-        super().__init__(message)
-        self.kind = kind
+    def __init__(self, message: str, kind: str = ErrorKind.STEP) -> None:
+        super().__init__(message, kind=kind)
 
 
 @dataclass(frozen=True)
