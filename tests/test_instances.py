@@ -20,8 +20,9 @@ from roboshop_dispatch.facts import installed
 from roboshop_dispatch.facts import instances as inst
 from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.layout import MAX_INSTANCES
-from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError, validate_instances
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps.instances import decide, in_use
+from roboshop_dispatch.validate import validate_instances
 
 LEGACY_FILE = Path("/etc/systemd/system/dispatch.service")
 TEMPLATE_FILE = Path("/etc/systemd/system/dispatch@.service")

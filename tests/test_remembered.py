@@ -16,14 +16,12 @@ from roboshop_dispatch.facts import installed
 from roboshop_dispatch.facts.installed import InstalledState
 from roboshop_dispatch.facts.paths import FileInfo
 from roboshop_dispatch.facts.unitfile import unit_settings
+from roboshop_dispatch.knobs import COMMAND_KNOBS, KNOB, KNOBS
 from roboshop_dispatch.settings import MASK, Secret, Settings, SettingsError
 from roboshop_dispatch.sources import (
-    COMMAND_KNOBS,
     DEFAULT,
     ENVIRONMENT,
     INSTALLED,
-    KNOB,
-    KNOBS,
     OPTION,
     LazyPassword,
     Remembered,

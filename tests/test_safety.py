@@ -27,20 +27,13 @@ from roboshop_dispatch.host import Runner
 from roboshop_dispatch.layout import CREDENTIALS_MIN_SYSTEMD, RENDER_CACHE
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.render import render_unit
-from roboshop_dispatch.settings import (
-    SYSTEM_DIRS,
-    AmqpSettings,
-    Secret,
-    Settings,
-    SettingsError,
-    validate_app_dir,
-    validate_text,
-)
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps import config as config_step
 from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context, run_steps
 from roboshop_dispatch.steps.plan import plan
 from roboshop_dispatch.steps.uninstall import decide_app_dir
 from roboshop_dispatch.steps.user import decide as decide_user
+from roboshop_dispatch.validate import SYSTEM_DIRS, validate_app_dir, validate_text
 from tests.test_steps import FakeSystemd, RecordingRunner
 
 PASSWORD = "n3w-Pa$$ w\"rd"
@@ -416,11 +409,11 @@ def test_sha256_and_insecure_are_validated_in_settings():
     with pytest.raises(SettingsError) as err:
         settings(flavour="go", artifact="http://127.0.0.1/d.zip")
     assert err.value.option == "--artifact" and "--insecure" in str(err.value)
-    s = settings(flavour="go", artifact="http://127.0.0.1/d.zip", insecure=True, sha256="AB" * 32)
+    s = settings(flavour="go", artifact="http://127.0.0.1/d.zip", insecure=True, artifact_sha256="AB" * 32)
     assert s.insecure and s.artifact_sha256 == "ab" * 32
     for bad in ("ab" * 31, "zz" * 32, "ab" * 32 + "0", ""):
         with pytest.raises(SettingsError) as err:
-            settings(sha256=bad)
+            settings(artifact_sha256=bad)
         assert err.value.option == "--sha256"
 
 

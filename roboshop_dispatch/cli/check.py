@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import typer
 
 from ..errors import ExitStatus
-from ..layout import APP_DIR, SERVICE_USER
 from ..settings import SettingsError
 from . import options as opt
 from .app import app
@@ -32,37 +31,22 @@ def resolve_amqp(
     installed one, a hidden prompt on a terminal. Raises SettingsError naming what is wrong."""
     import os
 
-    from ..sources import COMMAND_KNOBS, LazyPassword, build_settings, installed_password, password_given, resolve
+    from ..knobs import COMMAND_KNOBS
+    from ..sources import build_settings, password, resolve
 
     env = os.environ if environ is None else environ
     found, why = opt.installed_settings(env_file)
     given = {"amqp_hosts": host, "amqp_port": port, "amqp_vhost": vhost, "amqp_user": user}
     resolved = resolve(COMMAND_KNOBS["check-rabbitmq"], given, env, found, installed_missing=why)
     opt.warn_if_pass_on_command_line(pass_value)
-    secret, source = password_given(pass_file, pass_value, env)
-    if secret is None:
-        secret, source = installed_password(found)
-    ask = opt._prompt if sys.stdin.isatty() else None
-    return build_settings(resolved).amqp, LazyPassword(secret, source, ask, why)
+    lazy = password(pass_file, pass_value, env, found, opt.prompt if sys.stdin.isatty() else None, why)
+    return build_settings(resolved).amqp, lazy
 
 
 @app.command("check-rabbitmq")
+@opt.with_settings("check-rabbitmq")
 def check_rabbitmq(
-    amqp_host: Optional[str] = typer.Option(
-        None, "--amqp-host", metavar="HOST[,HOST...]",
-        help="RabbitMQ host(s). Else $DISPATCHCTL_AMQP_HOST, else the installed AMQP_HOST."),
-    amqp_port: Optional[str] = typer.Option(
-        None, "--amqp-port", metavar="PORT",
-        help="RabbitMQ port. Else $DISPATCHCTL_AMQP_PORT, else installed, else 5672."),
-    amqp_vhost: Optional[str] = typer.Option(
-        None, "--amqp-vhost", metavar="VHOST",
-        help="Virtual host. Else $DISPATCHCTL_AMQP_VHOST, else installed, else /."),
-    amqp_user: Optional[str] = typer.Option(
-        None, "--amqp-user", metavar="USER",
-        help="RabbitMQ user. Else $DISPATCHCTL_AMQP_USER, else installed (the consumer's default when the "
-             "environment file sets none), else roboshop."),
-    amqp_pass_file: Optional[str] = opt.AmqpPassFile,
-    amqp_pass: Optional[str] = opt.AmqpPass,
+    given: Dict[str, Optional[str]],
     declare: bool = typer.Option(False, "--declare",
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
                                       "is ever created or changed)."),
@@ -76,8 +60,9 @@ def check_rabbitmq(
     broker unless --declare. The password is asked for only when the login is reached. Exit 0 when
     no check fails (warnings are shown, not failures), 1 otherwise."""
     try:
-        amqp, password = resolve_amqp(host=amqp_host, port=amqp_port, vhost=amqp_vhost, user=amqp_user,
-                                      pass_file=amqp_pass_file, pass_value=amqp_pass, env_file=Path(env_file))
+        amqp, password = resolve_amqp(host=given["amqp_hosts"], port=given["amqp_port"], vhost=given["amqp_vhost"],
+                                      user=given["amqp_user"], pass_file=given["amqp_pass_file"],
+                                      pass_value=given["amqp_pass"], env_file=Path(env_file))
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
 
@@ -97,9 +82,9 @@ def check_rabbitmq(
 
 
 @app.command()
+@opt.with_settings("check")
 def check(
-    user: str = typer.Option(SERVICE_USER, "--user", help="The service user the unit must run as."),
-    app_dir: str = typer.Option(str(APP_DIR), "--app-dir", help="Where /app/dispatch lives."),
+    given: Dict[str, Optional[str]],
     lines: int = typer.Option(10, "--lines", "-n", help="Log lines to show when the service is not running."),
     json_output: bool = opt.JsonOutput,
     verbose: bool = opt.Verbose,
@@ -109,7 +94,7 @@ def check(
     settings. Names the manual's common issues when it finds them. Exit 0 healthy, 1 not."""
     from ..diagnostics import check_host
 
-    report, redactor = check_host(service_user=user, app_dir=Path(app_dir),
+    report, redactor = check_host(service_user=str(given["service_user"]), app_dir=Path(str(given["app_dir"])),
                                   env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
     if json_output:
         print_json({"command": "check", **report.as_dict()}, redactor)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Dict, Optional
 
 import typer
 
@@ -24,11 +24,11 @@ def _confirm_purge(settings: Any) -> bool:
 
 
 @app.command()
+@opt.with_settings("uninstall")
 def uninstall(
+    given: Dict[str, Optional[str]],
     purge: bool = typer.Option(False, "--purge", help="Also remove what dispatchctl created in the app "
                                "directory, the directory when empty, and the service user it created."),
-    user: str = typer.Option("roboshop", "--user", help="The service user (deleted only with --purge)."),
-    app_dir: str = typer.Option("/app", "--app-dir", help="The app directory (see --purge)."),
     yes: bool = opt.Yes,
     dry_run: bool = opt.DryRun,
     json_output: bool = opt.JsonOutput,
@@ -39,7 +39,8 @@ def uninstall(
     from ..settings import AmqpSettings, Settings
 
     try:
-        settings = Settings.build(amqp=AmqpSettings.placeholder(), service_user=user, app_dir=app_dir)
+        settings = Settings.build(amqp=AmqpSettings.placeholder(), service_user=given["service_user"],
+                                  app_dir=given["app_dir"])
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
     confirmed = yes or dry_run or not purge
