@@ -157,7 +157,6 @@ KNOBS: Tuple[Knob, ...] = (
          ansible="queue_type", choices=QUEUE_TYPES),
 )
 KNOB: Dict[str, Knob] = {k.name: k for k in KNOBS}
-AMQP_KNOBS = ("amqp_hosts", "amqp_port", "amqp_vhost", "amqp_user")
 
 # the password: two options (a file, or the value itself), never remembered as text
 PASSWORD = "amqp_pass"  # its name among the sources (sources.Resolved.document)

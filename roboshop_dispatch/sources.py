@@ -13,7 +13,7 @@ own (:func:`password`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -56,7 +56,6 @@ class Resolved:
     sources: Mapping[str, Source]
     password: Optional[Secret] = None
     password_source: Optional[Source] = None
-    notes: Tuple[str, ...] = field(default=())
 
     def document(self) -> Dict[str, Dict[str, Any]]:
         """``{name: {"value", "source", "from"}}`` for --dry-run, the password masked."""

@@ -63,12 +63,6 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
     return {"error": last}
 
 
-def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
-    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer
-    (see :func:`run_in_child`)."""
-    return run_in_child(lambda: queue_counts(amqp, timeout), timeout)
-
-
 def run_in_child(fn: Callable[[], Dict[str, Any]], timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
     """Start ``fn`` (returning a JSON-ready dict) in a forked child and return a function that waits
     for its answer, at most ``timeout`` + 2 s.

@@ -22,6 +22,7 @@ from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.layout import MAX_INSTANCES
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps.instances import decide, in_use
+from roboshop_dispatch.systemd import parse_show
 from roboshop_dispatch.validate import validate_instances
 
 LEGACY_FILE = Path("/etc/systemd/system/dispatch.service")
@@ -128,7 +129,7 @@ SHOW_TWO = ("Id=dispatch.service\nLoadState=not-found\nActiveState=inactive\nSub
 
 
 def test_systemctl_show_of_several_units_is_read_block_by_block():
-    blocks = inst.parse_show_blocks(SHOW_TWO)
+    blocks = [inst.InstanceInfo.from_show(b) for b in parse_show(SHOW_TWO)]
     assert [b.unit for b in blocks] == ["dispatch.service", "dispatch@1.service", "dispatch@2.service"]
     assert blocks[1].main_pid == 4242 and blocks[1].running and blocks[1].number == 1
     assert blocks[2].active_state == "failed" and not blocks[2].running and blocks[2].result == "signal"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 from .. import layout
-from ..systemd import RUNNING_STATES, Systemd, parse_show
+from ..systemd import RUNNING_STATES, Systemd
 from .paths import lstat
 
 ENABLED_STATES = ("enabled", "enabled-runtime", "linked", "linked-runtime", "alias")
@@ -171,8 +171,3 @@ def parse_instance_list(text: str) -> List[int]:
         if _INSTANCE_NAME.match(name):
             out.append(InstanceInfo(name).number)
     return out
-
-
-def parse_show_blocks(text: str) -> List[InstanceInfo]:
-    """``systemctl show A B --property=...`` as one InstanceInfo per unit."""
-    return [InstanceInfo.from_show(block) for block in parse_show(text) if block.get("Id")]

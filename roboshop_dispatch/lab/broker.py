@@ -192,12 +192,5 @@ class Broker:
                 counts[parts[0]] = (int(parts[1]), int(parts[2]))
         return counts
 
-    def wait_port(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"port {self.port} not open after {timeout}s")
-            time.sleep(0.1)
-
     def url(self) -> str:
         return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/%2F"
