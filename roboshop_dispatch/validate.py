@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 from typing import Optional, Tuple
 
+from .consumer.secretfile import strip_final_newline
 from .errors import DispatchctlError, ErrorKind
 from .layout import MAX_INSTANCES
 from .redact import Secret
@@ -238,11 +239,4 @@ def read_password_file(path: str, label: str = "--amqp-pass-file") -> Secret:
         raise SettingsError(label, f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise SettingsError(label, f"{path} is not UTF-8 text") from None
-    return validate_password(label, drop_trailing_newline(text))
-
-
-def drop_trailing_newline(text: str) -> str:
-    """``text`` without one trailing ``\\n`` or ``\\r\\n`` (a file's last line ending, not its content)."""
-    if text.endswith("\r\n"):
-        return text[:-2]
-    return text[:-1] if text.endswith("\n") else text
+    return validate_password(label, strip_final_newline(text))

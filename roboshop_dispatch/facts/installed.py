@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import envfile, layout
+from ..consumer.secretfile import strip_final_newline
 from ..settings import MASK, AmqpSettings, Secret, SettingsError
 from .host import HostFacts, systemd_version
 from .instances import InstanceFacts, instance_unit, read_instances
@@ -315,8 +316,7 @@ def _read_credential(credentials: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
         return {**out, "credential_error": exc.strerror or str(exc)}
     except UnicodeDecodeError:
         return {**out, "credential_error": "not UTF-8 text"}
-    if text.endswith("\n"):
-        text = text[:-1]  # as the consumer reads it: one trailing newline is not the password's
+    text = strip_final_newline(text)  # as the consumer reads it
     if text:
         out.update(password=Secret(text), password_source="credential")
     else:
