@@ -141,3 +141,53 @@ def test_no_two_parts_of_the_package_import_each_other():
 def test_the_cycle_finder_finds_a_cycle():
     """The check above cannot pass by not seeing one: a -> b -> c -> a is found, d -> a is not in it."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+
+# -- the lab: a development and demo tool, outside the production import graph ------------------------
+PRODUCTION_COMMANDS = ["install", "configure", "build", "start", "check-rabbitmq", "check", "status", "logs",
+                       "uninstall"]
+
+
+def test_only_the_lab_command_reaches_the_lab_and_only_when_it_runs():
+    """Nothing outside roboshop_dispatch/lab/ imports it, but cli/lab.py inside its commands: the
+    CLI's start (listing the commands) and every production path never load it."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "lab":
+            continue
+        tree = ast.parse(path.read_text())
+        module_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            for line, name in _imports_of(node, path):
+                lab = name == f"{TOP}.lab" or name.startswith(f"{TOP}.lab.")
+                if lab and (rel != Path("cli/lab.py") or id(node) in module_level):
+                    bad.append(f"{rel}:{line} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_package_without_the_lab_imports_and_lists_every_other_command(tmp_path):
+    """The zipapp and the RPM leave roboshop_dispatch/lab/ out: the package without it imports every
+    one of its modules, and its CLI lists every command but lab."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(PACKAGE, tmp_path / TOP, ignore=shutil.ignore_patterns("__pycache__", "lab"))
+    assert (tmp_path / TOP / "cli" / "lab.py").is_file() and not (tmp_path / TOP / "lab").exists()
+    script = ("import importlib, pkgutil, typer.main, roboshop_dispatch\n"
+              "from roboshop_dispatch.cli.app import app\n"
+              "print(roboshop_dispatch.__file__)\n"
+              "print(' '.join(typer.main.get_command(app).commands))\n"
+              "names = [m.name for m in pkgutil.walk_packages(roboshop_dispatch.__path__, 'roboshop_dispatch.')]\n"
+              "for name in names:\n"
+              "    if not name.endswith('__main__'):\n"
+              "        importlib.import_module(name)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    where, commands = res.stdout.splitlines()
+    assert where.startswith(str(tmp_path)), where  # the copy, not the checkout
+    assert commands.split() == PRODUCTION_COMMANDS

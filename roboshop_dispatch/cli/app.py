@@ -47,10 +47,15 @@ def _root(
 
 
 def _register() -> None:
-    """Each command module adds its commands to ``app``, in the order the command list shows them."""
+    """Each command module adds its commands to ``app``, in the order the command list shows them.
+    ``lab`` only where the lab is (a development and demo tool, README: Development): the zipapp
+    and the RPM, the production artifacts, leave ``roboshop_dispatch/lab/`` out, and with it the
+    command. Looked up, not imported: the lab itself is imported only when a lab command runs."""
     import importlib
+    import importlib.util
 
-    for module in ("provision", "check", "status", "logs", "uninstall", "lab"):
+    lab = importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.lab") is not None
+    for module in ("provision", "check", "status", "logs", "uninstall", *(("lab",) if lab else ())):
         importlib.import_module(f"{__package__}.{module}")
 
 
