@@ -166,7 +166,7 @@ def delivery_path(status_text: str) -> Optional[str]:
 def config_of(state: Any) -> Dict[str, Any]:
     """The configuration as ``status`` shows it: the consumer's own reading of the installed
     environment (its defaults), the password masked; when the consumer would refuse it, the raw
-    values with the consumer's defaults for those not set (installed.remembered: the one reading)."""
+    values with the consumer's defaults for those not set (sources.remembered: the one reading)."""
     doc: Dict[str, Any] = {"path": state.env_file.path}
     if state.env_error:
         doc["error"] = state.env_error

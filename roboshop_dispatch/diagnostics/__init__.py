@@ -8,7 +8,7 @@ Two families of checks live here:
   meaningless. The whole check is bounded in time (a host that drops packets answers in seconds).
 - :func:`check_host`: the host side (OS, root, systemd, user, binary, unit, environment file,
   password credential, ``User=``, service state, SELinux), each a pure function of the installed
-  state read once (:mod:`roboshop_dispatch.installed`), followed by :func:`check_rabbitmq` with the
+  state read once (:mod:`roboshop_dispatch.facts.installed`), followed by :func:`check_rabbitmq` with the
   installed settings (the consumer's own reading of them).
 
 Modules: ``report`` (Finding, Report, the skip rule, masking), ``bounded`` (time bounds),

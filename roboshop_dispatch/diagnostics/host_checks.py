@@ -1,5 +1,5 @@
 """The host side of ``dispatchctl check``: each check is a pure function of the installed state
-(:class:`~roboshop_dispatch.installed.InstalledState`), listed in order in :data:`HOST_CHECKS`.
+(:class:`~roboshop_dispatch.facts.installed.InstalledState`), listed in order in :data:`HOST_CHECKS`.
 A check returns None when it does not apply (the unit's user and state when nothing is installed)."""
 
 from __future__ import annotations
