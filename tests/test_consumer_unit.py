@@ -565,6 +565,19 @@ def test_the_credential_is_read_with_one_newline_stripped(tmp_path):
     assert config.load(BASE, credentials_directory=str(tmp_path)).password == "s3cret\n"
 
 
+def test_the_consumer_and_dispatchctl_read_a_password_file_alike(tmp_path):
+    """One reading of a password file (consumer/secretfile.py): a final CRLF is the file's too, for
+    the consumer's credential, dispatchctl's view of the installed credential and --amqp-pass-file."""
+    from roboshop_dispatch.facts.installed import _read_credential
+    from roboshop_dispatch.validate import read_password_file
+
+    path = tmp_path / config.CREDENTIAL_NAME
+    path.write_bytes(b"s3cret\r\n")
+    assert config.load(BASE, credentials_directory=str(tmp_path)).password == "s3cret"
+    assert _read_credential([("amqp-pass", str(path))])["password"].reveal() == "s3cret"
+    assert read_password_file(str(path)).reveal() == "s3cret"
+
+
 def test_without_the_credential_file_the_environment_is_used(tmp_path):
     cfg = config.load({**BASE, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert cfg.password == "roboshop123" and cfg.password_source == config.PASSWORD_FROM_ENVIRONMENT

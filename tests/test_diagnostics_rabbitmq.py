@@ -538,7 +538,8 @@ def test_status_queue_counts_read_the_real_queue_and_name_errors(broker, vhost):
 
 
 def test_a_bug_in_a_check_is_an_internal_error_not_a_broker_failure(broker, vhost, monkeypatch):
-    from roboshop_dispatch.diagnostics import INTERNAL_ERROR, check_rabbitmq, topology
+    from roboshop_dispatch.diagnostics import check_rabbitmq, topology
+    from roboshop_dispatch.diagnostics.report import INTERNAL_ERROR
     from roboshop_dispatch.settings import AmqpSettings, Secret
 
     declare_contract(broker, vhost)
@@ -557,7 +558,8 @@ def test_a_bug_in_a_check_is_an_internal_error_not_a_broker_failure(broker, vhos
 
 
 def test_the_skip_rule_skips_only_what_is_not_reported_after_the_failure():
-    from roboshop_dispatch.diagnostics import TITLES, Finding, Report
+    from roboshop_dispatch.diagnostics.catalog import TITLES
+    from roboshop_dispatch.diagnostics.report import Finding, Report
 
     report = Report()
     report.add(Finding("resolve", "Name resolves", "ok", ""))
