@@ -70,3 +70,14 @@ def systemd_host(systemd_rootfs):
 
     with booted(systemd_rootfs) as container:
         yield container
+
+
+@pytest.fixture(scope="session")
+def no_systemd_host(systemd_rootfs):
+    """One throwaway container that is not booted (PID 1 is ``sleep``: no systemd), shared by the
+    tests of a host without systemd: the CLI runs there with ``host.dispatchctl(...)``, never on
+    this machine, whose PID 1 the tests assume nothing about."""
+    from tests.support.hosts import unbooted
+
+    with unbooted(systemd_rootfs) as container:
+        yield container
