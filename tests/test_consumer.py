@@ -288,7 +288,9 @@ def test_orders_survive_three_broker_outages(broker, vhost, consumers, tmp_path,
                 time.sleep(0.05)
             consumer.wait_consuming(count=k, timeout=60)  # each outage hits a live consumer connection
             broker.outage()
-            time.sleep(1.0)  # the broker stays down a moment: the consumer must back off and retry
+            # the broker stays down until the consumer has found it down and backed off (its k-th
+            # "retrying in" line): a signal, not a guess at how long that takes
+            consumer.wait_line("retrying in", count=k, timeout=60)
             broker.recover()
     finally:
         thread.join(180)
@@ -619,7 +621,9 @@ def test_status_tells_systemd_the_orders_handled(broker, vhost, consumers, tmp_p
     while not any(orders_handled(n) == 3 for n in notes):
         assert time.monotonic() < deadline, f"no STATUS with 3 orders handled: {notes}"
         time.sleep(0.1)
-    time.sleep(STATUS_EVERY_S * 1.5)  # nothing new handled: no new STATUS
+    # nothing new handled: no new STATUS. A fixed wait, long enough because the consumer decides
+    # every STATUS_EVERY_S whether to send one: 1.5 periods hold at least one such decision
+    time.sleep(STATUS_EVERY_S * 1.5)
     assert consumer.stop()[0] == 0
     got = finish()
     counts = [orders_handled(n) for n in got if "STATUS=consuming" in n]
@@ -634,6 +638,8 @@ def test_watchdog_for_another_pid_is_ignored(broker, vhost, consumers, tmp_path)
     consumer = consumers(NOTIFY_SOCKET=path, WATCHDOG_USEC="100000", WATCHDOG_PID="1",
                          DISPATCH_PROCESSING_MS="0")
     consumer.wait_consuming()
+    # a fixed wait for nothing to happen: WATCHDOG_USEC is 0.1 s, so a consumer that pinged would
+    # have pinged about 10 times (every half period) in 0.5 s
     time.sleep(0.5)
     assert consumer.stop()[0] == 0
     got = finish()
