@@ -23,6 +23,14 @@ sys.path.insert(0, str(ROOT))
 from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 
 
+def pytest_report_header(config):
+    """Which pika the session (and its consumers) run: tests/test_pika_oldest.py runs some again
+    with another on PYTHONPATH, and checks this line."""
+    import pika
+
+    return f"pika {pika.__version__} from {Path(pika.__file__).resolve().parent.parent}"
+
+
 @pytest.fixture(scope="session")
 def broker():
     """A real RabbitMQ node started for this test session (fails loudly when it cannot start)."""
