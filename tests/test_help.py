@@ -69,11 +69,12 @@ def test_metavars_and_long_defaults():
 
 
 @pytest.mark.parametrize("args", [["-v"], ["-vv"], ["-q"], ["--verbose", "--verbose"]])
-def test_verbosity_options_parse_on_every_command(args):
-    """Parsed, not refused: each command then fails (or works) for its own reason, never exit 2."""
+def test_verbosity_options_parse_on_every_command(no_systemd_host, args):
+    """Parsed, not refused: each command then fails (or works) for its own reason, never exit 2
+    (in a container without systemd: what they find there does not depend on this machine)."""
     for command in ("status", "check"):
-        res = cli(command, *args, "--json")
-        assert res.returncode != 2, res.stderr
+        res = no_systemd_host.dispatchctl(command, *args, "--json")
+        assert res.returncode in (1, 4), res.stdout + res.stderr
 
 
 def test_completion_scripts_for_bash_zsh_fish(tmp_path):
