@@ -4,12 +4,12 @@ host without systemd (a container that is not booted) for ``status`` and the pre
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import stat
 import subprocess
+import threading
 import time
 import zipfile
 
@@ -17,6 +17,7 @@ import pytest
 
 from roboshop_dispatch.lab.nspawn import PATH_INSIDE, run_unbooted, venv_bin
 from tests.test_json_output import VALIDATOR
+from tests.test_provision_systemd import ArtifactServer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
@@ -45,50 +46,6 @@ def stream_lines(host, *args: str):
         yield time.monotonic() - started, line.rstrip("\n")
     proc.wait(timeout=300)
     yield time.monotonic() - started, f"<exit {proc.returncode}> " + (proc.stderr.read() if proc.stderr else "")
-
-
-class HeldArtifact:
-    """A zip served over http on loopback whose answer waits for ``release``: at most 20 s, less
-    than dispatchctl's receive timeout (artifact.TIMEOUT, 30 s), so a release that never comes
-    shows as ``answered_after_release`` False, not as a failed fetch."""
-
-    def __init__(self, body: bytes) -> None:
-        import http.server
-        import threading
-
-        self.release = threading.Event()
-        self.answered_after_release = False
-        artifact = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                artifact.answered_after_release = artifact.release.wait(20)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/broken.zip"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@contextlib.contextmanager
-def held_artifact(body: bytes):
-    artifact = HeldArtifact(body)
-    try:
-        yield artifact
-    finally:
-        artifact.close()
 
 
 def test_a_real_install_its_json_its_log_exit_codes_and_a_failing_build(systemd_host, broker, vhost):
@@ -132,14 +89,19 @@ def test_a_real_install_its_json_its_log_exit_codes_and_a_failing_build(systemd_
         zf.writestr("dispatch/main.go", BROKEN_GO)
     # each row is read when its step ends, not when the run ends: the artifact's server holds
     # its answer (so the build step cannot end) until the packages row has been read here
-    with held_artifact(zipped.getvalue()) as artifact:
+    artifact = ArtifactServer(hold=threading.Event())
+    artifact.body = zipped.getvalue()
+    try:
         lines = []
         for at, line in stream_lines(host, "build", "--flavour", "go", "--artifact", artifact.url, "--insecure",
                                      "-vv"):
             lines.append((at, line))
-            if line.startswith("packages "):
-                artifact.release.set()
-    assert artifact.answered_after_release, "the packages row came only once the build step had ended"
+            if line.startswith("packages ") and artifact.hold is not None:
+                artifact.hold.set()
+    finally:
+        artifact.close()
+    assert artifact.requests == 1 and artifact.answered_after_release, \
+        "the packages row came only once the build step had ended"
     *output, (_, last) = lines
     assert last.startswith("<exit 1>"), "\n".join(line for _, line in lines)
     assert f"the full output of the failed step: {LOG}" in last

@@ -361,11 +361,15 @@ def _go_zip(version: str) -> bytes:
 
 
 class ArtifactServer:
-    """Serves one zip over HTTP on 127.0.0.1 (the container shares the network)."""
+    """Serves one zip over HTTP on 127.0.0.1 (the container shares the network). With ``hold``
+    (an Event) each answer waits for it, at most 20 s (less than dispatchctl's receive timeout,
+    artifact.TIMEOUT, 30 s): ``answered_after_release`` says whether it came."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: Optional[threading.Event] = None) -> None:
         self.body = b""
         self.requests = 0
+        self.hold = hold
+        self.answered_after_release = True
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -374,6 +378,8 @@ class ArtifactServer:
                 if self.path != "/dispatch.zip":
                     self.send_error(404)
                     return
+                if server.hold is not None:
+                    server.answered_after_release = server.hold.wait(20)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/zip")
                 self.send_header("Content-Length", str(len(server.body)))
@@ -389,6 +395,8 @@ class ArtifactServer:
         self.thread.start()
 
     def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
