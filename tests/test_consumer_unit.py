@@ -390,11 +390,18 @@ def test_log_uses_journal_priorities_only_when_stdout_is_the_journal(tmp_path):
 
 
 def test_log_survives_a_closed_reader():
+    """EPIPE (Python ignores SIGPIPE): the line is dropped, no exception, and the log stops
+    writing to the dead pipe; later lines are dropped too, none kept in memory."""
     r, w = os.pipe()
     os.close(r)
     log = LineLog(w, env={})
-    log.info("nobody listens")  # EPIPE: dropped, no exception
+    assert log.fd == w
+    log.info("nobody listens")  # would raise BrokenPipeError if it were not handled
+    assert log.fd is None
+    for i in range(1000):
+        log.order_line("INFO", f"order {i} dispatched")
     log.info("still fine")
+    assert log.fd is None and log._buf == []
     os.close(w)
 
 
