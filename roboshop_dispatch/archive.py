@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, cast
 
+from .errors import DispatchctlError
+
 MAX_MEMBERS = 10_000
 MAX_DIRECTORY = 2 * 1024 * 1024  # bytes of central directory zipfile may read (10,000 members fit)
 MAX_TOTAL = 64 * 1024 * 1024  # unpacked bytes: a Go source tree is a few MiB
@@ -53,7 +55,7 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
-class UnsafeArchive(ValueError):
+class UnsafeArchive(DispatchctlError):
     """The archive is unsafe or unusable: the message names the member and the reason."""
 
 

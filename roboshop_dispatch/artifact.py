@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Optional, Tuple
 
+from .errors import DispatchctlError
+
 MAX_DOWNLOAD = 64 * 1024 * 1024
 CHUNK = 64 * 1024
 TIMEOUT = 30.0  # seconds for connecting and for each read
@@ -32,7 +34,7 @@ MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class ArtifactError(Exception):
+class ArtifactError(DispatchctlError):
     """The artifact could not be fetched, is too large, or does not match its pinned sha256."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
+from .layout import PYTHON
+
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = (
     "# dispatch: the RoboShop dispatch consumer, packed by dispatchctl.\n"
@@ -138,7 +140,7 @@ def _pika_license() -> bytes:
     return b"pika is distributed under the BSD 3-Clause licence.\n"
 
 
-def fingerprint(files: Optional[Dict[str, bytes]] = None, interpreter: str = "/usr/bin/python3") -> str:
+def fingerprint(files: Optional[Dict[str, bytes]] = None, interpreter: str = PYTHON) -> str:
     """sha256 over the names and contents that go into the zipapp (and the interpreter line)."""
     digest = hashlib.sha256(interpreter.encode() + b"\0")
     for name, data in sorted((files if files is not None else sources()).items()):
@@ -157,7 +159,7 @@ def installed_fingerprint(path: Path) -> Optional[str]:
     return comment[len(prefix):] if comment.startswith(prefix) else None
 
 
-def build_zipapp(interpreter: str = "/usr/bin/python3") -> bytes:
+def build_zipapp(interpreter: str = PYTHON) -> bytes:
     """The zipapp's bytes, with ``#!<interpreter> -I`` so it runs as ``/app/dispatch`` too.
     Its zip comment records :func:`fingerprint` so a re-run can compare without rebuilding."""
     files = sources()

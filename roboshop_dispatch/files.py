@@ -17,18 +17,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import List, Optional
 
+from .errors import DispatchctlError, ErrorKind
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-class NotRegularFile(OSError):
-    """A path dispatchctl owns is not a regular file (a planted symlink, a directory...)."""
+class NotRegularFile(DispatchctlError, OSError):
+    """A path dispatchctl owns is not a regular file (a planted symlink, a directory...); an
+    OSError too, so that whatever reads a file it may find there also handles this refusal."""
 
-    def __init__(self, path: Path, kind: str) -> None:
-        super().__init__(f"{path} is {kind}, not a regular file dispatchctl wrote: refusing to touch it "
-                         f"(or what it points to); inspect it and remove it by hand, then re-run")
+    kind = ErrorKind.STEP
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(f"{path} is {what}, not a regular file dispatchctl wrote: refusing to touch it "
+                         f"(or what it points to); inspect it and remove it by hand, then re-run",
+                         f"remove {path} by hand after checking what planted it, then run the command again")
         self.path = path
-        self.kind = kind
+        self.what = what
 
 
 def describe_mode(mode: int) -> str:

@@ -1,4 +1,5 @@
-"""Facts about the host (OS family, init system, privileges) and a command runner."""
+"""The command runner (secrets stripped from every child's environment) and the host's change lock.
+What the host *is* (OS family, root, systemd) is a fact: :mod:`roboshop_dispatch.facts.host`."""
 
 from __future__ import annotations
 
@@ -7,23 +8,22 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .errors import DispatchctlError, ErrorKind
 from .layout import CHANGE_LOCK
 
 # never handed to a child process (dnf, apt-get, useradd, go, systemctl...): a child's environment
 # is readable in /proc/PID/environ by its user, and some tools log their environment
 SECRET_ENV_VARS = ("DISPATCHCTL_AMQP_PASS", "AMQP_PASS")
 
-RHEL_FAMILY = ("rhel", "centos", "fedora", "rocky", "almalinux")
-DEBIAN_FAMILY = ("debian", "ubuntu")
 
-
-class CommandError(RuntimeError):
+class CommandError(DispatchctlError):
     """A command that failed: carries the argv, exit code and the tail of its output."""
+
+    kind = ErrorKind.STEP
 
     def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
         self.argv = list(argv)
@@ -179,98 +179,6 @@ def stream_command(argv: Sequence[str], on_line: Callable[[str], None], *, timeo
     code = proc.wait()
     return Result(tuple(argv), code, data[out_fd].decode("utf-8", "replace"),
                   data[err_fd].decode("utf-8", "replace"))
-
-
-def parse_os_release(text: str) -> Dict[str, str]:
-    values: Dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        try:
-            parts = shlex.split(value)
-        except ValueError:
-            parts = [value.strip("\"'")]
-        values[key.strip()] = parts[0] if parts else ""
-    return values
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    os_id: str = ""
-    os_like: Tuple[str, ...] = ()
-    os_name: str = ""
-    os_version: str = ""
-    is_root: bool = False
-    systemd_pid1: bool = False
-    selinux: Optional[str] = None
-    # systemd's version when known (tests, or set by the caller); None: ask systemd_version() when
-    # it matters (a subprocess: not on every run)
-    systemd_version: Optional[int] = None
-    extra: Dict[str, str] = field(default_factory=dict)
-
-    @property
-    def family(self) -> Optional[str]:
-        """``rhel`` (dnf), ``debian`` (apt-get) or None for anything else."""
-        ids = (self.os_id, *self.os_like)
-        if any(i in RHEL_FAMILY for i in ids):
-            return "rhel"
-        if any(i in DEBIAN_FAMILY for i in ids):
-            return "debian"
-        return None
-
-    @property
-    def package_manager(self) -> Optional[str]:
-        return {"rhel": "dnf", "debian": "apt-get"}.get(self.family or "")
-
-    @classmethod
-    def from_os_release(cls, text: str, **kwargs) -> HostFacts:
-        info = parse_os_release(text)
-        return cls(
-            os_id=info.get("ID", "").lower(),
-            os_like=tuple(info.get("ID_LIKE", "").lower().split()),
-            os_name=info.get("PRETTY_NAME", info.get("NAME", "")),
-            os_version=info.get("VERSION_ID", ""),
-            **kwargs,
-        )
-
-    @classmethod
-    def gather(cls, root: Path = Path("/")) -> HostFacts:
-        text = ""
-        for candidate in ("etc/os-release", "usr/lib/os-release"):
-            try:
-                text = (root / candidate).read_text(encoding="utf-8", errors="replace")
-                break
-            except OSError:
-                continue
-        selinux = None
-        enforce = root / "sys/fs/selinux/enforce"
-        if enforce.exists():
-            try:
-                selinux = "enforcing" if enforce.read_text().strip() == "1" else "permissive"
-            except OSError:
-                selinux = None
-        elif (root / "etc/selinux/config").exists():
-            selinux = "disabled"
-        return cls.from_os_release(
-            text,
-            is_root=os.geteuid() == 0,
-            systemd_pid1=(root / "run/systemd/system").is_dir(),
-            selinux=selinux,
-        )
-
-
-@lru_cache(maxsize=1)
-def systemd_version() -> Optional[int]:
-    """``systemd 252 (252.22-1~deb12u1)`` -> 252; None when systemctl is missing or says otherwise."""
-    try:
-        proc = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10,
-                              stdin=subprocess.DEVNULL, env=child_environment())
-    except (OSError, subprocess.SubprocessError):
-        return None
-    words = proc.stdout.split()
-    return int(words[1]) if len(words) > 1 and words[0] == "systemd" and words[1].isdigit() else None
 
 
 def change_lock(path: Path = CHANGE_LOCK, on_wait: Optional[Callable[[], None]] = None):

@@ -29,6 +29,8 @@ ENV_FILE = CONFIG_DIR / "dispatch.env"
 # the consumer reads it from $CREDENTIALS_DIRECTORY/NAME (consumer/config.py spells NAME too)
 CREDENTIAL_NAME = "amqp-pass"
 CREDENTIAL_FILE = CONFIG_DIR / "dispatch.amqp-pass"
+# systemd's credential stores, searched for LoadCredential=ID without an absolute path
+CREDSTORE_DIRS = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
 # how many instances are configured (one line, the number; root, 0644): read by `start`,
 # `status` and `check`; changing it restarts nothing
 INSTANCES_FILE = CONFIG_DIR / "dispatch.instances"
@@ -42,6 +44,13 @@ BINARY_NAME = "dispatch"
 BUILD_STAMP_NAME = ".dispatch-build.json"
 # the interpreter that runs the bundled zipapp (its ExecStart=)
 PYTHON = "/usr/bin/python3"
+# where the go flavour's build finds go (Debian's golang-go, RHEL's golang, a tarball in /usr/local)
+GO_CANDIDATES = ("/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go", "/usr/lib/golang/bin/go")
+# the service user's shell: RHEL's own system accounts (and its docs) spell /sbin/nologin, Debian's
+# /usr/sbin/nologin; /bin/false where there is neither
+NOLOGIN_CANDIDATES = ("/usr/sbin/nologin", "/sbin/nologin", "/usr/bin/nologin")
+NOLOGIN_BY_FAMILY = {"rhel": ("/sbin/nologin", "/usr/sbin/nologin"), "debian": ("/usr/sbin/nologin", "/sbin/nologin")}
+NO_SHELL = "/bin/false"
 
 # dispatchctl's own state
 STATE_DIR = Path("/var/lib/dispatchctl")

@@ -1,4 +1,6 @@
-"""One redaction helper for everything dispatchctl prints: tables, JSON, diffs, logs.
+"""Secrets never print: :class:`Secret` holds one (it shows as ``********`` wherever it is printed,
+logged or repr'd), and one redaction helper masks them in everything dispatchctl prints: tables,
+JSON, diffs, logs.
 
 ``Redactor(secrets)`` is built from the secret values (``Secret.reveal()``, the passwords found in
 an old environment file or unit); ``.text(s)`` replaces each value, raw and URL-encoded, by
@@ -16,6 +18,36 @@ from typing import Any, List, Tuple
 
 MASK = "********"
 SECRET_KEYS: Tuple[str, ...] = ("AMQP_PASS",)
+
+
+class Secret:
+    """A string that shows as ``********`` wherever it is printed, logged or repr'd."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
 
 
 class Redactor:

@@ -1,6 +1,6 @@
 """What SELinux means for dispatch on a RHEL-family host: the modes, the labels its files need,
 and the commands that give them. Pure (no I/O): ``check`` reads the mode and the binary's label
-(host.HostFacts.gather, installed.py) and asks here what they mean.
+(facts.host.HostFacts.gather, facts.installed) and asks here what they mean.
 
 - ``/app/dispatch`` (go flavour: executed by systemd): ``/app`` matches no rule of the targeted
   policy, so files there get ``default_t`` (or inherit their directory's type), which ``init_t``

@@ -1,313 +1,52 @@
-"""Validated, immutable settings for dispatchctl, and a Secret type that never prints.
+"""Validated, immutable settings for dispatchctl: where and how the consumer reaches RabbitMQ
+(:class:`AmqpSettings`) and everything ``install`` and its parts need (:class:`Settings`).
 
-Everything a command needs is checked here, before any step touches the host: a bad value
-raises :class:`SettingsError` naming the option, and the CLI turns that into exit code 2.
+Each setting is declared once, in :mod:`roboshop_dispatch.knobs` (its option, validator and
+default); a value reaches these classes validated, from the command line through
+:func:`roboshop_dispatch.sources.resolve`, or from typed values through :meth:`Settings.build`
+(the same validators). A bad value raises :class:`~roboshop_dispatch.validate.SettingsError`
+naming the option, and the CLI turns that into exit code 2 before any step touches the host.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
+from . import knobs
 from .layout import (
     APP_DIR,
     BINARY_NAME,
-    CONFIG_DIR,
     CREDENTIAL_FILE,
     ENV_FILE,
     INSTANCES_FILE,
-    MAX_INSTANCES,
     SERVICE_USER,
     TEMPLATE_NAME,
     UNIT_DIR,
     UNIT_NAME,
 )
+from .redact import MASK, Secret
+from .validate import SettingsError
 
 if TYPE_CHECKING:
     from .redact import Redactor
 
-__all__ = ["CONFIG_DIR", "ENV_FILE", "UNIT_DIR", "UNIT_NAME"]
-
-DEFAULT_ARTIFACT = "https://roboshop-artifacts.s3.amazonaws.com/dispatch.zip"
-FLAVOURS = ("bundled", "go")
-# the `orders` queue's type (DISPATCH_QUEUE_TYPE): classic is the contract (no x-arguments)
-QUEUE_TYPES = ("classic", "quorum")
-PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
-MASK = "********"
-
-# Top-level system directories: none of them, and none of their direct children (``/usr/bin``,
-# ``/etc/ssh``, ``/home/alice``), is ever an app directory: install would chmod it and
-# ``uninstall --purge`` would remove it. /opt, /srv and /mnt hold application directories, so
-# their children are allowed (they themselves are not).
-SYSTEM_DIRS = frozenset({
-    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found", "/media",
-    "/proc", "/root", "/run", "/sbin", "/snap", "/sys", "/tmp", "/usr", "/var",
-})
-APP_PARENTS = frozenset({"/opt", "/srv", "/mnt"})
-# nothing at any depth below these: kernel and runtime file systems, the system's own files, and
-# world-writable trees where another user could have made (and so control) a directory on the way
-NO_APP_BELOW = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/boot", "/etc", "/root", "/bin", "/sbin",
-                "/lib", "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32",
-                "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/include")
-
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}\$?$")
+__all__ = ["MASK", "AmqpSettings", "Secret", "Settings", "SettingsError"]
 
 
-class SettingsError(ValueError):
-    """A value that failed validation; ``option`` names the CLI option or variable."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
-        self.message = message
-
-
-class Secret:
-    """A string that shows as ``********`` wherever it is printed, logged or repr'd."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({MASK})"
-
-    def __str__(self) -> str:
-        return MASK
-
-    def __format__(self, spec: str) -> str:
-        return MASK
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-# -- validators: each returns the normalised value or raises SettingsError -------------------
-
-
-def validate_host(option: str, value: str) -> str:
-    """An IPv4/IPv6 address or an RFC 1123 host name."""
-    host = value.strip()
-    if not host:
-        raise SettingsError(option, "empty host name")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return host.strip("[]")
-    except ValueError:
-        pass
-    name = host[:-1] if host.endswith(".") else host
-    if len(name) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in name.split(".")):
-        raise SettingsError(option, f"{value!r} is neither an IP address nor an RFC 1123 host name")
-    if re.fullmatch(r"[0-9.]+", name):
-        raise SettingsError(option, f"{value!r} is not a valid IPv4 address")
-    return host
-
-
-def validate_hosts(option: str, value: str) -> Tuple[str, ...]:
-    """A host or a comma-separated list of hosts (a RabbitMQ cluster), tried in turn."""
-    parts = [p.strip() for p in value.split(",")]
-    if not value.strip() or any(not p for p in parts):
-        raise SettingsError(option, f"empty host name in {value!r}")
-    hosts = tuple(validate_host(option, p) for p in parts)
-    if len(set(hosts)) != len(hosts):
-        raise SettingsError(option, f"duplicate host in {value!r}")
-    return hosts
-
-
-def parse_int(option: str, value: str) -> int:
-    """A whole number given as text (an option or an installed setting)."""
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise SettingsError(option, f"{value!r} is not a whole number") from None
-
-
-def validate_port(option: str, value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise SettingsError(option, f"port {value} is outside 1..65535")
-    return value
-
-
-def validate_percent(option: str, value: int) -> int:
-    if not 0 <= value <= 100:
-        raise SettingsError(option, f"{value} is outside 0..100")
-    return value
-
-
-def validate_text(option: str, value: str, *, allow_empty: bool = False) -> str:
-    """Free text that ends up in a systemd environment file, a unit or a credential: valid
-    Unicode (no lone surrogate: what a byte that is not UTF-8 becomes in argv or the environment),
-    no newline, no NUL, no other control character (tab excepted), no unassigned noncharacter.
-    Everything else is carried exactly by the env-file quoting (see envfile.quote)."""
-    if not value and not allow_empty:
-        raise SettingsError(option, "must not be empty")
-    if "\n" in value or "\r" in value:
-        raise SettingsError(option, "must not contain a newline")
-    if "\x00" in value:
-        raise SettingsError(option, "must not contain a NUL byte")
-    for index, char in enumerate(value):
-        category = unicodedata.category(char)
-        if category == "Cs":
-            raise SettingsError(option, f"is not valid UTF-8 (an undecodable byte at character {index + 1}): "
-                                "give UTF-8 text")
-        if category == "Cc" and char != "\t":
-            raise SettingsError(option, f"must not contain the control character U+{ord(char):04X} "
-                                f"(at character {index + 1})")
-        if category == "Cn" and (ord(char) & 0xFFFE == 0xFFFE or 0xFDD0 <= ord(char) <= 0xFDEF):
-            raise SettingsError(option, f"must not contain the noncharacter U+{ord(char):04X}")
-    return value
-
-
-def validate_user_name(option: str, value: str) -> str:
-    if not _POSIX_USER.fullmatch(value):
-        raise SettingsError(option, f"{value!r} is not a valid user name (lower case, digits, _ and -)")
-    if value == "root":
-        raise SettingsError(option, "the service must not run as root")
-    return value
-
-
-def refuse_system_dir(option: str, value: str, resolved: str) -> None:
-    """Neither ``value`` as spelt (slashes collapsed) nor ``resolved`` (symlinks followed: /bin/x
-    may be /usr/bin/x) may be /, a top-level system directory, a direct child of one, /opt, /srv
-    or /mnt themselves, or anything below a kernel, runtime or world-writable tree."""
-    spelt = "/" + "/".join(part for part in value.split("/") if part)
-    for path in dict.fromkeys((spelt, resolved)):
-        shown = value if value == path else f"{value!r} (that is {path})"
-        parent = os.path.dirname(path)
-        if path == "/" or path in SYSTEM_DIRS or path in APP_PARENTS:
-            raise SettingsError(option, f"{shown} is a system directory: refusing to manage or remove it")
-        if parent in SYSTEM_DIRS:
-            raise SettingsError(option, f"{shown} is a direct child of the system directory {parent}: "
-                                "refusing to manage or remove it")
-        below = next((top for top in NO_APP_BELOW if path.startswith(top + "/")), None)
-        if below is not None:
-            raise SettingsError(option, f"{shown} is inside {below}: not a place for an application "
-                                "(a system directory, or one that other users can write to)")
-
-
-def validate_app_dir(option: str, value: str) -> Path:
-    """An absolute path of plain characters, resolved (``//``, symlinks): never a system directory
-    or a direct child of one (:func:`refuse_system_dir`). The resolved path is what is used."""
-    validate_text(option, value)
-    if not value.startswith("/"):
-        raise SettingsError(option, f"{value!r} is not an absolute path")
-    if any(part in ("..", ".") for part in value.split("/")):
-        raise SettingsError(option, f"{value!r} must not contain '.' or '..'")
-    if not re.fullmatch(r"[A-Za-z0-9._/@+-]+", value):
-        raise SettingsError(option, f"{value!r} may contain only letters, digits and . _ / @ + -")
-    resolved = os.path.realpath(value)
-    refuse_system_dir(option, value, resolved)
-    if not re.fullmatch(r"[A-Za-z0-9._/@+-]+", resolved):
-        raise SettingsError(option, f"{value!r} resolves to {resolved!r}, which has other characters")
-    return Path(resolved)
-
-
-def validate_flavour(option: str, value: str) -> str:
-    if value not in FLAVOURS:
-        raise SettingsError(option, f"{value!r} is not one of {', '.join(FLAVOURS)}")
-    return value
-
-
-def validate_instances(option: str, value: Optional[str]) -> Optional[int]:
-    """How many consumers to run on this host: plain ASCII digits, 1..MAX_INSTANCES (``int()``
-    alone would take ``1_0``, ``+3`` or non-ASCII digits). None: keep what is installed."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not re.fullmatch(r"[0-9]{1,6}", text):
-        raise SettingsError(option, f"{value!r} is not a whole number (1..{MAX_INSTANCES})")
-    number = int(text)
-    if not 1 <= number <= MAX_INSTANCES:
-        raise SettingsError(option, f"{number} is outside 1..{MAX_INSTANCES}")
-    return number
-
-
-def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> str:
-    if value not in QUEUE_TYPES:
-        raise SettingsError(option, f"{value!r} is not one of {', '.join(QUEUE_TYPES)}")
-    if value != "classic" and flavour == "go":
-        raise SettingsError(option, "the go flavour declares `orders` as a classic queue only "
-                            "(it reads no DISPATCH_QUEUE_TYPE): use --flavour bundled for a quorum queue")
-    return value
-
-
-def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
-    validate_text(option, value)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
-        if not value.startswith(("http://", "https://", "file://")):
-            raise SettingsError(option, f"{value!r}: only http, https and file URLs are supported")
-        if value.startswith("http://") and not insecure:
-            raise SettingsError(option, f"{value!r} is plain http (anyone on the path can change it): use https, "
-                                "or add --insecure (best with --sha256)")
-        return value
-    if not Path(value).is_absolute():
-        raise SettingsError(option, f"{value!r}: give a URL or an absolute path")
-    return value
-
-
-def validate_sha256(option: str, value: Optional[str]) -> Optional[str]:
-    """64 hex digits (either case; kept in lower case), or None."""
-    if value is None:
-        return None
-    if not re.fullmatch(r"[0-9A-Fa-f]{64}", value):
-        raise SettingsError(option, "must be 64 hexadecimal digits (the artifact's SHA-256)")
-    return value.lower()
-
-
-def validate_password(option: str, value: str) -> Secret:
-    if value == "":
-        raise SettingsError(option, "the password is empty")
-    validate_text(option, value)
-    return Secret(value)
-
-
-def read_password(
-    *,
-    pass_file: Optional[str],
-    pass_value: Optional[str] = None,
-    environ: Optional[dict] = None,
-    prompt: Optional[Callable[[], Optional[str]]] = None,
-) -> Optional[Secret]:
-    """The AMQP password from, in order: --amqp-pass-file, --amqp-pass, $DISPATCHCTL_AMQP_PASS,
-    or ``prompt()`` (a hidden TTY prompt supplied by the CLI). None when there is none."""
-    env = os.environ if environ is None else environ
-    if pass_file is not None:
-        try:
-            text = Path(pass_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SettingsError("--amqp-pass-file", f"cannot read {pass_file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise SettingsError("--amqp-pass-file", f"{pass_file} is not UTF-8 text") from None
-        # one trailing newline is the file's, not the password's
-        if text.endswith("\r\n"):
-            text = text[:-2]
-        elif text.endswith("\n"):
-            text = text[:-1]
-        return validate_password("--amqp-pass-file", text)
-    if pass_value is not None:
-        return validate_password("--amqp-pass", pass_value)
-    if env.get(PASSWORD_ENV) is not None:
-        return validate_password(PASSWORD_ENV, env[PASSWORD_ENV])
-    if prompt is not None:
-        value = prompt()
-        return None if value is None else validate_password("password prompt", value)
-    return None
+def validated(given: Mapping[str, Any]) -> Dict[str, Any]:
+    """Typed values by setting name (None: not given), each validated by its knob under its
+    option's name, and the settings that depend on each other checked together."""
+    values: Dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        knob = knobs.KNOB[name]
+        text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        values[name] = knob.parse(knob.option, text)
+    knobs.cross_check({"flavour": knobs.DEFAULT_FLAVOUR, **values}, {k.name: k.option for k in knobs.KNOBS})
+    return values
 
 
 @dataclass(frozen=True)
@@ -315,9 +54,9 @@ class AmqpSettings:
     """Where and how the consumer reaches RabbitMQ."""
 
     hosts: Tuple[str, ...]
-    port: int = 5672
-    vhost: str = "/"
-    user: str = "roboshop"
+    port: int = knobs.DEFAULT_PORT
+    vhost: str = knobs.DEFAULT_VHOST
+    user: str = knobs.DEFAULT_AMQP_USER
     password: Secret = field(default_factory=lambda: Secret(""), repr=True)
 
     @classmethod
@@ -327,22 +66,13 @@ class AmqpSettings:
         return cls(hosts=("localhost",), password=Secret("unused"))
 
     @classmethod
-    def build(
-        cls, *, hosts: str, port: int = 5672, vhost: str = "/", user: str = "roboshop",
-        password: Optional[Secret] = None,
-    ) -> AmqpSettings:
+    def build(cls, *, hosts: str, password: Optional[Secret], port: Optional[int] = None,
+              vhost: Optional[str] = None, user: Optional[str] = None) -> AmqpSettings:
+        """From typed values, each validated by its knob (the defaults for those not given)."""
         if password is None:
-            raise SettingsError(
-                "--amqp-pass-file",
-                f"no AMQP password: give --amqp-pass-file FILE, set {PASSWORD_ENV}, or run on a TTY",
-            )
-        return cls(
-            hosts=validate_hosts("--amqp-host", hosts),
-            port=validate_port("--amqp-port", port),
-            vhost=validate_text("--amqp-vhost", vhost),
-            user=validate_text("--amqp-user", user),
-            password=password,
-        )
+            raise knobs.no_password_error()
+        values = validated({"amqp_hosts": hosts, "amqp_port": port, "amqp_vhost": vhost, "amqp_user": user})
+        return cls(password=password, **{name[len("amqp_"):]: value for name, value in values.items()})
 
     def masked(self) -> dict:
         return {
@@ -358,8 +88,8 @@ class Settings:
     amqp: AmqpSettings
     service_user: str = SERVICE_USER
     app_dir: Path = APP_DIR
-    flavour: str = "bundled"
-    artifact: str = DEFAULT_ARTIFACT
+    flavour: str = knobs.DEFAULT_FLAVOUR
+    artifact: str = knobs.DEFAULT_ARTIFACT
     error_percent: int = 0
     unit_dir: Path = UNIT_DIR
     env_file: Path = ENV_FILE
@@ -369,27 +99,24 @@ class Settings:
     insecure: bool = False
     # consumers on this host (None: as installed, 1 on a fresh host) and the orders queue's type
     instances: Optional[int] = None
-    queue_type: str = "classic"
+    queue_type: str = knobs.DEFAULT_QUEUE_TYPE
 
     @classmethod
-    def build(
-        cls, *, amqp: AmqpSettings, service_user: str = SERVICE_USER, app_dir: str = str(APP_DIR),
-        flavour: str = "bundled", artifact: str = DEFAULT_ARTIFACT, error_percent: int = 0,
-        sha256: Optional[str] = None, insecure: bool = False, instances: Optional[str] = None,
-        queue_type: str = "classic",
-    ) -> Settings:
-        return cls(
-            amqp=amqp,
-            service_user=validate_user_name("--user", service_user),
-            app_dir=validate_app_dir("--app-dir", app_dir),
-            flavour=validate_flavour("--flavour", flavour),
-            artifact=validate_artifact("--artifact", artifact, insecure=insecure),
-            error_percent=validate_percent("--error-percent", error_percent),
-            artifact_sha256=validate_sha256("--sha256", sha256),
-            insecure=insecure,
-            instances=validate_instances("--instances", instances),
-            queue_type=validate_queue_type("--queue-type", queue_type, flavour),
-        )
+    def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:
+        """From typed values by setting name (``service_user="roboshop"``, ``error_percent=5``,
+        ``insecure=True``...), each validated by its knob; the defaults for those not given."""
+        return cls(amqp=amqp, **validated(given))
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], password: Optional[Secret] = None) -> Settings:
+        """From values already validated (:func:`roboshop_dispatch.sources.resolve`), by setting
+        name: the ``amqp_*`` ones in AmqpSettings (AmqpSettings.placeholder() when there is none:
+        build and start), the rest the defaults."""
+        amqp_values = {k[len("amqp_"):]: v for k, v in values.items() if k.startswith("amqp_")}
+        rest = {k: v for k, v in values.items() if not k.startswith("amqp_")}
+        amqp = AmqpSettings(**amqp_values, password=password or Secret("")) if amqp_values \
+            else AmqpSettings.placeholder()
+        return cls(amqp=amqp, **rest)
 
     @property
     def binary(self) -> Path:

@@ -13,14 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .errors import ErrorKind, ExitStatus
 from .settings import MASK
-
-EXIT_RUNNING = 0
-EXIT_NOT_RUNNING = 3
-EXIT_NOT_INSTALLED = 4
-# PID 1 is not systemd (a container, a chroot): the service's state cannot be known; LSB's
-# "status unknown", the code systemctl's own `is-active` family uses for it
-EXIT_NO_SYSTEMD = 4
 
 BROKER_TIMEOUT_S = 1.5
 
@@ -67,12 +61,6 @@ def queue_counts(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Dict[str, Any]
             with contextlib.suppress(Exception):
                 conn.close()
     return {"error": last}
-
-
-def ask_broker_in_child(amqp: Any, timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
-    """Start :func:`queue_counts` in a forked child and return a function that waits for its answer
-    (see :func:`run_in_child`)."""
-    return run_in_child(lambda: queue_counts(amqp, timeout), timeout)
 
 
 def run_in_child(fn: Callable[[], Dict[str, Any]], timeout: float = BROKER_TIMEOUT_S) -> Callable[[], Dict[str, Any]]:
@@ -138,7 +126,7 @@ def settings_and_queue(state: Any, broker: bool, timeout: float = BROKER_TIMEOUT
     the consumer's config module imports pika."""
     from dataclasses import replace
 
-    from . import installed
+    from .facts import installed
 
     state = replace(state, **installed.consumer_settings(state, Path(state.env_file.path)))
     queue = None
@@ -178,12 +166,12 @@ def delivery_path(status_text: str) -> Optional[str]:
 def config_of(state: Any) -> Dict[str, Any]:
     """The configuration as ``status`` shows it: the consumer's own reading of the installed
     environment (its defaults), the password masked; when the consumer would refuse it, the raw
-    values with the consumer's defaults for those not set (installed.remembered: the one reading)."""
+    values with the consumer's defaults for those not set (sources.remembered: the one reading)."""
     doc: Dict[str, Any] = {"path": state.env_file.path}
     if state.env_error:
         doc["error"] = state.env_error
         return doc
-    from .installed import remembered
+    from .sources import remembered
 
     cfg = state.consumer
     raw = {key: found.text for key, found in remembered(state).items()}
@@ -300,7 +288,7 @@ def no_systemd_doc(root: Path = Path("/")) -> Dict[str, Any]:
     return {
         "unit": UNIT_NAME, "systemd": False, "pid1": pid1, "installed": False, "running": False,
         "unit_file_present": (root / UNIT_PATH.relative_to("/")).exists(),
-        "error": {"kind": "no-systemd", "message": f"this host does not run systemd (PID 1 is {pid1}): "
+        "error": {"kind": ErrorKind.NO_SYSTEMD, "message": f"this host does not run systemd (PID 1 is {pid1}): "
                   "the service cannot run here; dispatch needs a systemd host"},
     }
 
@@ -309,8 +297,8 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
            runner: Any = None, preload: Sequence[Callable[[], Any]] = ()) -> Dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict (the password masked). ``preload``:
     imports the caller needs afterwards, run in the background meanwhile."""
-    from . import installed
     from .diagnostics.bounded import start
+    from .facts import installed
     from .host import Runner
     from .redact import Redactor
     from .systemd import Systemd
@@ -359,34 +347,7 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
 
 def exit_code(doc: Dict[str, Any]) -> int:
     if doc.get("systemd") is False:
-        return EXIT_NO_SYSTEMD
+        return ExitStatus.NO_SYSTEMD
     if not doc["installed"]:
-        return EXIT_NOT_INSTALLED
-    return EXIT_RUNNING if doc["running"] else EXIT_NOT_RUNNING
-
-
-def human_bytes(n: Optional[int]) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"
-
-
-def human_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h {minutes}m"
-    if hours:
-        return f"{hours}h {minutes}m {s}s"
-    if minutes:
-        return f"{minutes}m {s}s"
-    return f"{seconds:.1f}s"
+        return ExitStatus.NOT_INSTALLED
+    return ExitStatus.OK if doc["running"] else ExitStatus.NOT_RUNNING

@@ -1,14 +1,71 @@
-"""The systemctl / journalctl / systemd-analyze adapter. Everything goes through a Runner."""
+"""The systemctl / journalctl / systemd-analyze adapter, and the one reader of ``systemctl show``.
+
+- :data:`PROPERTIES`: every property dispatchctl reads, asked for in one list;
+  :func:`parse_show` the one parser of the answer (one block per unit).
+- :data:`RUNNING_STATES` / :data:`UP_STATES`: what "running" means, once.
+- :meth:`Systemd.start_and_wait`: the one start (or restart) that waits for READY=1 and gives up
+  early, with the reason, on a consumer that says it is retrying; :data:`START_TIMEOUT`.
+
+Everything goes through a Runner.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .host import Runner
 from .layout import UNIT_NAME as UNIT
+
+# every property of a dispatch unit dispatchctl reads (status, check, the service steps)
+PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "Result", "UnitFileState", "MainPID", "NRestarts", "User",
+    "ExecStart", "EnvironmentFiles", "FragmentPath", "DropInPaths", "Type", "ExecMainStatus", "ExecMainCode",
+    "ActiveEnterTimestamp", "ExecMainStartTimestampMonotonic", "NeedDaemonReload", "StatusText",
+)
+# ActiveState of a unit that runs: a start leaves it be, a stop stops it
+RUNNING_STATES = ("active", "activating", "reloading", "deactivating")
+# ActiveState of a unit whose start succeeded: up, not on its way up (or down)
+UP_STATES = ("active", "reloading")
+# seconds to wait for READY=1 of the units a start waits for (a cluster list is tried host by host)
+START_TIMEOUT = 45.0
+
+
+def parse_show(text: str) -> List[Dict[str, str]]:
+    """``systemctl show [UNIT...] --property=...``: one dict per unit (blocks separated by an empty line)."""
+    blocks: List[Dict[str, str]] = []
+    for block in text.split("\n\n"):
+        values: Dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key] = value
+        if values:
+            blocks.append(values)
+    return blocks
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``systemctl start|restart`` came to: ``ok``; else the job's error (``job_error``), the
+    units whose consumer says it is retrying (``stuck``: unit, StatusText), the units not up after
+    a job that succeeded (``down``: unit, ActiveState/SubState), or no answer in time."""
+
+    ok: bool
+    job_error: str = ""
+    stuck: Tuple[Tuple[str, str], ...] = ()
+    down: Tuple[Tuple[str, str], ...] = ()
+    timed_out: bool = False
+
+    def not_ready(self, *, named: bool = True) -> str:
+        """Why the units did not become ready: what the stuck ones say (each after its unit's name
+        unless ``named=False``), or the time waited."""
+        said = [f"{unit}: {text}" if named else text for unit, text in self.stuck]
+        return "; ".join(said) or f"not ready after {START_TIMEOUT:.0f}s"
 
 
 class Systemd:
@@ -17,16 +74,16 @@ class Systemd:
         self.unit = unit
 
     # -- state --------------------------------------------------------------------------------
-    def show(self, properties: Sequence[str]) -> Dict[str, str]:
-        res = self.runner.run(
-            ["systemctl", "show", self.unit, "--property=" + ",".join(properties)], check=False,
-        )
-        values: Dict[str, str] = {}
-        for line in res.stdout.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key] = value
-        return values
+    def show(self) -> Dict[str, str]:
+        """This unit's :data:`PROPERTIES` ({} when systemctl answers nothing)."""
+        blocks = self.show_units([self.unit])
+        return blocks[0] if blocks else {}
+
+    def show_units(self, units: Sequence[str]) -> List[Dict[str, str]]:
+        """The :data:`PROPERTIES` of each of ``units``, in one ``systemctl show``."""
+        res = self.runner.run(["systemctl", "show", *units, "--property=" + ",".join(PROPERTIES)],
+                              check=False, timeout=30)
+        return parse_show(res.stdout)
 
     # -- changes ------------------------------------------------------------------------------
     def daemon_reload(self) -> None:
@@ -35,22 +92,39 @@ class Systemd:
     def enable(self) -> None:
         self.runner.run(["systemctl", "enable", "--quiet", self.unit])
 
-    def disable(self) -> None:
-        self.runner.run(["systemctl", "disable", self.unit])
-
-    def stop(self) -> None:
-        self.runner.run(["systemctl", "stop", self.unit])
-
-    def start_job(self, verb: str) -> subprocess.Popen:
-        """``systemctl start|restart`` in the background: the caller watches the unit while the
-        job runs (a Type=notify start waits for READY=1)."""
-        return self.runner.spawn(["systemctl", verb, self.unit])
-
     def reset_failed(self) -> None:
         self.runner.run(["systemctl", "reset-failed", self.unit], check=False)
 
+    def start_and_wait(self, verb: str, units: Sequence[str], timeout: float = START_TIMEOUT) -> Started:
+        """``systemctl start|restart UNITS`` waits until each unit reports READY (Type=notify). A
+        consumer that cannot reach or log in to the broker keeps retrying and never does: systemd
+        would hold the job for TimeoutStartSec (90 s). The consumer says so in its sd_notify
+        STATUS (``StatusText``: "...; retrying in N s"), so watch that while systemctl waits and
+        give up at once with the reason; after a job that succeeded, every unit must be up."""
+        proc = self.runner.spawn(["systemctl", verb, *units])
+        deadline = time.monotonic() + timeout
+        poll = 0.05
+        while True:
+            try:
+                _, err = proc.communicate(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            poll = min(poll * 2, 0.4)
+            stuck = tuple((b.get("Id", ""), b.get("StatusText", "")) for b in self.show_units(units)
+                          if "retrying" in b.get("StatusText", ""))
+            if stuck or time.monotonic() > deadline:
+                proc.kill()  # only our client: the jobs stay with systemd
+                proc.communicate()
+                return Started(False, stuck=stuck, timed_out=not stuck)
+        if proc.returncode != 0:
+            return Started(False, job_error=err.strip() or f"systemctl {verb} exited {proc.returncode}")
+        down = tuple((b.get("Id", ""), f"{b.get('ActiveState', '')}/{b.get('SubState', '')}")
+                     for b in self.show_units(units) if b.get("ActiveState") not in UP_STATES)
+        return Started(not down, down=down)
+
     # -- logs ---------------------------------------------------------------------------------
-    def journal_lines(self, lines: int = 20, since_invocation: bool = False) -> List[str]:
+    def journal_lines(self, lines: int = 20) -> List[str]:
         argv = ["journalctl", "-u", self.unit, "-n", str(lines), "--no-pager", "-o", "short-iso"]
         res = self.runner.run(argv, check=False, timeout=15)
         return [ln for ln in res.stdout.splitlines() if not ln.startswith("-- ")]
@@ -59,4 +133,3 @@ class Systemd:
     def verify(self, unit_file: Path) -> Dict[str, object]:
         res = self.runner.run(["systemd-analyze", "verify", str(unit_file)], check=False, timeout=60)
         return {"ok": res.ok and not res.stderr.strip(), "returncode": res.returncode, "stderr": res.stderr}
-

@@ -18,7 +18,7 @@ from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 from roboshop_dispatch.lab.nspawn import Container, ensure_rootfs, venv_bin  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "installed-debian12-bundled-credential.json"
-READ = ("import json; from roboshop_dispatch import installed; "
+READ = ("import json; from roboshop_dispatch.facts import installed; "
         "print(json.dumps(installed.read(verify_unit=True, journal_lines=10, process=True).to_json()))")
 
 

@@ -235,3 +235,35 @@ def test_the_module_on_python39_fails_with_dispatchctls_message():
     out = run_module_on_python39({"amqp_host": "127.0.0.1", "amqp_port": 70000, "amqp_password": "x",
                                   "_ansible_check_mode": True})
     assert out["failed"] is True and out["rc"] == 2 and "70000" in out["msg"] and out["next_action"]
+
+
+# -- the module's options are the declared settings (roboshop_dispatch/knobs.py) --------------------
+
+
+def test_the_modules_settings_are_a_copy_of_the_declaration():
+    """The module runs alone on the managed host and cannot import dispatchctl: its copy of the
+    settings (names, types, choices, the commands that take each, the option each becomes) must
+    equal the one declaration, and its DOCUMENTATION must describe each as the CLI's help does."""
+    import yaml
+
+    from roboshop_dispatch import knobs
+
+    documented = yaml.safe_load(M.DOCUMENTATION)["options"]
+    for knob in knobs.OPTIONS:
+        spec, doc = M.ARGUMENT_SPEC[knob.ansible], documented[knob.ansible]
+        assert (spec["type"], doc["type"]) == (knob.ansible_type, knob.ansible_type), knob.name
+        assert tuple(spec.get("choices", ())) == tuple(doc.get("choices", ())) == knob.choices, knob.name
+        assert spec.get("elements") == doc.get("elements") == ("str" if knob.ansible_type == "list" else None)
+        assert spec.get("no_log", False) == knob.secret, knob.name
+        if not knob.name.startswith("amqp_pass"):  # the module hands the password over in the environment
+            assert doc["description"] == knob.help, knob.name
+    own = {"command", "state", "purge", "dispatchctl_path", "ignore_inapplicable"}
+    assert set(M.ARGUMENT_SPEC) == set(documented) == own | {k.ansible for k in knobs.OPTIONS}
+    assert {k: flag for k, (flag, _, _) in M.SETTINGS.items()} == {k.ansible: k.option for k in knobs.OPTIONS}
+    assert {k.ansible: k.option for k in knobs.KNOBS if not k.flag} == M.VALUE_FLAGS
+    assert set(M.COMMAND_OPTIONS) >= set(knobs.COMMANDS)
+    for command, options in M.COMMAND_OPTIONS.items():
+        declared = {k.ansible for k in knobs.KNOBS if command in k.commands or command in k.plain}
+        assert set(options) - {"purge"} == declared, command
+    assert set(M.TAKES_PASSWORD) == set(knobs.PASSWORD_KNOBS[0].commands) == set(knobs.PASSWORD_KNOBS[1].commands)
+    assert M.PASSWORD_ENV == knobs.PASSWORD_ENV

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from roboshop_dispatch import archive
 from roboshop_dispatch.archive import UnsafeArchive
-from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.host import Runner
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings
 from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context
 from roboshop_dispatch.steps.build import BuildStep

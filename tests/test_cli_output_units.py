@@ -4,14 +4,15 @@ JSON envelope, and how main() reads --json and the command from a command line."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from roboshop_dispatch import __version__
 from roboshop_dispatch.cli import command_of, wants_json
-from roboshop_dispatch.cli.operate import finding_lines, wrap
 from roboshop_dispatch.cli.output import envelope, error_document
+from roboshop_dispatch.cli.output.findings import finding_lines, wrap
 
 WORDS = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")),
                          min_size=1, max_size=30), min_size=0, max_size=40)
@@ -107,3 +108,40 @@ def test_the_run_log_refuses_a_symlink_or_a_hard_link_and_masks(tmp_path):
     text = path.read_text()
     assert text.startswith("earlier run\n") and "s3cret-pw" not in text and "********" in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_error_kinds_are_the_schemas_and_each_has_its_exit_status():
+    """One ErrorKind: the JSON schema's list of error kinds is exactly it, and each maps to the
+    exit status the schema's description gives it."""
+    import json
+
+    from roboshop_dispatch.errors import ErrorKind, ExitStatus
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "roboshop_dispatch/schema/dispatchctl.schema.json")
+                        .read_text())
+    assert sorted(schema["$defs"]["error"]["properties"]["kind"]["enum"]) == sorted(ErrorKind.ALL)
+    assert ErrorKind.exit_status(ErrorKind.USAGE) == ExitStatus.USAGE == 2
+    assert ErrorKind.exit_status(ErrorKind.ABORTED) == ExitStatus.ABORTED == 130
+    assert {ErrorKind.exit_status(k) for k in (ErrorKind.STEP, ErrorKind.PREFLIGHT, ErrorKind.INTERNAL)} == {1}
+
+
+def test_every_dispatchctl_error_has_a_kind_of_the_schema():
+    """Every error class of the package derives from DispatchctlError (the consumer's excepted:
+    it is bundled alone) and carries a kind the JSON envelope knows."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import roboshop_dispatch
+    from roboshop_dispatch.errors import DispatchctlError, ErrorKind
+
+    found = []
+    for info in pkgutil.walk_packages(roboshop_dispatch.__path__, "roboshop_dispatch."):
+        if ".consumer" in info.name or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        found += [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(obj, BaseException) and obj.__module__ == info.name]
+    assert len(found) >= 15, found
+    assert all(issubclass(cls, DispatchctlError) and cls.kind in ErrorKind.ALL for cls in found), \
+        [cls for cls in found if not issubclass(cls, DispatchctlError)]

@@ -75,7 +75,9 @@ def _settled(consumer: Consumer, broker, vhost, quarantined: int, good: List[str
     deadline = time.monotonic() + 30
     while _count(broker, vhost, amqp.QUARANTINE_QUEUE) < quarantined and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)  # a loop would show now
+    # a fixed wait for a loop: a message going round comes back within milliseconds on loopback,
+    # or after REQUEUE_DELAY (0.5 s) when deferred; 1 s holds at least one round of either
+    time.sleep(1.0)
     assert _count(broker, vhost, amqp.QUARANTINE_QUEUE) == quarantined
     assert _count(broker, vhost, amqp.QUEUE) == 0
     assert all(consumer.orders[oid] == 1 for oid in good)
@@ -141,7 +143,9 @@ def test_cc_and_bcc_headers_never_route_the_copy_back(broker, vhost, started, pa
         good = make_order(3)
         payment.publish(good)
     _settled(consumer, broker, vhost, 1, [str(good["orderid"]), str(bcc["orderid"])])
-    time.sleep(2)  # the loop grew orders.invalid by hundreds a second
+    # a fixed wait: the CC loop this guards against grew orders.invalid by hundreds a second
+    # (each copy routed back into orders), so 2 s would show hundreds of copies, not 1
+    time.sleep(2)
     assert _count(broker, vhost, amqp.QUARANTINE_QUEUE) == 1
     copies = drain(_params(broker, vhost), amqp.QUARANTINE_QUEUE)
     for props, _body in copies:

@@ -393,11 +393,18 @@ def test_log_uses_journal_priorities_only_when_stdout_is_the_journal(tmp_path):
 
 
 def test_log_survives_a_closed_reader():
+    """EPIPE (Python ignores SIGPIPE): the line is dropped, no exception, and the log stops
+    writing to the dead pipe; later lines are dropped too, none kept in memory."""
     r, w = os.pipe()
     os.close(r)
     log = LineLog(w, env={})
-    log.info("nobody listens")  # EPIPE: dropped, no exception
+    assert log.fd == w
+    log.info("nobody listens")  # would raise BrokenPipeError if it were not handled
+    assert log.fd is None
+    for i in range(1000):
+        log.order_line("INFO", f"order {i} dispatched")
     log.info("still fine")
+    assert log.fd is None and log._buf == []
     os.close(w)
 
 
@@ -566,6 +573,19 @@ def test_the_credential_is_read_with_one_newline_stripped(tmp_path):
     assert cfg.password == "s3cret\n" and cfg.password_source == config.PASSWORD_FROM_CREDENTIAL
     assert "s3cret" not in cfg.describe() and "password=credential" in cfg.describe()
     assert config.load(BASE, credentials_directory=str(tmp_path)).password == "s3cret\n"
+
+
+def test_the_consumer_and_dispatchctl_read_a_password_file_alike(tmp_path):
+    """One reading of a password file (consumer/secretfile.py): a final CRLF is the file's too, for
+    the consumer's credential, dispatchctl's view of the installed credential and --amqp-pass-file."""
+    from roboshop_dispatch.facts.installed import _read_credential
+    from roboshop_dispatch.validate import read_password_file
+
+    path = tmp_path / config.CREDENTIAL_NAME
+    path.write_bytes(b"s3cret\r\n")
+    assert config.load(BASE, credentials_directory=str(tmp_path)).password == "s3cret"
+    assert _read_credential([("amqp-pass", str(path))])["password"].reveal() == "s3cret"
+    assert read_password_file(str(path)).reveal() == "s3cret"
 
 
 def test_without_the_credential_file_the_environment_is_used(tmp_path):

@@ -9,10 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from roboshop_dispatch import installed as inst
 from roboshop_dispatch.diagnostics import check_installed
 from roboshop_dispatch.diagnostics import host_checks as hc
 from roboshop_dispatch.diagnostics.report import INTERNAL_ERROR
+from roboshop_dispatch.facts import installed as inst
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.facts.instances import InstanceInfo
 
 ROOT_0600 = dict(kind="file", mode=0o600, uid=0, gid=0)
 SHOW = {
@@ -33,8 +35,8 @@ def recorded(state: inst.InstalledState, password: str = "s3cret") -> inst.Insta
 
 
 HEALTHY = inst.InstalledState(
-    properties=SHOW, os_id="rocky", os_name="Rocky Linux 9.4", os_family="rhel", is_root=True, systemd_pid1=True,
-    systemd_version=252, selinux="enforcing",
+    properties=SHOW, host=HostFacts(os_id="rocky", os_name="Rocky Linux 9.4", is_root=True, systemd_pid1=True,
+                                    systemd_version=252, selinux="enforcing"),
     unit_file=inst.FileInfo("/etc/systemd/system/dispatch.service", "file", 0o644, 0, 0),
     credentials=(("amqp-pass", "/etc/roboshop/dispatch.amqp-pass"),),
     env_file=inst.FileInfo("/etc/roboshop/dispatch.env", **ROOT_0600),
@@ -48,7 +50,7 @@ HEALTHY = inst.InstalledState(
     interpreter=inst.FileInfo("/usr/bin/python3", "file", 0o755, 0, 0),
     build_stamp={"bundle": "abc"}, binary_label="system_u:object_r:bin_t:s0", process_user="roboshop",
     unit_verify={"returncode": 0, "stderr": ""},
-    instance_facts=inst.InstanceFacts(legacy_file=True, legacy=inst.InstanceInfo(
+    instance_facts=inst.InstanceFacts(legacy_file=True, legacy=InstanceInfo(
         "dispatch.service", "loaded", "active", "running", "enabled", 4242)),
 )
 
@@ -75,9 +77,10 @@ def test_the_record_round_trips_and_hides_the_password():
 
 # (a broken state, the check, its status, words of its diagnosis, the manual's common issue)
 BROKEN = [
-    (replace(HEALTHY, os_family=None, os_id="arch", os_name="Arch Linux"), "os", "fail", "Unsupported OS", ""),
-    (replace(HEALTHY, is_root=False), "root", "fail", "Not root", ""),
-    (replace(HEALTHY, systemd_pid1=False), "systemd", "fail", "No systemd", ""),
+    (replace(HEALTHY, host=replace(HEALTHY.host, os_id="arch", os_name="Arch Linux")), "os", "fail", "Unsupported OS",
+     ""),
+    (replace(HEALTHY, host=replace(HEALTHY.host, is_root=False)), "root", "fail", "Not root", ""),
+    (replace(HEALTHY, host=replace(HEALTHY.host, systemd_pid1=False)), "systemd", "fail", "No systemd", ""),
     (replace(HEALTHY, service_user=inst.UserInfo("roboshop")), "user", "fail", "Service user missing",
      "Permission denied"),
     (replace(HEALTHY, binary=inst.FileInfo("/app/dispatch")), "binary", "fail", "Binary not found: run the build",
@@ -144,7 +147,7 @@ def test_each_broken_fact_is_named_with_its_fix(state, name, status, diagnosis, 
 def test_where_no_credential_can_be_used_the_password_stays_in_the_0600_env_file():
     go = replace(HEALTHY, flavour="go", interpreter=None, credentials=(), credential_file=None,
                  env_has_password=True, password_source="environment file")
-    old = replace(go, flavour="bundled", systemd_version=245)
+    old = replace(go, flavour="bundled", host=replace(go.host, systemd_version=245))
     for state in (go, old):
         f = findings(state)["credential"]
         assert f.status == "ok" and "AMQP_PASS is in /etc/roboshop/dispatch.env" in f.summary, f
@@ -154,7 +157,7 @@ def test_where_no_credential_can_be_used_the_password_stays_in_the_0600_env_file
 
 
 def test_nothing_installed_leaves_out_what_does_not_apply():
-    bare = inst.InstalledState(os_family="debian", os_id="debian", is_root=True, env_error="not present")
+    bare = inst.InstalledState(host=HostFacts(os_id="debian", is_root=True), env_error="not present")
     by = findings(bare)
     assert "unit-user" not in by and "service" not in by
     assert by["credential"].status == "skip" and by["selinux"].status == "skip" and by["unit"].status == "skip"

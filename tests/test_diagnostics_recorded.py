@@ -8,8 +8,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from roboshop_dispatch import installed as inst
 from roboshop_dispatch.diagnostics import check_installed
+from roboshop_dispatch.facts import installed as inst
 
 RECORD = Path(__file__).parent / "data" / "installed-debian12-bundled-credential.json"
 
@@ -21,7 +21,7 @@ def load():
 
 def test_the_recorded_host_checks_as_it_did_live():
     state, live = load()
-    assert state.systemd_version == 252 and state.flavour == "bundled" and state.loads_credential
+    assert state.host.systemd_version == 252 and state.flavour == "bundled" and state.loads_credential
     assert state.password_source == "credential" and not state.env_has_password
     report, _ = check_installed(state, rabbitmq=False)
     assert {f.name: f.status for f in report.findings} == live

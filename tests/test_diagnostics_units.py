@@ -1,6 +1,6 @@
 """The pure logic of the diagnostics, status and uninstall: parsing systemd's answers, masking,
 settings from the installed environment file, the time bound, the uninstall steps on a temp
-root. Plus the commands on this machine, which is not a systemd host."""
+root. Plus the commands on a host without systemd (a real, unbooted container)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,23 @@ import pytest
 
 from roboshop_dispatch import diagnostics as d
 from roboshop_dispatch import envfile, status
-from roboshop_dispatch.cli.operate import resolve_amqp
-from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.cli.check import resolve_amqp
+from roboshop_dispatch.cli.output.status import human_bytes, human_duration
+from roboshop_dispatch.diagnostics.bounded import run_bounded
+from roboshop_dispatch.diagnostics.report import (
+    AUTH_FAILURE,
+    FAIL,
+    OK,
+    SERVICE_NOT_STARTING,
+    SKIP,
+    WARN,
+    Finding,
+    Report,
+)
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.facts.paths import flavour_of
+from roboshop_dispatch.facts.unitfile import binary_from_unit, env_file_from_unit, exec_argv
+from roboshop_dispatch.host import Runner
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps.base import Context, run_steps
@@ -30,20 +45,20 @@ SHOW_GO = "{ path=/app/dispatch ; argv[]=/app/dispatch ; ignore_errors=no ; star
 
 
 def test_exec_argv_and_the_binary_of_each_flavour():
-    assert d.exec_argv(SHOW_BUNDLED) == ["/usr/bin/python3", "-I", "/app/dispatch"]
-    assert d.binary_from_unit({"ExecStart": SHOW_BUNDLED}, Path("/x")) == Path("/app/dispatch")
-    assert d.binary_from_unit({"ExecStart": SHOW_GO}, Path("/x")) == Path("/app/dispatch")
-    assert d.binary_from_unit({"ExecStart": "{ path=/opt/d/run ; argv[]=/opt/d/run ; }"}, Path("/srv/dispatch")) \
+    assert exec_argv(SHOW_BUNDLED) == ["/usr/bin/python3", "-I", "/app/dispatch"]
+    assert binary_from_unit({"ExecStart": SHOW_BUNDLED}, Path("/x")) == Path("/app/dispatch")
+    assert binary_from_unit({"ExecStart": SHOW_GO}, Path("/x")) == Path("/app/dispatch")
+    assert binary_from_unit({"ExecStart": "{ path=/opt/d/run ; argv[]=/opt/d/run ; }"}, Path("/srv/dispatch")) \
         == Path("/srv/dispatch")
-    assert d.binary_from_unit({}, Path("/app/dispatch")) == Path("/app/dispatch")
+    assert binary_from_unit({}, Path("/app/dispatch")) == Path("/app/dispatch")
 
 
 def test_env_file_from_unit():
     props = {"EnvironmentFiles": "/etc/roboshop/dispatch.env (ignore_errors=no)"}
-    assert d.env_file_from_unit(props, Path("/x")) == Path("/etc/roboshop/dispatch.env")
-    assert d.env_file_from_unit({"EnvironmentFiles": "-/etc/other.env (ignore_errors=yes)"}, Path("/x")) \
+    assert env_file_from_unit(props, Path("/x")) == Path("/etc/roboshop/dispatch.env")
+    assert env_file_from_unit({"EnvironmentFiles": "-/etc/other.env (ignore_errors=yes)"}, Path("/x")) \
         == Path("/etc/other.env")
-    assert d.env_file_from_unit({}, Path("/default.env")) == Path("/default.env")
+    assert env_file_from_unit({}, Path("/default.env")) == Path("/default.env")
 
 
 def test_flavour_of(tmp_path):
@@ -53,10 +68,10 @@ def test_flavour_of(tmp_path):
     zipapp.write_bytes(b"#!/usr/bin/env python3\nPK\x03\x04")
     other = tmp_path / "other"
     other.write_bytes(b"hello")
-    assert d.flavour_of(elf) == "go"
-    assert d.flavour_of(zipapp) == "bundled"
-    assert d.flavour_of(other) == "unknown"
-    assert d.flavour_of(tmp_path / "missing") is None
+    assert flavour_of(elf) == "go"
+    assert flavour_of(zipapp) == "bundled"
+    assert flavour_of(other) == "unknown"
+    assert flavour_of(tmp_path / "missing") is None
 
 
 # -- masking -----------------------------------------------------------------------------------
@@ -119,41 +134,63 @@ def test_resolve_amqp_errors_name_the_option(tmp_path, monkeypatch):
 
 
 def test_report_ok_issues_and_counts():
-    report = d.Report()
-    report.add(d.Finding("a", "A", d.OK, "fine"))
-    report.add(d.Finding("b", "B", d.WARN, "meh"))
+    report = Report()
+    report.add(Finding("a", "A", OK, "fine"))
+    report.add(Finding("b", "B", WARN, "meh"))
     assert report.ok and report.issues == []
-    report.add(d.Finding("c", "C", d.FAIL, "bad", issue=d.AUTH_FAILURE))
-    report.add(d.Finding("e", "E", d.FAIL, "bad", issue=d.SERVICE_NOT_STARTING))
-    report.add(d.Finding("f", "F", d.FAIL, "bad", issue=d.AUTH_FAILURE))
-    report.add(d.Finding("g", "G", d.SKIP, "not run"))
+    report.add(Finding("c", "C", FAIL, "bad", issue=AUTH_FAILURE))
+    report.add(Finding("e", "E", FAIL, "bad", issue=SERVICE_NOT_STARTING))
+    report.add(Finding("f", "F", FAIL, "bad", issue=AUTH_FAILURE))
+    report.add(Finding("g", "G", SKIP, "not run"))
     assert not report.ok
-    assert report.issues == [d.AUTH_FAILURE, d.SERVICE_NOT_STARTING]
+    assert report.issues == [AUTH_FAILURE, SERVICE_NOT_STARTING]
     assert report.counts() == {"ok": 1, "warn": 1, "fail": 3, "skip": 1}
     assert json.loads(json.dumps(report.as_dict()))["findings"][2]["issue"] == "Auth failure"
 
 
 def test_run_bounded_never_waits_past_its_timeout():
+    """An ordering, not an absolute bound: with a 0.2 s timeout it returns long before the function
+    (which waits 30 s) could end; a third of that leaves a busy machine room."""
+    import threading
+
+    release = threading.Event()
     started = time.monotonic()
-    finished, result, error = d.run_bounded(lambda: time.sleep(5), 0.2)
+    try:
+        finished, result, error = run_bounded(lambda: release.wait(30), 0.2)
+        took = time.monotonic() - started
+    finally:
+        release.set()  # the abandoned call ends now
     assert not finished and result is None and error is None
-    assert time.monotonic() - started < 1
-    assert d.run_bounded(lambda: 42, 1) == (True, 42, None)
-    finished, _, error = d.run_bounded(lambda: 1 / 0, 1)
+    assert 0.2 <= took < 30 / 3, took
+    assert run_bounded(lambda: 42, 1) == (True, 42, None)
+    finished, _, error = run_bounded(lambda: 1 / 0, 1)
     assert finished and isinstance(error, ZeroDivisionError)
 
 
 def test_a_closed_port_is_refused_at_once_and_named():
+    """Refused, not timed out: with a 30 s connect timeout (and budget) the answer comes long
+    before either, so nothing waited for the port (an ordering, not an absolute bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: refused
         amqp = AmqpSettings.build(hosts="127.0.0.1", port=port, password=Secret("pw"))
-        report = d.check_rabbitmq(amqp)
+        report = d.check_rabbitmq(amqp, budget=60, connect_timeout=30)
     tcp = report.get("tcp")
-    assert tcp is not None and tcp.status == d.FAIL and tcp.issue == d.SERVICE_NOT_STARTING
+    assert tcp is not None and tcp.status == FAIL and tcp.issue == SERVICE_NOT_STARTING
     assert "wrong RabbitMQ IP" in tcp.diagnosis
-    assert [f.status for f in report.findings[2:]] == [d.SKIP] * (len(report.findings) - 2)
-    assert report.elapsed_s < 1
+    assert [f.status for f in report.findings[2:]] == [SKIP] * (len(report.findings) - 2)
+    assert report.elapsed_s < 30 / 3, report.elapsed_s
+
+
+def test_latency_is_a_warning_only_above_the_slow_round_trip():
+    from roboshop_dispatch.diagnostics.catalog import SLOW_RTT_MS
+    from roboshop_dispatch.diagnostics.topology import latency_finding
+
+    fast = latency_finding([3.0, 1.0, 2.0])
+    assert fast.status == OK and fast.data == {"median_ms": 2.0, "samples_ms": [1.0, 2.0, 3.0]}
+    assert latency_finding([SLOW_RTT_MS, 1.0, 9000.0]).status == OK  # the median decides, not one sample
+    slow = latency_finding([SLOW_RTT_MS + 1, 1.0, 9000.0])
+    assert slow.status == WARN and slow.diagnosis == "Slow broker" and slow.fix
 
 
 # -- status helpers ----------------------------------------------------------------------------
@@ -163,11 +200,11 @@ def test_status_exit_codes_and_formatting():
     assert status.exit_code({"installed": False, "running": False}) == 4
     assert status.exit_code({"installed": True, "running": False}) == 3
     assert status.exit_code({"installed": True, "running": True}) == 0
-    assert status.human_bytes(29032448) == "27.7 MiB"
-    assert status.human_bytes(512) == "512 B"
-    assert status.human_duration(3.25) == "3.2s"
-    assert status.human_duration(3725) == "1h 2m 5s"
-    assert status.human_duration(90061) == "1d 1h 1m"
+    assert human_bytes(29032448) == "27.7 MiB"
+    assert human_bytes(512) == "512 B"
+    assert human_duration(3.25) == "3.2s"
+    assert human_duration(3725) == "1h 2m 5s"
+    assert human_duration(90061) == "1d 1h 1m"
 
 
 # -- uninstall steps on a temp root ------------------------------------------------------------

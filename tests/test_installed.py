@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
-from roboshop_dispatch import installed as inst
-from roboshop_dispatch.installed import InstalledState
+from roboshop_dispatch.facts import installed as inst
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.facts.installed import InstalledState
 from roboshop_dispatch.settings import Secret
 
 UNIT = """[Unit]
@@ -120,13 +121,14 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 @given(st.builds(inst.InstalledState, environment=st.dictionaries(_TEXT, _TEXT, max_size=3),
                  properties=st.dictionaries(_TEXT, _TEXT, max_size=3), journal=st.lists(_TEXT, max_size=3).map(tuple),
-                 systemd_version=st.none() | st.integers(0, 999), os_family=st.sampled_from([None, "rhel", "debian"])))
+                 host=st.builds(HostFacts, systemd_version=st.none() | st.integers(0, 999),
+                                os_id=st.sampled_from(["", "rocky", "debian"]))))
 def test_any_state_round_trips_through_its_record(state):
     assert inst.from_json(state.to_json()) == state
 
 
 def test_a_stale_environment_password_beside_the_credential_is_masked_but_never_used():
-    from roboshop_dispatch.installed import _passwords
+    from roboshop_dispatch.facts.installed import _passwords
 
     env = {"environment": {}, "password": Secret("old-in-env"), "password_source": "environment file"}
     cred = {"password": Secret("new-credential"), "password_source": "credential"}
@@ -146,7 +148,7 @@ def test_reading_only_the_passwords_does_not_load_pika(tmp_path):
 
     env = tmp_path / "dispatch.env"
     env.write_text('AMQP_HOST="h"\nAMQP_PASS="s3cret pw"\n')
-    code = ("import sys; from pathlib import Path; from roboshop_dispatch.installed import read_settings; "
+    code = ("import sys; from pathlib import Path; from roboshop_dispatch.facts.installed import read_settings; "
             f"state = read_settings(Path({str(env)!r}), interpret=False); "
             "assert state.secrets() == ['s3cret pw'], state.secrets(); "
             "assert 'pika' not in sys.modules, 'pika was imported'")

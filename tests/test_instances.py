@@ -15,11 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roboshop_dispatch import installed as inst
 from roboshop_dispatch.diagnostics.host_checks import check_instances
+from roboshop_dispatch.facts import installed
+from roboshop_dispatch.facts import instances as inst
+from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.layout import MAX_INSTANCES
-from roboshop_dispatch.scaling import decide, in_use
-from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError, validate_instances
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
+from roboshop_dispatch.steps.instances import decide, in_use
+from roboshop_dispatch.systemd import parse_show
+from roboshop_dispatch.validate import validate_instances
 
 LEGACY_FILE = Path("/etc/systemd/system/dispatch.service")
 TEMPLATE_FILE = Path("/etc/systemd/system/dispatch@.service")
@@ -125,7 +129,7 @@ SHOW_TWO = ("Id=dispatch.service\nLoadState=not-found\nActiveState=inactive\nSub
 
 
 def test_systemctl_show_of_several_units_is_read_block_by_block():
-    blocks = inst.parse_show_blocks(SHOW_TWO)
+    blocks = [inst.InstanceInfo.from_show(b) for b in parse_show(SHOW_TWO)]
     assert [b.unit for b in blocks] == ["dispatch.service", "dispatch@1.service", "dispatch@2.service"]
     assert blocks[1].main_pid == 4242 and blocks[1].running and blocks[1].number == 1
     assert blocks[2].active_state == "failed" and not blocks[2].running and blocks[2].result == "signal"
@@ -168,15 +172,15 @@ def test_the_instances_without_systemd_are_the_files_and_links(tmp_path):
 
 
 def test_the_instance_facts_record_to_json_and_back():
-    state = inst.InstalledState(instance_facts=replace(TWO, legacy_file=True))
-    again = inst.from_json(json.loads(json.dumps(state.to_json())))
+    state = installed.InstalledState(instance_facts=replace(TWO, legacy_file=True))
+    again = installed.from_json(json.loads(json.dumps(state.to_json())))
     assert again.instance_facts == state.instance_facts
 
 
 # -- check: fewer instances than configured ------------------------------------------------------
 
-def _state(facts: inst.InstanceFacts) -> inst.InstalledState:
-    return inst.InstalledState(unit="dispatch@1.service", systemd_pid1=True, instance_facts=facts,
+def _state(facts: inst.InstanceFacts) -> installed.InstalledState:
+    return installed.InstalledState(unit="dispatch@1.service", host=HostFacts(systemd_pid1=True), instance_facts=facts,
                                properties={"LoadState": "loaded", "ActiveState": "active"})
 
 

@@ -1,6 +1,6 @@
 """Remembered settings, pure logic: the option > DISPATCHCTL_* > what is installed > the default
 (sources.resolve), every value validated under the name of its source, and the installed values
-read by the one parser (installed.remembered) with the consumer's defaults."""
+read by the one parser (sources.remembered) with the consumer's defaults."""
 
 from __future__ import annotations
 
@@ -11,22 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roboshop_dispatch import installed
-from roboshop_dispatch.installed import FileInfo, InstalledState, remembered, unit_settings
+from roboshop_dispatch.cli.output.settings import settings_text
+from roboshop_dispatch.facts import installed
+from roboshop_dispatch.facts.installed import InstalledState
+from roboshop_dispatch.facts.paths import FileInfo
+from roboshop_dispatch.facts.unitfile import unit_settings
+from roboshop_dispatch.knobs import COMMAND_KNOBS, KNOB, KNOBS
 from roboshop_dispatch.settings import MASK, Secret, Settings, SettingsError
 from roboshop_dispatch.sources import (
-    COMMAND_KNOBS,
     DEFAULT,
     ENVIRONMENT,
     INSTALLED,
-    KNOB,
-    KNOBS,
     OPTION,
     LazyPassword,
     Remembered,
     Source,
     build_settings,
     password_given,
+    remembered,
     resolve,
 )
 
@@ -203,8 +205,8 @@ def test_settings_are_built_from_the_rows_and_the_password_is_masked():
     assert doc["amqp_pass"] == {"value": MASK, "source": "installed", "from": "/etc/roboshop/dispatch.amqp-pass"}
     assert doc["amqp_hosts"] == {"value": ["10.9.9.9"], "source": "installed", "from": f"{ENV}: AMQP_HOST"}
     assert doc["amqp_port"]["source"] == "option" and doc["amqp_user"]["source"] == "default"
-    assert "s3cret" not in repr(doc) + r.text()
-    assert "settings:" in r.text() and "installed (/etc/roboshop/dispatch.amqp-pass)" in r.text()
+    assert "s3cret" not in repr(doc) + settings_text(r)
+    assert "settings:" in settings_text(r) and "installed (/etc/roboshop/dispatch.amqp-pass)" in settings_text(r)
 
 
 def test_build_and_start_need_no_amqp_settings():
@@ -305,7 +307,8 @@ def test_a_complete_installation_is_remembered_without_importing_pika(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from roboshop_dispatch.installed import read_settings, remembered
+from roboshop_dispatch.facts.installed import read_settings
+from roboshop_dispatch.sources import remembered
 from roboshop_dispatch.sources import COMMAND_KNOBS, resolve
 found = remembered(read_settings(Path({str(env)!r}), interpret=False))
 r = resolve(COMMAND_KNOBS["configure"], {{}}, {{}}, found)

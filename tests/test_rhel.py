@@ -269,7 +269,9 @@ def test_a_held_dnf_lock_is_waited_for_within_a_bound_then_fails_clearly(rocky, 
     assert failed["failed"] and f"dnf is busy: another process holds its lock (pid {holder} (/usr/bin/sleep 300))" \
         in failed["message"], failed
     assert "waiting for dnf's lock, held by pid" in res.stderr
-    assert 3 <= elapsed < 45, elapsed
+    # an ordering, not an absolute bound: it waited the 3 s it was told to, then gave up long
+    # before the holder (300 s) or the default wait (300 s) would have ended
+    assert 3 <= elapsed < 300 / 4, elapsed
     # never corrupts: nothing installed, the holder's lock file intact, no user yet
     assert host.rpm_installed("python3") is None
     assert host.path("/var/lib/dnf/rpmdb_lock.pid").read_text() == str(holder)

@@ -11,13 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roboshop_dispatch import installed as inst
 from roboshop_dispatch import selinux
 from roboshop_dispatch.diagnostics.host_checks import check_selinux
+from roboshop_dispatch.facts import installed as inst
+from roboshop_dispatch.facts.host import HostFacts
 
 
 def state(mode: Optional[str], label: str, family: Optional[str] = "rhel") -> inst.InstalledState:
-    return inst.InstalledState(os_id="rocky", os_family=family, selinux=mode, flavour="go",
+    return inst.InstalledState(host=HostFacts(os_id={"rhel": "rocky", "debian": "debian"}.get(family or "", ""),
+                                              selinux=mode), flavour="go",
                                binary=inst.FileInfo("/app/dispatch", "file", 0o755, 0, 0), binary_label=label)
 
 

@@ -21,25 +21,19 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
+from roboshop_dispatch.facts.host import HostFacts
 from roboshop_dispatch.files import NotRegularFile, write_atomic
-from roboshop_dispatch.host import HostFacts, Runner
+from roboshop_dispatch.host import Runner
 from roboshop_dispatch.layout import CREDENTIALS_MIN_SYSTEMD, RENDER_CACHE
 from roboshop_dispatch.redact import Redactor
 from roboshop_dispatch.render import render_unit
-from roboshop_dispatch.settings import (
-    SYSTEM_DIRS,
-    AmqpSettings,
-    Secret,
-    Settings,
-    SettingsError,
-    validate_app_dir,
-    validate_text,
-)
+from roboshop_dispatch.settings import AmqpSettings, Secret, Settings, SettingsError
 from roboshop_dispatch.steps import config as config_step
 from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context, run_steps
 from roboshop_dispatch.steps.plan import plan
 from roboshop_dispatch.steps.uninstall import decide_app_dir
 from roboshop_dispatch.steps.user import decide as decide_user
+from roboshop_dispatch.validate import SYSTEM_DIRS, validate_app_dir, validate_text
 from tests.test_steps import FakeSystemd, RecordingRunner
 
 PASSWORD = "n3w-Pa$$ w\"rd"
@@ -118,19 +112,17 @@ def tree():
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_symlink_to_a_system_directory_is_resolved_and_refused(tree, target, child, depth):
     """A link (or a chain of links) in an innocent-looking tree that resolves to a system directory."""
+    import tempfile
+
     validate_app_dir("--app-dir", str(tree))  # the tree itself is a fine place
     assume(os.path.realpath(target + child) != "/x")  # an ordinary top-level directory, like /app
-    link_dir = tree / f"t{depth}{target.strip('/')}{child.replace('/', '_')}"
-    link_dir.mkdir(exist_ok=True)
+    link_dir = Path(tempfile.mkdtemp(dir=tree))  # fresh for every example, a repeated one included
     link = link_dir / "app"
-    if not link.is_symlink():
-        link.symlink_to(target + child)
-        for _ in range(depth):
-            nxt = link.with_name(link.name + "x")
-            nxt.symlink_to(link)
-            link = nxt
-    else:
-        return
+    link.symlink_to(target + child)
+    for _ in range(depth):
+        nxt = link.with_name(link.name + "x")
+        nxt.symlink_to(link)
+        link = nxt
     with pytest.raises(SettingsError):
         validate_app_dir("--app-dir", str(link))
 
@@ -415,11 +407,11 @@ def test_sha256_and_insecure_are_validated_in_settings():
     with pytest.raises(SettingsError) as err:
         settings(flavour="go", artifact="http://127.0.0.1/d.zip")
     assert err.value.option == "--artifact" and "--insecure" in str(err.value)
-    s = settings(flavour="go", artifact="http://127.0.0.1/d.zip", insecure=True, sha256="AB" * 32)
+    s = settings(flavour="go", artifact="http://127.0.0.1/d.zip", insecure=True, artifact_sha256="AB" * 32)
     assert s.insecure and s.artifact_sha256 == "ab" * 32
     for bad in ("ab" * 31, "zz" * 32, "ab" * 32 + "0", ""):
         with pytest.raises(SettingsError) as err:
-            settings(sha256=bad)
+            settings(artifact_sha256=bad)
         assert err.value.option == "--sha256"
 
 
@@ -469,12 +461,12 @@ def test_purge_in_a_tree_keeps_what_it_did_not_create(tmp_path):
 
 
 def test_steps_do_not_import_each_other():
-    """A step module imports only the contract (base), the pending restarts and the created
-    record, never another step; plan.py alone composes them."""
+    """A step module imports only the contract (base), the pending restarts, the created record
+    and the instances' decisions, never another step; plan.py alone composes them."""
     import ast
 
     steps_dir = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "steps"
-    shared = {"base", "pending", "record"}
+    shared = {"base", "pending", "record", "instances"}
     step_modules = {p.stem for p in steps_dir.glob("*.py")} - shared - {"__init__", "plan"}
     assert not (steps_dir / "archive.py").exists(), "archive.py is a library: roboshop_dispatch/archive.py"
     for path in steps_dir.glob("*.py"):

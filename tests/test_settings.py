@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from roboshop_dispatch.settings import (
-    MASK,
-    AmqpSettings,
-    Secret,
-    Settings,
-    SettingsError,
-    read_password,
-    validate_hosts,
-)
+from roboshop_dispatch.settings import MASK, AmqpSettings, Secret, Settings, SettingsError
+from roboshop_dispatch.sources import LazyPassword, password_given
+from roboshop_dispatch.validate import read_password_file, validate_hosts
 
 
 @pytest.mark.parametrize(
@@ -120,17 +114,17 @@ def test_password_sources_in_order(tmp_path):
     f = tmp_path / "pass"
     f.write_text("from-file\n")
     env = {"DISPATCHCTL_AMQP_PASS": "from-env"}
-    assert read_password(pass_file=str(f), environ=env).reveal() == "from-file"
-    assert read_password(pass_file=None, pass_value="from-flag", environ=env).reveal() == "from-flag"
-    assert read_password(pass_file=None, environ=env).reveal() == "from-env"
-    assert read_password(pass_file=None, environ={}, prompt=lambda: "typed").reveal() == "typed"
-    assert read_password(pass_file=None, environ={}) is None
+    assert password_given(str(f), None, env)[0].reveal() == "from-file"
+    assert password_given(None, "from-flag", env)[0].reveal() == "from-flag"
+    assert password_given(None, None, env)[0].reveal() == "from-env"
+    assert LazyPassword(None, None, ask=lambda: "typed")().reveal() == "typed"
+    assert password_given(None, None, {})[0] is None
 
 
 def test_password_file_keeps_inner_whitespace(tmp_path):
     f = tmp_path / "pass"
     f.write_bytes(b" sp ace\t \r\n")
-    assert read_password(pass_file=str(f), environ={}).reveal() == " sp ace\t "
+    assert read_password_file(str(f)).reveal() == " sp ace\t "
 
 
 @pytest.mark.parametrize("content", ["", "\n", "two\nlines\n"])
@@ -138,10 +132,10 @@ def test_bad_password_file(tmp_path, content):
     f = tmp_path / "pass"
     f.write_text(content)
     with pytest.raises(SettingsError) as err:
-        read_password(pass_file=str(f), environ={})
+        read_password_file(str(f))
     assert err.value.option == "--amqp-pass-file"
 
 
 def test_missing_password_file(tmp_path):
     with pytest.raises(SettingsError, match="cannot read"):
-        read_password(pass_file=str(tmp_path / "nope"), environ={})
+        read_password_file(str(tmp_path / "nope"))

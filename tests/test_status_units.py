@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roboshop_dispatch import installed as inst
 from roboshop_dispatch import status
+from roboshop_dispatch.facts import installed as inst
 
 
 @pytest.mark.parametrize("text, path", [

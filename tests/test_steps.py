@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roboshop_dispatch import envfile
-from roboshop_dispatch.host import HostFacts, Result, Runner
+from roboshop_dispatch.facts.host import HostFacts
+from roboshop_dispatch.host import Result, Runner
 from roboshop_dispatch.settings import AmqpSettings, Secret, Settings
 from roboshop_dispatch.steps.base import CHANGED, FAILED, OK, Context, run_steps
 from roboshop_dispatch.steps.packages import PackagesStep, parse_installed, version_tuple
@@ -73,7 +74,7 @@ class FakeSystemd:
         self.props = props
         self.runner = RecordingRunner()
 
-    def show(self, properties):
+    def show(self):
         return dict(self.props)
 
 

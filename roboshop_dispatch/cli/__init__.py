@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERNAL = 1
-EXIT_ABORTED = 130
-
 
 def wants_json(argv: list[str]) -> bool:
     """``--json`` among the options (not after ``--``)."""
@@ -61,6 +58,7 @@ def _run() -> tuple[int, str, str]:
     """Run the command: (exit code, error kind when it ended in error, the error's message)."""
     import typer
 
+    from ..errors import ErrorKind, ExitStatus
     from . import output
     from .app import app
 
@@ -73,15 +71,15 @@ def _run() -> tuple[int, str, str]:
         message = _usage_message(exc)
         if message:
             output.error(message)
-        return 2, output.USAGE, message or "a command is required (see `dispatchctl --help`)"
+        return ExitStatus.USAGE, ErrorKind.USAGE, message or "a command is required (see `dispatchctl --help`)"
     except typer.Abort:
         print("dispatchctl: aborted", file=sys.stderr)
-        return EXIT_ABORTED, output.ABORTED, "interrupted"
+        return ExitStatus.ABORTED, ErrorKind.ABORTED, "interrupted"
     except Exception as exc:  # a bug: one line (the traceback with -v), and the JSON document
-        return EXIT_INTERNAL, output.INTERNAL, _internal(exc)
+        return ExitStatus.FAILED, ErrorKind.INTERNAL, _internal(exc)
     code = code if isinstance(code, int) else 0
-    if code == 2 and not output.json_printed():  # a usage error found by the command itself
-        return code, output.USAGE, output.last_error()
+    if code == ExitStatus.USAGE and not output.json_printed():  # a usage error found by the command itself
+        return code, ErrorKind.USAGE, output.last_error()
     return code, "", ""
 
 

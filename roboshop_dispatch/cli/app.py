@@ -47,14 +47,16 @@ def _root(
 
 
 def _register() -> None:
+    """Each command module adds its commands to ``app``, in the order the command list shows them.
+    ``lab`` only where the lab is (a development and demo tool, README: Development): the zipapp
+    and the RPM, the production artifacts, leave ``roboshop_dispatch/lab/`` out, and with it the
+    command. Looked up, not imported: the lab itself is imported only when a lab command runs."""
     import importlib
+    import importlib.util
 
-    for module in ("provision", "operate", "lab"):
-        try:
-            importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"{__package__}.{module}":
-                raise
+    lab = importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.lab") is not None
+    for module in ("provision", "check", "status", "logs", "uninstall", *(("lab",) if lab else ())):
+        importlib.import_module(f"{__package__}.{module}")
 
 
 _register()

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional
 
 from typer.core import TyperCommand, TyperOption
 
+from ..errors import ExitStatus
+
 HELP_OPTION_NAMES = ["-h", "--help"]
-# `--dry-run --exit-code`: exit 0 when nothing would change, this when something would (or did)
-EXIT_CHANGES = 3
 
 # the command list's one-line summaries (at most ~50 characters: one line at 80 columns)
 SUMMARIES: Dict[str, str] = {
@@ -84,7 +84,7 @@ def _quiet() -> TyperOption:
 def _exit_code() -> TyperOption:
     return TyperOption(param_decls=["--exit-code", "exit_code"], is_flag=True, default=False, expose_value=False,
                        callback=_store("exit_code"),
-                       help=f"Exit {EXIT_CHANGES} when something would change (with --dry-run) or changed, "
+                       help=f"Exit {int(ExitStatus.CHANGES)} when something would change (with --dry-run) or changed, "
                             "0 when nothing did (drift detection in CI).")
 
 

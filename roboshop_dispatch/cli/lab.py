@@ -12,6 +12,7 @@ from typing import Any, List, Mapping, NoReturn, Optional, Tuple
 
 import typer
 
+from ..errors import ErrorKind, ExitStatus
 from . import options as opt
 from .app import DispatchTyper, app
 from .common import HELP_OPTION_NAMES, INVOCATION
@@ -28,7 +29,6 @@ lab_app = DispatchTyper(
 )
 app.add_typer(lab_app, name="lab")
 
-EXIT_CODES = {"usage": opt.EXIT_USAGE, "preflight": opt.EXIT_CHECK_FAILED, "step": opt.EXIT_CHECK_FAILED}
 
 
 def _fail(command: str, kind: str, message: str, as_json: bool) -> NoReturn:
@@ -36,7 +36,7 @@ def _fail(command: str, kind: str, message: str, as_json: bool) -> NoReturn:
     if as_json:
         print_json(error_document(command, "usage" if kind == "usage" else "preflight" if kind == "preflight"
                                   else "step", message))
-    opt.finish(EXIT_CODES.get(kind, opt.EXIT_CHECK_FAILED))
+    opt.finish(ErrorKind.exit_status(kind))
 
 
 def _lab(command: str, as_json: bool) -> Any:
@@ -80,7 +80,7 @@ def up(
         _fail("lab up", exc.kind, str(exc), json_output)
     if json_output:
         print_json({"command": "lab up", "ok": True, **report.document()})
-        opt.finish(opt.EXIT_OK)
+        opt.finish(ExitStatus.OK)
     if report.cleaned_stale:
         _out("(a stale lab was found and removed first)\n", False)
     if report.already_up:
@@ -91,7 +91,7 @@ def up(
     elif report.status_text:
         _out(f"\n`dispatchctl status` inside lab-1:\n{report.status_text}\n", False)
     _out(_summary(lab), False)
-    opt.finish(opt.EXIT_OK)
+    opt.finish(ExitStatus.OK)
 
 
 def _summary(lab: Any) -> str:
@@ -121,7 +121,7 @@ def down(json_output: bool = opt.JsonOutput) -> None:
     else:
         _out("lab down: hosts powered off, broker stopped, " + f"{lab.dir} removed\n" if changed
              else "lab down: no lab is up, nothing to do\n", False)
-    opt.finish(opt.EXIT_OK)
+    opt.finish(ExitStatus.OK)
 
 
 @lab_app.command("status", short_help="The lab's hosts, ports, broker, uptime.")
@@ -158,7 +158,7 @@ def inventory() -> None:
     except LabError as exc:
         _fail("lab inventory", exc.kind, str(exc), False)
     sys.stdout.write(text)
-    opt.finish(opt.EXIT_OK)
+    opt.finish(ExitStatus.OK)
 
 
 @lab_app.command("shell", short_help="A shell in a lab host, or run a command there.",

@@ -1,73 +1,90 @@
-"""Every CLI option, declared once, and how the options become validated Settings."""
+"""The CLI's options: those of the settings generated from their one declaration
+(:mod:`roboshop_dispatch.knobs`, by :func:`with_settings`), the few every command shares, and how
+the options given become validated settings (:func:`resolved_settings`)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, NoReturn, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 import typer
 
-from ..layout import ENV_FILE, MAX_INSTANCES
-from ..settings import PASSWORD_ENV, SettingsError, validate_password
-from ..sources import PASS_FILE_ENV
+from ..errors import ExitStatus
+from ..knobs import PASS_FILE_ENV, PASSWORD_ENV, Knob, options_of
+from ..layout import ENV_FILE
+from ..validate import SettingsError
 
 if TYPE_CHECKING:
     from ..sources import Remembered, Resolved
 
-
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-
-# -- provisioning -------------------------------------------------------------------------------
-# Every remembered setting defaults to None (not given): its value is then taken from its
+# -- the settings' options ------------------------------------------------------------------------
+# A remembered setting's option defaults to None (not given): its value is then taken from its
 # DISPATCHCTL_* variable, the installed files, or its default (sources.resolve), and --help says so.
 
 
-def _remembered(name: str, *decls: str, help: str, metavar: Optional[str] = None) -> Any:
-    from ..sources import KNOB
-
-    knob = KNOB[name]
+def help_of(knob: Knob, command: str) -> str:
+    """The option's help on ``command``: the knob's, and where the value comes from when not given."""
+    if command in knob.plain:
+        return knob.help
+    if knob.name == "amqp_pass_file":
+        return (f"{knob.help} Else --amqp-pass, ${PASS_FILE_ENV}, ${PASSWORD_ENV}, the installed password, "
+                "a hidden prompt on a terminal.")
+    if knob.secret:
+        return knob.help
+    if knob.flag:
+        return f"{knob.help} Else ${knob.envvar}=1, else the installed value."
     default = "none" if knob.default is None else knob.default
     remembered = "the installed value, else " if knob.installed else ""
-    return typer.Option(None, knob.option, *decls, metavar=metavar,
-                        help=f"{help} Else ${knob.envvar}, else {remembered}{default}.")
+    return f"{knob.help} Else ${knob.envvar}, else {remembered}{default}."
 
 
-AmqpHost = _remembered("amqp_hosts", metavar="HOST[,HOST...]",
-                       help="RabbitMQ host: an IP, an RFC 1123 name, or a comma-separated cluster list.")
-AmqpPort = _remembered("amqp_port", metavar="PORT", help="RabbitMQ port.")
-AmqpVhost = _remembered("amqp_vhost", metavar="VHOST", help="RabbitMQ virtual host.")
-AmqpUser = _remembered("amqp_user", metavar="USER", help="RabbitMQ user.")
-AmqpPassFile = typer.Option(
-    None, "--amqp-pass-file", metavar="FILE",
-    help=f"File holding the RabbitMQ password. Else --amqp-pass, ${PASS_FILE_ENV}, ${PASSWORD_ENV}, the installed "
-         "password, a hidden prompt on a terminal.",
-)
-AmqpPass = typer.Option(
-    None, "--amqp-pass", help="The RabbitMQ password on the command line: visible in `ps`, prefer --amqp-pass-file.",
-)
-User = _remembered("service_user", metavar="USER", help="The service user (a system account, created when missing).")
-AppDir = _remembered("app_dir", metavar="DIR", help="Where dispatch lives.")
-Flavour = _remembered("flavour", metavar="bundled|go",
-                      help="bundled: a self-contained python zipapp (offline); go: the manual's go build.")
-Artifact = _remembered("artifact", metavar="URL|PATH", help="The go flavour's source zip (a URL or a local path).")
-Sha256 = _remembered("artifact_sha256", metavar="HEX",
-                     help="The artifact's expected SHA-256 (64 hex digits): refused when it differs.")
-Insecure = typer.Option(False, "--insecure",
-                        help="Allow an http:// artifact (no transport security). Else $DISPATCHCTL_INSECURE=1.")
-ErrorPercent = _remembered("error_percent", metavar="0..100",
-                           help="Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos).")
-Instances = _remembered(
-    "instances", metavar=f"1..{MAX_INSTANCES}",
-    help="Consumers on this host: 1 runs dispatch.service; N > 1 runs dispatch@1..N from the template "
-         "dispatch@.service. A change starts/stops only the difference.")
-QueueType = _remembered("queue_type", metavar="classic|quorum",
-                        help="The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; "
-                             "quorum survives the loss of a cluster node (bundled flavour only).")
+def option(knob: Knob, command: str) -> Tuple[Any, Any]:
+    """(the typer option, its annotation) of ``knob`` on ``command``."""
+    if knob.flag:
+        return typer.Option(False, knob.option, help=help_of(knob, command)), bool
+    if command in knob.plain:
+        return typer.Option(knob.default, knob.option, metavar=knob.metavar, help=help_of(knob, command)), str
+    return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command)), Optional[str]
+
+
+def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The decorated function gets one option per setting ``command`` takes (knobs.options_of),
+    before its own parameters, and receives their values as its first argument: a dict by setting
+    name, each as text (a flag: "1"), None when not given."""
+    knobs = options_of(command)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+               for p in list(inspect.signature(fn).parameters.values())[1:]]
+        params: List[inspect.Parameter] = []
+        for knob in knobs:
+            default, annotation = option(knob, command)
+            params.append(inspect.Parameter(knob.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+
+        def callback(**kwargs: Any) -> Any:
+            given = {k.name: _text(kwargs.pop(k.name)) for k in knobs}
+            return fn(given, **kwargs)
+
+        callback.__name__, callback.__qualname__, callback.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        callback.__signature__ = inspect.Signature(params + own)  # type: ignore[attr-defined]
+        callback.__annotations__ = {p.name: p.annotation for p in params + own}
+        return callback
+
+    return decorate
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, bool):
+        return "1" if value else None
+    return value
+
 
 # -- every command --------------------------------------------------------------------------------
 JsonOutput = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
@@ -99,10 +116,11 @@ def usage_error(message: str) -> typer.Exit:
     from .output import error
 
     error(message)
-    return typer.Exit(EXIT_USAGE)
+    return typer.Exit(ExitStatus.USAGE)
 
 
-def _prompt() -> Optional[str]:
+def prompt() -> Optional[str]:
+    """The password from a hidden prompt on a terminal (None without one)."""
     if not sys.stdin.isatty():
         return None
     import getpass
@@ -118,9 +136,10 @@ def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
 
 
 def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
-    """What is installed (installed.remembered: the one parser), and why nothing could be read
-    ('' when it could, or when nothing is installed)."""
-    from ..installed import read_settings, remembered
+    """What is installed (sources.remembered, from the one reader of the installed state), and why
+    nothing could be read ('' when it could, or when nothing is installed)."""
+    from ..facts.installed import read_settings
+    from ..sources import remembered
 
     state = read_settings(env_file, interpret=False)
     why = state.env_unreadable() if state.env_error and state.env_file.kind != "missing" else ""
@@ -128,40 +147,26 @@ def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remember
 
 
 def resolved_settings(
-    command: str, given: Dict[str, Optional[str]], *, pass_file: Optional[str] = None,
-    pass_value: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+    command: str, given: Dict[str, Optional[str]], *, environ: Optional[Mapping[str, str]] = None,
     installed: Optional[Tuple[Mapping[str, Remembered], str]] = None,
 ) -> Resolved:
     """Each setting of ``command`` from the option given, else DISPATCHCTL_*, else what is installed,
     else its default, all validated before the password is asked for (a typo never costs a
-    prompt); then the password (for install and configure): given, else installed, else a prompt
-    on a terminal. Raises SettingsError naming the source of a bad value."""
-    from ..sources import (
-        COMMAND_KNOBS,
-        NEEDS_PASSWORD,
-        PROMPT,
-        Source,
-        installed_password,
-        no_password_error,
-        password_given,
-        resolve,
-    )
+    prompt); then the password (for install and configure: sources.password). ``given`` holds the
+    password's options too (``amqp_pass_file``, ``amqp_pass``). Raises SettingsError naming the
+    source of a bad value."""
+    from ..knobs import COMMAND_KNOBS, PASSWORD_REQUIRED_BY
+    from ..sources import password, resolve
 
     env = os.environ if environ is None else environ
     found, why = installed if installed is not None else installed_settings()
     resolved = resolve(COMMAND_KNOBS[command], given, env, found, installed_missing=why)
-    if command not in NEEDS_PASSWORD:
+    if command not in PASSWORD_REQUIRED_BY:
         return resolved
-    warn_if_pass_on_command_line(pass_value)
-    secret, source = password_given(pass_file, pass_value, env)
-    if secret is None:
-        secret, source = installed_password(found)
-    if secret is None and sys.stdin.isatty():
-        text = _prompt()
-        secret, source = (validate_password("password prompt", text), Source(PROMPT, PROMPT)) if text else (None, None)
-    if secret is None:
-        raise no_password_error(why)
-    return replace(resolved, password=secret, password_source=source)
+    warn_if_pass_on_command_line(given.get("amqp_pass"))
+    secret = password(given.get("amqp_pass_file"), given.get("amqp_pass"), env, found,
+                      prompt if sys.stdin.isatty() else None, why)
+    return replace(resolved, password=secret(), password_source=secret.source)
 
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "SettingsError", "resolved_settings", "usage_error"]
+__all__ = ["SettingsError", "resolved_settings", "usage_error", "with_settings"]

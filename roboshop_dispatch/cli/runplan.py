@@ -8,12 +8,14 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..host import HostFacts, Runner
+from ..errors import ExitStatus
+from ..facts.host import HostFacts
+from ..host import Runner
 from ..settings import Settings
 from ..steps.base import PreflightError, Step
 from . import options as opt
-from .common import EXIT_CHANGES, INVOCATION
-from .output import PREFLIGHT, error, error_document, print_json, write
+from .common import INVOCATION
+from .output import error, error_document, print_json, write
 
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
@@ -28,8 +30,8 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
     except PreflightError as exc:
         error(str(exc))
         if as_json:
-            print_json(error_document(command, PREFLIGHT, str(exc), dry_run=dry_run))
-        return opt.EXIT_CHECK_FAILED
+            print_json(error_document(command, exc.kind, str(exc), dry_run=dry_run))
+        return ExitStatus.FAILED
     lock = None if dry_run else opt.change_lock()
     try:
         document = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
@@ -38,8 +40,8 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
         if lock is not None:
             lock.close()
     if not document["ok"]:
-        return opt.EXIT_CHECK_FAILED
-    return EXIT_CHANGES if INVOCATION.exit_code and document["changed"] else opt.EXIT_OK
+        return ExitStatus.FAILED
+    return ExitStatus.CHANGES if INVOCATION.exit_code and document["changed"] else ExitStatus.OK
 
 
 def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool):
@@ -62,7 +64,7 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
          section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Any:
     from ..steps.base import run_steps
     from ..steps.plan import context
-    from .render import Progress, show
+    from .output.steps import Progress, show
 
     redactor = settings.redactor()
     log = _open_log(command, settings, facts, dry_run)

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .. import amqp
+from .errors import ConsumerError
+from .secretfile import MAX_SIZE, strip_final_newline
 
 CREDENTIAL_NAME = "amqp-pass"  # LoadCredential=amqp-pass:... in the unit; read from $CREDENTIALS_DIRECTORY
 PASSWORD_FROM_CREDENTIAL = "credential"
 PASSWORD_FROM_ENVIRONMENT = "environment"
 PASSWORD_MISSING = "missing"
-MAX_CREDENTIAL = 64 * 1024
+MAX_CREDENTIAL = MAX_SIZE
 DEFAULT_HOST = "rabbitmq"  # the original binary's default (the broker's name in RoboShop's compose file)
 DEFAULT_USER = "guest"  # the original binary's default
 DEFAULT_PREFETCH = 500
@@ -59,7 +61,7 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ConsumerError):
     """An invalid setting: ``str(err)`` is one line naming the variable."""
 
     def __init__(self, variable: str, message: str) -> None:
@@ -226,10 +228,8 @@ def read_credential(env: Mapping[str, str], directory: Optional[str], name: str 
                                                    f"{exc.strerror or type(exc).__name__}") from None
     if len(data) > MAX_CREDENTIAL:
         raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} is over {MAX_CREDENTIAL} bytes")
-    if data.endswith(b"\n"):
-        data = data[:-1]
     try:
-        text = data.decode("utf-8")
+        text = strip_final_newline(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} is not valid UTF-8") from None
     if not text:

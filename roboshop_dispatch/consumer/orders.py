@@ -15,6 +15,7 @@ import re
 from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from .delivery import MAX_BODY
+from .errors import ConsumerError
 from .tracecontext import TRACE_HEADERS
 
 MAX_FIELD = 120  # longest value quoted in a log line
@@ -23,7 +24,7 @@ MAX_DIGITS = 1000  # a body with a longer run of digits is refused before it is 
 __all__ = ["MAX_BODY", "InvalidMessage", "Summary", "details", "field", "parse_order", "summarize"]
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(ConsumerError):
     """A message that must be quarantined; ``reason`` is short, one line, for a header and a log."""
 
     def __init__(self, reason: str) -> None:

@@ -8,7 +8,7 @@ Two families of checks live here:
   meaningless. The whole check is bounded in time (a host that drops packets answers in seconds).
 - :func:`check_host`: the host side (OS, root, systemd, user, binary, unit, environment file,
   password credential, ``User=``, service state, SELinux), each a pure function of the installed
-  state read once (:mod:`roboshop_dispatch.installed`), followed by :func:`check_rabbitmq` with the
+  state read once (:mod:`roboshop_dispatch.facts.installed`), followed by :func:`check_rabbitmq` with the
   installed settings (the consumer's own reading of them).
 
 Modules: ``report`` (Finding, Report, the skip rule, masking), ``bounded`` (time bounds),
@@ -58,53 +58,22 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from .. import layout
-
-# the parsing of systemd's answers lives with the installed state; kept importable from here
-from ..installed import InstalledState, binary_from_unit, env_file_from_unit, exec_argv, flavour_of
+from ..facts.installed import InstalledState
 from ..redact import Redactor
-from .bounded import run_bounded
-from .catalog import DEFAULT_BUDGET_S, RABBIT_CHECKS, TITLES
-from .host_checks import HOST_CHECKS, can_access, host_findings
-from .report import (
-    AUTH_FAILURE,
-    BINARY_NOT_FOUND,
-    COMMON_ISSUES,
-    FAIL,
-    INTERNAL_ERROR,
-    OK,
-    PERMISSION_DENIED,
-    SERVICE_NOT_STARTING,
-    SKIP,
-    STATUSES,
-    WARN,
-    Finding,
-    Report,
-    internal_error,
-)
+from .catalog import DEFAULT_BUDGET_S
+from .host_checks import host_findings
+from .report import FAIL, SERVICE_NOT_STARTING, SKIP, Finding, Report, internal_error
 
-__all__ = [
-    "AUTH_FAILURE", "BINARY_NOT_FOUND", "COMMON_ISSUES", "DEFAULT_BUDGET_S", "FAIL", "HOST_CHECKS", "INTERNAL_ERROR",
-    "OK", "PERMISSION_DENIED", "RABBIT_CHECKS", "SERVICE_NOT_STARTING", "SKIP", "STATUSES", "TITLES", "WARN",
-    "Finding", "Report", "binary_from_unit", "can_access", "check_host", "check_installed",
-    "check_rabbitmq", "env_file_from_unit", "exec_argv", "flavour_of", "host_findings", "internal_error", "interpret",
-    "run_bounded",
-]
+__all__ = ["check_host", "check_installed", "check_rabbitmq"]
 
 
 def __getattr__(name: str) -> Any:
-    """check_rabbitmq and interpret load pika (through pikaload, without its asyncio adapter) only
-    when used: ``status`` imports this package for its report helpers and must not pay for pika."""
+    """check_rabbitmq loads pika (through pikaload, without its asyncio adapter) only when used:
+    ``check`` on a host without installed settings never pays for it."""
     if name == "check_rabbitmq":
         from .rabbitmq import check_rabbitmq
 
         return check_rabbitmq
-    if name == "interpret":
-        from ..pikaload import load
-
-        load()
-        from .permissions import interpret
-
-        return interpret
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -119,7 +88,7 @@ def check_host(
     budget: float = DEFAULT_BUDGET_S,
 ) -> Tuple[Report, Redactor]:
     """Every check of ``dispatchctl check``; returns the report and the redactor for its passwords."""
-    from .. import installed
+    from ..facts import installed
 
     started = time.monotonic()
     try:

@@ -1,5 +1,5 @@
 """The host side of ``dispatchctl check``: each check is a pure function of the installed state
-(:class:`~roboshop_dispatch.installed.InstalledState`), listed in order in :data:`HOST_CHECKS`.
+(:class:`~roboshop_dispatch.facts.installed.InstalledState`), listed in order in :data:`HOST_CHECKS`.
 A check returns None when it does not apply (the unit's user and state when nothing is installed)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from .. import layout
-from ..installed import FileInfo, InstalledState, UserInfo
+from ..facts.installed import InstalledState
+from ..facts.paths import FileInfo, UserInfo
 from .report import (
     BINARY_NOT_FOUND,
     FAIL,
@@ -28,24 +29,24 @@ def _f(name: str, title: str, status: str, summary: str, **kw) -> Finding:
 
 
 def check_os(s: InstalledState) -> Finding:
-    if s.os_family is None:
-        return _f("os", "Supported OS", FAIL, f"{s.os_name or s.os_id or 'unknown OS'} is not supported",
+    if s.host.family is None:
+        return _f("os", "Supported OS", FAIL, f"{s.host.os_name or s.host.os_id or 'unknown OS'} is not supported",
                   diagnosis="Unsupported OS",
                   cause="dispatchctl supports the RHEL family (dnf) and Debian family (apt-get)",
                   fix="run dispatch on RHEL 9 or a RHEL-compatible host (Rocky, Alma, CentOS Stream)")
-    return _f("os", "Supported OS", OK, f"{s.os_name or s.os_id} ({s.os_family} family)")
+    return _f("os", "Supported OS", OK, f"{s.host.os_name or s.host.os_id} ({s.host.family} family)")
 
 
 def check_root(s: InstalledState) -> Finding:
-    if s.is_root:
+    if s.host.is_root:
         return _f("root", "Running as root", OK, "yes")
     return _f("root", "Running as root", FAIL, "no: the environment file (mode 0600) and the service cannot be checked",
               diagnosis="Not root", cause="the checks read root-only files", fix="sudo dispatchctl check")
 
 
 def check_systemd(s: InstalledState) -> Finding:
-    if s.systemd_pid1:
-        version = f" (systemd {s.systemd_version})" if s.systemd_version else ""
+    if s.host.systemd_pid1:
+        version = f" (systemd {s.host.systemd_version})" if s.host.systemd_version else ""
         return _f("systemd", "systemd is PID 1", OK, "yes" + version)
     return _f("systemd", "systemd is PID 1", FAIL, "no /run/systemd/system: this host is not booted with systemd",
               diagnosis="No systemd", cause="dispatch runs as a systemd service",
@@ -120,7 +121,7 @@ def check_binary(s: InstalledState) -> Finding:
 
 def check_unit(s: InstalledState) -> Finding:
     path = s.unit_file.path
-    if not s.systemd_pid1 and not s.unit_file.exists:
+    if not s.host.systemd_pid1 and not s.unit_file.exists:
         return _f("unit", "Unit file", SKIP, "not checked: no systemd")
     if not s.installed or not s.unit_file.exists:
         return _f("unit", "Unit file", FAIL, f"{s.unit} is not installed", diagnosis="Service not installed",
@@ -175,17 +176,17 @@ def check_credential(s: InstalledState) -> Finding:
                   f"AMQP_PASS is in {env}, where every process of the unit inherits it"
                   + (" (next to the credential)" if s.loads_credential else ""),
                   diagnosis="Password in the environment: use the systemd credential",
-                  cause=(f"systemd {s.systemd_version} and the {s.flavour} flavour can pass it as the credential "
+                  cause=(f"systemd {s.host.systemd_version} and the {s.flavour} flavour can pass it as the credential "
                          f"{layout.CREDENTIAL_NAME} (LoadCredential=), readable only by the service"),
                   fix="dispatchctl configure (moves the password to the credential file)",
                   data={"credential": s.loads_credential})
     if not s.loads_credential:
         if s.flavour == "go":
             why = "the go flavour"
-        elif s.systemd_version is None:
+        elif s.host.systemd_version is None:
             why = "systemd's version unknown"
         else:
-            why = f"systemd {s.systemd_version} < {layout.CREDENTIALS_MIN_SYSTEMD}"
+            why = f"systemd {s.host.systemd_version} < {layout.CREDENTIALS_MIN_SYSTEMD}"
         return _f("credential", title, OK, f"no credential ({why}): AMQP_PASS is in {env} (root, 0600)")
     return _credential_file(s, title)
 
@@ -258,7 +259,7 @@ def check_instances(s: InstalledState) -> Optional[Finding]:
     """As many instances running as configured (--instances), and no stale unit beside them."""
     facts = s.instance_facts
     title = "Instances running"
-    if not s.systemd_pid1:
+    if not s.host.systemd_pid1:
         return _f("instances", title, SKIP, "systemd is not running here")
     if facts is None or facts.configured == 0:  # nothing installed, or a record from before instances
         return None
@@ -292,8 +293,8 @@ def check_selinux(s: InstalledState) -> Finding:
     the binary's label lets systemd run it (roboshop_dispatch.selinux)."""
     from .. import selinux
 
-    mode = selinux.describe_mode(s.selinux)
-    if s.os_family != "rhel":
+    mode = selinux.describe_mode(s.host.selinux)
+    if s.host.family != "rhel":
         return _f("selinux", "SELinux", SKIP, f"not a RHEL-family host (SELinux {mode})")
     label, path = s.binary_label, s.binary.path
     if mode in (selinux.ENFORCING, selinux.PERMISSIVE) and selinux.binary_label_unfit(label):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from .. import amqp as contract
+from ..errors import DispatchctlError
 from ..settings import AmqpSettings
 from .broker import Broker, Reply
 from .catalog import finding, permissions_fix, scrub
@@ -92,7 +93,7 @@ def configurable(perms: Sequence[Dict[str, str]]) -> set:
 # -- the requests ----------------------------------------------------------------------------------
 
 
-class BrokerAcceptedInvalidArgument(RuntimeError):
+class BrokerAcceptedInvalidArgument(DispatchctlError):
     """A probe that must be refused was accepted: the probe's premise does not hold (a bug to report)."""
 
 

@@ -17,7 +17,6 @@ BINARY_NOT_FOUND = "Binary not found"
 SERVICE_NOT_STARTING = "Service not starting"
 AUTH_FAILURE = "Auth failure"
 PERMISSION_DENIED = "Permission denied"
-COMMON_ISSUES = (BINARY_NOT_FOUND, SERVICE_NOT_STARTING, AUTH_FAILURE, PERMISSION_DENIED)
 
 INTERNAL_ERROR = "Internal error in dispatchctl"
 

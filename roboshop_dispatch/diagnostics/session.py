@@ -11,6 +11,7 @@ import time
 from typing import Any, List, Optional, Tuple, Type
 
 from .. import amqp as contract
+from ..errors import DispatchctlError
 from ..settings import AmqpSettings
 from . import permissions, topology
 from .bounded import Clock
@@ -28,7 +29,7 @@ def connection_errors() -> Tuple[Type[BaseException], ...]:
     return (pe.AMQPError, OSError, EOFError, cw.AMQPConnectorException, cw.AMQPConnectionWorkflowFailed)
 
 
-class HandshakeFailed(RuntimeError):
+class HandshakeFailed(DispatchctlError):
     """The port answered TCP but no AMQP session came of it (the message names why)."""
 
 

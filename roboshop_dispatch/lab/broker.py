@@ -18,12 +18,14 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from ..errors import DispatchctlError
+
 USER = "roboshop"
 PASSWORD = "roboshop123"
 SAFE_CONF_VALUE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(DispatchctlError):
     pass
 
 
@@ -189,13 +191,6 @@ class Broker:
             if len(parts) == 3 and parts[1].isdigit():
                 counts[parts[0]] = (int(parts[1]), int(parts[2]))
         return counts
-
-    def wait_port(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"port {self.port} not open after {timeout}s")
-            time.sleep(0.1)
 
     def url(self) -> str:
         return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/%2F"

@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..errors import DispatchctlError
+
 CACHE = Path(os.environ.get("DISPATCHCTL_LAB_CACHE", "/var/cache/dispatchctl-lab"))
 SUITE = "bookworm"
 # what a RHEL/Debian host has for the bundled flavour (python3, useradd) plus golang for the go
@@ -60,7 +62,7 @@ PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SOURCE = Path(__file__).resolve().parents[2]
 
 
-class HostError(RuntimeError):
+class HostError(DispatchctlError):
     """The test host could not be built, booted or driven; the message says why."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..errors import DispatchctlError
+
 STATE_ENV = "DISPATCHCTL_LAB_STATE"
 DEFAULT_STATE_DIR = Path("/run/dispatchctl-lab")
 STATE_FILE = "state.json"
@@ -30,7 +32,7 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}@localhost$")
 HOST_NAME = re.compile(r"^lab-[0-9]{1,2}$")
 
 
-class LabStateError(ValueError):
+class LabStateError(DispatchctlError):
     """The state file or state dir cannot be used; the message names it and says why."""
 
 

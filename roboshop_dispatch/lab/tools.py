@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..errors import DispatchctlError
+
 # each tool the lab runs, and the Debian package that ships it
 TOOLS: Tuple[Tuple[str, str], ...] = (
     ("systemd-nspawn", "systemd-container"),
@@ -26,7 +28,7 @@ TOOLS: Tuple[Tuple[str, str], ...] = (
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
-class ToolsMissing(RuntimeError):
+class ToolsMissing(DispatchctlError):
     """Tools are missing and cannot be installed here; the message says exactly what to install."""
 
 

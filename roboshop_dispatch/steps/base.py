@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Generic, List, Optional, Sequence, Set, TypeVar
 
+from ..errors import DispatchctlError, ErrorKind
+from ..facts.host import HostFacts
 from ..files import NotRegularFile, diff_stat
-from ..host import CommandError, HostFacts, Runner
+from ..host import CommandError, Runner
 from ..settings import Settings
 from ..systemd import Systemd
 
@@ -37,16 +39,16 @@ PAST = {"write": "wrote", "rewrite": "rewrote", "update": "updated", "fix": "fix
 P = TypeVar("P")
 
 
-class PreflightError(RuntimeError):
+class PreflightError(DispatchctlError):
     """The host cannot run the command at all; nothing was touched."""
 
+    kind = ErrorKind.PREFLIGHT
 
-class StepFailed(RuntimeError):
+
+class StepFailed(DispatchctlError):
     """A step could not reach its wanted state; ``next_action`` tells the user what to run."""
 
-    def __init__(self, message: str, next_action: str = "") -> None:
-        super().__init__(message)
-        self.next_action = next_action
+    kind = ErrorKind.STEP
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,8 @@ class Step(Generic[P]):
         started = time.monotonic()
         try:
             result = self._run(ctx)
-        except StepFailed as exc:
+        except (StepFailed, NotRegularFile) as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=exc.next_action)
-        except NotRegularFile as exc:
-            result = StepResult(self.name, FAILED, str(exc), next_action=f"remove {exc.path} by hand after "
-                                "checking what planted it, then run the command again")
         except CommandError as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=self.retry_hint(ctx))
         except OSError as exc:

@@ -24,12 +24,11 @@ from typing import Any, Dict, List, Optional, Union
 from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_atomic
 from ..host import CommandError
 from ..layout import BUILD_STAMP_NAME as STAMP_NAME
-from ..layout import BUNDLE_CACHE, GO_CACHE, PYTHON
+from ..layout import BUNDLE_CACHE, GO_CACHE, GO_CANDIDATES, PYTHON
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, load_cache, save_cache, unchanged
 from .pending import mark_pending
 
-GO_CANDIDATES = ("/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go", "/usr/lib/golang/bin/go")
 BINARY_MODE = 0o755
 
 

@@ -24,8 +24,8 @@ from .. import envfile
 from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
 from ..redact import SECRET_KEYS, Redactor
-from ..scaling import INSTANCES, wanted_count
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
+from .instances import INSTANCES, wanted_count
 from .pending import mark_pending
 
 
@@ -174,7 +174,7 @@ class ConfigStep(Step[ConfigPlan]):
 
     @staticmethod
     def systemd_version(ctx: Context) -> Optional[int]:
-        from ..host import systemd_version
+        from ..facts.host import systemd_version
 
         return ctx.facts.systemd_version if ctx.facts.systemd_version is not None else systemd_version()
 

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..host import CommandError, HostFacts, Result, Runner
+from ..facts.host import HostFacts
+from ..host import CommandError, Result, Runner
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 
 MIN_PYTHON = (3, 9)

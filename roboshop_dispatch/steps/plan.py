@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from ..host import HostFacts, Runner
+from ..facts.host import HostFacts
+from ..host import Runner
 from ..settings import Settings
 from ..systemd import Systemd
 from .base import Context, PreflightError, Step

@@ -14,24 +14,22 @@ import time
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Tuple
 
-from .. import scaling as instances
+from ..facts.instances import InstanceFacts
 from ..layout import RESTART_PENDING as PENDING
+from ..systemd import RUNNING_STATES, UP_STATES
+from . import instances
 from .base import Action, Change, Context, Step, StepFailed, unchanged
 from .pending import RESTART_MARKS, clear_pending, mark_pending, pending_reasons
 
 __all__ = ["PENDING", "ServiceStep", "decide", "mark_pending"]
 
-PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "NeedDaemonReload", "MainPID",
-              "Result", "Type", "ExecMainStartTimestampMonotonic")
-ACTIVE_STATES = ("active", "activating", "reloading")
-START_TIMEOUT = 45.0  # seconds to wait for READY=1 (a cluster list is tried host by host)
 
 
 @dataclass(frozen=True)
 class ServicePlan:
     actions: Tuple[str, ...]
     failed: bool  # the unit is in the failed state: reset it before starting
-    # several instances (or a migration between dispatch.service and them): see roboshop_dispatch/scaling.py
+    # several instances (or a migration between dispatch.service and them): see steps/instances.py
     scale: Optional[instances.ScalePlan] = None
 
 
@@ -49,7 +47,7 @@ def decide(unit: str, props: Dict[str, str], *, mode: str, changed: Collection[s
     actions: List[str] = []
     if "unit" in changed or props.get("NeedDaemonReload") == "yes" or load == "not-found":
         actions.append("daemon-reload")
-    running = active in ACTIVE_STATES
+    running = active in RUNNING_STATES
     if mode == "start" and props.get("UnitFileState") != "enabled":
         actions.append("enable")
     if running and reasons:
@@ -89,7 +87,7 @@ class ServiceStep(Step[ServicePlan]):
         count = ctx.settings.instances or facts.configured or 1
         if instances.in_use(facts, count):
             return self._check_instances(ctx, facts, count)
-        props: Dict[str, str] = ctx.systemd.show(PROPERTIES) if ctx.facts.systemd_pid1 else {}
+        props: Dict[str, str] = ctx.systemd.show() if ctx.facts.systemd_pid1 else {}
         if not props and not ctx.dry_run:
             raise StepFailed("systemctl show answered nothing: is systemd running?",
                              "run dispatchctl on a host booted with systemd")
@@ -99,7 +97,7 @@ class ServiceStep(Step[ServicePlan]):
         return decide(ctx.systemd.unit, props, mode=self.mode, changed=ctx.changed,
                       pending=pending_reasons(ctx, started), unit_known=unit_known)
 
-    def _check_instances(self, ctx: Context, facts: instances.InstanceFacts, count: int) -> Change[ServicePlan]:
+    def _check_instances(self, ctx: Context, facts: InstanceFacts, count: int) -> Change[ServicePlan]:
         s = ctx.settings
         if not ctx.facts.systemd_pid1 and not ctx.dry_run:
             raise StepFailed("systemd is not running here", "run dispatchctl on a host booted with systemd")
@@ -128,7 +126,7 @@ class ServiceStep(Step[ServicePlan]):
             # `systemctl enable` reloads the manager itself after creating the links: a separate
             # daemon-reload first would be a second full reload (a quarter second each)
             sd.enable()
-            if "daemon-reload" in plan.actions and sd.show(["NeedDaemonReload"]).get("NeedDaemonReload") == "yes":
+            if "daemon-reload" in plan.actions and sd.show().get("NeedDaemonReload") == "yes":
                 sd.daemon_reload()
             done.append("reloaded systemd, enabled" if "daemon-reload" in plan.actions else "enabled")
         elif "daemon-reload" in plan.actions:
@@ -138,12 +136,13 @@ class ServiceStep(Step[ServicePlan]):
         if verb:
             if plan.failed:
                 sd.reset_failed()  # a unit that hit its start limit refuses a plain start
-            ok, stderr, stuck = self._start_and_wait(ctx, verb)
-            props = sd.show(PROPERTIES)
-            if ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
+            started = sd.start_and_wait(verb, [sd.unit])
+            props = sd.show()
+            if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
                 props = self._settle(ctx)
-            if not ok or props.get("ActiveState") not in ("active", "reloading"):
-                raise StepFailed(self._failure(ctx, verb, props, stderr, stuck),
+            if not started.ok or props.get("ActiveState") not in UP_STATES:
+                stuck = started.not_ready(named=False) if started.stuck or started.timed_out else ""
+                raise StepFailed(self._failure(ctx, verb, props, stuck),
                                  "run `dispatchctl check` for a diagnosis (`dispatchctl check-rabbitmq` for the "
                                  "broker side), fix the cause, then run `dispatchctl install` again")
             clear_pending(ctx)
@@ -151,46 +150,17 @@ class ServiceStep(Step[ServicePlan]):
         return ", ".join(done)
 
     @staticmethod
-    def _start_and_wait(ctx: Context, verb: str) -> Tuple[bool, str, str]:
-        """``systemctl start|restart`` waits until the service reports READY (Type=notify). A
-        consumer that cannot reach or log in to the broker keeps retrying and never does: systemd
-        would hold the job for TimeoutStartSec (90 s). The consumer says so in its sd_notify
-        STATUS (``StatusText``: "...; retrying in N s"), so watch that while systemctl waits and
-        give up at once with the reason. Returns (ok, systemctl's stderr, the stuck status)."""
-        import subprocess
-
-        sd = ctx.systemd
-        proc = sd.start_job(verb)
-        deadline = time.monotonic() + START_TIMEOUT
-        stuck = ""
-        poll = 0.05
-        while True:
-            try:
-                _, err = proc.communicate(timeout=poll)
-                return proc.returncode == 0, err, ""
-            except subprocess.TimeoutExpired:
-                pass
-            poll = min(poll * 2, 0.4)
-            status = sd.show(["StatusText", "ActiveState"])
-            if "retrying" in status.get("StatusText", "") or time.monotonic() > deadline:
-                stuck = status.get("StatusText", "") or f"not ready after {START_TIMEOUT:.0f}s"
-                break
-        proc.kill()  # only our client: the start job itself stays with systemd
-        proc.communicate()
-        return False, "", stuck
-
-    @staticmethod
     def _settle(ctx: Context, seconds: float = 1.0) -> Dict[str, str]:
         """A Type=simple service is 'active' at once; make sure it did not die straight away."""
         deadline = time.monotonic() + seconds
-        props = ctx.systemd.show(PROPERTIES)
+        props = ctx.systemd.show()
         while time.monotonic() < deadline and props.get("ActiveState") == "active":
             time.sleep(0.1)
-            props = ctx.systemd.show(PROPERTIES)
+            props = ctx.systemd.show()
         return props
 
     @staticmethod
-    def _failure(ctx: Context, verb: str, props: Dict[str, str], stderr: str, stuck: str = "") -> str:
+    def _failure(ctx: Context, verb: str, props: Dict[str, str], stuck: str = "") -> str:
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')} (result {props.get('Result', '?')})"
         res = ctx.systemd.runner.run(["journalctl", "-u", ctx.systemd.unit, "-n", "6", "--no-pager", "-o", "cat"],
                                      check=False, timeout=15)

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple
 
+from ..facts.instances import InstanceInfo
 from ..files import lstat_regular
-from ..installed import InstanceInfo
 from ..layout import INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
-from ..scaling import installed_instances
 from . import record
 from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
-
-STOPPABLE = ("active", "activating", "reloading", "deactivating")
+from .instances import installed_instances
 
 
 def _exists(path: Path) -> bool:
@@ -151,7 +149,7 @@ class UnitStep(_RemoveFiles):
         if change.needed or not ctx.facts.systemd_pid1:
             return change
         # the file is gone but systemd still knows the unit (removed by hand, no daemon-reload)
-        props = ctx.systemd.show(["LoadState", "ActiveState", "Result"])
+        props = ctx.systemd.show()
         if props.get("LoadState", "") not in ("", "not-found") or props.get("ActiveState") == "failed":
             return Change([Action("daemon-reload", f"to forget {ctx.systemd.unit}", f" ({props.get('LoadState')})")],
                           RemovePlan(()))

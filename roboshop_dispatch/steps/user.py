@@ -13,19 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..layout import NO_SHELL, NOLOGIN_BY_FAMILY, NOLOGIN_CANDIDATES
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, unchanged
-
-NOLOGIN_CANDIDATES = ("/usr/sbin/nologin", "/sbin/nologin", "/usr/bin/nologin")
-# RHEL's own system accounts (and its docs) spell /sbin/nologin; Debian's /usr/sbin/nologin
-NOLOGIN_BY_FAMILY = {"rhel": ("/sbin/nologin", "/usr/sbin/nologin"), "debian": ("/usr/sbin/nologin", "/sbin/nologin")}
 
 
 def nologin_shell(root: Path = Path("/"), family: Optional[str] = None) -> str:
     for candidate in (*NOLOGIN_BY_FAMILY.get(family or "", ()), *NOLOGIN_CANDIDATES):
         if (root / candidate.lstrip("/")).exists():
             return candidate
-    return "/bin/false"
+    return NO_SHELL
 
 
 def useradd_command(name: str, home: Path, shell: str) -> List[str]:

@@ -37,27 +37,56 @@ options:
     default: present
     type: str
   amqp_host:
-    description: The broker, or a list of cluster nodes tried in turn.
+    description: "RabbitMQ host: an IP, an RFC 1123 name, or a comma-separated cluster list (tried in turn)."
     type: list
     elements: str
-  amqp_port: {type: int}
-  amqp_vhost: {type: str}
-  amqp_user: {type: str}
-  amqp_password:
-    description: The AMQP password. Never logged, never on a command line.
+  amqp_port:
+    description: "RabbitMQ port."
+    type: int
+  amqp_vhost:
+    description: "RabbitMQ virtual host."
+    type: str
+  amqp_user:
+    description: "RabbitMQ user."
     type: str
   amqp_password_file:
-    description: A file on the host holding the password (C(--amqp-pass-file)).
+    description: "A file on the host holding the password (C(--amqp-pass-file))."
     type: path
-  user: {type: str, description: The service user (never root).}
-  app_dir: {type: path}
-  flavour: {type: str, choices: [bundled, go]}
-  artifact: {type: str, description: The go flavour's source zip.}
-  sha256: {type: str}
-  insecure: {type: bool}
-  error_percent: {type: int}
-  instances: {type: int}
-  queue_type: {type: str, choices: [classic, quorum]}
+  amqp_password:
+    description: "The AMQP password. Never logged, never on a command line (dispatchctl gets it as
+      $DISPATCHCTL_AMQP_PASS)."
+    type: str
+  user:
+    description: "The service user (a system account, never root; install creates it when missing)."
+    type: str
+  app_dir:
+    description: "Where dispatch lives (DIR/dispatch)."
+    type: path
+  flavour:
+    description: "bundled: a self-contained python zipapp (offline); go: the manual's go build."
+    type: str
+    choices: [bundled, go]
+  artifact:
+    description: "The go flavour's source zip (a URL or a local path)."
+    type: str
+  sha256:
+    description: "The artifact's expected SHA-256 (64 hex digits): refused when it differs."
+    type: str
+  insecure:
+    description: "Allow an http:// artifact (no transport security)."
+    type: bool
+  error_percent:
+    description: "Share of orders logged as failed (DISPATCH_ERROR_PERCENT, for demos)."
+    type: int
+  instances:
+    description: "Consumers on this host: 1 runs dispatch.service; N > 1 runs dispatch@1..N from the
+      template dispatch@.service. A change starts/stops only the difference."
+    type: int
+  queue_type:
+    description: "The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; quorum
+      survives the loss of a cluster node (bundled flavour only)."
+    type: str
+    choices: [classic, quorum]
   purge: {type: bool, default: false, description: uninstall --purge --yes.}
   dispatchctl_path:
     description: dispatchctl on the host; default C(dispatchctl) on PATH or in /usr/local/bin.
@@ -78,29 +107,49 @@ rc: {description: dispatchctl's exit code, type: int}
 next_action: {description: on failure, what to run or fix next, type: str}
 """
 
-# command -> the module options it takes (beyond the password); anything else is refused before
-# dispatchctl runs, with the command named
-AMQP = ("amqp_host", "amqp_port", "amqp_vhost", "amqp_user")
-COMMAND_OPTIONS = {
-    "install": (*AMQP, "user", "app_dir", "flavour", "artifact", "sha256", "insecure", "error_percent",
-                "instances", "queue_type"),
-    "configure": (*AMQP, "user", "app_dir", "flavour", "error_percent", "instances", "queue_type"),
-    "build": ("app_dir", "flavour", "artifact", "sha256", "insecure"),
-    "start": (),
-    "uninstall": ("user", "app_dir", "purge"),
-    "check": ("user", "app_dir"),
-    "check-rabbitmq": AMQP,
-    "status": (),
+# The settings: a copy of roboshop_dispatch/knobs.py (this module runs alone on the managed host),
+# held equal to it by tests/test_ansible_module.py. Module option -> (dispatchctl's option, the
+# argument spec, the commands that take it). Anything a command does not take is refused before
+# dispatchctl runs, with the command named.
+AMQP_COMMANDS = ("install", "configure", "check-rabbitmq")
+SETTINGS = {
+    "amqp_host": ("--amqp-host", dict(type="list", elements="str"), AMQP_COMMANDS),
+    "amqp_port": ("--amqp-port", dict(type="int"), AMQP_COMMANDS),
+    "amqp_vhost": ("--amqp-vhost", dict(type="str"), AMQP_COMMANDS),
+    "amqp_user": ("--amqp-user", dict(type="str"), AMQP_COMMANDS),
+    "amqp_password_file": ("--amqp-pass-file", dict(type="path", no_log=False), AMQP_COMMANDS),
+    "amqp_password": ("--amqp-pass", dict(type="str", no_log=True), AMQP_COMMANDS),  # given in the environment
+    "user": ("--user", dict(type="str"), ("install", "configure", "check", "uninstall")),
+    "app_dir": ("--app-dir", dict(type="path"), ("install", "configure", "build", "check", "uninstall")),
+    "flavour": ("--flavour", dict(type="str", choices=["bundled", "go"]), ("install", "configure", "build")),
+    "artifact": ("--artifact", dict(type="str"), ("install", "build")),
+    "sha256": ("--sha256", dict(type="str"), ("install", "build")),
+    "insecure": ("--insecure", dict(type="bool"), ("install", "build")),
+    "error_percent": ("--error-percent", dict(type="int"), ("install", "configure")),
+    "instances": ("--instances", dict(type="int"), ("install", "configure")),
+    "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]), ("install", "configure")),
 }
-TAKES_PASSWORD = ("install", "configure", "check-rabbitmq")
+PASSWORD = ("amqp_password", "amqp_password_file")
+COMMANDS = ("install", "configure", "build", "start", "uninstall", "check", "check-rabbitmq", "status")
+# command -> the module options it takes (beyond the password)
+COMMAND_OPTIONS = {
+    command: tuple(k for k, (_, _, takers) in SETTINGS.items() if command in takers and k not in PASSWORD)
+    + (("purge",) if command == "uninstall" else ())
+    for command in COMMANDS
+}
+TAKES_PASSWORD = SETTINGS["amqp_password"][2]
 PLANS = ("install", "configure", "build", "start", "uninstall")  # they change the host; --dry-run
 DIFFS = ("install", "configure", "build")  # they take --diff
 FINDINGS = ("check", "check-rabbitmq")
-VALUE_FLAGS = {"amqp_host": "--amqp-host", "amqp_port": "--amqp-port", "amqp_vhost": "--amqp-vhost",
-               "amqp_user": "--amqp-user", "user": "--user", "app_dir": "--app-dir", "flavour": "--flavour",
-               "artifact": "--artifact", "sha256": "--sha256", "error_percent": "--error-percent",
-               "instances": "--instances", "queue_type": "--queue-type"}
+VALUE_FLAGS = {k: flag for k, (flag, spec, _) in SETTINGS.items() if spec["type"] != "bool" and k not in PASSWORD}
 PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
+ARGUMENT_SPEC = dict(
+    command=dict(type="str", choices=list(COMMANDS)),
+    state=dict(type="str", default="present", choices=["present", "absent"]),
+    **{k: spec for k, (_, spec, _) in SETTINGS.items()},
+    purge=dict(type="bool", default=False),
+    dispatchctl_path=dict(type="path"), ignore_inapplicable=dict(type="bool", default=False),
+)
 DEFAULT_DIRS = ["/usr/local/bin", "/opt/dispatchctl/bin"]
 
 
@@ -280,18 +329,7 @@ def find_binary(module, path):
 
 
 def main():
-    spec = dict(
-        command=dict(type="str", choices=list(COMMAND_OPTIONS)),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
-        amqp_host=dict(type="list", elements="str"), amqp_port=dict(type="int"), amqp_vhost=dict(type="str"),
-        amqp_user=dict(type="str"), amqp_password=dict(type="str", no_log=True),
-        amqp_password_file=dict(type="path", no_log=False), user=dict(type="str"), app_dir=dict(type="path"),
-        flavour=dict(type="str", choices=["bundled", "go"]), artifact=dict(type="str"), sha256=dict(type="str"),
-        insecure=dict(type="bool"), error_percent=dict(type="int"), instances=dict(type="int"),
-        queue_type=dict(type="str", choices=["classic", "quorum"]), purge=dict(type="bool", default=False),
-        dispatchctl_path=dict(type="path"), ignore_inapplicable=dict(type="bool", default=False),
-    )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
         command = command_of(module.params)
         ignored = inapplicable(module.params) if module.params["ignore_inapplicable"] else []

@@ -1,11 +1,11 @@
 """Several dispatch instances on one host (``--instances N``): the service step's decisions and
 actions when the template ``dispatch@.service`` is (or was) in use. Not a step itself: the
-config, service and uninstall steps share it (steps never import each other).
+config, service and uninstall steps share it.
 
 N = 1 runs ``dispatch.service``, the manual's unit (``systemctl status dispatch`` keeps working);
 N > 1 runs ``dispatch@1.service`` .. ``dispatch@N.service`` from the template, all sharing one
 environment file and one credential. Facts first: :func:`installed_instances` reads every
-dispatch unit once (:func:`roboshop_dispatch.installed.read_instances`); :func:`decide` is a pure
+dispatch unit once (:func:`roboshop_dispatch.facts.instances.read_instances`); :func:`decide` is a pure
 function from those facts to a :class:`ScalePlan`, unit-tested from recorded facts.
 
 - Changing N starts or stops only the difference: dispatch@1 keeps its process going 2 -> 3.
@@ -18,19 +18,15 @@ function from those facts to a :class:`ScalePlan`, unit-tested from recorded fac
 
 from __future__ import annotations
 
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
-from .installed import InstanceFacts, parse_show_blocks, read_instances
-from .steps.base import Action, Change, Context, StepFailed, unchanged
-from .steps.pending import RESTART_MARKS
+from ..facts.instances import InstanceFacts, read_instances
+from .base import Action, Change, Context, StepFailed, unchanged
+from .pending import RESTART_MARKS
 
 INSTANCES = "instances"  # the mark of the instance count file (restarts nothing)
-START_TIMEOUT = 45.0  # seconds to wait for READY=1 of the units a start waits for
-WATCH = ("Id", "ActiveState", "SubState", "MainPID", "StatusText", "Result")
 
 
 def installed_instances(ctx: Context, *, ask_systemd: bool = True) -> InstanceFacts:
@@ -170,41 +166,14 @@ def apply(ctx: Context, plan: ScalePlan) -> str:
 
 
 def start_units(ctx: Context, verb: str, units: Tuple[str, ...]) -> Tuple[bool, str]:
-    """``systemctl start|restart UNITS`` waits for every unit's READY=1 (Type=notify); a consumer
-    that cannot reach the broker says "retrying" in its StatusText: give up then, with the reason.
-    Returns (ok, why not)."""
-    proc = ctx.runner.spawn(["systemctl", verb, *units])
-    deadline = time.monotonic() + START_TIMEOUT
-    poll = 0.05
-    while True:
-        try:
-            _, err = proc.communicate(timeout=poll)
-            if proc.returncode == 0:
-                return _settled(ctx, units)
-            return False, f"{verb} {', '.join(units)} failed: {err.strip()}{_states(ctx, units)}"
-        except subprocess.TimeoutExpired:
-            pass
-        poll = min(poll * 2, 0.4)
-        stuck = [b for b in _show(ctx, units) if "retrying" in b.status_text]
-        if stuck or time.monotonic() > deadline:
-            proc.kill()  # only our client: the jobs stay with systemd
-            proc.communicate()
-            why = "; ".join(f"{b.unit}: {b.status_text}" for b in stuck) or f"not ready after {START_TIMEOUT:.0f}s"
-            return False, f"{', '.join(units)} did not become ready: {why}"
-
-
-def _show(ctx: Context, units: Tuple[str, ...]):
-    res = ctx.runner.run(["systemctl", "show", *units, "--property=" + ",".join(WATCH)], check=False, timeout=15)
-    return parse_show_blocks(res.stdout)
-
-
-def _settled(ctx: Context, units: Tuple[str, ...]) -> Tuple[bool, str]:
-    down = [b for b in _show(ctx, units) if b.active_state not in ("active", "reloading")]
-    if down:
-        return False, "not running after start: " + ", ".join(f"{b.unit} {b.active_state}/{b.sub_state}"
-                                                              for b in down)
-    return True, ""
-
-
-def _states(ctx: Context, units: Tuple[str, ...]) -> str:
-    return "".join(f"\n  {b.unit}: {b.active_state}/{b.sub_state} (result {b.result})" for b in _show(ctx, units))
+    """``systemctl start|restart UNITS``, waited for (Systemd.start_and_wait). Returns (ok, why not)."""
+    started = ctx.systemd.start_and_wait(verb, units)
+    if started.ok:
+        return True, ""
+    if started.job_error:
+        states = "".join(f"\n  {b.get('Id', '')}: {b.get('ActiveState', '')}/{b.get('SubState', '')} "
+                         f"(result {b.get('Result', '')})" for b in ctx.systemd.show_units(units))
+        return False, f"{verb} {', '.join(units)} failed: {started.job_error}{states}"
+    if started.down:
+        return False, "not running after start: " + ", ".join(f"{unit} {state}" for unit, state in started.down)
+    return False, f"{', '.join(units)} did not become ready: {started.not_ready()}"

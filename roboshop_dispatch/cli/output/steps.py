@@ -1,7 +1,7 @@
 """How step results are shown: progress while steps run (a row per finished step into a pipe,
 each running step's elapsed time on a terminal), a summary table (or JSON) after.
 
-Shared by every command that runs steps (provisioning here, uninstall in operate). rich is
+Shared by every command that runs steps (install, build, configure, start, uninstall). rich is
 imported only when something is drawn on a terminal, and never for ``--json``.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..redact import Redactor
-from ..steps.base import CHANGED, FAILED, OK, StepResult
-from .output import NO_SECRETS, console, print_json
+from ...errors import ErrorKind
+from ...redact import Redactor
+from ...steps.base import CHANGED, FAILED, OK, StepResult
+from . import NO_SECRETS, console, print_json
 
 STATUS_STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red"}
 
@@ -130,7 +131,7 @@ def results_document(command: str, results: List[StepResult], *, dry_run: bool, 
         "steps": steps,
     }
     if failed is not None:
-        document["error"] = {"kind": "step", "message": f"step '{failed.name}' failed: {failed.message}",
+        document["error"] = {"kind": ErrorKind.STEP, "message": f"step '{failed.name}' failed: {failed.message}",
                              "step": failed.name, "next_action": failed.next_action}
     return document
 
@@ -220,7 +221,7 @@ def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed:
 
 
 def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS, log_path: str = "") -> None:
-    from .output import write
+    from . import write
 
     failed = next((r for r in results if r.failed), None)
     if failed is None:

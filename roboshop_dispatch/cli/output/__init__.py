@@ -16,18 +16,9 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from ..redact import Redactor
+from ...redact import Redactor
 
 NO_SECRETS = Redactor(())
-
-# error kinds of the envelope's "error" member
-USAGE = "usage"          # a bad option or argument (exit 2)
-PREFLIGHT = "preflight"  # the host cannot run the command: not root, no systemd, unsupported OS (exit 1)
-STEP = "step"            # a step failed (exit 1)
-CHECK = "check"          # a check failed (check, check-rabbitmq: exit 1)
-INTERNAL = "internal"    # a bug in dispatchctl (exit 1)
-ABORTED = "aborted"      # interrupted (exit 130)
-NO_SYSTEMD = "no-systemd"  # status on a host whose PID 1 is not systemd (exit 4)
 
 
 class _State:
@@ -54,7 +45,7 @@ def console(stderr: bool = False) -> Any:
 
 def envelope(document: Dict[str, Any]) -> Dict[str, Any]:
     """``document`` with the envelope's members first: command, ok, version (and error)."""
-    from .. import __version__
+    from ... import __version__
 
     head: Dict[str, Any] = {"command": document.get("command", "dispatchctl"),
                             "ok": bool(document.get("ok", False)), "version": __version__}
