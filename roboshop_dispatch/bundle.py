@@ -16,12 +16,13 @@ licences) are kept, so the bytes do not depend on the machine that builds them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from .layout import PYTHON
 
@@ -72,12 +73,11 @@ def _wanted(relative: str) -> bool:
     return not (parts[0].endswith(".dist-info") and len(parts) == 2 and parts[1] in _SKIP_DIST_INFO)
 
 
-def observability_sources() -> Dict[str, bytes]:
-    """Archive name -> bytes of every :data:`OBSERVABILITY` distribution's pure-Python files and
-    dist-info, as installed here; a missing one or another release is an error naming it."""
+def _pinned() -> Iterator[Any]:
+    """Each :data:`OBSERVABILITY` distribution as installed here; a missing one or another release
+    is an error naming it."""
     from importlib import metadata
 
-    files: Dict[str, bytes] = {}
     for name, pinned in OBSERVABILITY.items():
         try:
             dist = metadata.distribution(name)
@@ -87,12 +87,47 @@ def observability_sources() -> Dict[str, bytes]:
         if dist.version != pinned:
             raise ModuleNotFoundError(f"{name} {dist.version} is installed, the consumer bundles {name}=={pinned} "
                                       "(the release it is tested with): reinstall dispatchctl")
+        yield dist
+
+
+def observability_sources() -> Dict[str, bytes]:
+    """Archive name -> bytes of every :data:`OBSERVABILITY` distribution's pure-Python files and
+    dist-info, as installed here."""
+    files: Dict[str, bytes] = {}
+    for dist in _pinned():
         for entry in dist.files or ():
             relative = entry.as_posix()
             if _wanted(relative):
                 files[relative] = Path(str(dist.locate_file(entry))).read_bytes()
     files.update(_namespace_inits(files))
     return files
+
+
+def _content_hash(data: bytes) -> str:
+    """sha256 as a RECORD file writes it (urlsafe base64, no padding)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def observability_hashes() -> Dict[str, str]:
+    """Archive name -> content hash of every file :func:`observability_sources` would read, from
+    the RECORD pip wrote: fingerprint() without reading some 700 files on every run. A file RECORD
+    gives no sha256 for, or whose size is not the recorded one (certifi's CA bundle is often
+    replaced by the system's), is read and hashed."""
+    hashes: Dict[str, str] = {}
+    for dist in _pinned():
+        for entry in dist.files or ():
+            relative = entry.as_posix()
+            if not _wanted(relative):
+                continue
+            path = Path(str(dist.locate_file(entry)))
+            recorded = entry.hash
+            if recorded is not None and recorded.mode == "sha256" and entry.size == path.stat().st_size:
+                hashes[relative] = recorded.value
+            else:  # no hash recorded, or the file changed since (a distribution's own CA bundle...)
+                hashes[relative] = _content_hash(path.read_bytes())
+    for name in _namespace_inits(dict.fromkeys(hashes, b"")):
+        hashes[name] = _content_hash(b"")
+    return hashes
 
 
 def _namespace_inits(files: Dict[str, bytes]) -> Dict[str, bytes]:
@@ -109,6 +144,11 @@ def _namespace_inits(files: Dict[str, bytes]) -> Dict[str, bytes]:
 
 def sources() -> Dict[str, bytes]:
     """Archive name -> bytes of everything that goes into the zipapp."""
+    return {**_own_sources(), **observability_sources()}
+
+
+def _own_sources() -> Dict[str, bytes]:
+    """The consumer, pika and pika's licence: everything but the observability packages."""
     import importlib.util
 
     own = Path(__file__).resolve().parent
@@ -123,7 +163,6 @@ def sources() -> Dict[str, bytes]:
     for name, path in _python_files(Path(spec.origin).resolve().parent, "pika"):
         files[name] = path.read_bytes()
     files["LICENSES/pika.txt"] = _pika_license()
-    files.update(observability_sources())
     return files
 
 
@@ -141,10 +180,16 @@ def _pika_license() -> bytes:
 
 
 def fingerprint(files: Optional[Dict[str, bytes]] = None, interpreter: str = PYTHON) -> str:
-    """sha256 over the names and contents that go into the zipapp (and the interpreter line)."""
+    """sha256 over the names and content hashes of what goes into the zipapp (and the interpreter
+    line). Without ``files``, the observability packages' hashes come from their RECORD files."""
+    if files is not None:
+        hashes = {name: _content_hash(data) for name, data in files.items()}
+    else:
+        hashes = {name: _content_hash(data) for name, data in _own_sources().items()}
+        hashes.update(observability_hashes())
     digest = hashlib.sha256(interpreter.encode() + b"\0")
-    for name, data in sorted((files if files is not None else sources()).items()):
-        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    for name, content in sorted(hashes.items()):
+        digest.update(name.encode() + b"\0" + content.encode() + b"\n")
     return digest.hexdigest()
 
 

@@ -100,3 +100,12 @@ def test_runs_standalone_with_the_system_python(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "AMQP_PASS" in lines[0], proc.stderr
+
+
+def test_the_fingerprint_from_records_is_the_one_of_the_bytes():
+    """fingerprint() takes the observability packages' hashes from pip's RECORD files (fast: the
+    build step computes it on every run); it must equal the fingerprint of the bytes themselves,
+    or every run would rebuild (or none would notice a change)."""
+    assert bundle.fingerprint() == bundle.fingerprint(bundle.sources())
+    hashes = bundle.observability_hashes()
+    assert set(hashes) == set(bundle.observability_sources())
