@@ -10,6 +10,9 @@ process and platform metrics beside the consumer's own:
 - ``dispatch_amqp_connected`` (1 while consuming), ``dispatch_amqp_reconnects_total``;
 - ``dispatch_last_order_timestamp_seconds``, ``dispatch_trace_spans_dropped_total``.
 
+Instance N of the template unit (``DISPATCH_INSTANCE=N``, set by dispatch@.service) listens on
+the port given + N - 1, so ``--instances 3`` with ``HOST:9100`` serves 9100, 9101 and 9102.
+
 A malformed value or an address that cannot be bound (a port in use) is one ERROR line at
 start-up and the consumer runs on without metrics: never a crash loop.
 """
@@ -17,30 +20,13 @@ start-up and the consumer runs on without metrics: never a crash loop.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from .logs import LineLog
+from .telemetry_settings import address, instance_port, parse_listen
 
 OUTCOMES = ("dispatched", "failed", "quarantined")
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def parse_listen(raw: str) -> Tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); ValueError with the reason otherwise."""
-    text = raw.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep or not host:
-            raise ValueError("is not HOST:PORT or [IPV6]:PORT")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or ":" in host:
-            raise ValueError("is not HOST:PORT or [IPV6]:PORT (an IPv6 address goes in brackets)")
-    if any(ch.isspace() or ch in "/@[]" for ch in host) or not host.isascii():
-        raise ValueError(f"has no valid host ({host[:60]!r})")
-    if not (port.isdigit() and port.isascii() and 1 <= int(port) <= 65535):
-        raise ValueError(f"has no valid port ({port[:20]!r}: 1..65535)")
-    return host, int(port)
 
 
 class Metrics:
@@ -88,14 +74,20 @@ class Metrics:
         self.dropped.inc(count)
 
 
-def start(raw: str, log: LineLog) -> Optional[Metrics]:
-    """Metrics served on ``raw`` (HOST:PORT), or None after one ERROR line saying why not."""
+def start(raw: str, log: LineLog, instance: Optional[str] = None) -> Optional[Metrics]:
+    """Metrics served on ``raw`` (HOST:PORT; instance N of a template unit on PORT + N - 1), or
+    None after one ERROR line saying why not."""
     try:
         host, port = parse_listen(raw)
     except ValueError as exc:
         log.error(f"metrics off: DISPATCH_METRICS_LISTEN={raw[:80]!r} {exc}; the consumer runs without them")
         return None
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        port = instance_port(port, instance)
+    except ValueError as exc:
+        log.error(f"metrics off: {exc} (DISPATCH_METRICS_LISTEN={raw[:80]!r}); the consumer runs without them")
+        return None
+    where = address(host, port)
     try:
         from prometheus_client import start_http_server
 
