@@ -320,3 +320,43 @@ def test_the_second_instance_serves_its_metrics_on_the_next_port_and_a_bad_one_r
     assert metrics.start("127.0.0.1:65535", Log(), "9") is None  # type: ignore[arg-type]
     assert lines[-1] == ("ERROR metrics off: port 65535 + instance 9 - 1 = 65543 is over 65535 "
                          "(DISPATCH_METRICS_LISTEN='127.0.0.1:65535'); the consumer runs without them")
+
+
+def test_a_port_still_in_use_after_the_retries_is_one_error_and_metrics_stay_off(monkeypatch):
+    import socket
+
+    from roboshop_dispatch.consumer import metrics
+
+    lines, timers = [], []
+
+    class Log:
+        def info(self, text):
+            lines.append("INFO " + text)
+
+        def warning(self, text):
+            lines.append("WARNING " + text)
+
+        def error(self, text):
+            lines.append("ERROR " + text)
+
+    class IOLoop:
+        def call_later(self, delay, callback):
+            timers.append(callback)
+
+    monkeypatch.setattr(metrics, "RETRY_S", 0.0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = metrics.start(f"127.0.0.1:{port}", Log(), None, IOLoop())  # type: ignore[arg-type]
+        assert served is not None and served.server is None and len(timers) == 1
+        assert lines[0].startswith(f"WARNING metrics: cannot listen on 127.0.0.1:{port} yet: ")
+        timers.pop()()
+    assert not timers and lines[-1].startswith(f"ERROR metrics off: cannot listen on 127.0.0.1:{port}: ")
+    assert len(lines) == 2
+    # without an I/O loop to try again on (and for any other error): off at once
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert metrics.start(f"127.0.0.1:{taken.getsockname()[1]}", Log()) is None  # type: ignore[arg-type]
+    assert lines[-1].startswith("ERROR metrics off: cannot listen on")

@@ -49,7 +49,7 @@ class Telemetry:
         if cfg.metrics_listen is not None:
             from . import metrics as prometheus
 
-            metrics = prometheus.start(cfg.metrics_listen, log, cfg.instance)
+            metrics = prometheus.start(cfg.metrics_listen, log, cfg.instance, ioloop)
         if cfg.tracing == TRACING_ON:
             from . import tracing
 
