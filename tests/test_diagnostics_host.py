@@ -54,6 +54,7 @@ HEALTHY = inst.InstalledState(
     instance_facts=inst.InstanceFacts(legacy_file=True, legacy=InstanceInfo(
         "dispatch.service", "loaded", "active", "running", "enabled", 4242)),
     otlp_headers=(inst.Secret("authorization=Bearer%20t0ken"),),
+    otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers", **ROOT_0600),
     telemetry={"metrics": [{"unit": "dispatch.service", "url": "http://127.0.0.1:9100/metrics", "samples": {
         "connected": 1.0, "dispatched": 12.0, "failed": 1.0, "quarantined": 2.0, "spans_dropped": 0.0}}],
         "otlp": {"endpoint": "http://10.0.0.9:4318", "address": "10.0.0.9:4318", "ms": 0.4}},
@@ -153,6 +154,10 @@ BROKEN = [
     (replace(HEALTHY, telemetry=telemetry(otlp={"endpoint": "http://10.0.0.9:4318", "address": "10.0.0.9:4318",
                                                 "error": "Connection refused"})),
      "otlp", "warn", "Tracing collector unreachable", ""),
+    (replace(HEALTHY, otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers", "file", 0o644, 0, 0)),
+     "otlp", "fail", "Secret exposed", ""),
+    (replace(HEALTHY, otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers")), "otlp", "fail",
+     "Configuration missing", ""),
 ]
 
 

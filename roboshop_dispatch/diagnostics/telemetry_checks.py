@@ -3,8 +3,9 @@ running instances reported (``InstalledState.telemetry``, read by facts/telemetr
 
 - ``metrics``: each running instance's ``/metrics`` answers, ``dispatch_amqp_connected`` is 1,
   and its counters; an instance that does not answer fails (with the fix), spans dropped warn.
-- ``otlp``: a TCP connection to the collector. A collector that cannot be reached warns: orders
-  are dispatched all the same, only their spans are lost (and counted).
+- ``otlp``: the exporter headers' credential file is root's alone, then a TCP connection to the
+  collector. A collector that cannot be reached warns: orders are dispatched all the same, only
+  their spans are lost (and counted).
 """
 
 from __future__ import annotations
@@ -79,10 +80,36 @@ def check_metrics(s: InstalledState) -> Optional[Finding]:
               cause="; ".join(j[1] for j in bad), fix="; ".join(dict.fromkeys(j[2] for j in bad)), data=data)
 
 
-def check_otlp(s: InstalledState) -> Optional[Finding]:
-    """The collector, reached over TCP from this host (None: nothing installed or not read)."""
-    if s.telemetry is None or not s.installed:
+def _headers_file(s: InstalledState) -> Optional[Finding]:
+    """The exporter headers' credential file (a secret) must be root's alone, and readable."""
+    info = s.otlp_headers_file
+    if info is None:
         return None
+    if not info.exists:
+        return _f("otlp", OTLP_TITLE, FAIL, f"{info.path} does not exist (the unit's LoadCredential= names it)",
+                  diagnosis="Configuration missing: the exporter headers' credential",
+                  cause="systemd refuses to start the service when a credential file is missing (243/CREDENTIALS)",
+                  fix="dispatchctl configure --otlp-header KEY=VALUE (or --otlp-header none)")
+    if info.kind != "file" or info.uid != 0 or info.mode != 0o600:
+        return _f("otlp", OTLP_TITLE, FAIL, f"{info.path} is mode {info.mode:04o}, owner uid {info.uid}: must be a "
+                  "root-owned 0600 file", diagnosis="Secret exposed: the exporter's headers",
+                  cause="the file holds the collector's headers (a token)",
+                  fix=f"chown root:root {info.path} && chmod 600 {info.path}   (or: dispatchctl configure)")
+    if s.otlp_headers_error:
+        return _f("otlp", OTLP_TITLE, FAIL, f"cannot read {info.path}: {s.otlp_headers_error}",
+                  diagnosis="Configuration unreadable", cause=s.otlp_headers_error,
+                  fix="dispatchctl configure --otlp-header KEY=VALUE (or --otlp-header none)")
+    return None
+
+
+def check_otlp(s: InstalledState) -> Optional[Finding]:
+    """The exporter headers' file, then the collector, reached over TCP from this host (None:
+    nothing installed, or the collector not tried)."""
+    if not s.installed:
+        return None
+    bad_file = _headers_file(s)
+    if bad_file is not None or s.telemetry is None:
+        return bad_file
     doc = tracing_doc(s.environment, bool(s.otlp_headers))
     if not doc["on"]:
         why = "" if doc["state"] == "off" else f" ({doc['state'][4:-1]})"

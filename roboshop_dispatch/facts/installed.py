@@ -332,44 +332,44 @@ def _read_env(path: Path) -> Dict[str, Any]:
     return out
 
 
+def _credential(credentials: Sequence[Tuple[str, str]], name: str) -> Optional[Tuple[FileInfo, str, str]]:
+    """(the file the unit's LoadCredential=NAME:PATH names, its text as the consumer reads it,
+    why it cannot be used: '' when it can), or None when the unit loads no such credential."""
+    path = next((p for n, p in credentials if n == name), None)
+    if path is None:
+        return None
+    target = Path(path) if path.startswith("/") else _credstore(path)
+    try:
+        text = strip_final_newline(target.read_bytes().decode("utf-8"))  # as the consumer reads it
+    except OSError as exc:
+        return lstat(target), "", exc.strerror or str(exc)
+    except UnicodeDecodeError:
+        return lstat(target), "", "not UTF-8 text"
+    return lstat(target), text, "" if text else "empty"
+
+
 def _read_credential(credentials: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
     """The password from the file the unit's LoadCredential=amqp-pass:PATH names (it wins over
     AMQP_PASS in the environment file, as the consumer prefers $CREDENTIALS_DIRECTORY)."""
-    path = next((p for name, p in credentials if name == layout.CREDENTIAL_NAME), None)
-    if path is None:
+    found = _credential(credentials, layout.CREDENTIAL_NAME)
+    if found is None:
         return {}
-    target = Path(path) if path.startswith("/") else _credstore(path)
-    out: Dict[str, Any] = {"credential_file": lstat(target)}
-    try:
-        text = target.read_bytes().decode("utf-8")
-    except OSError as exc:
-        return {**out, "credential_error": exc.strerror or str(exc)}
-    except UnicodeDecodeError:
-        return {**out, "credential_error": "not UTF-8 text"}
-    text = strip_final_newline(text)  # as the consumer reads it
-    if text:
-        out.update(password=Secret(text), password_source="credential")
-    else:
-        out["credential_error"] = "empty"
-    return out
+    info, text, error = found
+    if error:
+        return {"credential_file": info, "credential_error": error}
+    return {"credential_file": info, "password": Secret(text), "password_source": "credential"}
 
 
 def _read_headers(credentials: Sequence[Tuple[str, str]], env_facts: Dict[str, Any]) -> Dict[str, Any]:
     """The exporter's headers from the file the unit's LoadCredential=otlp-headers:PATH names
     (before those of the environment file, as the consumer reads them)."""
-    path = next((p for name, p in credentials if name == layout.OTLP_HEADERS_CREDENTIAL), None)
-    if path is None:
+    found = _credential(credentials, layout.OTLP_HEADERS_CREDENTIAL)
+    if found is None:
         return {}
-    target = Path(path) if path.startswith("/") else _credstore(path)
-    out: Dict[str, Any] = {"otlp_headers_file": lstat(target)}
-    try:
-        text = strip_final_newline(target.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        return {**out, "otlp_headers_error": exc.strerror or str(exc)}
-    except UnicodeDecodeError:
-        return {**out, "otlp_headers_error": "not UTF-8 text"}
-    return {**out, "otlp_headers": (Secret(text), *env_facts.get("otlp_headers", ())) if text
-            else env_facts.get("otlp_headers", ()), **({} if text else {"otlp_headers_error": "empty"})}
+    info, text, error = found
+    if error:
+        return {"otlp_headers_file": info, "otlp_headers_error": error}
+    return {"otlp_headers_file": info, "otlp_headers": (Secret(text), *env_facts.get("otlp_headers", ()))}
 
 
 def _credstore(name: str) -> Path:
