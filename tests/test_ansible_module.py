@@ -285,3 +285,21 @@ def test_the_otlp_headers_reach_dispatchctl_in_its_environment_never_in_argv():
 
     assert validate_otlp_headers("DISPATCHCTL_OTLP_HEADER", env["DISPATCHCTL_OTLP_HEADER"]).reveal() == \
         "authorization=Bearer%20t0k%2Cen,x-team=7"
+
+
+def test_the_role_passes_every_setting_from_its_own_default():
+    """The role's task hands each of the module's settings over from a `dispatch_*` variable its
+    defaults declare (null: omitted, the remembered value kept); the password file is the module's
+    alone (the role passes the password itself, from Vault)."""
+    import re
+
+    import yaml
+
+    role = REPO / "ansible/roles/dispatchctl"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    task = next(t for t in yaml.safe_load((role / "tasks/main.yml").read_text()) if "dispatchctl" in t)
+    args = task["dispatchctl"]
+    assert set(M.SETTINGS) - {"amqp_password_file"} <= set(args), set(M.SETTINGS) - set(args)
+    for option in set(M.SETTINGS) - {"amqp_password_file"}:
+        variables = set(re.findall(r"\b(dispatch_[a-z0-9_]+)\b", args[option]))
+        assert variables and variables <= set(defaults), (option, variables)
