@@ -17,19 +17,23 @@ and the Ansible module's copy (the test names what differs); then ``scripts/opti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .layout import APP_DIR, MAX_INSTANCES, SERVICE_USER
 from .validate import (
     FLAVOURS,
     QUEUE_TYPES,
     SettingsError,
+    join_headers,
     parse_int,
     validate_app_dir,
     validate_artifact,
     validate_flavour,
     validate_hosts,
     validate_instances,
+    validate_metrics_listen,
+    validate_otlp_endpoint,
+    validate_otlp_headers,
     validate_percent,
     validate_port,
     validate_queue_type,
@@ -108,6 +112,8 @@ class Knob:
     choices: Tuple[str, ...] = ()
     flag: bool = False  # an on/off option without a value (--insecure)
     secret: bool = False
+    # a repeatable option (--otlp-header): its values joined into the one text the validator reads
+    join: Optional[Callable[[Sequence[str]], str]] = None
 
     @property
     def envvar(self) -> str:
@@ -155,8 +161,23 @@ KNOBS: Tuple[Knob, ...] = (
          "(DISPATCH_QUEUE_TYPE): classic is the contract; quorum survives the loss of a cluster node (bundled "
          "flavour only).", "|".join(QUEUE_TYPES), "DISPATCH_QUEUE_TYPE", commands=("install", "configure"),
          ansible="queue_type", choices=QUEUE_TYPES),
+    # tracing and metrics: the bundled consumer's (the go flavour has neither)
+    Knob("otlp_endpoint", "--otlp-endpoint", validate_otlp_endpoint, "none", "Send a span per order "
+         "(OpenTelemetry, OTLP/HTTP) to this collector's base URL (OTEL_EXPORTER_OTLP_ENDPOINT; spans go to "
+         "URL/v1/traces); none: tracing off. Bundled flavour only.", "URL|none", "otlp_endpoint",
+         commands=("install", "configure"), ansible="otlp_endpoint"),
+    Knob("metrics_listen", "--metrics-listen", validate_metrics_listen, "none", "Serve Prometheus metrics on "
+         "http://HOST:PORT/metrics (DISPATCH_METRICS_LISTEN; with --instances N, instance i on PORT+i-1); "
+         "none: off. No authentication: keep it on 127.0.0.1 unless a firewall guards the port. Bundled "
+         "flavour only.", "HOST:PORT|none", "metrics_listen", commands=("install", "configure"),
+         ansible="metrics_listen"),
+    Knob("otlp_headers", "--otlp-header", validate_otlp_headers, "none", "A header sent to the collector, "
+         "e.g. authorization=Bearer TOKEN (repeatable): a secret, kept in a root-only systemd credential "
+         "and never shown; none removes them.", "KEY=VALUE", "otlp_headers", commands=("install", "configure"),
+         ansible="otlp_headers", ansible_type="dict", secret=True, join=join_headers),
 )
 KNOB: Dict[str, Knob] = {k.name: k for k in KNOBS}
+TELEMETRY = ("otlp_endpoint", "metrics_listen", "otlp_headers")  # what the go flavour cannot have
 
 # the password: two options (a file, or the value itself), never remembered as text
 PASSWORD = "amqp_pass"  # its name among the sources (sources.Resolved.document)
@@ -198,3 +219,23 @@ def cross_check(values: Mapping[str, Any], labels: Mapping[str, str]) -> None:
         validate_artifact(labels["artifact"], values["artifact"], insecure=False)
     if "queue_type" in values and "flavour" in values:
         validate_queue_type(labels["queue_type"], values["queue_type"], values["flavour"])
+    _cross_check_telemetry(values, labels)
+
+
+def _cross_check_telemetry(values: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """Tracing and metrics are the bundled consumer's (the Go binary has neither), and each
+    instance's metrics port (PORT + i - 1) must be a port."""
+    for name in TELEMETRY:
+        if values.get(name) is not None and values.get("flavour") == "go":
+            what = "metrics" if name == "metrics_listen" else "tracing"
+            raise SettingsError(labels[name], f"the go flavour has no {what} (the Go binary reads none of it): "
+                                f"give {KNOB[name].option} none, or --flavour bundled")
+    listen, count = values.get("metrics_listen"), values.get("instances") or 1
+    if listen is not None:
+        from .consumer.telemetry_settings import parse_listen
+
+        port = parse_listen(listen)[1]
+        if port + count - 1 > 65535:
+            raise SettingsError(labels["metrics_listen"], f"port {port} leaves no room for {count} instances "
+                                f"(instance {count} listens on port {port + count - 1}): give a port up to "
+                                f"{65536 - count}")

@@ -31,6 +31,10 @@ CREDENTIAL_NAME = "amqp-pass"
 CREDENTIAL_FILE = CONFIG_DIR / "dispatch.amqp-pass"
 # systemd's credential stores, searched for LoadCredential=ID without an absolute path
 CREDSTORE_DIRS = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
+# the OTLP exporter's headers (--otlp-header: a token, a secret) as the systemd credential NAME,
+# root-only 0600 (consumer/config.py spells NAME too); systemd < 247: OTEL_EXPORTER_OTLP_HEADERS in ENV_FILE
+OTLP_HEADERS_CREDENTIAL = "otlp-headers"
+OTLP_HEADERS_FILE = CONFIG_DIR / "dispatch.otlp-headers"
 # how many instances are configured (one line, the number; root, 0644): read by `start`,
 # `status` and `check`; changing it restarts nothing
 INSTANCES_FILE = CONFIG_DIR / "dispatch.instances"

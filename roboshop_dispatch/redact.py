@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from typing import Any, List, Tuple
 
 MASK = "********"
-SECRET_KEYS: Tuple[str, ...] = ("AMQP_PASS",)
+# the variables whose values are secrets: the password, and the OTLP exporter's headers (a token)
+HEADER_KEYS: Tuple[str, ...] = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+SECRET_KEYS: Tuple[str, ...] = ("AMQP_PASS", *HEADER_KEYS)
 
 
 class Secret:

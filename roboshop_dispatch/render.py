@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, envfile
-from .layout import CREDENTIAL_NAME, PYTHON
+from .layout import CREDENTIAL_NAME, OTLP_HEADERS_CREDENTIAL, PYTHON
 from .settings import Settings
 
 WATCHDOG_SEC = 30
@@ -59,13 +59,17 @@ def exec_start(settings: Settings, python: Optional[str] = None) -> str:
 
 def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credential: bool = False,
                 template: bool = False) -> str:
-    """The unit; ``credential``: the password comes as the systemd credential (LoadCredential=);
-    ``template``: dispatch@.service, the instances' template (--instances N > 1), else dispatch.service."""
+    """The unit; ``credential``: the password (and the exporter's headers, when set) come as systemd
+    credentials (LoadCredential=); ``template``: dispatch@.service, the instances' template
+    (--instances N > 1, each told its number: DISPATCH_INSTANCE=%i), else dispatch.service."""
     return _environment().get_template("dispatch.service.j2").render(
         template=template,
         credential=credential,
         credential_name=CREDENTIAL_NAME,
         credential_file=str(settings.credential_file),
+        headers=credential and settings.otlp_headers is not None,
+        headers_name=OTLP_HEADERS_CREDENTIAL,
+        headers_file=str(settings.otlp_headers_file),
         memory_max=MEMORY_MAX[settings.flavour],
         version=__version__,
         flavour=settings.flavour,
@@ -85,4 +89,5 @@ def render_env(settings: Settings, *, with_password: bool = True) -> str:
     return _environment().get_template("dispatch.env.j2").render(
         version=__version__, values=settings.environment(with_password=with_password),
         with_password=with_password, password_reason=reason,
+        headers=with_password and settings.otlp_headers is not None,
     )

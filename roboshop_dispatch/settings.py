@@ -21,6 +21,7 @@ from .layout import (
     CREDENTIAL_FILE,
     ENV_FILE,
     INSTANCES_FILE,
+    OTLP_HEADERS_FILE,
     SERVICE_USER,
     TEMPLATE_NAME,
     UNIT_DIR,
@@ -43,7 +44,8 @@ def validated(given: Mapping[str, Any]) -> Dict[str, Any]:
         if value is None:
             continue
         knob = knobs.KNOB[name]
-        text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        text = ("1" if value else "0") if isinstance(value, bool) else \
+            value.reveal() if isinstance(value, Secret) else str(value)
         values[name] = knob.parse(knob.option, text)
     knobs.cross_check({"flavour": knobs.DEFAULT_FLAVOUR, **values}, {k.name: k.option for k in knobs.KNOBS})
     return values
@@ -100,6 +102,11 @@ class Settings:
     # consumers on this host (None: as installed, 1 on a fresh host) and the orders queue's type
     instances: Optional[int] = None
     queue_type: str = knobs.DEFAULT_QUEUE_TYPE
+    # tracing and metrics (None: off); the exporter's headers, a secret, in OpenTelemetry's text
+    otlp_endpoint: Optional[str] = None
+    metrics_listen: Optional[str] = None
+    otlp_headers: Optional[Secret] = None
+    otlp_headers_file: Path = OTLP_HEADERS_FILE
 
     @classmethod
     def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:
@@ -136,8 +143,8 @@ class Settings:
         return INSTANCES_FILE
 
     def environment(self, *, with_password: bool = True) -> dict:
-        """The consumer's environment, as written to the EnvironmentFile (the password only when
-        it is not delivered as a systemd credential)."""
+        """The consumer's environment, as written to the EnvironmentFile (the password and the
+        exporter's headers only when they are not delivered as systemd credentials)."""
         values = {
             "AMQP_HOST": ",".join(self.amqp.hosts),
             "AMQP_PORT": str(self.amqp.port),
@@ -147,15 +154,34 @@ class Settings:
             "DISPATCH_ERROR_PERCENT": str(self.error_percent),
             "DISPATCH_QUEUE_TYPE": self.queue_type,
         }
+        values.update(self.telemetry_environment(with_secrets=with_password))
         if not with_password:
             del values["AMQP_PASS"]
         return values
+
+    def telemetry_environment(self, *, with_secrets: bool) -> dict:
+        """The tracing and metrics variables set (the headers only when not a credential)."""
+        values = {}
+        if self.otlp_endpoint is not None:
+            values["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
+        if self.metrics_listen is not None:
+            values["DISPATCH_METRICS_LISTEN"] = self.metrics_listen
+        if self.otlp_headers is not None and with_secrets:
+            values["OTEL_EXPORTER_OTLP_HEADERS"] = self.otlp_headers.reveal()
+        return values
+
+    def secrets(self) -> list:
+        """Every secret value of these settings, in each form it may be shown in."""
+        from .consumer.telemetry_settings import header_secrets
+
+        headers = self.otlp_headers.reveal() if self.otlp_headers is not None else ""
+        return [self.amqp.password.reveal(), *([headers, *header_secrets(headers)] if headers else [])]
 
     def redactor(self) -> Redactor:
         """Masks this run's secrets in everything printed."""
         from .redact import Redactor
 
-        return Redactor([self.amqp.password.reveal()])
+        return Redactor(self.secrets())
 
     def masked(self) -> dict:
         return {
@@ -164,4 +190,6 @@ class Settings:
             "error_percent": self.error_percent, "unit": str(self.unit_path),
             "env_file": str(self.env_file), "sha256": self.artifact_sha256, "insecure": self.insecure,
             "instances": self.instances, "queue_type": self.queue_type,
+            "otlp_endpoint": self.otlp_endpoint, "metrics_listen": self.metrics_listen,
+            "otlp_headers": MASK if self.otlp_headers else None,
         }

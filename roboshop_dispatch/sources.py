@@ -62,7 +62,7 @@ class Resolved:
         doc: Dict[str, Dict[str, Any]] = {}
         for name, value in self.values.items():
             shown = [str(v) for v in value] if isinstance(value, tuple) else value
-            shown = str(shown) if isinstance(shown, Path) else shown
+            shown = str(shown) if isinstance(shown, (Path, Secret)) else shown  # a Secret shows as its mask
             doc[name] = {"value": shown, "source": self.sources[name].kind, "from": self.sources[name].where}
         if self.password_source is not None:
             doc[PASSWORD] = {"value": MASK if self.password else None, "source": self.password_source.kind,
@@ -201,11 +201,26 @@ def remembered(state: InstalledState) -> RememberedValues:
         if state.flavour and Path(state.binary.path) == binary:
             out["flavour"] = Remembered(state.flavour, f"{binary} (the installed binary)")
         out.update(_remembered_build(state.build_stamp, binary.parent / layout.BUILD_STAMP_NAME))
+    out.update(_remembered_telemetry(state, env_path))
     if env_path is not None:  # installed: the count recorded for N > 1, else the one dispatch.service
         count = recorded_instances(layout.INSTANCES_FILE)
         out["instances"] = Remembered(str(count), str(layout.INSTANCES_FILE)) if count \
             else Remembered("1", f"{env_path} (one instance: no {layout.INSTANCES_FILE})")
     return RememberedValues(out, env_path)
+
+
+def _remembered_telemetry(state: InstalledState, env_path: Optional[str]) -> Dict[str, Remembered]:
+    """Tracing and metrics as installed: the collector's URL and the metrics address from the
+    environment file, the exporter's headers (a secret) from their credential, else the file."""
+    out: Dict[str, Remembered] = {}
+    for name, key in (("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"), ("metrics_listen", "DISPATCH_METRICS_LISTEN")):
+        if env_path is not None and state.environment.get(key):
+            out[name] = Remembered(state.environment[key], f"{env_path}: {key}")
+    if state.otlp_headers:
+        where = state.otlp_headers_file.path if state.otlp_headers_file is not None and not state.otlp_headers_error \
+            else f"{state.env_file.path}: OTEL_EXPORTER_OTLP_HEADERS"
+        out["otlp_headers"] = Remembered(state.otlp_headers[0].reveal(), where)
+    return out
 
 
 def _remembered_build(stamp: Mapping[str, Any], path: Path) -> Dict[str, Remembered]:

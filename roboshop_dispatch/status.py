@@ -1,5 +1,6 @@
 """What ``dispatchctl status`` shows: the unit's state, the process (psutil), the binary, the
-configuration (password masked), the ``orders`` queue when the broker answers, the last log lines.
+configuration (password masked), tracing and metrics (each instance's URL), the ``orders`` queue
+when the broker answers, the last log lines.
 
 Exit codes follow ``systemctl is-active``: 0 running, 3 not running, 4 not installed. The slow
 parts (the journal and the broker) run side by side, each bounded in time.
@@ -332,6 +333,7 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
     if "error" not in doc["config"]:
         doc["config"]["queue_type"] = queue_type_of(state)
     doc["queue"] = answer.get("queue")
+    doc.update(telemetry_docs(state))
 
     try:
         logs = journal.result(timeout=10) if journal is not None else []
@@ -343,6 +345,18 @@ def gather(*, lines: int = 10, env_file: Optional[Path] = None, broker: bool = T
                                                               for r in doc["instances"]))
     doc["systemd"] = True
     return doc
+
+
+def telemetry_docs(state: Any) -> Dict[str, Any]:
+    """``tracing`` (on, the collector's URL without user info or query, headers "set") and
+    ``metrics`` (on, each instance's URL); None when the environment file cannot be read."""
+    from .facts.telemetry import metrics_doc, tracing_doc
+
+    if state.env_error or not state.env_file.exists:
+        return {"tracing": None, "metrics": None}
+    configured = state.instance_facts.configured if state.instance_facts else 1
+    return {"tracing": tracing_doc(state.environment, bool(state.otlp_headers)),
+            "metrics": metrics_doc(state.environment, configured)}
 
 
 def exit_code(doc: Dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .consumer.secretfile import strip_final_newline
 from .errors import DispatchctlError, ErrorKind
@@ -240,3 +240,89 @@ def read_password_file(path: str, label: str = "--amqp-pass-file") -> Secret:
     except UnicodeDecodeError:
         raise SettingsError(label, f"{path} is not UTF-8 text") from None
     return validate_password(label, strip_final_newline(text))
+
+
+# -- tracing and metrics (--otlp-endpoint, --metrics-listen, --otlp-header) -------------------
+# read as the consumer reads them (consumer/telemetry_settings.py); "none" (or "off", the
+# consumer's word for unset) switches each off
+
+OFF_WORDS = ("none", "off", "")
+
+
+def validate_otlp_endpoint(option: str, value: str) -> Optional[str]:
+    """A collector's base URL (http or https, a host) without user info, query or fragment (the
+    consumer appends /v1/traces; a token goes in --otlp-header), or None for none/off."""
+    from urllib.parse import urlsplit
+
+    from .consumer.telemetry_settings import check_endpoint, shown
+
+    text = value.strip()
+    if text.lower() in OFF_WORDS:
+        return None
+    try:
+        check_endpoint(text)
+    except ValueError as exc:
+        raise SettingsError(option, f"{exc}: give the collector's base URL, e.g. http://127.0.0.1:4318, "
+                                    "or none") from None
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(option, f"{shown(text)}: no user info in the URL (it would be shown and logged): "
+                                    "give it as a header, --otlp-header authorization=...")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise SettingsError(option, f"{shown(text)}: a base URL has no query or fragment (spans go to "
+                                    "URL/v1/traces); a token goes in --otlp-header")
+    return text
+
+
+def validate_metrics_listen(option: str, value: str) -> Optional[str]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` for /metrics, or None for none/off."""
+    from .consumer.telemetry_settings import address, parse_listen
+
+    text = value.strip()
+    if text.lower() in OFF_WORDS:
+        return None
+    try:
+        host, port = parse_listen(text)
+    except ValueError as exc:
+        raise SettingsError(option, f"{text[:80]!r} {exc}") from None
+    validate_host(option, host)
+    return address(host, port)
+
+
+def validate_otlp_headers(option: str, value: str) -> Optional[Secret]:
+    """The exporter's headers in the OpenTelemetry text (``name=value,...``, values URL-encoded:
+    what --otlp-header KEY=VALUE options become), normalised; None for none/off/empty. A message
+    never shows a value (a token): only the header's name or its position."""
+    from .consumer.telemetry_settings import format_headers, parse_headers, valid_header
+
+    if value.strip().lower() in OFF_WORDS:
+        return None
+    parts = [part for part in value.split(",") if part.strip()]
+    pairs = parse_headers(value)  # one pair per part, in order
+    for index, part in enumerate(parts, 1):
+        name, header = pairs[index - 1]
+        if "=" not in part or not name:
+            raise SettingsError(option, f"header {index} is not KEY=VALUE (none alone removes them all)")
+        if not valid_header(name, "") or len(name) > 100:  # not shown: a mistyped token may be in it
+            raise SettingsError(option, f"header {index}: its name is not an HTTP header name (letters, digits, "
+                                        "!#$%&'*+-.^_`|~)")
+        if not header:
+            raise SettingsError(option, f"header {name!r} has an empty value")
+        validate_text(f"{option}: header {name!r}", header)  # its messages never show the value
+        if not valid_header(name, header):
+            raise SettingsError(option, f"header {name!r}: its value holds a control character")
+        if name in dict(pairs[:index - 1]):
+            raise SettingsError(option, f"header {name!r} is given twice")
+    return Secret(format_headers(pairs))
+
+
+def join_headers(items: Sequence[str]) -> str:
+    """The ``--otlp-header KEY=VALUE`` options (each value as it is sent) as the one text
+    :func:`validate_otlp_headers` reads: OpenTelemetry's ``key=value,...``, values URL-encoded. An
+    item without ``=`` is kept as it is, for the validator to refuse; ``none`` alone stays ``none``."""
+    from .consumer.telemetry_settings import format_headers
+
+    if len(items) == 1 and items[0].strip().lower() in OFF_WORDS:
+        return items[0]
+    return ",".join(format_headers([(item.partition("=")[0].strip(), item.partition("=")[2].strip())])
+                    if "=" in item else item.replace(",", " ") for item in items)

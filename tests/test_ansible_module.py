@@ -267,3 +267,39 @@ def test_the_modules_settings_are_a_copy_of_the_declaration():
         assert set(options) - {"purge"} == declared, command
     assert set(M.TAKES_PASSWORD) == set(knobs.PASSWORD_KNOBS[0].commands) == set(knobs.PASSWORD_KNOBS[1].commands)
     assert M.PASSWORD_ENV == knobs.PASSWORD_ENV
+
+
+def test_the_otlp_headers_reach_dispatchctl_in_its_environment_never_in_argv():
+    argv, env = M.build_command(params(amqp_host=["h"], otlp_endpoint="http://10.0.0.9:4318",
+                                       metrics_listen="127.0.0.1:9100",
+                                       otlp_headers={"authorization": "Bearer t0k,en", "x-team": 7}), "d")
+    assert argv == ["d", "install", "--amqp-host=h", "--otlp-endpoint=http://10.0.0.9:4318",
+                    "--metrics-listen=127.0.0.1:9100", "--json"]
+    assert env == {"DISPATCHCTL_OTLP_HEADER": "authorization=Bearer%20t0k%2Cen,x-team=7"}
+    assert M.build_command(params(command="configure", otlp_headers={}), "d")[1] == {"DISPATCHCTL_OTLP_HEADER": "none"}
+    assert M.ARGUMENT_SPEC["otlp_headers"]["no_log"] is True
+    with pytest.raises(M.UsageError, match="does not take otlp_headers"):
+        M.build_command(params(command="check", otlp_headers={"a": "b"}), "d")
+    # dispatchctl reads that text back as the same headers
+    from roboshop_dispatch.validate import validate_otlp_headers
+
+    assert validate_otlp_headers("DISPATCHCTL_OTLP_HEADER", env["DISPATCHCTL_OTLP_HEADER"]).reveal() == \
+        "authorization=Bearer%20t0k%2Cen,x-team=7"
+
+
+def test_the_role_passes_every_setting_from_its_own_default():
+    """The role's task hands each of the module's settings over from a `dispatch_*` variable its
+    defaults declare (null: omitted, the remembered value kept); the password file is the module's
+    alone (the role passes the password itself, from Vault)."""
+    import re
+
+    import yaml
+
+    role = REPO / "ansible/roles/dispatchctl"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    task = next(t for t in yaml.safe_load((role / "tasks/main.yml").read_text()) if "dispatchctl" in t)
+    args = task["dispatchctl"]
+    assert set(M.SETTINGS) - {"amqp_password_file"} <= set(args), set(M.SETTINGS) - set(args)
+    for option in set(M.SETTINGS) - {"amqp_password_file"}:
+        variables = set(re.findall(r"\b(dispatch_[a-z0-9_]+)\b", args[option]))
+        assert variables and variables <= set(defaults), (option, variables)

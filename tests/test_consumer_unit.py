@@ -133,14 +133,15 @@ def test_an_unset_variable_never_changes_another(name):
             "AMQP_PASS": "p", "DISPATCH_ERROR_PERCENT": "3", "DISPATCH_PREFETCH": "7",
             "DISPATCH_PROCESSING_MS": "1-2", "DISPATCH_FASTPATH": "0", "DISPATCH_QUEUE_TYPE": "quorum",
             "DISPATCH_METRICS_LISTEN": "127.0.0.1:9", "DISPATCH_QUARANTINE_LOG_S": "5",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "DISPATCH_INSTANCE": "2"}
     before = config.load(full)
     after = config.load({k: v for k, v in full.items() if k != name})
     attr = {"AMQP_HOST": "hosts", "AMQP_PORT": "port", "AMQP_VHOST": "vhost", "AMQP_USER": "user",
             "DISPATCH_ERROR_PERCENT": "error_percent", "DISPATCH_PREFETCH": "prefetch",
             "DISPATCH_PROCESSING_MS": "processing_ms", "DISPATCH_FASTPATH": "fast_path",
             "DISPATCH_QUEUE_TYPE": "queue_type", "DISPATCH_METRICS_LISTEN": "metrics_listen",
-            "DISPATCH_QUARANTINE_LOG_S": "quarantine_log_s", "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing"}
+            "DISPATCH_QUARANTINE_LOG_S": "quarantine_log_s", "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing",
+            "DISPATCH_INSTANCE": "instance"}
     default = config.load({"AMQP_PASS": "p"})
     for field, value in vars(before).items():
         if field == attr[name]:

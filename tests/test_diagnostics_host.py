@@ -40,7 +40,8 @@ HEALTHY = inst.InstalledState(
     unit_file=inst.FileInfo("/etc/systemd/system/dispatch.service", "file", 0o644, 0, 0),
     credentials=(("amqp-pass", "/etc/roboshop/dispatch.amqp-pass"),),
     env_file=inst.FileInfo("/etc/roboshop/dispatch.env", **ROOT_0600),
-    environment={"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop"},
+    environment={"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://10.0.0.9:4318",
+                 "DISPATCH_METRICS_LISTEN": "127.0.0.1:9100"},
     credential_file=inst.FileInfo("/etc/roboshop/dispatch.amqp-pass", **ROOT_0600),
     password=inst.Secret("s3cret"), password_source="credential",
     consumer=inst.ConsumerSettings(("10.0.0.5",), 5672, "/", "roboshop"),
@@ -52,7 +53,18 @@ HEALTHY = inst.InstalledState(
     unit_verify={"returncode": 0, "stderr": ""},
     instance_facts=inst.InstanceFacts(legacy_file=True, legacy=InstanceInfo(
         "dispatch.service", "loaded", "active", "running", "enabled", 4242)),
+    otlp_headers=(inst.Secret("authorization=Bearer%20t0ken"),),
+    otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers", **ROOT_0600),
+    telemetry={"metrics": [{"unit": "dispatch.service", "url": "http://127.0.0.1:9100/metrics", "samples": {
+        "connected": 1.0, "dispatched": 12.0, "failed": 1.0, "quarantined": 2.0, "spans_dropped": 0.0}}],
+        "otlp": {"endpoint": "http://10.0.0.9:4318", "address": "10.0.0.9:4318", "ms": 0.4}},
 )
+SCRAPED = HEALTHY.telemetry["metrics"][0]  # type: ignore[index]
+
+
+def telemetry(**changes):
+    """HEALTHY's telemetry facts with one instance's scrape or the collector's connect replaced."""
+    return {"metrics": [changes.get("metrics", SCRAPED)], "otlp": changes.get("otlp", HEALTHY.telemetry["otlp"])}
 
 
 def findings(state: inst.InstalledState):
@@ -69,7 +81,8 @@ def test_a_healthy_host_passes_every_check_in_order():
 
 def test_the_record_round_trips_and_hides_the_password():
     doc = HEALTHY.to_json()
-    assert doc["password"] == "********" and doc["environment"] == {"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop"}
+    assert doc["password"] == "********" and doc["environment"] == dict(HEALTHY.environment)
+    assert doc["otlp_headers"] == ["********"] and "t0ken" not in json.dumps(doc)
     assert inst.loads(json.dumps(doc), password="s3cret") == HEALTHY
     with pytest.raises(TypeError):
         HEALTHY.environment["AMQP_HOST"] = "x"  # type: ignore[index]
@@ -129,6 +142,22 @@ BROKEN = [
      "Service stopped", ""),
     (replace(HEALTHY, binary_label="unconfined_u:object_r:user_home_t:s0"), "selinux", "warn", "SELinux label",
      "Permission denied"),
+    (replace(HEALTHY, telemetry=telemetry(metrics={"unit": "dispatch.service", "url": SCRAPED["url"],
+                                                   "error": "Connection refused"})),
+     "metrics", "fail", "does not answer", ""),
+    (replace(HEALTHY, telemetry=telemetry(metrics={**SCRAPED, "samples": {**SCRAPED["samples"], "connected": 0}})),
+     "metrics", "fail", "not consuming", ""),
+    (replace(HEALTHY, telemetry=telemetry(metrics={**SCRAPED, "samples": {**SCRAPED["samples"], "spans_dropped": 7}})),
+     "metrics", "warn", "Spans dropped", ""),
+    (replace(HEALTHY, environment={**HEALTHY.environment, "DISPATCH_METRICS_LISTEN": "9100"}), "metrics", "fail",
+     "Metrics address invalid", ""),
+    (replace(HEALTHY, telemetry=telemetry(otlp={"endpoint": "http://10.0.0.9:4318", "address": "10.0.0.9:4318",
+                                                "error": "Connection refused"})),
+     "otlp", "warn", "Tracing collector unreachable", ""),
+    (replace(HEALTHY, otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers", "file", 0o644, 0, 0)),
+     "otlp", "fail", "Secret exposed", ""),
+    (replace(HEALTHY, otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers")), "otlp", "fail",
+     "Configuration missing", ""),
 ]
 
 
@@ -185,3 +214,42 @@ def test_can_access_follows_owner_group_other_and_never_a_symlink():
     assert hc.can_access(replace(f, uid=1000, mode=0o500), user, 5) is True
     assert hc.can_access(replace(f, kind="symlink", mode=0o777), user, 4) is False
     assert hc.can_access(f, inst.UserInfo("nobody-here"), 4) is None
+
+
+# -- tracing and metrics ---------------------------------------------------------------------------
+
+
+def test_metrics_are_read_per_instance_and_the_one_that_does_not_answer_is_named():
+    units = tuple(InstanceInfo(f"dispatch@{i}.service", "loaded", "active", "running", "enabled", 100 + i)
+                  for i in (1, 2))
+    two = replace(HEALTHY, instance_facts=inst.InstanceFacts(template_file=True, recorded=2, units=units),
+                  telemetry={"metrics": [
+                      {**SCRAPED, "unit": "dispatch@1.service"},
+                      {"unit": "dispatch@2.service", "url": "http://127.0.0.1:9101/metrics",
+                       "error": "Connection refused"}], "otlp": HEALTHY.telemetry["otlp"]})  # type: ignore[index]
+    f = findings(two)["metrics"]
+    assert f.status == "fail" and "dispatch@2.service: http://127.0.0.1:9101/metrics does not answer" in f.summary
+    assert "dispatch@1.service: connected, 12 dispatched, 1 failed, 2 quarantined" in f.summary
+    assert "ss -ltnp 'sport = :9101'" in f.fix and "--metrics-listen" in f.fix
+    assert findings(replace(two, telemetry={"metrics": [{**SCRAPED, "unit": u} for u in
+                                                        ("dispatch@1.service", "dispatch@2.service")]}))[
+        "metrics"].status == "ok"
+
+
+def test_tracing_and_metrics_off_or_not_running_are_skipped_and_the_go_flavour_too():
+    off = replace(HEALTHY, environment={"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop"}, telemetry={"metrics": []})
+    by = findings(off)
+    assert by["metrics"].status == by["otlp"].status == "skip"
+    assert "--metrics-listen" in by["metrics"].summary and "--otlp-endpoint" in by["otlp"].summary
+    stopped = replace(HEALTHY, telemetry={"metrics": [], "otlp": HEALTHY.telemetry["otlp"]})  # type: ignore[index]
+    assert findings(stopped)["metrics"].summary == "not checked: no instance is running"
+    disabled = replace(HEALTHY, environment={**HEALTHY.environment, "OTEL_SDK_DISABLED": "true"})
+    assert "OTEL_SDK_DISABLED=true" in findings(disabled)["otlp"].summary
+    assert "metrics" not in findings(replace(HEALTHY, telemetry=None))  # not read: not reported
+
+
+def test_the_collectors_finding_shows_no_secret_and_check_masks_the_header_values():
+    f = findings(HEALTHY)["otlp"]
+    assert f.status == "ok" and f.summary.startswith("http://10.0.0.9:4318: 10.0.0.9:4318 accepts connections")
+    _, redactor = check_installed(HEALTHY, rabbitmq=False)
+    assert redactor.text("Bearer t0ken and Bearer%20t0ken") == "******** and ********"

@@ -306,25 +306,42 @@ def test_a_redelivered_order_is_counted(broker, vhost, consumers):
     assert slow.stop()[0] == 0
 
 
-@pytest.mark.parametrize("listen, why", [("127.0.0.1", "is not HOST:PORT"), ("127.0.0.1:99999", "no valid port"),
-                                         ("in use", "cannot listen on 127.0.0.1:")])
+@pytest.mark.parametrize("listen, why", [("127.0.0.1", "is not HOST:PORT"), ("127.0.0.1:99999", "no valid port")])
 def test_bad_metrics_address_is_one_line_and_orders_go_on(broker, vhost, consumers, listen, why):
+    consumer = consumers(DISPATCH_METRICS_LISTEN=listen)
+    consumer.wait_consuming()
+    order = make_order(1)
+    with PaymentPublisher(params(broker, vhost)) as payment:
+        payment.publish(order)
+    consumer.wait_orders([order["orderid"]])
+    assert consumer.count("metrics off: ") == 1 and consumer.count(why) == 1
+    assert consumer.proc.poll() is None
+    assert consumer.stop()[0] == 0
+
+
+def test_a_port_in_use_is_tried_again_and_the_orders_meanwhile_are_counted(broker, vhost, consumers):
+    """The instance a migration replaces may still hold the port (--instances 1 <-> N starts the
+    new units first): one warning, orders go on, and /metrics is served once the port is free,
+    with the orders handled meanwhile."""
     import socket
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        if listen == "in use":
-            listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        consumer = consumers(DISPATCH_METRICS_LISTEN=listen)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        consumer = consumers(DISPATCH_METRICS_LISTEN=f"127.0.0.1:{port}")
         consumer.wait_consuming()
+        assert consumer.count(f"cannot listen on 127.0.0.1:{port} yet: Address already in use") == 1
         order = make_order(1)
         with PaymentPublisher(params(broker, vhost)) as payment:
             payment.publish(order)
         consumer.wait_orders([order["orderid"]])
-        assert consumer.count("metrics off: ") == 1 and consumer.count(why) == 1
-        assert consumer.proc.poll() is None
-        assert consumer.stop()[0] == 0
+    finally:
+        taken.close()
+    consumer.wait_line(f"metrics on http://127.0.0.1:{port}/metrics", timeout=10)
+    assert scrape(port)['dispatch_orders_total{outcome="dispatched"}'] == 1
+    assert consumer.count("metrics off") == 0 and consumer.stop()[0] == 0
 
 
 @pytest.mark.parametrize("on", [False, True])

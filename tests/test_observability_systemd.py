@@ -2,9 +2,10 @@
 systemd-nspawn host) in its installed, sandboxed unit, against the real broker and a real OTLP
 receiver on this machine (the container shares its network).
 
-Until ``install``/``configure`` take ``--otlp-endpoint``/``--metrics-listen``/``--otlp-header``
-(the CLI's part of the issue), the test adds the variables to the installed environment file and
-the exporter's headers as a systemd credential through a drop-in, as those options will.
+The test adds the variables to the installed environment file by hand (with two that dispatchctl
+has no option for: a short export delay and little simulated work, for the flood's pace), and the
+exporter's headers as a systemd credential through a drop-in; the options that write them are
+tested in test_observability_cli_systemd.py.
 """
 
 from __future__ import annotations

@@ -253,3 +253,110 @@ def test_spans_are_shed_while_the_export_queue_is_full_and_every_span_is_account
     assert exporter.export(ended[:4]) is SpanExportResult.SUCCESS  # the queue drains
     assert drops.unaccounted() == 0 and order()  # room again: recorded
     assert (drops.ended, drops.exported, drops.total) == (6, 4, 4)
+
+
+# == what dispatchctl writes is what the consumer reads =============================================
+TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
+header_pairs = st.lists(
+    st.tuples(st.text(TOKEN_CHARS, min_size=1, max_size=20),
+              st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cn")), min_size=1, max_size=40)
+              .filter(lambda v: v.strip())),
+    min_size=1, max_size=4, unique_by=lambda pair: pair[0].lower())
+
+
+@given(header_pairs)
+@example([("authorization", "Bearer a,b=c%20d")])
+def test_the_headers_dispatchctl_writes_are_the_ones_opentelemetry_reads(pairs):
+    """--otlp-header KEY=VALUE, any value: the credential's text parses, with OpenTelemetry's own
+    parser and the consumer's exporter_headers, to exactly the headers given."""
+    from opentelemetry.util.re import parse_env_headers
+
+    from roboshop_dispatch.consumer import tracing
+    from roboshop_dispatch.validate import join_headers, validate_otlp_headers
+
+    text = validate_otlp_headers("--otlp-header", join_headers([f"{k}={v}" for k, v in pairs])).reveal()
+    wanted = {k.lower(): v.strip() for k, v in pairs}
+    assert dict(parse_env_headers(text, liberal=True)) == wanted
+    headers, _source, bad, _given = tracing.exporter_headers({"OTEL_EXPORTER_OTLP_HEADERS": text})
+    assert headers == wanted and bad == 0
+
+
+@pytest.mark.parametrize("port, instance, expected", [(9100, None, 9100), (9100, "1", 9100), (9100, "3", 9102),
+                                                      (65535, "1", 65535)])
+def test_instance_n_listens_on_port_plus_n_minus_1(port, instance, expected):
+    from roboshop_dispatch.consumer.telemetry_settings import instance_port
+
+    assert instance_port(port, instance) == expected
+
+
+@pytest.mark.parametrize("instance", ["0", "x", "-1", "", "٣"])
+def test_a_bad_instance_or_a_port_past_65535_is_a_value_error(instance):
+    from roboshop_dispatch.consumer.telemetry_settings import instance_port
+
+    with pytest.raises(ValueError):
+        instance_port(9100, instance)
+    with pytest.raises(ValueError, match="65535 \\+ instance 2 - 1 = 65536 is over 65535"):
+        instance_port(65535, "2")
+
+
+def test_the_second_instance_serves_its_metrics_on_the_next_port_and_a_bad_one_runs_without():
+    from roboshop_dispatch.consumer import metrics
+    from tests.support.otlp import free_port
+
+    lines = []
+
+    class Log:
+        def info(self, text):
+            lines.append("INFO " + text)
+
+        def error(self, text):
+            lines.append("ERROR " + text)
+
+    base = free_port()
+    served = metrics.start(f"127.0.0.1:{base - 1}", Log(), "2")  # type: ignore[arg-type]
+    assert served is not None and served.server.server_address[1] == base
+    assert lines == [f"INFO metrics on http://127.0.0.1:{base}/metrics"]
+    served.server.shutdown()
+    assert metrics.start("127.0.0.1:65535", Log(), "9") is None  # type: ignore[arg-type]
+    assert lines[-1] == ("ERROR metrics off: port 65535 + instance 9 - 1 = 65543 is over 65535 "
+                         "(DISPATCH_METRICS_LISTEN='127.0.0.1:65535'); the consumer runs without them")
+
+
+def test_a_port_still_in_use_after_the_retries_is_one_error_and_metrics_stay_off(monkeypatch):
+    import socket
+
+    from roboshop_dispatch.consumer import metrics
+
+    lines, timers = [], []
+
+    class Log:
+        def info(self, text):
+            lines.append("INFO " + text)
+
+        def warning(self, text):
+            lines.append("WARNING " + text)
+
+        def error(self, text):
+            lines.append("ERROR " + text)
+
+    class IOLoop:
+        def call_later(self, delay, callback):
+            timers.append(callback)
+
+    monkeypatch.setattr(metrics, "RETRY_S", 0.0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = metrics.start(f"127.0.0.1:{port}", Log(), None, IOLoop())  # type: ignore[arg-type]
+        assert served is not None and served.server is None and len(timers) == 1
+        assert lines[0].startswith(f"WARNING metrics: cannot listen on 127.0.0.1:{port} yet: ")
+        timers.pop()()
+    assert not timers and lines[-1].startswith(f"ERROR metrics off: cannot listen on 127.0.0.1:{port}: ")
+    assert len(lines) == 2
+    # without an I/O loop to try again on (and for any other error): off at once
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert metrics.start(f"127.0.0.1:{taken.getsockname()[1]}", Log()) is None  # type: ignore[arg-type]
+    assert lines[-1].startswith("ERROR metrics off: cannot listen on")

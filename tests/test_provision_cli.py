@@ -42,6 +42,10 @@ def cli(*args: str, env=None, password: bool = True) -> subprocess.CompletedProc
     (["--amqp-host", "10.0.0.5", "--app-dir", "app"], "--app-dir"),
     (["--amqp-host", "10.0.0.5", "--artifact", "ftp://example.invalid/d.zip"], "--artifact"),
     (["--amqp-host", "10.0.0.5", "--amqp-vhost", "a\nb"], "--amqp-vhost"),
+    (["--amqp-host", "10.0.0.5", "--otlp-endpoint", "http://u:pw@10.0.0.9:4318"], "--otlp-endpoint"),
+    (["--amqp-host", "10.0.0.5", "--metrics-listen", "9100"], "--metrics-listen"),
+    (["--amqp-host", "10.0.0.5", "--otlp-header", "Bearer s3cret-t0ken"], "--otlp-header"),
+    (["--amqp-host", "10.0.0.5", "--flavour", "go", "--metrics-listen", "127.0.0.1:9100"], "--metrics-listen"),
     ([], "--amqp-host"),
 ])
 def test_a_bad_option_exits_2_with_one_line_naming_it(no_systemd_host, args, option):
@@ -52,7 +56,7 @@ def test_a_bad_option_exits_2_with_one_line_naming_it(no_systemd_host, args, opt
         assert res.returncode == 2, (res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and option in lines[0] and lines[0].startswith("dispatchctl: error:"), res.stderr
-        assert res.stdout == ""
+        assert res.stdout == "" and "s3cret" not in res.stderr
 
 
 def test_no_password_anywhere_names_the_ways_to_give_one():
@@ -68,6 +72,31 @@ def test_amqp_pass_on_the_command_line_warns_about_ps():
     assert res.returncode == 0, res.stderr
     assert "visible to every user in `ps`" in res.stderr
     assert "visible" not in res.stdout
+
+
+def test_tracing_and_metrics_options_in_a_dry_run_and_the_headers_never_shown():
+    token = "Bearer s3cret-t0ken"
+    res = cli("install", "--amqp-host", "10.0.0.5", "--app-dir", "/nonexistent-dispatchctl-test",
+              "--otlp-endpoint", "http://10.0.0.9:4318", "--metrics-listen", "127.0.0.1:9100",
+              "--otlp-header", f"authorization={token}", "--otlp-header", "x-team=ops",
+              "--dry-run", "--json", "--diff", env={"DISPATCHCTL_OTLP_HEADER": "ignored=x"})
+    assert res.returncode == 0, res.stderr
+    assert "--otlp-header is visible to every user in `ps`" in res.stderr
+    doc = json.loads(res.stdout)
+    settings = doc["settings"]
+    assert settings["otlp_headers"] == {"value": "********", "source": "option", "from": "--otlp-header"}
+    assert settings["otlp_endpoint"]["value"] == "http://10.0.0.9:4318"
+    assert settings["metrics_listen"]["value"] == "127.0.0.1:9100"
+    diff = next(s for s in doc["steps"] if s["name"] == "config")["diff_text"]
+    assert "+++ b/etc/roboshop/dispatch.otlp-headers\n@@ -0,0 +1 @@\n+********\n" in diff
+    assert '+OTEL_EXPORTER_OTLP_ENDPOINT="http://10.0.0.9:4318"' in diff
+    assert "+LoadCredential=otlp-headers:/etc/roboshop/dispatch.otlp-headers" in diff
+    assert "s3cret" not in res.stdout + res.stderr and "Bearer%20" not in res.stdout
+    # the variable: OpenTelemetry's form, no warning
+    res = cli("configure", "--amqp-host", "10.0.0.5", "--dry-run", "--json",
+              env={"DISPATCHCTL_OTLP_HEADER": "authorization=Bearer%20s3cret-t0ken"})
+    assert res.returncode == 0 and "visible to every user" not in res.stderr, res.stderr
+    assert json.loads(res.stdout)["settings"]["otlp_headers"]["from"] == "DISPATCHCTL_OTLP_HEADER"
 
 
 def test_dry_run_json_reports_one_object_per_step(no_systemd_host):

@@ -16,7 +16,7 @@ from roboshop_dispatch.facts import installed
 from roboshop_dispatch.facts.installed import InstalledState
 from roboshop_dispatch.facts.paths import FileInfo
 from roboshop_dispatch.facts.unitfile import unit_settings
-from roboshop_dispatch.knobs import COMMAND_KNOBS, KNOB, KNOBS
+from roboshop_dispatch.knobs import COMMAND_KNOBS, KNOB, KNOBS, TELEMETRY
 from roboshop_dispatch.settings import MASK, Secret, Settings, SettingsError
 from roboshop_dispatch.sources import (
     DEFAULT,
@@ -49,6 +49,9 @@ VALID: Dict[str, list] = {
     "error_percent": ["0", "50", "100"],
     "instances": ["1", "3", "64"],
     "queue_type": ["classic", "quorum"],
+    "otlp_endpoint": ["http://127.0.0.1:4318", "https://collector.example:4318/", "none", "off"],
+    "metrics_listen": ["127.0.0.1:9100", "[::1]:9464", "0.0.0.0:9100", "none"],
+    "otlp_headers": ["authorization=Bearer%20abc", "x-a=1,x-b=two", "none", "Authorization=Basic abc=="],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -64,6 +67,10 @@ INVALID: Dict[str, list] = {
     "error_percent": ["101", "-1", "x"],
     "instances": ["0", "65", "+3", "1_0", "٣", ""],
     "queue_type": ["stream", "Quorum", ""],
+    "otlp_endpoint": ["ftp://x", "http://", "http://u:p@h:4318", "http://h:4318/?token=x", "http://h :1",
+                      "127.0.0.1:4318"],
+    "metrics_listen": ["9100", "127.0.0.1:0", "127.0.0.1:70000", "::1:9100", "h h:1", "a/b:1", "300.1.1.1:9"],
+    "otlp_headers": ["noequals", "a=", "bad name=x", "a=1,a=2", "x=\x01", ",,=v", "none,a=b"],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 
@@ -151,8 +158,10 @@ def test_the_winner_is_always_the_highest_source_given(scenario):
                 DEFAULT: knob.default}[expected]
         return expected, text
 
-    if {"flavour", "queue_type"} <= set(names) and (winner("flavour")[1], winner("queue_type")[1]) == ("go", "quorum"):
-        # the one rule across rows: a quorum queue needs the bundled consumer (go declares classic)
+    # the rules across rows: a quorum queue, tracing and metrics need the bundled consumer
+    bundled_only = [n for n in ("queue_type", *TELEMETRY) if n in names
+                    and winner(n)[1] not in ("classic", "none", "off")]
+    if "flavour" in names and winner("flavour")[1] == "go" and bundled_only:
         with pytest.raises(SettingsError, match="go flavour"):
             resolve(names, given_, environ, inst)
         return
@@ -351,3 +360,79 @@ def test_a_bad_value_given_is_reported_before_a_missing_required_one():
         resolve(("amqp_hosts", "amqp_port"), {"amqp_port": "x"}, {}, {})
     with pytest.raises(SettingsError, match="--amqp-host: is required"):
         resolve(("amqp_hosts", "amqp_port"), {"amqp_port": "5672"}, {}, {})
+
+
+def test_tracing_and_metrics_are_remembered_and_the_headers_only_ever_as_set(tmp_path):
+    creds = tmp_path / "dispatch.otlp-headers"
+    creds.write_text("authorization=Bearer%20t0ken-9\n")
+    env = tmp_path / "dispatch.env"
+    env.write_text('AMQP_HOST="10.0.0.5"\nOTEL_EXPORTER_OTLP_ENDPOINT="http://10.0.0.9:4318"\n'
+                   'DISPATCH_METRICS_LISTEN="127.0.0.1:9100"\nOTEL_EXPORTER_OTLP_HEADERS="x-old=stale-v4lue"\n')
+    facts = installed._read_env(env)
+    facts.update(installed._read_headers((("otlp-headers", str(creds)),), facts))
+    state = InstalledState(**facts)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in state.environment  # a secret: kept apart, never recorded
+    assert [h.reveal() for h in state.otlp_headers] == ["authorization=Bearer%20t0ken-9", "x-old=stale-v4lue"]
+    assert {"Bearer t0ken-9", "stale-v4lue"} <= set(state.secrets())
+    found = remembered(state)
+    assert found["otlp_endpoint"] == Remembered("http://10.0.0.9:4318", f"{env}: OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert found["metrics_listen"].text == "127.0.0.1:9100"
+    assert found["otlp_headers"] == Remembered("authorization=Bearer%20t0ken-9", str(creds))  # the credential wins
+    r = resolve(COMMAND_KNOBS["configure"], {}, {}, found)
+    assert r.values["otlp_headers"] == Secret("authorization=Bearer%20t0ken-9")
+    assert r.document()["otlp_headers"] == {"value": MASK, "source": "installed", "from": str(creds)}
+    assert "t0ken" not in repr(r.document()) + settings_text(r) + repr(build_settings(r).masked())
+    # given: a new one replaces it, none removes it; nothing installed: none
+    assert resolve(("otlp_headers",), {"otlp_headers": "none"}, {}, found).values["otlp_headers"] is None
+    assert resolve(("otlp_headers",), {}, {"DISPATCHCTL_OTLP_HEADER": "a=b"}, found).values["otlp_headers"] \
+        == Secret("a=b")
+    assert resolve(("otlp_headers", "otlp_endpoint"), {}, {}, {}).values == {"otlp_headers": None,
+                                                                           "otlp_endpoint": None}
+
+
+def test_tracing_and_metrics_need_the_bundled_flavour_and_room_for_every_instance():
+    names = ("flavour", "instances", "metrics_listen", "otlp_endpoint", "otlp_headers")
+    for option, text in (("metrics_listen", "127.0.0.1:9100"), ("otlp_endpoint", "http://h:4318"),
+                         ("otlp_headers", "a=b")):
+        with pytest.raises(SettingsError) as err:
+            resolve(names, {"flavour": "go", option: text}, {}, {})
+        assert str(err.value).startswith(KNOB[option].option + ": the go flavour has no ")
+        assert f"give {KNOB[option].option} none" in str(err.value)
+    assert resolve(names, {"flavour": "go", "metrics_listen": "none"}, {}, {}).values["metrics_listen"] is None
+    with pytest.raises(SettingsError, match=r"^--metrics-listen: port 65530 leaves no room for 8 instances"):
+        resolve(names, {"instances": "8", "metrics_listen": "127.0.0.1:65530"}, {}, {})
+    assert resolve(names, {"instances": "6", "metrics_listen": "127.0.0.1:65530"}, {}, {}).values["instances"] == 6
+    # installed metrics and a switch to go: the installed value is named, with what to give
+    with pytest.raises(SettingsError, match=r"^/etc/roboshop/dispatch.env: DISPATCH_METRICS_LISTEN: the go flavour"):
+        resolve(names, {"flavour": "go"}, {}, {"metrics_listen": Remembered(
+            "127.0.0.1:9100", "/etc/roboshop/dispatch.env: DISPATCH_METRICS_LISTEN")})
+
+
+@pytest.mark.parametrize("items, text", [
+    (["authorization=Bearer abc"], "authorization=Bearer%20abc"),
+    (["X-Team = ops,dev", "k=a=b"], "x-team=ops%2Cdev,k=a%3Db"),
+    (["none"], "none"),
+])
+def test_repeated_headers_become_opentelemetrys_text(items, text):
+    from roboshop_dispatch.validate import join_headers, validate_otlp_headers
+
+    assert join_headers(items) == text
+    value = validate_otlp_headers("--otlp-header", join_headers(items))
+    assert value == (None if text == "none" else Secret(text))
+
+
+@pytest.mark.parametrize("items, words", [
+    (["Bearer s3cret-value"], "header 1 is not KEY=VALUE"),
+    (["a=1", "s3cret-value"], "header 2 is not KEY=VALUE"),
+    (["authorization:Bearer s3cret-value=x"], "header 1: its name is not an HTTP header name"),
+    (["a=s3cret-value", "A=s3cret-value"], "header 'a' is given twice"),
+    (["a=s3cret-value\x07"], "header 'a': must not contain the control character U+0007"),
+    (["a="], "header 'a' has an empty value"),
+    (["none", "a=s3cret-value"], "header 1 is not KEY=VALUE"),
+])
+def test_a_bad_header_is_refused_without_showing_its_value(items, words):
+    from roboshop_dispatch.validate import join_headers, validate_otlp_headers
+
+    with pytest.raises(SettingsError) as err:
+        validate_otlp_headers("--otlp-header", join_headers(items))
+    assert words in str(err.value) and "s3cret" not in str(err.value)

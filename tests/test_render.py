@@ -117,11 +117,13 @@ def _score(path) -> float:
 
 @pytest.mark.parametrize("credential", [False, True])
 def test_the_template_verifies_and_scores_as_the_unit(tmp_path, credential):
-    """dispatch@.service is today's unit with the instance in its description: the same hardening
-    (the same score), and an instance of it verifies clean."""
+    """dispatch@.service is today's unit with the instance in its description and its number in
+    DISPATCH_INSTANCE: the same hardening (the same score), and an instance of it verifies clean."""
     s = _settings()
     single, template = render_unit(s, credential=credential), render_unit(s, credential=credential, template=True)
     body = [ln for ln in template.splitlines() if not ln.startswith("#")]
+    assert "Environment=DISPATCH_INSTANCE=%i" in body and "DISPATCH_INSTANCE" not in single  # its metrics port
+    body.remove("Environment=DISPATCH_INSTANCE=%i")
     assert body == [ln.replace("Description=RoboShop Dispatch Service",
                                "Description=RoboShop Dispatch Service (instance %i)")
                     for ln in single.splitlines() if not ln.startswith("#")]
@@ -131,3 +133,46 @@ def test_the_template_verifies_and_scores_as_the_unit(tmp_path, credential):
     res = _analyze("verify", str(tmp_path / "dispatch@7.service"))
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     assert _score(tmp_path / "dispatch@7.service") == _score(tmp_path / "dispatch.service") <= 2.0
+
+
+# -- tracing and metrics on ----------------------------------------------------------------------
+TOKEN = "Bearer t0ken-xyz"
+
+
+def _telemetry_settings(**kw):
+    from roboshop_dispatch.validate import validate_otlp_headers
+
+    return _settings(otlp_endpoint="http://127.0.0.1:4318", metrics_listen="127.0.0.1:9100",
+                     otlp_headers=validate_otlp_headers("--otlp-header", f"authorization={TOKEN}"), **kw)
+
+
+def test_with_tracing_and_metrics_on_the_unit_and_the_template_score_2_or_less(tmp_path):
+    """Metrics listen on a port and the exporter's headers come as a second credential: the unit
+    (and an instance of the template) keeps its hardening, systemd's score <= 2.0."""
+    s = _telemetry_settings()
+    single, template = render_unit(s, credential=True), render_unit(s, credential=True, template=True)
+    for text in (single, template):
+        assert "LoadCredential=otlp-headers:/etc/roboshop/dispatch.otlp-headers" in text
+        assert "t0ken" not in text and "OTEL_EXPORTER_OTLP_HEADERS" not in text
+    (tmp_path / "dispatch.service").write_text(single)
+    (tmp_path / "dispatch@.service").write_text(template)
+    (tmp_path / "dispatch@2.service").symlink_to(tmp_path / "dispatch@.service")
+    res = _analyze("verify", str(tmp_path / "dispatch@2.service"))
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    scores = {name: _score(tmp_path / name) for name in ("dispatch.service", "dispatch@2.service")}
+    print(f"\nexposure with tracing and metrics on: {scores}")
+    assert all(score <= 2.0 for score in scores.values()), scores
+
+
+def test_the_headers_stay_out_of_the_environment_file_unless_no_credential_can_carry_them():
+    s = _telemetry_settings()
+    env = envfile.parse(render_env(s, with_password=False))
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    assert env["DISPATCH_METRICS_LISTEN"] == "127.0.0.1:9100"
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env and "AMQP_PASS" not in env
+    # systemd < 247: both secrets in the 0600 file, the headers in OpenTelemetry's form
+    env = envfile.parse(render_env(s, with_password=True))
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "authorization=Bearer%20t0ken-xyz"
+    assert "otlp-headers" not in render_unit(s, credential=False)
+    off = envfile.parse(render_env(_settings(), with_password=True))
+    assert not {"OTEL_EXPORTER_OTLP_ENDPOINT", "DISPATCH_METRICS_LISTEN", "OTEL_EXPORTER_OTLP_HEADERS"} & set(off)

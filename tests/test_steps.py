@@ -431,6 +431,60 @@ def test_config_writes_the_template_and_the_count_for_several_instances(tmp_path
     assert result.status == CHANGED and (unit_dir / "dispatch.service").is_file() and not count_file.exists()
 
 
+# -- tracing and metrics: the exporter's headers are a second credential --------------------------
+TELEMETRY = dict(otlp_endpoint="http://127.0.0.1:4318", metrics_listen="127.0.0.1:9100")
+
+
+def _secrets_shown(results) -> str:
+    return "".join(r.diff + r.message for r in results.values())
+
+
+def test_the_exporter_headers_are_a_root_only_credential_masked_in_every_diff(tmp_path):
+    headers = tmp_path / "etc/roboshop/dispatch.otlp-headers"
+    unit = tmp_path / "etc/systemd/system/dispatch.service"
+    s = settings(**TELEMETRY, otlp_headers="authorization=Bearer%20old-t0ken")
+    dry_ctx, dry = _run(tmp_path, s, dry_run=True)
+    ctx, real = _run(tmp_path, s, dry_run=False)
+    assert dry_ctx.changed == ctx.changed and "otlp-headers" in ctx.changed
+    assert headers.read_text() == "authorization=Bearer%20old-t0ken\n" and stat.S_IMODE(headers.stat().st_mode) == 0o600
+    assert "LoadCredential=otlp-headers:/etc/roboshop/dispatch.otlp-headers" in unit.read_text()
+    env = envfile.parse((tmp_path / "etc/roboshop/dispatch.env").read_text())
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318" and "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    assert "old-t0ken" not in _secrets_shown(dry) + _secrets_shown(real)
+
+    ctx, results = _run(tmp_path, settings(**TELEMETRY, otlp_headers="authorization=Bearer%20new-t0ken"), False)
+    assert ctx.changed == {"config", "otlp-headers"}  # a restart, nothing else rewritten
+    assert "+******** (changed)" in results["config"].diff
+    assert "t0ken" not in _secrets_shown(results)
+
+    ctx, results = _run(tmp_path, settings(**TELEMETRY), dry_run=False)  # none: the credential goes
+    assert ctx.changed == {"config", "otlp-headers", "unit"} and not headers.exists()
+    assert "otlp-headers" not in unit.read_text() and "t0ken" not in _secrets_shown(results)
+    ctx, results = _run(tmp_path, settings(), dry_run=False)  # tracing and metrics off: two lines go
+    assert ctx.changed == {"config", "envfile"}
+    assert '-OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318"' in results["config"].diff
+
+
+def test_without_credentials_the_headers_sit_masked_in_the_0600_environment_file(tmp_path):
+    from dataclasses import replace
+
+    from roboshop_dispatch.steps.config import ConfigStep
+
+    def configure(headers: str):
+        ctx = ctx_for(tmp_path, settings(**TELEMETRY, otlp_headers=headers))
+        ctx.facts = replace(ctx.facts, systemd_version=245)  # before LoadCredential=
+        return ConfigStep().run(ctx)
+
+    first = configure("x-api-key=old-k3y-value")
+    env = tmp_path / "etc/roboshop/dispatch.env"
+    assert envfile.parse(env.read_text())["OTEL_EXPORTER_OTLP_HEADERS"] == "x-api-key=old-k3y-value"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert not (tmp_path / "etc/roboshop/dispatch.otlp-headers").exists()
+    second = configure("x-api-key=new-k3y-value")
+    assert 'OTEL_EXPORTER_OTLP_HEADERS="******** (changed)"' in second.diff
+    assert "k3y" not in first.diff + second.diff + first.message + second.message
+
+
 # -- the RHEL family's decisions (run for real in test_rhel.py) ---------------------------------
 
 # dnf 4.14's own words (captured on the RHEL-shaped test host)

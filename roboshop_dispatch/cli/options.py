@@ -34,6 +34,9 @@ def help_of(knob: Knob, command: str) -> str:
     if knob.name == "amqp_pass_file":
         return (f"{knob.help} Else --amqp-pass, ${PASS_FILE_ENV}, ${PASSWORD_ENV}, the installed password, "
                 "a hidden prompt on a terminal.")
+    if knob.join is not None:
+        return (f"{knob.help} Else ${knob.envvar} (OTEL_EXPORTER_OTLP_HEADERS's form: KEY=VALUE,... values "
+                "URL-encoded), else the installed ones, else none.")
     if knob.secret:
         return knob.help
     if knob.flag:
@@ -47,6 +50,9 @@ def option(knob: Knob, command: str) -> Tuple[Any, Any]:
     """(the typer option, its annotation) of ``knob`` on ``command``."""
     if knob.flag:
         return typer.Option(False, knob.option, help=help_of(knob, command)), bool
+    if knob.join is not None:
+        return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command)), \
+            Optional[List[str]]
     if command in knob.plain:
         return typer.Option(knob.default, knob.option, metavar=knob.metavar, help=help_of(knob, command)), str
     return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command)), Optional[str]
@@ -69,7 +75,7 @@ def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., 
                                             annotation=annotation))
 
         def callback(**kwargs: Any) -> Any:
-            given = {k.name: _text(kwargs.pop(k.name)) for k in knobs}
+            given = {k.name: _text(kwargs.pop(k.name), k) for k in knobs}
             return fn(given, **kwargs)
 
         callback.__name__, callback.__qualname__, callback.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
@@ -80,9 +86,11 @@ def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., 
     return decorate
 
 
-def _text(value: Any) -> Optional[str]:
+def _text(value: Any, knob: Knob) -> Optional[str]:
     if isinstance(value, bool):
         return "1" if value else None
+    if isinstance(value, (list, tuple)):  # a repeatable option: not given when none was
+        return knob.join(value) if value and knob.join is not None else None
     return value
 
 
@@ -135,6 +143,17 @@ def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
         warning("--amqp-pass is visible to every user in `ps`; use --amqp-pass-file or $DISPATCHCTL_AMQP_PASS")
 
 
+def warn_if_secret_headers_on_command_line(headers: Optional[str]) -> None:
+    from ..knobs import KNOB
+    from ..validate import OFF_WORDS
+
+    if headers is not None and headers.strip().lower() not in OFF_WORDS:
+        from .output import warning
+
+        warning(f"--otlp-header is visible to every user in `ps` while dispatchctl runs; prefer "
+                f"${KNOB['otlp_headers'].envvar}")
+
+
 def installed_settings(env_file: Path = ENV_FILE) -> Tuple[Mapping[str, Remembered], str]:
     """What is installed (sources.remembered, from the one reader of the installed state), and why
     nothing could be read ('' when it could, or when nothing is installed)."""
@@ -161,6 +180,7 @@ def resolved_settings(
     env = os.environ if environ is None else environ
     found, why = installed if installed is not None else installed_settings()
     resolved = resolve(COMMAND_KNOBS[command], given, env, found, installed_missing=why)
+    warn_if_secret_headers_on_command_line(given.get("otlp_headers"))
     if command not in PASSWORD_REQUIRED_BY:
         return resolved
     warn_if_pass_on_command_line(given.get("amqp_pass"))

@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Tuple
 from .. import amqp
 from .errors import ConsumerError
 from .secretfile import MAX_SIZE, strip_final_newline
+from .telemetry_settings import tracing_state
 
 CREDENTIAL_NAME = "amqp-pass"  # LoadCredential=amqp-pass:... in the unit; read from $CREDENTIALS_DIRECTORY
 PASSWORD_FROM_CREDENTIAL = "credential"
@@ -30,7 +31,6 @@ MAX_PROCESSING_MS = 60_000
 MAX_PREFETCH = 65535  # basic.qos prefetch_count is an unsigned short; 0 (unlimited) is refused
 DEFAULT_QUARANTINE_LOG_S = 60
 HEADERS_CREDENTIAL = "otlp-headers"  # LoadCredential=otlp-headers:...: OTEL_EXPORTER_OTLP_HEADERS, kept secret
-TRACING_ON = "on"
 
 # name -> (default shown in --help, one-line description); the README's reference mirrors this.
 VARIABLES: Tuple[Tuple[str, str, str], ...] = (
@@ -49,6 +49,8 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "path (slower, for ruling the fast path out)"),
     ("DISPATCH_METRICS_LISTEN", "off", "HOST:PORT ([V6]:PORT) to serve Prometheus metrics on /metrics; a bad value or "
      "a port in use is logged once and the consumer runs without metrics"),
+    ("DISPATCH_INSTANCE", "none", "the instance number N that dispatch@N.service sets (--instances): its "
+     "metrics port is DISPATCH_METRICS_LISTEN's + N - 1"),
     ("DISPATCH_QUARANTINE_LOG_S", str(DEFAULT_QUARANTINE_LOG_S), "seconds between the summary lines of bad "
      "messages quarantined (the first of each reason is logged at once), 1..3600"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "off", "OTLP/HTTP collector base URL (spans go to /v1/traces): tracing on; "
@@ -84,6 +86,7 @@ class Config:
     queue_type: str = amqp.CLASSIC  # amqp.CLASSIC or amqp.QUORUM: how orders is declared
     tracing: str = "off"  # TRACING_ON, or "off" with the reason: telemetry.py imports OpenTelemetry only when on
     metrics_listen: Optional[str] = None  # DISPATCH_METRICS_LISTEN as given: metrics.py parses it (never fatal)
+    instance: Optional[str] = None  # DISPATCH_INSTANCE as given (dispatch@N sets it): the metrics port's offset
     quarantine_log_s: int = DEFAULT_QUARANTINE_LOG_S
 
     def describe(self) -> str:
@@ -100,6 +103,7 @@ class Config:
             f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} "
             f"password={self.password_source} tracing={self.tracing} "
             f"metrics={'off' if self.metrics_listen is None else _show(self.metrics_listen)}"
+            + ("" if self.instance is None else f" instance={_show(self.instance)}")
         )
 
 
@@ -201,15 +205,7 @@ def _queue_type(env: Mapping[str, str]) -> str:
 
 def tracing(env: Mapping[str, str]) -> str:
     """``on`` when an OTLP endpoint is set and OpenTelemetry is not disabled; else ``off`` (why)."""
-    endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
-    if not endpoint:
-        return "off"
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return "off(OTEL_SDK_DISABLED=true)"
-    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
-        return "off(OTEL_TRACES_EXPORTER=none)"
-    return TRACING_ON
+    return tracing_state(env)
 
 
 def read_credential(env: Mapping[str, str], directory: Optional[str], name: str = CREDENTIAL_NAME) -> Optional[str]:
@@ -274,5 +270,6 @@ def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
         queue_type=_queue_type(env),
         tracing=tracing(env),
         metrics_listen=env.get("DISPATCH_METRICS_LISTEN") or None,
+        instance=env.get("DISPATCH_INSTANCE") or None,
         quarantine_log_s=_int(env, "DISPATCH_QUARANTINE_LOG_S", DEFAULT_QUARANTINE_LOG_S, 1, 3600, "seconds"),
     )

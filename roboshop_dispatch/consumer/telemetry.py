@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from .config import TRACING_ON, Config
+from .config import Config
 from .logs import LineLog
+from .telemetry_settings import TRACING_ON
 
 
 class OrderTrace:
@@ -48,7 +49,7 @@ class Telemetry:
         if cfg.metrics_listen is not None:
             from . import metrics as prometheus
 
-            metrics = prometheus.start(cfg.metrics_listen, log)
+            metrics = prometheus.start(cfg.metrics_listen, log, cfg.instance, ioloop)
         if cfg.tracing == TRACING_ON:
             from . import tracing
 

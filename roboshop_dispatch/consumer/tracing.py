@@ -40,6 +40,7 @@ from . import tracecontext
 from .config import HEADERS_CREDENTIAL, ConfigError, read_credential
 from .export import CountingExporter, DropMeterProvider, Drops, Shedding, Tally, quiet_opentelemetry
 from .logs import LineLog
+from .telemetry_settings import check_endpoint, shown, valid_header
 
 SERVICE_NAME = "dispatch"  # the original's Instana service name; OTEL_SERVICE_NAME overrides it
 EXPORT_TIMEOUT_S = 2.0
@@ -126,33 +127,12 @@ def traces_endpoint(env: Mapping[str, str]) -> str:
         name = "OTEL_EXPORTER_OTLP_ENDPOINT"
         url = env.get(name, "").strip()
     try:
-        parts = urllib.parse.urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is no number
-        valid = False
-    if not valid or any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise ConfigError(name, f"is not an http:// or https:// URL ({shown(url)})")
+        check_endpoint(url)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
     if name == "OTEL_EXPORTER_OTLP_ENDPOINT":
         url += "v1/traces" if url.endswith("/") else "/v1/traces"
     return url
-
-
-def shown(url: str) -> str:
-    """A URL fit for a log line: no user info, query or fragment (they may hold a token)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))[:200]
-    except ValueError:
-        return "(unparsable URL)"
-
-
-def _valid_header(name: str, value: str) -> bool:
-    token = name and all(33 <= ord(ch) < 127 and ch not in '()<>@,;:\\"/[]?={}' for ch in name)
-    return bool(token) and all(ch == "\t" or 32 <= ord(ch) < 127 or ord(ch) > 159 for ch in value)
 
 
 HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
@@ -173,7 +153,7 @@ def exporter_headers(env: Mapping[str, str]) -> tuple:
     if raw is None:
         return {}, "", 0, []
     parsed = parse_env_headers(raw, liberal=True)
-    headers = {k: v for k, v in parsed.items() if _valid_header(k, v)}
+    headers = {k: v for k, v in parsed.items() if valid_header(k, v)}
     parts = [part for part in raw.split(",") if part.strip()]
     values = [part.partition("=")[2].strip() for part in parts] + list(parsed.values())
     values += [urllib.parse.unquote(v) for v in values]

@@ -93,7 +93,7 @@ def check_host(
     started = time.monotonic()
     try:
         state = installed.read(env_file=env_file, service_user=service_user, app_dir=app_dir, runner=runner,
-                               verify_unit=True, journal_lines=log_lines, process=True)
+                               verify_unit=True, journal_lines=log_lines, process=True, telemetry=True)
     except Exception as exc:  # a bug in reading the host: reported, with its traceback, as a finding
         report = Report(findings=[internal_error("installed", "Installed state", exc)])
         report.elapsed_s = time.monotonic() - started

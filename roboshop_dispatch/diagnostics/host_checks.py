@@ -20,6 +20,7 @@ from .report import (
     WARN,
     Finding,
 )
+from .telemetry_checks import METRICS_TITLE, OTLP_TITLE, check_metrics, check_otlp
 
 CONFIGURE_FIX = "dispatchctl configure --amqp-host HOST --amqp-pass-file FILE"
 
@@ -322,6 +323,8 @@ HOST_CHECKS: Tuple[Tuple[str, str, HostCheck], ...] = (
     ("unit-user", "Runs as the service user", check_unit_user),
     ("service", "Service active", check_service),
     ("instances", "Instances running", check_instances),
+    ("metrics", METRICS_TITLE, check_metrics),
+    ("otlp", OTLP_TITLE, check_otlp),
     ("selinux", "SELinux", check_selinux),
 )
 

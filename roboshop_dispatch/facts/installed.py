@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import envfile, layout
 from ..consumer.secretfile import strip_final_newline
+from ..redact import HEADER_KEYS
 from ..settings import MASK, AmqpSettings, Secret, SettingsError
 from .host import HostFacts, systemd_version
 from .instances import InstanceFacts, instance_unit, read_instances
@@ -74,6 +75,11 @@ class InstalledState:
     password_source: str = ""  # credential | environment file | ""
     # a stale AMQP_PASS in the environment file while the credential wins: masked like the password
     shadowed_password: Optional[Secret] = field(default=None, compare=False)
+    # the OTLP exporter's headers (secrets): the credential otlp-headers first (as the consumer reads
+    # them), then OTEL_EXPORTER_OTLP_(TRACES_)HEADERS of the environment file (kept out of ``environment``)
+    otlp_headers: Tuple[Secret, ...] = field(default=(), compare=False)
+    otlp_headers_file: Optional[FileInfo] = None  # the file LoadCredential=otlp-headers names
+    otlp_headers_error: str = ""
     consumer: Optional[ConsumerSettings] = None
     config_error: str = ""
     service_user: UserInfo = UserInfo(layout.SERVICE_USER)
@@ -89,9 +95,11 @@ class InstalledState:
     # the unit file's own [Service] User=, ExecStart=, EnvironmentFile= (read without systemctl)
     unit_values: Mapping[str, str] = field(default_factory=dict)
     instance_facts: Optional[InstanceFacts] = None  # every dispatch unit (read when systemd runs)
+    # what the running instances report (check): each one's /metrics, the collector's TCP connect
+    telemetry: Optional[Mapping[str, Any]] = None
 
     def __post_init__(self) -> None:
-        for name in ("properties", "environment", "build_stamp", "unit_verify", "unit_values"):
+        for name in ("properties", "environment", "build_stamp", "unit_verify", "unit_values", "telemetry"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, MappingProxyType):
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
@@ -160,8 +168,12 @@ class InstalledState:
         return self.prop(key) or self.unit_values.get(key, "")
 
     def secrets(self) -> List[str]:
-        """Every password this installation holds, for masking what is shown."""
-        return [p.reveal() for p in (self.password, self.shadowed_password) if p]
+        """Every password and exporter header this installation holds, for masking what is shown."""
+        from ..consumer.telemetry_settings import header_secrets
+
+        headers = [h.reveal() for h in self.otlp_headers]
+        return [p.reveal() for p in (self.password, self.shadowed_password) if p] + headers + \
+            [value for text in headers for value in header_secrets(text)]
 
     # -- recording ----------------------------------------------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -176,10 +188,12 @@ class InstalledState:
             doc[f.name] = value
         doc["password"] = MASK if self.password else None
         doc["shadowed_password"] = MASK if self.shadowed_password else None
+        doc["otlp_headers"] = [MASK for _ in self.otlp_headers]
         return json.loads(json.dumps(doc))
 
 
 _NESTED = {"unit_file": FileInfo, "env_file": FileInfo, "credential_file": FileInfo, "app_dir": FileInfo,
+           "otlp_headers_file": FileInfo,
            "binary": FileInfo, "interpreter": FileInfo, "service_user": UserInfo, "consumer": ConsumerSettings,
            "instance_facts": InstanceFacts, "host": HostFacts}
 
@@ -189,7 +203,7 @@ def from_json(doc: Mapping[str, Any], password: Optional[str] = None) -> Install
     known = {f.name for f in fields(InstalledState)}
     values: Dict[str, Any] = {}
     for key, value in doc.items():
-        if key not in known or key in ("password", "shadowed_password"):
+        if key not in known or key in ("password", "shadowed_password", "otlp_headers"):
             continue
         kind = _NESTED.get(key)
         if kind is not None and value is not None:
@@ -218,11 +232,13 @@ def read(
     process: bool = False,
     version: bool = True,
     interpret: bool = True,
+    telemetry: bool = False,
 ) -> InstalledState:
     """Read the installed dispatch once. Never raises for a missing or broken installation: what
     cannot be read is recorded as such. ``verify_unit`` runs ``systemd-analyze verify``,
     ``journal_lines`` reads that many log lines when the service is not active, ``process`` asks
-    psutil which user the main process runs as (each costs time, so only ``check`` asks);
+    psutil which user the main process runs as, ``telemetry`` scrapes the running instances
+    /metrics and connects to the OTLP collector (each costs time, so only ``check`` asks);
     ``version=False`` leaves systemd's version out (one process less, for ``status``);
     ``interpret=False`` leaves the consumer's reading of the settings to the caller
     (:func:`consumer_settings`: it imports pika, which ``status`` does in a child process)."""
@@ -240,6 +256,7 @@ def read(
     credentials = load_credentials(texts)
     env_path = env_file or env_file_from_unit(props, layout.ENV_FILE)
     env_facts = _read_env(env_path)
+    env_facts.update(_read_headers(credentials, env_facts))
     secret = _read_credential(credentials)  # the credential's password wins over AMQP_PASS
     state = InstalledState(
         unit=systemd.unit, properties=props,
@@ -251,7 +268,17 @@ def read(
     )
     if interpret:
         state = replace(state, **consumer_settings(state, env_path))
-    return replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
+    state = replace(state, **_slow_facts(state, systemd, verify_unit, journal_lines, process))
+    return replace(state, telemetry=_telemetry(state)) if telemetry else state
+
+
+def _telemetry(state: InstalledState) -> Optional[Dict[str, Any]]:
+    from .telemetry import read as read_telemetry
+
+    facts = state.instance_facts
+    if state.env_error or facts is None:
+        return None
+    return read_telemetry(state.environment, facts.configured, [u.unit for u in facts.running()])
 
 
 def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -> InstalledState:
@@ -269,10 +296,11 @@ def read_settings(env_file: Path = layout.ENV_FILE, *, interpret: bool = True) -
     binary = unit_binary(unit_values.get("ExecStart", ""))
     info = lstat(binary) if binary is not None else FileInfo(str(layout.APP_DIR / layout.BINARY_NAME))
     stamp = read_stamp(binary.parent / layout.BUILD_STAMP_NAME) if binary is not None else {}
+    env_facts = _read_env(env_file)
+    env_facts.update(_read_headers(credentials, env_facts))
     state = InstalledState(unit_file=unit_file, credentials=credentials, unit_values=unit_values, binary=info,
                            flavour=flavour_of(binary) if binary is not None and info.kind == "file" else None,
-                           build_stamp=stamp,
-                           **_passwords(_read_env(env_file), _read_credential(credentials)))
+                           build_stamp=stamp, **_passwords(env_facts, _read_credential(credentials)))
     # interpret=False: only the files (``logs`` needs the passwords to mask, not pika's import)
     return replace(state, **consumer_settings(state, env_file)) if interpret else state
 
@@ -296,32 +324,52 @@ def _read_env(path: Path) -> Dict[str, Any]:
     except UnicodeDecodeError as exc:
         return {"env_file": info, "env_error": f"not UTF-8 text ({exc.reason})"}
     password = env.pop(PASSWORD_KEY, None)
-    out: Dict[str, Any] = {"env_file": info, "environment": env, "env_has_password": password is not None}
+    headers = tuple(Secret(env.pop(k)) for k in reversed(HEADER_KEYS) if k in env)  # as the consumer prefers
+    out: Dict[str, Any] = {"env_file": info, "environment": env, "env_has_password": password is not None,
+                           "otlp_headers": tuple(h for h in headers if h)}
     if password:
         out.update(password=Secret(password), password_source="environment file")
     return out
 
 
+def _credential(credentials: Sequence[Tuple[str, str]], name: str) -> Optional[Tuple[FileInfo, str, str]]:
+    """(the file the unit's LoadCredential=NAME:PATH names, its text as the consumer reads it,
+    why it cannot be used: '' when it can), or None when the unit loads no such credential."""
+    path = next((p for n, p in credentials if n == name), None)
+    if path is None:
+        return None
+    target = Path(path) if path.startswith("/") else _credstore(path)
+    try:
+        text = strip_final_newline(target.read_bytes().decode("utf-8"))  # as the consumer reads it
+    except OSError as exc:
+        return lstat(target), "", exc.strerror or str(exc)
+    except UnicodeDecodeError:
+        return lstat(target), "", "not UTF-8 text"
+    return lstat(target), text, "" if text else "empty"
+
+
 def _read_credential(credentials: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
     """The password from the file the unit's LoadCredential=amqp-pass:PATH names (it wins over
     AMQP_PASS in the environment file, as the consumer prefers $CREDENTIALS_DIRECTORY)."""
-    path = next((p for name, p in credentials if name == layout.CREDENTIAL_NAME), None)
-    if path is None:
+    found = _credential(credentials, layout.CREDENTIAL_NAME)
+    if found is None:
         return {}
-    target = Path(path) if path.startswith("/") else _credstore(path)
-    out: Dict[str, Any] = {"credential_file": lstat(target)}
-    try:
-        text = target.read_bytes().decode("utf-8")
-    except OSError as exc:
-        return {**out, "credential_error": exc.strerror or str(exc)}
-    except UnicodeDecodeError:
-        return {**out, "credential_error": "not UTF-8 text"}
-    text = strip_final_newline(text)  # as the consumer reads it
-    if text:
-        out.update(password=Secret(text), password_source="credential")
-    else:
-        out["credential_error"] = "empty"
-    return out
+    info, text, error = found
+    if error:
+        return {"credential_file": info, "credential_error": error}
+    return {"credential_file": info, "password": Secret(text), "password_source": "credential"}
+
+
+def _read_headers(credentials: Sequence[Tuple[str, str]], env_facts: Dict[str, Any]) -> Dict[str, Any]:
+    """The exporter's headers from the file the unit's LoadCredential=otlp-headers:PATH names
+    (before those of the environment file, as the consumer reads them)."""
+    found = _credential(credentials, layout.OTLP_HEADERS_CREDENTIAL)
+    if found is None:
+        return {}
+    info, text, error = found
+    if error:
+        return {"otlp_headers_file": info, "otlp_headers_error": error}
+    return {"otlp_headers_file": info, "otlp_headers": (Secret(text), *env_facts.get("otlp_headers", ()))}
 
 
 def _credstore(name: str) -> Path:

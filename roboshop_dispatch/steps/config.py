@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .. import envfile
+from ..consumer.telemetry_settings import header_secrets
 from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
-from ..redact import SECRET_KEYS, Redactor
+from ..redact import HEADER_KEYS, SECRET_KEYS, Redactor
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
 from .instances import INSTANCES, wanted_count
 from .pending import mark_pending
@@ -48,6 +49,8 @@ class WantedFile:
 
 
 CREDENTIAL = "credential"
+HEADERS = "otlp-headers"  # the OTLP exporter's headers as a credential (--otlp-header)
+WHOLE_SECRETS = (CREDENTIAL, HEADERS)  # files that are a secret through and through
 ENV_ROUTE = "envfile"
 
 
@@ -92,13 +95,13 @@ def old_secrets(text: Optional[str]) -> List[str]:
     """The secret values an old environment file or unit holds, in every form it may spell them."""
     if not text:
         return []
-    values = [v for k, v in envfile.parse(text).items() if k in SECRET_KEYS]
+    pairs = list(envfile.parse(text).items())
     for line in text.splitlines():  # a unit's Environment=KEY=value / Environment="KEY=value"
         body = line.strip()
         if body.startswith("Environment="):
-            values += [v for k, v in envfile.parse(body[len("Environment="):].strip('"')).items()
-                       if k in SECRET_KEYS]
-    return [v for v in values if v]
+            pairs += list(envfile.parse(body[len("Environment="):].strip('"')).items())
+    values = [v for k, v in pairs if k in SECRET_KEYS and v]
+    return values + [h for k, v in pairs if k in HEADER_KEYS for h in header_secrets(v)]
 
 
 def changed_keys(old: str, new: str) -> List[str]:
@@ -108,7 +111,7 @@ def changed_keys(old: str, new: str) -> List[str]:
 
 def file_diff(want: WantedFile, old: Current, redactor: Redactor) -> str:
     previous = None if isinstance(old, _Unreadable) else old
-    if want.mark == CREDENTIAL:  # the whole file is the secret
+    if want.mark in WHOLE_SECRETS:  # the whole file is the secret
         return unified_diff(None if previous is None else "********\n",
                             None if want.text is None else "******** (changed)\n" if previous else "********\n",
                             str(want.path))
@@ -182,11 +185,12 @@ class ConfigStep(Step[ConfigPlan]):
         return password_route(ctx.settings.flavour, self.systemd_version(ctx))
 
     def paths(self, ctx: Context) -> List[Tuple[str, Path, int]]:
-        """The files in writing order: credential, environment file, instance count, unit (the
+        """The files in writing order: the credentials, environment file, instance count, unit (the
         template dispatch@.service for more than one instance, else dispatch.service)."""
         s = ctx.settings
         unit = s.template_path if wanted_count(ctx) > 1 else s.unit_path
-        return [(CREDENTIAL, s.credential_file, 0o600), ("envfile", s.env_file, 0o600),
+        return [(CREDENTIAL, s.credential_file, 0o600), (HEADERS, s.otlp_headers_file, 0o600),
+                ("envfile", s.env_file, 0o600),
                 (INSTANCES, s.instances_file, 0o644), ("unit", unit, 0o644)]
 
     def wanted(self, ctx: Context) -> List[WantedFile]:
@@ -200,8 +204,10 @@ class ConfigStep(Step[ConfigPlan]):
         elif not credential and (self.systemd_version(ctx) or CREDENTIALS_MIN_SYSTEMD) < CREDENTIALS_MIN_SYSTEMD:
             note = ROUTE_NOTES["old-systemd"]
         count = wanted_count(ctx)
+        headers = s.otlp_headers.reveal() + "\n" if credential and s.otlp_headers is not None else None
         return [WantedFile(CREDENTIAL, s.credential_file, s.amqp.password.reveal() if credential else None, 0o600,
                            secret=True),
+                WantedFile(HEADERS, s.otlp_headers_file, headers, 0o600, secret=True),
                 WantedFile("envfile", s.env_file, render_env(s, with_password=not credential), 0o600, secret=True,
                            note=note),
                 WantedFile(INSTANCES, s.instances_file, f"{count}\n" if count > 1 else None, 0o644,
@@ -260,10 +266,10 @@ class ConfigStep(Step[ConfigPlan]):
     def compare(self, ctx: Context, key: str) -> Change[ConfigPlan]:
         wanted = self.wanted(ctx)
         current = {w.mark: read_current(ctx.host_path(w.path)) for w in wanted}
-        secrets = [ctx.settings.amqp.password.reveal()]
+        secrets = ctx.settings.secrets()
         for mark, text in current.items():
             if isinstance(text, str):
-                secrets += [text] if mark == CREDENTIAL else old_secrets(text)
+                secrets += [text, *header_secrets(text)] if mark in WHOLE_SECRETS else old_secrets(text)
         redactor = Redactor(secrets)
         actions: List[Action] = []
         writes: List[WantedFile] = []

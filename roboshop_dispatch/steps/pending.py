@@ -17,7 +17,7 @@ from ..files import read_regular, write_atomic
 from ..layout import RESTART_PENDING as PENDING
 from .base import Context
 
-RESTART_MARKS = ("unit", "envfile", "credential", "binary")
+RESTART_MARKS = ("unit", "envfile", "credential", "otlp-headers", "binary")
 
 
 def mark_pending(ctx: Context, reason: str) -> None:

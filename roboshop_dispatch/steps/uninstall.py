@@ -2,7 +2,7 @@
 ``--dry-run`` reports exactly what a real run removes and a second run changes nothing.
 
 Stop and disable the service and every dispatch@N instance, remove the unit and the template
-(and their drop-ins), the environment file, the instance count, the credential and
+(and their drop-ins), the environment file, the instance count, the credentials and
 ``/app/dispatch``. The service user and the app directory stay unless ``purge``,
 and are shared with the other RoboShop services, so ``purge`` (confirmed with ``--yes`` or at a
 prompt) removes only what dispatchctl created (layout.CREATED_RECORD): the files it wrote in the
@@ -171,7 +171,8 @@ class ConfigStep(_RemoveFiles):
 
     def paths(self, ctx: Context) -> List[Path]:
         s = ctx.settings
-        return [ctx.host_path(s.env_file), ctx.host_path(s.credential_file), ctx.host_path(s.instances_file)]
+        return [ctx.host_path(s.env_file), ctx.host_path(s.credential_file), ctx.host_path(s.instances_file),
+                ctx.host_path(s.otlp_headers_file)]
 
     def after(self, ctx: Context) -> None:
         directory = ctx.host_path(ctx.settings.env_file).parent

@@ -18,11 +18,16 @@ REMEMBERED_FROM = {
     "artifact": f"the build stamp beside the binary (`{layout.BUILD_STAMP_NAME}`)",
     "insecure": "the build stamp (an `http://` artifact was allowed)",
     "instances": f"`{layout.INSTANCES_FILE}` (none: 1)",
+    "otlp_endpoint": f"`OTEL_EXPORTER_OTLP_ENDPOINT` in `{layout.ENV_FILE}` (absent: none)",
+    "metrics_listen": f"`DISPATCH_METRICS_LISTEN` in `{layout.ENV_FILE}` (absent: none)",
+    "otlp_headers": f"the credential `{layout.OTLP_HEADERS_FILE}`, else `OTEL_EXPORTER_OTLP_HEADERS` in "
+                    f"`{layout.ENV_FILE}`; shown only as set",
 }
+PASSWORD_NAMES = ("amqp_pass", "amqp_pass_file")
 
 
 def remembered_from(knob: Knob) -> str:
-    if knob.secret or knob.name == "amqp_pass_file":
+    if knob.name in PASSWORD_NAMES:
         return f"the credential `{layout.CREDENTIAL_FILE}`, else `AMQP_PASS` in `{layout.ENV_FILE}`"
     if not knob.installed:
         return "never (given each time)"
@@ -62,8 +67,9 @@ def reference() -> str:
     for knob in OPTIONS:
         value = "" if knob.flag else f" {knob.metavar}"
         lines += ["", f"## `{knob.option}{value}`", "", knob.help, ""]
-        lines.append(f"- variable: `{knob.envvar}`")
-        if not knob.secret and knob.name != "amqp_pass_file":
+        form = " (in `OTEL_EXPORTER_OTLP_HEADERS`'s form: `key=value,...`, values URL-encoded)" if knob.join else ""
+        lines.append(f"- variable: `{knob.envvar}`{form}")
+        if knob.name not in PASSWORD_NAMES:
             default = "none (required)" if knob.default is None and not knob.optional else \
                 "none" if knob.default is None else f"`{knob.default}`"
             lines.append(f"- default: {default}")

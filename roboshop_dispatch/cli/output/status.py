@@ -45,6 +45,7 @@ def status_rows(doc: Dict[str, Any]) -> List[Row]:
         rows.append(("systemd status", doc["status_text"], ""))
     if doc.get("delivery_path") or binary["flavour"] == "bundled":
         rows.append(("delivery path", doc.get("delivery_path") or "unknown", ""))
+    rows += telemetry_rows(doc)
     if config.get("error"):
         rows.append(("config", f"{config['path']}: {config['error']}", "warn"))
     queue = doc.get("queue")
@@ -55,6 +56,28 @@ def status_rows(doc: Dict[str, Any]) -> List[Row]:
             rows.append(("orders queue", f"{queue['messages']} waiting, {queue['consumers']} consumer(s)",
                          "warn" if not queue["consumers"] else ""))
     return rows + instance_rows(doc)
+
+
+def telemetry_rows(doc: Dict[str, Any]) -> List[Row]:
+    """Tracing (the collector, headers "set") and metrics (each instance's URL)."""
+    rows: List[Row] = []
+    tracing, metrics = doc.get("tracing"), doc.get("metrics")
+    if tracing is not None:
+        headers = ", exporter headers set" if tracing["headers"] else ""
+        text = f"on: spans to {tracing['endpoint']}{headers}" if tracing["on"] else \
+            tracing["state"].replace("(", " (", 1) + (f" ({tracing['endpoint']} set)" if tracing["endpoint"] else "")
+        rows.append(("tracing", text, ""))
+    if metrics is not None:
+        if metrics.get("error"):
+            rows.append(("metrics", f"off: {metrics['error']}", "warn"))
+        elif not metrics["on"]:
+            rows.append(("metrics", "off", ""))
+        elif len(metrics["instances"]) == 1:
+            rows.append(("metrics", metrics["instances"][0]["url"], ""))
+        else:
+            rows.append(("metrics", f"on, {metrics['listen']} + instance - 1:", ""))
+            rows += [(f"  {r['unit']}", r["url"], "") for r in metrics["instances"]]
+    return rows
 
 
 def print_status(doc: Dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ description:
   - C(changed) is the document's count of steps that changed (would change, in check mode).
   - A failure is reported with dispatchctl's message, its C(next_action) and exit code.
   - The password goes to dispatchctl in its environment (C(DISPATCHCTL_AMQP_PASS)), never on a
-    command line.
+    command line; so do the OTLP exporter's headers (C(DISPATCHCTL_OTLP_HEADER)).
 options:
   command:
     description: The dispatchctl command. Defaults to C(install), or C(uninstall) with I(state=absent).
@@ -87,6 +87,19 @@ options:
       survives the loss of a cluster node (bundled flavour only)."
     type: str
     choices: [classic, quorum]
+  otlp_endpoint:
+    description: "Send a span per order (OpenTelemetry, OTLP/HTTP) to this collector's base URL
+      (OTEL_EXPORTER_OTLP_ENDPOINT; spans go to URL/v1/traces); none: tracing off. Bundled flavour only."
+    type: str
+  metrics_listen:
+    description: "Serve Prometheus metrics on http://HOST:PORT/metrics (DISPATCH_METRICS_LISTEN; with
+      --instances N, instance i on PORT+i-1); none: off. No authentication: keep it on 127.0.0.1 unless a
+      firewall guards the port. Bundled flavour only."
+    type: str
+  otlp_headers:
+    description: "A header sent to the collector, e.g. authorization=Bearer TOKEN (repeatable): a secret,
+      kept in a root-only systemd credential and never shown; none removes them."
+    type: dict
   purge: {type: bool, default: false, description: uninstall --purge --yes.}
   dispatchctl_path:
     description: dispatchctl on the host; default C(dispatchctl) on PATH or in /usr/local/bin.
@@ -128,7 +141,13 @@ SETTINGS = {
     "error_percent": ("--error-percent", dict(type="int"), ("install", "configure")),
     "instances": ("--instances", dict(type="int"), ("install", "configure")),
     "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]), ("install", "configure")),
+    # tracing and metrics; the headers (a secret) reach dispatchctl in its environment, never in argv
+    "otlp_endpoint": ("--otlp-endpoint", dict(type="str"), ("install", "configure")),
+    "metrics_listen": ("--metrics-listen", dict(type="str"), ("install", "configure")),
+    "otlp_headers": ("--otlp-header", dict(type="dict", no_log=True), ("install", "configure")),
 }
+# secret settings other than the password: option -> the DISPATCHCTL_* variable that carries them
+SECRET_ENV = {"otlp_headers": "DISPATCHCTL_OTLP_HEADER"}
 PASSWORD = ("amqp_password", "amqp_password_file")
 COMMANDS = ("install", "configure", "build", "start", "uninstall", "check", "check-rabbitmq", "status")
 # command -> the module options it takes (beyond the password)
@@ -197,9 +216,13 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
     if secret is not None and pass_file:
         raise UsageError("give amqp_password or amqp_password_file, not both")
     argv = [binary, command]
+    env = {}
     for key, flag in VALUE_FLAGS.items():
         value = params.get(key)
         if value is None or key not in allowed:
+            continue
+        if key in SECRET_ENV:
+            env[SECRET_ENV[key]] = otlp_headers_text(value)
             continue
         if key == "amqp_host":
             value = ",".join(value) if isinstance(value, (list, tuple)) else value
@@ -215,8 +238,21 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
     if diff_mode and command in DIFFS:
         argv.append("--diff")
     argv.append("--json")
-    env = {PASSWORD_ENV: secret} if secret is not None else {}
+    if secret is not None:
+        env[PASSWORD_ENV] = secret
     return argv, env
+
+
+def otlp_headers_text(headers):
+    """A dict of headers as DISPATCHCTL_OTLP_HEADER takes them (OpenTelemetry's form: name=value,...
+    values URL-encoded); an empty dict (or "none") removes the installed ones."""
+    from urllib.parse import quote
+
+    if not headers or headers == "none":
+        return "none"
+    if not isinstance(headers, dict):
+        raise UsageError("otlp_headers is a dict of header names and values")
+    return ",".join(f"{name}={quote(str(value), safe='')}" for name, value in headers.items())
 
 
 def _given(value):
