@@ -399,3 +399,52 @@ def test_the_rpm_then_sudo_dispatchctl_install_as_the_readme_says_and_dnf_remove
     host.run(["systemctl", "restart", "dispatch.service"])
     assert host.main_pid() not in (0, pid)
     wait_consumer(broker, vhost)
+
+
+def ssh_inventory(host, tmp_path, broker, vhost: str, **group_vars: str):
+    """sshd in ``host`` on a port of its own, a key made for this test, and an Ansible inventory
+    that reaches it (its host keys in a known_hosts of the test's own)."""
+    from roboshop_dispatch.lab.broker import free_port
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, capture_output=True)
+    port = free_port()
+    host.enable_ssh(port, key.with_suffix(".pub").read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"[127.0.0.1]:{port} {' '.join(pub.read_text().split()[:2])}\n"
+                             for pub in sorted(host.path("/etc/ssh").glob("ssh_host_*_key.pub"))))
+    secret = tmp_path / "amqp.pass"
+    secret.write_text(broker.password)
+    secret.chmod(0o600)
+    args = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes " \
+           "-o GlobalKnownHostsFile=/dev/null"
+    values = {"ansible_user": "root", "ansible_ssh_private_key_file": str(key), "ansible_ssh_common_args": f"'{args}'",
+              "dispatch_amqp_host": "127.0.0.1", "dispatch_amqp_port": str(broker.port), "dispatch_amqp_vhost": vhost,
+              "dispatch_amqp_user": broker.user,
+              "dispatch_amqp_password": f"\"{{{{ lookup('ansible.builtin.file', '{secret}') }}}}\"", **group_vars}
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"[dispatch]\nrocky ansible_host=127.0.0.1 ansible_port={port}\n\n[dispatch:vars]\n"
+                         + "".join(f"{k}={v}\n" for k, v in values.items()))
+    return inventory
+
+
+def test_the_role_installs_the_rpm_with_dnf_and_changes_nothing_the_second_time(rocky, broker, vhost, dist, tmp_path):
+    """The role's rpm source on the RHEL-shaped host: the RPM of scripts/build-dist (dist/),
+    checked there against SHA256SUMS, installed with dnf; then dispatch. Ansible runs on the host's
+    python3 (RHEL 9's 3.9)."""
+    from tests.support.fleet import ANSIBLE_DIR, changed_steps, run_playbook
+
+    host = rocky
+    rhel_base_python(host)
+    inventory = ssh_inventory(host, tmp_path, broker, vhost, dispatchctl_source="rpm")
+    run = run_playbook(inventory, ANSIBLE_DIR / "site.yml")
+    assert run.returncode == 0, run.tail()
+    assert run.task("Install it with dnf")["rocky"]["status"] == "changed"
+    assert host.rpm_installed("dispatchctl") == __version__
+    assert changed_steps(run.module()["rocky"]) == ["user", "appdir", "build", "config", "service"]
+    wait_consumer(broker, vhost)
+    assert not host.path("/usr/local/bin/dispatchctl").exists()  # the RPM's is /usr/bin/dispatchctl
+    pid, history = host.main_pid(), host.dnf_history()
+    again = run_playbook(inventory, ANSIBLE_DIR / "site.yml")
+    assert again.returncode == 0 and again.changed() == {"rocky": 0}, again.tail()
+    assert host.main_pid() == pid and host.dnf_history() == history  # no dnf transaction the second time
