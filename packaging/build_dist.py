@@ -208,7 +208,7 @@ def clean(out: Path) -> None:
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/build-dist", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="where to put them (default: dist/)")
-    parser.add_argument("--pyz-only", action="store_true", help="only the pyz (from a wheel of this checkout)")
+    parser.add_argument("--pyz-only", action="store_true", help="only the pyz (and its SHA256SUMS)")
     args = parser.parse_args(argv)
     for tool in ([] if args.pyz_only else ["rpmbuild"]):
         if shutil.which(tool) is None:
@@ -221,10 +221,10 @@ def main(argv: List[str]) -> int:
         wheel, sdist = build_python_packages(work / "python")
         pyz = build_pyz(wheel, download_locked(work / "locked"), out)
         if args.pyz_only:
-            print(f"{pyz} ({pyz.stat().st_size // 1024} KiB)")
-            return 0
-        built = [Path(shutil.copy2(wheel, out / wheel.name)), Path(shutil.copy2(sdist, out / sdist.name)), pyz,
-                 build_rpm(pyz, work / "rpm", out)]
+            built = [pyz]
+        else:
+            built = [Path(shutil.copy2(wheel, out / wheel.name)), Path(shutil.copy2(sdist, out / sdist.name)), pyz,
+                     build_rpm(pyz, work / "rpm", out)]
     sums = sha256sums(built, out)
     for path in [*built, sums]:
         print(f"{path} ({path.stat().st_size // 1024} KiB)")
