@@ -38,7 +38,7 @@ def tasks_run_by(path: Path, variables: dict) -> List[dict]:
     found = []
     for task in load(path):
         found.append(task)
-        include = task.get("ansible.builtin.include_tasks") or task.get("include_tasks")
+        include = task.get("ansible.builtin.include_tasks") or task.get("ansible.builtin.import_tasks")
         if include:
             name = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: str(variables[m.group(1)]), include)
             found += tasks_run_by(path.parent / name, {**variables, **task.get("vars", {})})
@@ -51,7 +51,7 @@ def test_the_defaults_install_the_pyz_and_nothing_by_name_from_an_index():
     assert defaults["dispatchctl_index_version"] == "" and defaults["dispatchctl_index_requirements"] == ""
     assert "roboshop-dispatch" not in (ROLE / "defaults" / "main.yml").read_text().split("#")[0]
     run = tasks_run_by(ROLE / "tasks" / "main.yml", defaults)
-    files = {t.get("ansible.builtin.include_tasks") for t in run} - {None}
+    files = {t.get("ansible.builtin.include_tasks") or t.get("ansible.builtin.import_tasks") for t in run} - {None}
     assert files == {"install-{{ dispatchctl_source }}.yml", "artifact.yml"}, files
     assert not [s for t in run for s in strings(t) if PIP.search(s)], "a task the defaults run uses pip"
     copy = next(t for t in run if "ansible.builtin.copy" in t)["ansible.builtin.copy"]
