@@ -35,14 +35,17 @@ LOCK = HERE / "pyz-requirements.txt"
 SPEC = HERE / "dispatchctl.spec"
 BOOTSTRAP = HERE / "pyz_main.py"
 INTERPRETER = "/usr/bin/python3"
-# left out of the pyz: the lab (apt-get, debootstrap: never on a production host), compiled
-# extensions (markupsafe falls back to its pure module) and what only a build or an editor reads
-LEFT_OUT = re.compile(r"^roboshop_dispatch/lab/|\.(so|pyd|c|h|pyi)$|^[^/]+\.data/")
+# left out of the pyz: the lab (apt-get, debootstrap: never on a production host) and compiled
+# extensions (markupsafe, charset-normalizer and protobuf fall back to their pure modules)
+LEFT_OUT = re.compile(r"^roboshop_dispatch/lab/|\.(so|pyd|dll|dylib|exe)$|^[^/]+\.data/")
 # the hosts' floor and the interpreters after it that the pyz's dependencies must serve
 PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 # the interpreter this virtualenv was made from: no virtualenv's packages beside the pyz's own
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
-OPTIONAL = {"psutil"}  # used when the host has it (roboshop_dispatch/procinfo.py), never bundled
+NOT_BUNDLED = {
+    "psutil",  # used when the host has it (roboshop_dispatch/procinfo.py)
+    "googleapis-common-protos",  # the OTLP exporter declares it, nothing imports it (bundle.OBSERVABILITY)
+}
 
 
 def run(argv: List[str], **kw) -> subprocess.CompletedProcess:
@@ -123,7 +126,7 @@ def normalise(name: str) -> str:
 
 def missing_dependencies(members: Dict[str, bytes]) -> List[str]:
     """Every dependency some bundled distribution declares for Linux and a Python of PYTHONS (no
-    extra) that the pyz does not bundle, psutil aside; and every distribution that refuses 3.9."""
+    extra) that the pyz does not bundle (but NOT_BUNDLED); and every distribution that refuses 3.9."""
     from packaging.markers import Marker
     from packaging.specifiers import SpecifierSet
 
@@ -138,7 +141,7 @@ def missing_dependencies(members: Dict[str, bytes]) -> List[str]:
             environments = [{"python_version": v, "python_full_version": f"{v}.0", "sys_platform": "linux",
                              "platform_system": "Linux", "os_name": "posix", "extra": ""} for v in PYTHONS]
             needed = not marker or any(Marker(marker).evaluate(env) for env in environments)
-            if needed and normalise(dep) not in present | OPTIONAL:
+            if needed and normalise(dep) not in present | NOT_BUNDLED:
                 problems.append(f"{name}: needs {dep} ({marker or 'always'})")
     return problems
 

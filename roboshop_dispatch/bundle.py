@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Set, Tuple
 
 from .layout import PYTHON
-from .pkgfiles import files_under, read_bytes
+from .pkgfiles import archive_of, files_under, read_bytes
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = (
@@ -98,7 +98,7 @@ def observability_sources() -> Dict[str, bytes]:
         for entry in dist.files or ():
             relative = entry.as_posix()
             if _wanted(relative):
-                files[relative] = Path(str(dist.locate_file(entry))).read_bytes()
+                files[relative] = entry.read_binary()  # a file, or a member of the zip dispatchctl runs from
     files.update(_namespace_inits(files))
     return files
 
@@ -115,16 +115,19 @@ def observability_hashes() -> Dict[str, str]:
     replaced by the system's), is read and hashed."""
     hashes: Dict[str, str] = {}
     for dist in _pinned():
-        for entry in dist.files or ():
+        entries = list(dist.files or ())
+        # run from the single-file dispatchctl's zip: its files cannot be stat-ed, so they are read
+        in_zip = bool(entries) and archive_of(Path(str(dist.locate_file(entries[0])))) is not None
+        for entry in entries:
             relative = entry.as_posix()
             if not _wanted(relative):
                 continue
-            path = Path(str(dist.locate_file(entry)))
             recorded = entry.hash
-            if recorded is not None and recorded.mode == "sha256" and entry.size == path.stat().st_size:
+            if (recorded is not None and recorded.mode == "sha256" and not in_zip
+                    and entry.size == Path(str(dist.locate_file(entry))).stat().st_size):
                 hashes[relative] = recorded.value
             else:  # no hash recorded, or the file changed since (a distribution's own CA bundle...)
-                hashes[relative] = _content_hash(path.read_bytes())
+                hashes[relative] = _content_hash(entry.read_binary())
     for name in _namespace_inits(dict.fromkeys(hashes, b"")):
         hashes[name] = _content_hash(b"")
     return hashes
