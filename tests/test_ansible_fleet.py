@@ -283,7 +283,7 @@ def test_a_tampered_pyz_is_refused_on_the_host_and_the_old_dispatchctl_stays(fir
     (tmp_path / "SHA256SUMS").unlink()
     run = run_playbook(inventory(fleet), SITE, "--limit", "lab-1", "-e", f"dispatchctl_pyz={tampered}")
     assert run.returncode != 0 and run.task("Copy dispatchctl to the host") == {}, run.tail()
-    assert "no sha256 for" in run.task("Its sha256 is known")["lab-1"]["result"]["msg"]
+    assert "no sha256 for" in run.task("The pyz is on the controller")["lab-1"]["result"]["msg"]
     assert sha256_of(host.path(TOOL)) == good
 
 
