@@ -21,7 +21,7 @@ from typing import Dict, List
 import pytest
 
 from roboshop_dispatch import __version__, bundle, render
-from tests.support.dist import build_dist, sha256_of
+from tests.support.dist import assert_virtualenv_as_installed, build_dist, sha256_of
 from tests.test_python39 import COMMANDS, find_python39
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,6 +177,7 @@ print(json.dumps({"zipapp": hashlib.sha256(zipapp).hexdigest(), "fingerprint": b
 def test_the_consumer_zipapp_from_the_pyz_is_the_virtualenvs_byte_for_byte(dist, python39, tmp_path):
     """A host moved from a virtualenv's dispatchctl to the pyz sees the same /app/dispatch (and the
     same templates): from the zip itself and from its unpacked copy, on 3.9."""
+    assert_virtualenv_as_installed()
     pinned = locked()["pika"]
     assert metadata.version("pika") == pinned, (
         f"this virtualenv has pika {metadata.version('pika')}, the pyz {pinned} (packaging/pyz-requirements.txt): "

@@ -20,6 +20,7 @@ from typing import Dict, List
 import pytest
 
 from roboshop_dispatch import bundle
+from tests.support.dist import assert_virtualenv_as_installed
 from tests.support.hosts import booted
 from tests.support.payment import PaymentPublisher, make_order, parameters
 from tests.test_json_output import VALIDATOR
@@ -89,6 +90,7 @@ def test_the_pyz_alone_installs_dispatch_on_a_host_without_psutil_and_answers_st
     wait_consumer(broker, vhost)
     dispatched(host, broker, vhost)
     # the consumer it wrote is the one a virtualenv's dispatchctl writes, byte for byte
+    assert_virtualenv_as_installed()
     assert sha256_inside(host, "/app/dispatch") == hashlib.sha256(bundle.build_zipapp("/usr/bin/python3")).hexdigest()
 
     text = host.run(["dispatchctl", "status"], check=False)
@@ -113,6 +115,7 @@ def test_the_pyz_alone_installs_dispatch_on_a_host_without_psutil_and_answers_st
 
 
 def test_a_host_moved_from_the_virtualenvs_dispatchctl_to_the_pyz_sees_no_change(systemd_host, broker, vhost, dist):
+    assert_virtualenv_as_installed()
     host = systemd_host
     host.write(PASS_FILE, broker.password + "\n")
     res = host.dispatchctl("install", *amqp_args(broker, vhost), "--json")  # the virtualenv's dispatchctl

@@ -9,7 +9,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 from roboshop_dispatch import __version__
 
@@ -61,3 +61,31 @@ def built(out: Path = DIST) -> Dist:
     missing = [name for name in names.values() if not (out / name).is_file()]
     assert not missing, f"scripts/build-dist left no {', '.join(missing)} in {out}"
     return Dist(out, **{key: out / name for key, name in names.items()})
+
+
+def changed_since_installed() -> List[str]:
+    """The files of what the consumer zipapp packs (pika and the observability packages) that
+    differ from what pip installed into this virtualenv (their RECORD): a zipapp built here then
+    packs those bytes, and no build from the wheels can be byte-identical to it."""
+    import base64
+    from importlib import metadata
+
+    from roboshop_dispatch.bundle import OBSERVABILITY
+
+    changed = []
+    for name in ["pika", *OBSERVABILITY]:
+        dist = metadata.distribution(name)
+        for entry in dist.files or ():
+            path = Path(str(dist.locate_file(entry)))
+            if entry.hash is None or entry.hash.mode != "sha256" or not path.is_file():
+                continue
+            digest = base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=").decode()
+            if digest != entry.hash.value:
+                changed.append(str(path))
+    return changed
+
+
+def assert_virtualenv_as_installed() -> None:
+    changed = changed_since_installed()
+    assert not changed, ("files of this virtualenv changed since pip installed them, so its zipapp is not the "
+                         f"wheels' (reinstall them: pip install --force-reinstall --no-deps ...): {changed}")
