@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Set, Tuple
 
 from .layout import PYTHON
+from .pkgfiles import archive_of, files_under, read_bytes
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 MAIN = (
@@ -35,10 +36,9 @@ MAIN = (
 
 
 def _python_files(package_dir: Path, arc_prefix: str) -> Iterator[Tuple[str, Path]]:
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        yield f"{arc_prefix}/{path.relative_to(package_dir).as_posix()}", path
+    """The package's modules, from a directory or from inside the single-file dispatchctl's zip."""
+    for name, path in files_under(package_dir, ".py"):
+        yield f"{arc_prefix}/{name}", path
 
 
 # distribution -> the exact release bundled (pyproject.toml pins the same: tests/test_bundle.py checks).
@@ -98,7 +98,7 @@ def observability_sources() -> Dict[str, bytes]:
         for entry in dist.files or ():
             relative = entry.as_posix()
             if _wanted(relative):
-                files[relative] = Path(str(dist.locate_file(entry))).read_bytes()
+                files[relative] = entry.read_binary()  # a file, or a member of the zip dispatchctl runs from
     files.update(_namespace_inits(files))
     return files
 
@@ -115,16 +115,19 @@ def observability_hashes() -> Dict[str, str]:
     replaced by the system's), is read and hashed."""
     hashes: Dict[str, str] = {}
     for dist in _pinned():
-        for entry in dist.files or ():
+        entries = list(dist.files or ())
+        # run from the single-file dispatchctl's zip: its files cannot be stat-ed, so they are read
+        in_zip = bool(entries) and archive_of(Path(str(dist.locate_file(entries[0])))) is not None
+        for entry in entries:
             relative = entry.as_posix()
             if not _wanted(relative):
                 continue
-            path = Path(str(dist.locate_file(entry)))
             recorded = entry.hash
-            if recorded is not None and recorded.mode == "sha256" and entry.size == path.stat().st_size:
+            if (recorded is not None and recorded.mode == "sha256" and not in_zip
+                    and entry.size == Path(str(dist.locate_file(entry))).stat().st_size):
                 hashes[relative] = recorded.value
             else:  # no hash recorded, or the file changed since (a distribution's own CA bundle...)
-                hashes[relative] = _content_hash(path.read_bytes())
+                hashes[relative] = _content_hash(entry.read_binary())
     for name in _namespace_inits(dict.fromkeys(hashes, b"")):
         hashes[name] = _content_hash(b"")
     return hashes
@@ -156,12 +159,12 @@ def _own_sources() -> Dict[str, bytes]:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("pika is not installed: pip install pika")
     files: Dict[str, bytes] = {"__main__.py": MAIN.encode()}
-    files["roboshop_dispatch/__init__.py"] = (own / "__init__.py").read_bytes()
-    files["roboshop_dispatch/amqp.py"] = (own / "amqp.py").read_bytes()
+    files["roboshop_dispatch/__init__.py"] = read_bytes(own / "__init__.py")
+    files["roboshop_dispatch/amqp.py"] = read_bytes(own / "amqp.py")
     for name, path in _python_files(own / "consumer", "roboshop_dispatch/consumer"):
-        files[name] = path.read_bytes()
+        files[name] = read_bytes(path)
     for name, path in _python_files(Path(spec.origin).resolve().parent, "pika"):
-        files[name] = path.read_bytes()
+        files[name] = read_bytes(path)
     files["LICENSES/pika.txt"] = _pika_license()
     return files
 
@@ -173,7 +176,7 @@ def _pika_license() -> bytes:
         dist = metadata.distribution("pika")
         for f in dist.files or ():
             if "LICENSE" in f.name.upper():
-                return Path(str(dist.locate_file(f))).read_bytes()
+                return f.read_binary()  # a file, or a member of the zip dispatchctl runs from
     except metadata.PackageNotFoundError:
         pass
     return b"pika is distributed under the BSD 3-Clause licence.\n"
@@ -208,10 +211,16 @@ def build_zipapp(interpreter: str = PYTHON) -> bytes:
     """The zipapp's bytes, with ``#!<interpreter> -I`` so it runs as ``/app/dispatch`` too.
     Its zip comment records :func:`fingerprint` so a re-run can compare without rebuilding."""
     files = sources()
+    return zip_bytes(files, f"#!{interpreter} -I\n", f"dispatchctl-fingerprint:{fingerprint(files, interpreter)}")
+
+
+def zip_bytes(files: Dict[str, bytes], head: str, comment: str) -> bytes:
+    """``head`` (the ``#!`` line) then a zip of ``files`` whose bytes depend on nothing else: entries
+    sorted, one fixed timestamp, mode 0644, the same compression (also the single-file dispatchctl's)."""
     buf = io.BytesIO()
-    buf.write(f"#!{interpreter} -I\n".encode())
+    buf.write(head.encode())
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.comment = f"dispatchctl-fingerprint:{fingerprint(files, interpreter)}".encode()
+        zf.comment = comment.encode()
         for name, data in sorted(files.items()):
             info = zipfile.ZipInfo(name, date_time=_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED

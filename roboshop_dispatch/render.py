@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from . import __version__, envfile
+from . import __version__, envfile, pkgfiles
 from .layout import CREDENTIAL_NAME, OTLP_HEADERS_CREDENTIAL, PYTHON
 from .settings import Settings
 
@@ -17,13 +17,17 @@ MEMORY_MAX = {"bundled": "256M", "go": "512M"}
 
 
 def templates_dir() -> Path:
-    """Installed wheels carry the templates inside the package; a source checkout has them at
-    the top level."""
+    """Installed wheels (and the single-file dispatchctl, a zip) carry the templates inside the
+    package; a source checkout has them at the top level."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / "dispatch.service.j2").is_file():
+        if pkgfiles.is_file(candidate / "dispatch.service.j2"):
             return candidate
     raise FileNotFoundError("dispatch.service.j2 not found beside the package or in ../templates")
+
+
+def _template_source(name: str) -> str:
+    return pkgfiles.read_bytes(templates_dir() / name).decode()
 
 
 @lru_cache(maxsize=1)
@@ -31,7 +35,7 @@ def _environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FunctionLoader(_template_source),  # from a directory or from inside a zip
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

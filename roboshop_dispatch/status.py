@@ -1,4 +1,4 @@
-"""What ``dispatchctl status`` shows: the unit's state, the process (psutil), the binary, the
+"""What ``dispatchctl status`` shows: the unit's state, the process (psutil or /proc), the binary, the
 configuration (password masked), tracing and metrics (each instance's URL), the ``orders`` queue
 when the broker answers, the last log lines.
 
@@ -191,28 +191,10 @@ def config_of(state: Any) -> Dict[str, Any]:
 
 
 def process_info(pid: int) -> Dict[str, Any]:
-    """The main process as psutil sees it (user, memory, CPU, uptime), or the error."""
-    try:
-        import psutil
+    """The main process (user, memory, CPU, uptime): psutil's figures, or /proc's without it."""
+    from .procinfo import process_info as info
 
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            created = proc.create_time()
-            cpu = proc.cpu_times()
-            uptime = max(0.001, time.time() - created)
-            return {
-                "pid": pid,
-                "user": proc.username(),
-                "rss_bytes": proc.memory_info().rss,
-                "cpu_percent": round((cpu.user + cpu.system) / uptime * 100, 2),
-                "cpu_seconds": round(cpu.user + cpu.system, 2),
-                "threads": proc.num_threads(),
-                "uptime_s": round(uptime, 1),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created)),
-                "cmdline": proc.cmdline(),
-            }
-    except Exception as exc:  # the process ended in between, or psutil cannot see it
-        return {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}
+    return info(pid)
 
 
 ORDERS_HANDLED = re.compile(r"\b([0-9]{1,15}) orders? (?:handled|dispatched)\b")

@@ -89,3 +89,19 @@ def no_systemd_host(systemd_rootfs):
 
     with unbooted(systemd_rootfs) as container:
         yield container
+
+
+# -- dispatchctl's distributables (scripts/build-dist), built once per session ------------------------
+
+
+@pytest.fixture(scope="session")
+def dist():
+    """``scripts/build-dist`` run once for the session into the checkout's dist/ (the wheel, the
+    sdist, the pyz, the RPM, SHA256SUMS): a failed build fails every test that needs it, loudly."""
+    from tests.support.dist import build_dist, built
+
+    res = build_dist()
+    if res.returncode != 0:
+        pytest.fail(f"scripts/build-dist exited {res.returncode}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}",
+                    pytrace=False)
+    return built()

@@ -2,11 +2,12 @@
 
 Each host is a booted systemd-nspawn container reached by Ansible's own ssh connection plugin
 (sshd inside on a loopback port of its own, root with a key made for this run); the service
-consumes from the session's real RabbitMQ. The hosts start WITHOUT dispatchctl on PATH: the role
-installs it from a wheelhouse built with this machine's pip (``wheelhouse`` of
-test_install_path_systemd, plus dispatchctl's own wheel). The hosts are shared by the tests of
-this module, in order: first run (-vvv, command lines watched), second run, --check --diff on
-uninstalled hosts then the real run, one host with a wrong password.
+consumes from the lab's real RabbitMQ. The hosts start WITHOUT dispatchctl on PATH: the role's
+defaults copy the pyz that scripts/build-dist left in the checkout's dist/ (the session's ``dist``),
+checked on each host against dist/SHA256SUMS. The hosts are shared by the tests of this module, in
+order: first run (-vvv, command lines watched), second run, --check --diff on uninstalled hosts
+then the real run, one host with a wrong password, a tampered pyz, an index install refused
+unless pinned with hashes, then allowed.
 """
 
 from __future__ import annotations
@@ -24,28 +25,17 @@ from typing import Dict, List
 import pika
 import pytest
 
-from tests.support.fleet import ANSIBLE_DIR, REPO, Fleet, changed_steps, run_playbook
+from tests.support.dist import sha256_of
+from tests.support.fleet import ANSIBLE_DIR, Fleet, changed_steps, run_playbook
 from tests.support.payment import PaymentPublisher, make_order, parameters
-from tests.test_install_path_systemd import wheelhouse  # noqa: F401  (the fixture, reused)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
 SITE = ANSIBLE_DIR / "site.yml"
 HOSTS = ("lab-1", "lab-2", "lab-3")
 # what a run may leave behind: the check run must change none of it
+TOOL = "/usr/local/bin/dispatchctl"
 WATCHED = ("/etc/systemd/system", "/etc/roboshop", "/app", "/var/lib/dispatchctl", "/var/log/dispatchctl.log")
-
-
-@pytest.fixture(scope="module")
-def fleet_wheelhouse(wheelhouse, tmp_path_factory) -> Path:  # noqa: F811
-    """The dependencies' wheelhouse plus dispatchctl's own wheel (what an operator ships)."""
-    out = tmp_path_factory.mktemp("fleet-wheels")
-    for wheel in wheelhouse.glob("*.whl"):
-        shutil.copy(wheel, out)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(REPO)],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +63,9 @@ def account(broker):
     return {"vhost": "/", "user": broker.user, "password": broker.password}
 
 
-def inventory(fleet, broker, account, wheels, host_vars=None) -> Path:
-    """The lab's own inventory (`dispatchctl lab inventory`), plus where the wheels are."""
-    return fleet.write_inventory(fleet.inventory(host_vars, dispatchctl_wheelhouse=str(wheels)))
+def inventory(fleet, host_vars=None) -> Path:
+    """The lab's own inventory (`dispatchctl lab inventory`): the role's defaults for the rest."""
+    return fleet.write_inventory(fleet.inventory(host_vars))
 
 
 class CommandLineWatch:
@@ -128,50 +118,49 @@ def consumers(broker, account) -> int:
 
 
 def test_check_mode_on_hosts_without_dispatchctl_predicts_its_install_and_touches_nothing(
-        fleet, broker, account, fleet_wheelhouse):
+        fleet, broker, account, dist):
     """Runs before the first real run (file order): the hosts have no dispatchctl yet."""
     paths = (*WATCHED, "/opt", "/usr/local/bin", "/var/cache/dispatchctl")
     before = {name: host.listing(*paths) for name, host in fleet.hosts.items()}
-    run = run_playbook(inventory(fleet, broker, account, fleet_wheelhouse), SITE, "--check", "--diff")
+    run = run_playbook(inventory(fleet), SITE, "--check", "--diff")
     assert run.returncode == 0, run.tail()
     assert {name: host.listing(*paths) for name, host in fleet.hosts.items()} == before
     for name in HOSTS:
         assert run.stats[name]["changed"] == 2 and run.stats[name]["failures"] == 0, run.stats
-        assert run.task("Install dispatchctl (check mode")[name]["status"] == "changed"
+        assert run.task("Copy dispatchctl to the host")[name]["status"] == "changed"  # it would copy the pyz
         result = run.module()[name]
         assert "dispatchctl is not installed" in result["msg"] and "steps" not in result, result
 
 
 @pytest.fixture(scope="module")
-def first_run(fleet, broker, account, fleet_wheelhouse):
+def first_run(fleet, broker, account, dist):
     """The role's first run on hosts without dispatchctl, at -vvv, with every command line watched."""
     for name, host in fleet.hosts.items():
         found = host.run(["sh", "-c", "command -v dispatchctl"], check=False)
         assert found.returncode != 0, f"{name} already has dispatchctl on PATH: {found.stdout}"
-    inv = inventory(fleet, broker, account, fleet_wheelhouse)
+    inv = inventory(fleet)
     with CommandLineWatch(account["password"]) as watch:
         run = run_playbook(inv, SITE, "-vvv")
     print(f"\nfirst run of the role on {len(HOSTS)} hosts: {run.seconds:.1f}s")
     return run, watch
 
 
-def test_first_run_installs_dispatchctl_and_dispatch_on_every_host(first_run, fleet, broker, account):
+def test_first_run_installs_dispatchctl_and_dispatch_on_every_host(first_run, fleet, broker, account, dist):
     run, _ = first_run
     assert run.returncode == 0, run.tail()
     assert set(run.stats) == set(HOSTS), run.tail()
     for name in HOSTS:
         stats = run.stats[name]
         assert stats["changed"] > 0 and stats["failures"] == 0 and stats["unreachable"] == 0, run.stats
-        assert run.task("Install dispatchctl into it")[name]["status"] == "changed"
+        assert run.task("Copy dispatchctl to the host")[name]["status"] == "changed"
         assert changed_steps(run.module()[name]) == ["user", "appdir", "build", "config", "service"]
         host = fleet.hosts[name]
-        assert host.run(["readlink", "-f", "/usr/local/bin/dispatchctl"]).stdout.strip() == \
-            "/opt/dispatchctl/bin/dispatchctl"
-        # installed by the distribution's pip wheel (Debian's python3-venv has one): no pip in the venv
-        assert run.task("Install dispatchctl into it")[name]["result"]["cmd"][1].startswith(
-            "/usr/share/python-wheels/pip-"), run.task("Install dispatchctl into it")[name]
-        assert not host.path("/opt/dispatchctl/bin/pip").exists()
+        # the role's defaults: the checkout's pyz (dist/), checked against dist/SHA256SUMS; no index, no pip
+        assert host.run(["stat", "-c", "%F %U %a", TOOL]).stdout.strip() == "regular file root 755"
+        assert sha256_of(host.path(TOOL)) == dist.sha256()[dist.pyz.name] == sha256_of(dist.pyz)
+        assert not host.path("/opt/dispatchctl").exists()
         assert host.run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() == "active"
+    assert not [line for line in run.output.splitlines() if "pip install" in line or "/bin/pip" in line]
     deadline = time.monotonic() + 30
     while consumers(broker, account) < len(HOSTS) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -201,22 +190,22 @@ def test_the_password_is_in_no_output_even_at_vvv_and_on_no_command_line(first_r
     assert watch.leaks == []
 
 
-def test_second_run_changes_nothing_and_restarts_nothing(first_run, fleet, broker, account, fleet_wheelhouse):
+def test_second_run_changes_nothing_and_restarts_nothing(first_run, fleet, broker, account, dist):
     pids = main_pids(fleet)
-    run = run_playbook(inventory(fleet, broker, account, fleet_wheelhouse), SITE)
+    run = run_playbook(inventory(fleet), SITE)
     assert run.returncode == 0, run.tail()
     assert run.changed() == {name: 0 for name in HOSTS}, run.stats
     assert {name: changed_steps(r) for name, r in run.module().items()} == {name: [] for name in HOSTS}
-    installs = run.task("Install dispatchctl (only when missing)")
-    assert {name: e["status"] for name, e in installs.items()} == {name: "skipped" for name in HOSTS}
+    copies = run.task("Copy dispatchctl to the host")  # the host's pyz is the controller's: left alone
+    assert {name: e["status"] for name, e in copies.items()} == {name: "ok" for name in HOSTS}
     print(f"\nsecond run of the role on {len(HOSTS)} hosts: {run.seconds:.1f}s")
     assert main_pids(fleet) == pids and all(pids.values())
 
 
-def test_check_diff_predicts_exactly_what_the_real_run_does(first_run, fleet, broker, account, fleet_wheelhouse):
+def test_check_diff_predicts_exactly_what_the_real_run_does(first_run, fleet, broker, account, dist):
     # fresh for the service (dispatchctl itself stays): the role with state=absent, the same
     # inventory (whose AMQP variables uninstall does not take: dropped, not refused)
-    inv = inventory(fleet, broker, account, fleet_wheelhouse)
+    inv = inventory(fleet)
     gone = run_playbook(inv, SITE, "-e", "dispatch_state=absent", "-e", "dispatch_purge=true")
     assert gone.returncode == 0, gone.tail()
     for name in HOSTS:
@@ -244,10 +233,10 @@ def test_check_diff_predicts_exactly_what_the_real_run_does(first_run, fleet, br
 
 
 def test_a_wrong_password_fails_that_host_alone_with_the_auth_diagnosis(first_run, fleet, broker, account,
-                                                                        fleet_wheelhouse):
+                                                                        dist):
     wrong = f"Wrong-{uuid.uuid4().hex}"
     pids = main_pids(fleet)
-    inv = inventory(fleet, broker, account, fleet_wheelhouse, {"lab-2": {"dispatch_amqp_password": wrong}})
+    inv = inventory(fleet, {"lab-2": {"dispatch_amqp_password": wrong}})
     run = run_playbook(inv, SITE)
     assert run.returncode != 0
     stats = run.stats
@@ -265,11 +254,89 @@ def test_a_wrong_password_fails_that_host_alone_with_the_auth_diagnosis(first_ru
     for name in ("lab-1", "lab-3"):
         assert fleet.hosts[name].main_pid() == pids[name]
     # the right password again repairs that host alone
-    run = run_playbook(inventory(fleet, broker, account, fleet_wheelhouse), SITE)
+    run = run_playbook(inventory(fleet), SITE)
     assert run.returncode == 0, run.tail()
     assert run.changed() == {"lab-1": 0, "lab-2": 1, "lab-3": 0}, run.stats
     assert fleet.hosts["lab-2"].run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() \
         == "active"
+
+
+def test_a_tampered_pyz_is_refused_on_the_host_and_the_old_dispatchctl_stays(first_run, fleet, dist, tmp_path):
+    """A pyz that is not the one SHA256SUMS names (one bit flipped, the published sums beside it):
+    the host checks it before anything is replaced, refuses it, and keeps its dispatchctl."""
+    host = fleet.hosts["lab-1"]
+    good, pid = sha256_of(host.path(TOOL)), host.main_pid()
+    data = bytearray(dist.pyz.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered = tmp_path / dist.pyz.name
+    tampered.write_bytes(bytes(data))
+    shutil.copy(dist.sums, tmp_path / "SHA256SUMS")
+    before = host.listing("/usr/local/bin")
+    run = run_playbook(inventory(fleet), SITE, "--limit", "lab-1", "-e", f"dispatchctl_pyz={tampered}")
+    assert run.returncode != 0, run.tail()
+    copy = run.task("Copy dispatchctl to the host")["lab-1"]
+    assert copy["status"] == "failed" and "failed to validate" in copy["result"]["msg"], copy
+    assert run.task("Dispatch is") == {}  # nothing ran after the refusal
+    assert sha256_of(host.path(TOOL)) == good and host.listing("/usr/local/bin") == before
+    assert host.main_pid() == pid
+    # a pyz with no sha256 to check it against is refused on the controller, before any copy
+    (tmp_path / "SHA256SUMS").unlink()
+    run = run_playbook(inventory(fleet), SITE, "--limit", "lab-1", "-e", f"dispatchctl_pyz={tampered}")
+    assert run.returncode != 0 and run.task("Copy dispatchctl to the host") == {}, run.tail()
+    assert "no sha256 for" in run.task("The pyz is on the controller")["lab-1"]["result"]["msg"]
+    assert sha256_of(host.path(TOOL)) == good
+
+
+def test_an_index_install_is_refused_unless_pinned_with_every_hash(first_run, fleet, tmp_path):
+    host = fleet.hosts["lab-1"]
+    before = host.listing("/opt", "/usr/local/bin", "/var/cache/dispatchctl")
+    unhashed = tmp_path / "requirements.txt"
+    unhashed.write_text("roboshop-dispatch==0.4.0\n")
+    for extra in ([], ["-e", "dispatchctl_index_version=0.4.0", "-e", f"dispatchctl_index_requirements={unhashed}"]):
+        run = run_playbook(inventory(fleet), SITE, "--limit", "lab-1", "-e", "dispatchctl_source=index", *extra)
+        assert run.returncode != 0, run.tail()
+        refusal = run.task("An index install is explicit")["lab-1"]
+        assert refusal["status"] == "failed", refusal
+        assert "refusing to install dispatchctl from a package index by name" in refusal["result"]["msg"]
+    assert host.listing("/opt", "/usr/local/bin", "/var/cache/dispatchctl") == before
+
+
+@pytest.fixture(scope="module")
+def index_wheels(dist, tmp_path_factory) -> List[Path]:
+    """dispatchctl's wheel (scripts/build-dist's) and its dependencies' for the hosts' python3."""
+    out = tmp_path_factory.mktemp("index-wheels")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(out), str(dist.wheel)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return sorted(out.glob("*.whl"))
+
+
+def test_an_index_install_pinned_with_hashes_then_back_to_the_pyz(first_run, fleet, index_wheels, dist, tmp_path):
+    """Asked for explicitly, pinned, hashed: pip --require-hashes from a package index (one of
+    ours, on loopback) into /opt/dispatchctl. That dispatchctl finds the host as the pyz left it
+    (the same zipapp: nothing changes); the defaults then put the pyz back, again changing nothing."""
+    from roboshop_dispatch import __version__
+    from tests.support.pyindex import hashed_requirements, make_index, serving
+
+    host = fleet.hosts["lab-3"]
+    pid = host.main_pid()
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(hashed_requirements(index_wheels))
+    with serving(make_index(index_wheels, tmp_path / "index")) as url:
+        run = run_playbook(inventory(fleet), SITE, "--limit", "lab-3", "-e", "dispatchctl_source=index",
+                           "-e", f"dispatchctl_index_version={__version__}",
+                           "-e", f"dispatchctl_index_requirements={requirements}", "-e", f"dispatchctl_index_url={url}")
+    assert run.returncode == 0, run.tail()
+    assert run.task("Install exactly the pinned")["lab-3"]["status"] == "changed"
+    assert host.run(["readlink", "-f", TOOL]).stdout.strip() == "/opt/dispatchctl/bin/dispatchctl"
+    assert changed_steps(run.module()["lab-3"]) == [], run.module()["lab-3"]
+    run = run_playbook(inventory(fleet), SITE, "--limit", "lab-3")
+    assert run.returncode == 0, run.tail()
+    assert run.task("Copy dispatchctl to the host")["lab-3"]["status"] == "changed"
+    assert changed_steps(run.module()["lab-3"]) == []
+    assert host.run(["stat", "-c", "%F", TOOL]).stdout.strip() == "regular file"
+    assert sha256_of(host.path(TOOL)) == sha256_of(dist.pyz)
+    assert host.main_pid() == pid
 
 
 def test_the_example_inventory_parses_as_standard_ini(fleet):

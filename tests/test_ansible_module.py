@@ -211,12 +211,19 @@ def test_any_output_gives_a_result_never_an_exception(stdout, command, rc):
 def run_module_on_python39(module_args: dict) -> dict:
     """The module file run by a real CPython 3.9 (RHEL 9's python3) the way AnsiballZ runs it:
     its arguments as ANSIBLE_MODULE_ARGS, ansible-core's module_utils on the path (made for 3.8+)."""
+    import tempfile
+
     from tests.test_python39 import find_python39
 
     site = next(Path(p) for p in sys.path if p.endswith("site-packages") and (Path(p) / "ansible").is_dir())
     args = json.dumps({"ANSIBLE_MODULE_ARGS": {"dispatchctl_path": DISPATCHCTL, **module_args}})
-    res = subprocess.run([find_python39(), str(MODULE_PATH)], input=args, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    # only ansible-core on the path, not this virtualenv's every package: a .pth file of the 3.9's own
+    # site-packages must not reach them (one appending a CA to certifi.where() would change this
+    # virtualenv's certifi, which the consumer zipapp packs)
+    with tempfile.TemporaryDirectory(prefix="dispatchctl-ansible-path-") as path:
+        (Path(path) / "ansible").symlink_to(site / "ansible")
+        res = subprocess.run([find_python39(), str(MODULE_PATH)], input=args, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": path}, timeout=120)
     return json.loads(res.stdout)
 
 

@@ -6,6 +6,7 @@ against the real test broker. Nothing is mocked."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -16,6 +17,7 @@ from typing import Dict, List
 
 import pytest
 
+from roboshop_dispatch import __version__
 from tests.test_provision_systemd import wait_consumer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
@@ -324,3 +326,125 @@ def test_bundled_on_rocky_traces_and_serves_metrics_on_python39(rocky, broker, v
         journal = host.journal()
         assert "tracing on: spans to " in journal and "metrics on http://127.0.0.1:" in journal
         assert "Traceback" not in journal
+
+
+# -- the single-file dispatchctl and its RPM (scripts/build-dist) ---------------------------------
+
+
+def rhel_base_python(host) -> None:
+    """python3 as RHEL 9's base system has it (dnf itself needs it there): installed by the admin."""
+    host.run(["dnf", "-q", "install", "-y", "python3"])
+    assert host.run(["readlink", "-f", "/usr/bin/python3"]).stdout.strip() == "/usr/bin/python3.9"
+    for module in ("psutil", "typer", "click", "rich", "jinja2", "pika"):
+        assert host.run(["python3", "-c", f"import {module}"], check=False).returncode != 0, module
+
+
+def test_the_pyz_alone_provisions_rocky_on_its_python39(rocky, broker, vhost, dist):
+    from tests.test_dist_systemd import put_pyz
+
+    host = rocky
+    rhel_base_python(host)
+    put_pyz(host, dist.pyz)
+    host.write(PASS_FILE, broker.password + "\n")
+    res = host.run(["dispatchctl", *install_args(broker, vhost)], check=False, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    assert "installed" in step(doc, "packages")["message"] and len(host.dnf_history()) == 1  # python3's only
+    wait_consumer(broker, vhost)
+    assert host.run(["readlink", f"/proc/{host.main_pid()}/exe"]).stdout.strip() == "/usr/bin/python3.9"
+    status = json.loads(host.run(["dispatchctl", "status", "--json"], check=False).stdout)
+    assert status["running"] is True and status["process"]["source"] == "/proc", status
+    assert status["process"]["user"] == "roboshop"
+
+
+def test_the_rpm_then_sudo_dispatchctl_install_as_the_readme_says_and_dnf_remove_keeps_the_service(
+        rocky, broker, vhost, dist):
+    from tests.test_install_path_systemd import OPERATOR, as_operator
+
+    host = rocky
+    rpm = f"/root/{dist.rpm.name}"
+    host.path(rpm).write_bytes(dist.rpm.read_bytes())
+    # on a host without python3, dnf pulls it in for the RPM's `Requires: python3 >= 3.9`
+    plan = host.run(["dnf", "install", "--assumeno", rpm], check=False)
+    assert "Installing dependencies:" in plan.stdout and " python3 " in plan.stdout, plan.stdout + plan.stderr
+    rhel_base_python(host)
+    host.run(["dnf", "-q", "install", "-y", rpm])
+    assert host.rpm_installed("dispatchctl") == __version__
+    assert hashlib.sha256(host.path("/usr/bin/dispatchctl").read_bytes()).hexdigest() == dist.sha256()[dist.pyz.name]
+    for path in ("/usr/share/bash-completion/completions/dispatchctl", "/usr/share/zsh/site-functions/_dispatchctl"):
+        assert host.path(path).is_file(), path
+    assert host.run(["sh", "-c", "ls /usr/share/man/man1/dispatchctl.1*"]).returncode == 0
+
+    # an operator with sudo types the README's headline: sudo's secure_path has /usr/bin
+    host.run(["useradd", "--create-home", OPERATOR])
+    host.write(f"/etc/sudoers.d/{OPERATOR}", f"{OPERATOR} ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
+    host.write(PASS_FILE, broker.password + "\n")
+    res = as_operator(host, "dispatchctl", *install_args(broker, vhost))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["ok"] is True
+    wait_consumer(broker, vhost)
+    assert as_operator(host, "dispatchctl", "status").returncode == 0
+    verify = host.run(["rpm", "-V", "dispatchctl"], check=False)
+    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", ""), verify
+
+    pid = host.main_pid()
+    host.run(["dnf", "-q", "remove", "-y", "dispatchctl"])
+    assert host.rpm_installed("dispatchctl") is None and not host.path("/usr/bin/dispatchctl").exists()
+    assert not host.path("/var/cache/dispatchctl/pyz").exists()  # its unpacked copy went with it
+    assert host.rpm_installed("python3") is not None
+    assert host.run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() == "active"
+    assert host.main_pid() == pid
+    wait_consumer(broker, vhost)
+    # the service needs nothing of the tool: it starts again without it
+    host.run(["systemctl", "restart", "dispatch.service"])
+    assert host.main_pid() not in (0, pid)
+    wait_consumer(broker, vhost)
+
+
+def ssh_inventory(host, tmp_path, broker, vhost: str, **group_vars: str):
+    """sshd in ``host`` on a port of its own, a key made for this test, and an Ansible inventory
+    that reaches it (its host keys in a known_hosts of the test's own)."""
+    from roboshop_dispatch.lab.broker import free_port
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, capture_output=True)
+    port = free_port()
+    host.enable_ssh(port, key.with_suffix(".pub").read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"[127.0.0.1]:{port} {' '.join(pub.read_text().split()[:2])}\n"
+                             for pub in sorted(host.path("/etc/ssh").glob("ssh_host_*_key.pub"))))
+    secret = tmp_path / "amqp.pass"
+    secret.write_text(broker.password)
+    secret.chmod(0o600)
+    args = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes " \
+           "-o GlobalKnownHostsFile=/dev/null"
+    values = {"ansible_user": "root", "ansible_ssh_private_key_file": str(key), "ansible_ssh_common_args": f"'{args}'",
+              "dispatch_amqp_host": "127.0.0.1", "dispatch_amqp_port": str(broker.port), "dispatch_amqp_vhost": vhost,
+              "dispatch_amqp_user": broker.user,
+              "dispatch_amqp_password": f"\"{{{{ lookup('ansible.builtin.file', '{secret}') }}}}\"", **group_vars}
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"[dispatch]\nrocky ansible_host=127.0.0.1 ansible_port={port}\n\n[dispatch:vars]\n"
+                         + "".join(f"{k}={v}\n" for k, v in values.items()))
+    return inventory
+
+
+def test_the_role_installs_the_rpm_with_dnf_and_changes_nothing_the_second_time(rocky, broker, vhost, dist, tmp_path):
+    """The role's rpm source on the RHEL-shaped host: the RPM of scripts/build-dist (dist/),
+    checked there against SHA256SUMS, installed with dnf; then dispatch. Ansible runs on the host's
+    python3 (RHEL 9's 3.9)."""
+    from tests.support.fleet import ANSIBLE_DIR, changed_steps, run_playbook
+
+    host = rocky
+    rhel_base_python(host)
+    inventory = ssh_inventory(host, tmp_path, broker, vhost, dispatchctl_source="rpm")
+    run = run_playbook(inventory, ANSIBLE_DIR / "site.yml")
+    assert run.returncode == 0, run.tail()
+    assert run.task("Install it with dnf")["rocky"]["status"] == "changed"
+    assert host.rpm_installed("dispatchctl") == __version__
+    assert changed_steps(run.module()["rocky"]) == ["user", "appdir", "build", "config", "service"]
+    wait_consumer(broker, vhost)
+    assert not host.path("/usr/local/bin/dispatchctl").exists()  # the RPM's is /usr/bin/dispatchctl
+    pid, history = host.main_pid(), host.dnf_history()
+    again = run_playbook(inventory, ANSIBLE_DIR / "site.yml")
+    assert again.returncode == 0 and again.changed() == {"rocky": 0}, again.tail()
+    assert host.main_pid() == pid and host.dnf_history() == history  # no dnf transaction the second time

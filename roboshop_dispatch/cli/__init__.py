@@ -31,7 +31,7 @@ def main() -> None:
 
         print(f"dispatchctl {__version__}")
         return
-    code, kind, message = _run()
+    code, kind, message = _not_in_this_build(sys.argv[1:]) or _run()
     argv = sys.argv[1:]
     if kind and wants_json(argv):
         from .app import app
@@ -42,6 +42,32 @@ def main() -> None:
                      for c in app.registered_commands}
             print_json(error_document(command_of(argv, names), kind, message or "see stderr"))
     sys.exit(code)
+
+
+LAB_LEFT_OUT = (
+    "the lab is not part of this build of dispatchctl: the single-file dispatchctl and the RPM carry only "
+    "what runs on target hosts. Run the lab from a checkout: python3 -m venv .venv && .venv/bin/pip install . "
+    "&& sudo .venv/bin/dispatchctl lab up"
+)
+
+
+def _not_in_this_build(argv: list[str]) -> tuple[int, str, str] | None:
+    """``dispatchctl lab ...`` where the lab was left out (the one-file dispatchctl and the RPM: the
+    command is not even listed there): one clear line instead of "No such command"."""
+    words = [w for w in (argv[: argv.index("--")] if "--" in argv else argv) if not w.startswith("-")]
+    if words[:1] != ["lab"]:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__.rpartition('.')[0]}.lab") is not None:
+        return None
+    from ..errors import ErrorKind, ExitStatus
+    from .output import error, error_document, print_json
+
+    error(LAB_LEFT_OUT)
+    if wants_json(argv):
+        print_json(error_document(" ".join(words[:2]), ErrorKind.PREFLIGHT, LAB_LEFT_OUT))
+    return ExitStatus.FAILED, ErrorKind.PREFLIGHT, LAB_LEFT_OUT
 
 
 def _usage_message(exc: Exception) -> str | None:

@@ -237,7 +237,7 @@ def read(
     """Read the installed dispatch once. Never raises for a missing or broken installation: what
     cannot be read is recorded as such. ``verify_unit`` runs ``systemd-analyze verify``,
     ``journal_lines`` reads that many log lines when the service is not active, ``process`` asks
-    psutil which user the main process runs as, ``telemetry`` scrapes the running instances
+    which user the main process runs as (psutil or /proc), ``telemetry`` scrapes the running instances
     /metrics and connects to the OTLP collector (each costs time, so only ``check`` asks);
     ``version=False`` leaves systemd's version out (one process less, for ``status``);
     ``interpret=False`` leaves the consumer's reading of the settings to the caller
@@ -433,14 +433,9 @@ def _slow_facts(state: InstalledState, systemd: Any, verify: bool, lines: int, p
 
 
 def process_user(pid: int) -> Optional[str]:
-    try:
-        import psutil
+    from ..procinfo import process_user as user  # psutil when the host has it, else /proc
 
-        return str(psutil.Process(pid).username())
-    except Exception:  # the process ended in between, or psutil cannot see it
-        return None
-
-
+    return user(pid)
 
 
 def consumer_defaults() -> Dict[str, str]:

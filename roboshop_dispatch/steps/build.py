@@ -25,6 +25,7 @@ from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_at
 from ..host import CommandError
 from ..layout import BUILD_STAMP_NAME as STAMP_NAME
 from ..layout import BUNDLE_CACHE, GO_CACHE, GO_CANDIDATES, PYTHON
+from ..pkgfiles import archive_of
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, load_cache, save_cache, unchanged
 from .pending import mark_pending
@@ -67,6 +68,11 @@ def bundle_stat_key() -> Optional[str]:
     if spec is None or spec.origin is None:
         return None
     pika_dir = Path(spec.origin).resolve().parent
+    archive = archive_of(own)
+    if archive is not None:  # the single-file dispatchctl run from its zip: the zip holds every source
+        st = os.stat(archive)
+        key = f"{PYTHON}\0{archive}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n"
+        return hashlib.sha256(key.encode()).hexdigest()
     digest = hashlib.sha256(f"{PYTHON}\0".encode() + (own / "bundle.py").read_bytes())
     files = [own / "__init__.py", own / "amqp.py", *sorted((own / "consumer").rglob("*.py")),
              *sorted(pika_dir.rglob("*.py")), *sorted(pika_dir.parent.glob("pika-*.dist-info/*"))]

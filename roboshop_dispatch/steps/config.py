@@ -142,12 +142,12 @@ def render_key(ctx: Context) -> str:
     """A digest of everything the files are rendered from: the templates, the code that renders
     them, dispatchctl's version and the settings (password included: the cache is root-only,
     beside a root-only file that holds the password itself)."""
-    from .. import __version__, render, settings
+    from .. import __version__, pkgfiles, render, settings
 
     digest = hashlib.sha256(f"{__version__}\0{PYTHON}\0".encode())
     sources = [Path(render.__file__), Path(envfile.__file__), Path(settings.__file__), Path(__file__)]
-    for path in sources + sorted(render.templates_dir().glob("*.j2")):
-        data = path.read_bytes()
+    for path in sources + [p for _, p in pkgfiles.files_under(render.templates_dir(), ".j2")]:
+        data = pkgfiles.read_bytes(path)  # a file, or a member of the zip dispatchctl runs from
         digest.update(f"{path.name}\0{len(data)}\0".encode() + data)
     s = ctx.settings
     # systemd's version is left out (asking costs a subprocess): a host upgraded past 247 keeps

@@ -13,7 +13,8 @@ Debian test rootfs (roboshop_dispatch/lab/nspawn.py) and cached beside it, keyed
   has to run ``dnf install`` for real.
 - The RPMs (:func:`build_repo`): ``python3`` packs a real CPython 3.9 (the one pyenv built on this
   machine, without its tests) as ``/usr/bin/python3.9`` + ``/usr/lib/python3.9``: the bundled zipapp
-  then really runs on 3.9, as on RHEL 9. ``golang`` is a thin package: ``/usr/bin/go`` and
+  then really runs on 3.9, as on RHEL 9. ``bash`` is a thin package that only provides ``/bin/sh``
+  (for scriptlets, as RHEL's bash does). ``golang`` is a thin package: ``/usr/bin/go`` and
   ``/usr/lib/golang`` are links into the Debian toolchain that stays in the rootfs
   (``/usr/lib/go-1.19``). That proves dispatchctl's dnf/rpm commands and their answers, not Rocky's
   own packages.
@@ -190,6 +191,7 @@ Summary: {summary}
 License: test
 BuildArch: {arch}
 AutoReqProv: no
+{extra}
 %define debug_package %{{nil}}
 %define _build_id_links none
 %global __os_install_post %{{nil}}
@@ -206,10 +208,11 @@ AutoReqProv: no
 """
 
 
-def _rpmbuild(work: Path, name: str, version: str, summary: str, arch: str, install: str, files: str) -> Path:
+def _rpmbuild(work: Path, name: str, version: str, summary: str, arch: str, install: str, files: str,
+              extra: str = "") -> Path:
     spec = work / f"{name}.spec"
     spec.write_text(SPEC_HEAD.format(name=name, version=version, summary=summary, arch=arch,
-                                     install=install, files=files))
+                                     install=install, files=files, extra=extra))
     top = work / "rpmbuild"
     _run(["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", "_tmppath %{_topdir}/tmp", str(spec)],
          f"rpmbuild {name}", 900)
@@ -231,6 +234,13 @@ def build_golang_rpm(work: Path, rootfs: Path) -> Path:
         ln -s go-1.19 %{buildroot}/usr/lib/golang""")
     return _rpmbuild(work, "golang", go_version(rootfs), "Go toolchain (links to the host rootfs's Go)",
                      "noarch", install, "/usr/bin/go\n/usr/bin/gofmt\n/usr/lib/golang")
+
+
+def build_bash_rpm(work: Path) -> Path:
+    """``bash``, thin: no files (the rootfs's own shell stays), only what RHEL's bash provides for
+    the scriptlets of a package (an RPM with a %post/%postun script requires /bin/sh)."""
+    return _rpmbuild(work, "bash", "5.1.8", "the shell (provides /bin/sh for scriptlets)", "noarch",
+                     "mkdir -p %{buildroot}", "", extra="Provides: /bin/sh\nProvides: /bin/bash")
 
 
 PY39_SKIP = ("test", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
@@ -284,7 +294,7 @@ def build_repo(dest: Path, rootfs: Path) -> Dict[str, Path]:
             raise HostError(f"{tool} is not installed: run scripts/setup-dev (apt-get install -y rpm createrepo-c)")
     work = dest / "build"
     work.mkdir(parents=True, exist_ok=True)
-    rpms = {"golang": build_golang_rpm(work, rootfs), "python3": build_python3_rpm(work)}
+    rpms = {"golang": build_golang_rpm(work, rootfs), "python3": build_python3_rpm(work), "bash": build_bash_rpm(work)}
     repos = {"all": dest / "all", "no-golang": dest / "no-golang"}
     for name, repo in repos.items():
         repo.mkdir(parents=True, exist_ok=True)
