@@ -100,6 +100,10 @@ class Settings:
     # consumers on this host (None: as installed, 1 on a fresh host) and the orders queue's type
     instances: Optional[int] = None
     queue_type: str = knobs.DEFAULT_QUEUE_TYPE
+    # the health gate of a restart: seconds to READY (None: layout's default for the host list),
+    # and whether a restart that fails it keeps the new state instead of rolling back
+    ready_timeout: Optional[int] = None
+    no_rollback: bool = False
 
     @classmethod
     def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:

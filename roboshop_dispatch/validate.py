@@ -177,6 +177,20 @@ def validate_flavour(option: str, value: str) -> str:
     return value
 
 
+MAX_READY_TIMEOUT_S = 3600
+
+
+def validate_ready_timeout(option: str, value: str) -> int:
+    """Seconds a restarted instance has to report ready: plain ASCII digits, 1..3600."""
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]{1,5}", text):
+        raise SettingsError(option, f"{value!r} is not a whole number of seconds (1..{MAX_READY_TIMEOUT_S})")
+    number = int(text)
+    if not 1 <= number <= MAX_READY_TIMEOUT_S:
+        raise SettingsError(option, f"{number} is outside 1..{MAX_READY_TIMEOUT_S} seconds")
+    return number
+
+
 def validate_instances(option: str, value: Optional[str]) -> Optional[int]:
     """How many consumers to run on this host: plain ASCII digits, 1..MAX_INSTANCES (``int()``
     alone would take ``1_0``, ``+3`` or non-ASCII digits). None: keep what is installed."""

@@ -108,7 +108,7 @@ def test_every_option_the_module_maps_is_one_the_command_takes():
     for command, options in M.COMMAND_OPTIONS.items():
         helptext = subprocess.run([DISPATCHCTL, command, "--help"], capture_output=True, text=True,
                                   env={**os.environ, "COLUMNS": "200"}, timeout=60).stdout
-        flags = [M.VALUE_FLAGS.get(o, "--" + o) for o in options]
+        flags = [M.VALUE_FLAGS.get(o) or M.SETTINGS.get(o, ("--" + o,))[0] for o in options]
         assert all(flag in helptext for flag in flags), (command, [f for f in flags if f not in helptext])
         assert ("--dry-run" in helptext) == (command in M.PLANS), command
         assert ("--diff" in helptext) == (command in M.DIFFS), command

@@ -55,7 +55,7 @@ def _register() -> None:
     import importlib.util
 
     lab = importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.lab") is not None
-    for module in ("provision", "check", "status", "logs", "uninstall", *(("lab",) if lab else ())):
+    for module in ("provision", "operate", "check", "status", "logs", "uninstall", *(("lab",) if lab else ())):
         importlib.import_module(f"{__package__}.{module}")
 
 

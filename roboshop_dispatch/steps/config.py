@@ -25,8 +25,9 @@ from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_at
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
 from ..redact import SECRET_KEYS, Redactor
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
+from .dropins import plan_carry
+from .generation import before_change
 from .instances import INSTANCES, wanted_count
-from .pending import mark_pending
 
 
 class _Unreadable:
@@ -239,6 +240,9 @@ class ConfigStep(Step[ConfigPlan]):
         return f"{unit} and {s.env_file} up to date ({where}; {s.queue_type} orders queue)"
 
     def check(self, ctx: Context) -> Change[ConfigPlan]:
+        count = wanted_count(ctx)
+        if ctx.host_path(ctx.settings.unit_path if count > 1 else ctx.settings.template_path).exists():
+            plan_carry(ctx, count)  # a migration whose drop-ins cannot go along is refused before any write
         change = self._check(ctx)
         # what the dry run and the JSON report show beside the files
         change.report.update(instances=wanted_count(ctx), queue_type=ctx.settings.queue_type)
@@ -297,8 +301,7 @@ class ConfigStep(Step[ConfigPlan]):
         # every byte is ready before the first write: nothing can fail half-way for want of it
         payloads = {want.mark: want.text.encode("utf-8") for want in plan.writes if want.text is not None}
         for want in plan.writes:
-            if want.mark != INSTANCES:  # the count restarts nothing: the service step starts/stops the difference
-                mark_pending(ctx, want.mark)
+            before_change(ctx, want.mark)  # keeps what runs now, once, for a rollback
             real = ctx.host_path(want.path)
             if want.text is None:
                 lstat_regular(real)  # a link is refused, not removed
