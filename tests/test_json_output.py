@@ -25,7 +25,8 @@ DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "schema" / "dispatchctl.schema.json"
 PASSWORD = "s3cr3t-Pa$$ w0rd"
 NOWHERE = "/nonexistent-dispatchctl-json-test"
-COMMANDS = ["install", "configure", "build", "start", "stop", "restart", "rollback", "check-rabbitmq", "check", "status", "logs", "uninstall"]
+COMMANDS = ["install", "configure", "build", "start", "stop", "restart", "rollback", "check-rabbitmq", "check",
+            "status", "logs", "uninstall"]
 
 
 def validator() -> jsonschema.Draft202012Validator:

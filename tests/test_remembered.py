@@ -49,6 +49,8 @@ VALID: Dict[str, list] = {
     "error_percent": ["0", "50", "100"],
     "instances": ["1", "3", "64"],
     "queue_type": ["classic", "quorum"],
+    "ready_timeout": ["30", "1", "3600", " 45 "],
+    "no_rollback": ["1", "0", "yes", "no"],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -64,6 +66,8 @@ INVALID: Dict[str, list] = {
     "error_percent": ["101", "-1", "x"],
     "instances": ["0", "65", "+3", "1_0", "٣", ""],
     "queue_type": ["stream", "Quorum", ""],
+    "ready_timeout": ["0", "3601", "1.5", "-3", "٣", ""],
+    "no_rollback": ["maybe"],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 

@@ -45,10 +45,10 @@ def stop(instances: Optional[List[str]] = Instances, dry_run: bool = opt.DryRun,
     """Stop dispatch: every unit, or the instances named. They stay enabled (a reboot starts them;
     `dispatchctl start` now). Exit 0 stopped (or not running), 5 a unit named is not installed
     (as systemctl), else systemctl's status."""
-    from ..steps.operate import StopUnitsStep
+    from ..steps.plan import operate
 
     named = _units(instances)
-    opt.finish(_run("stop", [StopUnitsStep(named)], {}, dry_run=dry_run, diff=False, as_json=json_output))
+    opt.finish(_run("stop", operate("stop", named), {}, dry_run=dry_run, diff=False, as_json=json_output))
 
 
 @app.command()
@@ -58,10 +58,10 @@ def restart(given: Dict[str, Optional[str]], instances: Optional[List[str]] = In
     """Restart dispatch: every configured unit, or the instances named, one at a time, each ready
     (consuming) before the next; the first that is not stops it there, with its log. Exit 0 all
     ready, 1 one was not, 5 a unit named is not installed (as systemctl)."""
-    from ..steps.operate import RestartUnitsStep
+    from ..steps.plan import operate
 
     named = _units(instances)
-    opt.finish(_run("restart", [RestartUnitsStep(named)], given, dry_run=dry_run, diff=False, as_json=json_output))
+    opt.finish(_run("restart", operate("restart", named), given, dry_run=dry_run, diff=False, as_json=json_output))
 
 
 @app.command()
@@ -72,8 +72,6 @@ def rollback(given: Dict[str, Optional[str]], dry_run: bool = opt.DryRun, diff: 
     binary, unit, drop-ins, settings and credential, then restart what they changed, each ready
     in turn (should it not become ready, what ran before is put back). Idempotent: says when there
     is nothing to roll back to."""
-    from ..steps.restore import RestoreStep
-    from ..steps.service import ServiceStep
+    from ..steps.plan import plan
 
-    opt.finish(_run("rollback", [RestoreStep(), ServiceStep("follow")], given, dry_run=dry_run, diff=diff,
-                    as_json=json_output))
+    opt.finish(_run("rollback", plan("rollback"), given, dry_run=dry_run, diff=diff, as_json=json_output))

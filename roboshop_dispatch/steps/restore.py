@@ -16,7 +16,6 @@ from typing import Dict, List, Optional
 
 from ..files import read_regular
 from .base import Action, Change, Context, Step, StepFailed, unchanged
-from .config import CREDENTIAL, WantedFile, file_diff, old_secrets
 from .generation import (
     MARKS,
     Generation,
@@ -28,6 +27,7 @@ from .generation import (
     restore,
     verify,
 )
+from .textfiles import CREDENTIAL, WantedFile, file_diff, old_secrets
 
 VERBS = {"write": "write", "replace": "replace", "fix": "fix", "remove": "remove"}
 
