@@ -45,7 +45,9 @@ def ready_timeout(ctx: Context) -> float:
 
 def start_units(ctx: Context, verb: str, units: Sequence[str]) -> Tuple[bool, str]:
     """``systemctl start|restart UNITS``, waited for READY (Systemd.start_and_wait, the ready
-    timeout). Returns (ok, why not)."""
+    timeout). Returns (ok, why not). ``reset-failed`` first: a unit that failed, or that was
+    started often lately (a few typos in a row), would refuse the start (its start limit)."""
+    ctx.runner.run(["systemctl", "reset-failed", *units], check=False)
     started = ctx.systemd.start_and_wait(verb, units, timeout=ready_timeout(ctx))
     if started.ok:
         return True, ""
@@ -154,8 +156,6 @@ def roll_back(ctx: Context, gen: Generation, touched: Sequence[str]) -> Tuple[Li
         info = now.info(unit)
         if unit not in touched and info.running:
             continue  # not restarted by this run: it still runs the good generation
-        if info.active_state == "failed":
-            run(["systemctl", "reset-failed", unit], check=False)
         ok, why = start_units(ctx, "restart", (unit,))
         if not ok:
             raise _RollbackFailed(with_tail(why, journal_tail(ctx, [unit])), restored=True)

@@ -7,8 +7,9 @@
   next: the others keep consuming meanwhile. The first that does not become ready stops the
   restart there, with its journal tail; the ones not yet restarted keep running as they were.
 
-A unit named that is not installed fails with systemctl's exit status for it (5, ExitStatus.NOT_LOADED),
-as ``systemctl stop|restart`` does; a systemctl that fails gives its own status.
+A unit named that is not installed (not one of the configured units, nor running) fails with
+systemctl's exit status for a unit not loaded (5, ExitStatus.NOT_LOADED); a systemctl that fails
+gives its own status.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class UnitNotFound(StepFailed):
 
 
 def _known(facts: InstanceFacts, unit: str) -> bool:
-    if unit == UNIT_NAME:
-        return facts.legacy_file or facts.legacy.running
-    return facts.template_file or facts.info(unit).running
+    """One of the units this host is configured for, or one that runs (a template makes any
+    dispatch@N loadable: dispatch@3 of 2 configured is still not installed)."""
+    configured = facts.wanted_units(facts.configured) if facts.configured else []
+    return unit in configured or facts.info(unit).running
 
 
 def targets(facts: InstanceFacts, named: Sequence[str], verb: str) -> List[str]:
@@ -127,7 +129,6 @@ class RestartUnitsStep(Step[Units]):
         units = change.the_plan().units
         done: List[str] = []
         for unit in units:
-            ctx.runner.run(["systemctl", "reset-failed", unit], check=False)
             ok, why = gate.start_units(ctx, "restart", (unit,))
             if not ok:
                 left = [u for u in units if u != unit and u not in done]

@@ -29,7 +29,6 @@ __all__ = ["PENDING", "ServiceStep", "decide", "mark_pending"]
 @dataclass(frozen=True)
 class ServicePlan:
     actions: Tuple[str, ...]
-    failed: bool  # the unit is in the failed state: reset it before starting
     # several instances (or a migration between dispatch.service and them): see steps/instances.py
     scale: Optional[instances.ScalePlan] = None
 
@@ -66,7 +65,7 @@ def decide(unit: str, props: Dict[str, str], *, mode: str, changed: Collection[s
             return unchanged(f"{unit} is {state}: not restarted (`dispatchctl start` starts it)", report)
         return unchanged(f"{unit} {state}, enabled, pid {props.get('MainPID', '?')}", report)
     because = f" ({', '.join(reasons)} changed)" if "restart" in actions else ""
-    return Change([Action(", ".join(actions), unit, because)], ServicePlan(tuple(actions), active == "failed"),
+    return Change([Action(", ".join(actions), unit, because)], ServicePlan(tuple(actions)),
                   report=report)
 
 
@@ -144,7 +143,7 @@ class ServiceStep(Step[ServicePlan]):
             carry = dropins.plan_carry(ctx, count)
             scale = replace(scale, carry=carry)
             change.actions[:0] = dropins.actions(carry)
-        return Change(change.actions, ServicePlan((), False, scale), report=change.report)
+        return Change(change.actions, ServicePlan((), scale), report=change.report)
 
     def apply(self, ctx: Context, change: Change[ServicePlan]) -> str:
         sd = ctx.systemd
@@ -166,14 +165,13 @@ class ServiceStep(Step[ServicePlan]):
             done.append("reloaded systemd")
         verb = "restart" if "restart" in plan.actions else "start" if "start" in plan.actions else ""
         if verb:
-            done.append(self._start(ctx, verb, plan.failed))
+            done.append(self._start(ctx, verb))
         return ", ".join(done)
 
-    def _start(self, ctx: Context, verb: str, failed: bool) -> str:
+    def _start(self, ctx: Context, verb: str) -> str:
         """Start or restart the unit, through the health gate (steps/gate.py)."""
         sd = ctx.systemd
-        if failed:
-            sd.reset_failed()  # a unit that hit its start limit refuses a plain start
+        sd.reset_failed()  # a unit that failed or hit its start limit refuses a plain start
         started = sd.start_and_wait(verb, [sd.unit], timeout=gate.ready_timeout(ctx))
         props = sd.show()
         if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
