@@ -81,16 +81,24 @@ class Units:
     units: Tuple[str, ...]
 
 
-class StopUnitsStep(Step[Units]):
-    name = "stop"
-    title = "Stop dispatch"
+class _UnitsStep(Step[Units]):
+    """A step on every dispatch unit, or the ones ``named``."""
 
     def __init__(self, named: Sequence[str] = ()) -> None:
         self.named = tuple(named)
 
-    def check(self, ctx: Context) -> Change[Units]:
+    def targets(self, ctx: Context) -> Tuple[InstanceFacts, List[str]]:
         facts = installed_instances(ctx)
-        running = [u for u in targets(facts, self.named, "stop") if facts.info(u).running]
+        return facts, targets(facts, self.named, self.name)
+
+
+class StopUnitsStep(_UnitsStep):
+    name = "stop"
+    title = "Stop dispatch"
+
+    def check(self, ctx: Context) -> Change[Units]:
+        facts, units = self.targets(ctx)
+        running = [u for u in units if facts.info(u).running]
         report = {"units": running}
         if not running:
             return unchanged(f"{', '.join(self.named) or 'dispatch'}: not running (nothing to stop)", report)
@@ -108,16 +116,12 @@ class StopUnitsStep(Step[Units]):
             raise failed
 
 
-class RestartUnitsStep(Step[Units]):
+class RestartUnitsStep(_UnitsStep):
     name = "restart"
     title = "Restart dispatch, one unit at a time"
 
-    def __init__(self, named: Sequence[str] = ()) -> None:
-        self.named = tuple(named)
-
     def check(self, ctx: Context) -> Change[Units]:
-        facts = installed_instances(ctx)
-        units = targets(facts, self.named, "restart")
+        facts, units = self.targets(ctx)
         timeout = gate.ready_timeout(ctx)
         report = {"units": units, "ready_timeout_s": timeout}
         states = ", ".join(f"{u} {facts.info(u).active_state or 'inactive'}" for u in units)

@@ -118,7 +118,7 @@ steps: {description: one object per step (name, status, changed, message, next_a
 document: {description: dispatchctl's whole JSON document (passwords masked), type: dict}
 rc: {description: dispatchctl's exit code, type: int}
 next_action: {description: on failure, what to run or fix next, type: str}
-rolled_back: {description: a restarted instance did not become ready and the last good generation runs again, type: bool}
+rolled_back: {description: a restarted instance was not ready and the last good generation runs again, type: bool}
 rollback: {description: "when a restart failed its health gate: what failed (reason, units, journal) and what was put
   back, or why not", type: dict}
 """
