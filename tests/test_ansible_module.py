@@ -167,6 +167,25 @@ def test_a_failed_step_fails_with_its_message_next_action_and_the_steps():
     assert result["changed"] is True and result["changed_steps"] == ["config"]  # what it did before failing
 
 
+def test_a_rolled_back_change_fails_saying_so_and_what_failed():
+    """The document of a change whose restart failed its health gate (valid against the CLI's
+    schema): the task fails, with ``rolled_back`` and ``rollback`` for the play to act on."""
+    from tests.support.schema import schema_errors
+
+    doc = step_failure_document()
+    doc.update(version="0.4.0", rolled_back=True, rollback={
+        "rolled_back": True, "reason": "dispatch.service did not become ready: login refused",
+        "units": ["dispatch.service"], "journal": ["ERROR authentication failed"], "ok": True,
+        "restored": ["/etc/roboshop/dispatch.amqp-pass"], "generation": "20261206T082501-f64e8994",
+        "duration_s": 0.7})
+    assert not schema_errors(doc), schema_errors(doc)
+    result = M.interpret("install", 1, json.dumps(doc), "")
+    assert result["failed"] is True and result["rolled_back"] is True
+    assert result["rollback"]["units"] == ["dispatch.service"] and result["rollback"]["restored"]
+    plain = M.interpret("install", 1, json.dumps(step_failure_document()), "")
+    assert plain["rolled_back"] is False and "rollback" not in plain
+
+
 def test_no_json_document_is_a_failure_naming_the_output():
     result = M.interpret("install", 127, "", "sh: dispatchctl: not found\n")
     assert result["failed"] is True and "not found" in result["msg"] and "127" in result["msg"]

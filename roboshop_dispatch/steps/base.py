@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, FrozenSet, Generic, List, Optional, Sequ
 
 from ..errors import DispatchctlError, ErrorKind
 from ..facts.host import HostFacts
+from ..facts.instances import InstanceFacts, read_instances
 from ..files import NotRegularFile, diff_stat
 from ..host import CommandError, Runner
 from ..settings import Settings
@@ -157,6 +158,14 @@ class Context:
         if self.root == Path("/"):
             return Path(path)
         return self.root / Path(path).relative_to("/")
+
+
+def installed_instances(ctx: Context, *, ask_systemd: bool = True) -> InstanceFacts:
+    """The dispatch units on the host, read once (facts.instances; ``ask_systemd=False``: only
+    the files, no systemctl)."""
+    s = ctx.settings
+    return read_instances(ctx.runner, systemd_pid1=ask_systemd and ctx.facts.systemd_pid1,
+                          unit_dir=ctx.host_path(s.unit_dir), instances_file=ctx.host_path(s.instances_file))
 
 
 class Step(Generic[P]):

@@ -23,10 +23,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import envfile
 from ..errors import DispatchctlError, ErrorKind
-from ..facts.instances import read_instances
 from ..files import read_regular
 from ..layout import READY_TIMEOUT_PER_HOST_S, READY_TIMEOUT_S
-from .base import Context, StepFailed
+from .base import Context, StepFailed, installed_instances
 from .generation import Generation, GenerationError, differences, discard_staged, promote, restore, staged, verify
 from .pending import clear_pending
 
@@ -142,7 +141,7 @@ def roll_back(ctx: Context, gen: Generation, touched: Sequence[str]) -> Tuple[Li
     run = ctx.runner.run
     if "unit" in marks:
         run(["systemctl", "daemon-reload"])
-    now = _facts(ctx)
+    now = installed_instances(ctx)
     extra = [u.unit for u in now.running() if u.unit not in gen.units]
     if extra:
         run(["systemctl", "stop", *extra], check=False)
@@ -161,19 +160,13 @@ def roll_back(ctx: Context, gen: Generation, touched: Sequence[str]) -> Tuple[Li
             raise _RollbackFailed(with_tail(why, journal_tail(ctx, [unit])), restored=True)
     clear_pending(ctx)
     discard_staged(ctx)
-    pids = ", ".join(f"{i.unit} pid {i.main_pid}" for i in _facts(ctx).running())
+    pids = ", ".join(f"{i.unit} pid {i.main_pid}" for i in installed_instances(ctx).running())
     return restored, f"the last good generation runs again ({pids}: ready)"
-
-
-def _facts(ctx: Context):
-    return read_instances(ctx.runner, systemd_pid1=ctx.facts.systemd_pid1,
-                          unit_dir=ctx.host_path(ctx.settings.unit_dir),
-                          instances_file=ctx.host_path(ctx.settings.instances_file))
 
 
 def _failed_rollback(ctx: Context, failed: str, why: str, *, restored: bool) -> StepFailed:
     """The rollback failed too: what the host is left with, and what to run."""
-    states = ", ".join(f"{u.unit} {u.active_state}/{u.sub_state}" for u in _facts(ctx).every_unit()
+    states = ", ".join(f"{u.unit} {u.active_state}/{u.sub_state}" for u in installed_instances(ctx).every_unit()
                        if u.running or u.active_state == "failed") or "no dispatch unit running"
     if restored:
         state = (f"the last good generation's files are back in place, but it does not start either: {states}")

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DispatchctlError, ErrorKind
-from ..facts.instances import InstanceInfo, read_instances
+from ..facts.instances import InstanceInfo
 from ..files import lstat_regular, read_regular, write_atomic
 from ..layout import GENERATIONS_DIR, INSTANCE_PREFIX, KEPT_POINTER, STAGED_POINTER
 from ..systemd import UP_STATES
-from .base import Context
+from .base import Context, installed_instances
 from .pending import mark_pending, pending_reasons
 
 # what a member's change means to the service step (the marks of steps/base.py)
@@ -108,9 +108,7 @@ def ready_now(running: Sequence[InstanceInfo]) -> bool:
 
 def ready_units(ctx: Context) -> Tuple[List[str], List[str]]:
     """(the dispatch units running ready now, none unless all are; the enabled ones)."""
-    facts = read_instances(ctx.runner, systemd_pid1=ctx.facts.systemd_pid1,
-                           unit_dir=ctx.host_path(ctx.settings.unit_dir),
-                           instances_file=ctx.host_path(ctx.settings.instances_file))
+    facts = installed_instances(ctx)
     running = facts.running()
     enabled = [u.unit for u in facts.every_unit() if u.is_enabled]
     return ([u.unit for u in running] if ready_now(running) else []), enabled

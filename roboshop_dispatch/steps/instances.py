@@ -24,20 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
-from ..facts.instances import InstanceFacts, read_instances
+from ..facts.instances import InstanceFacts
 from . import dropins, gate
-from .base import Action, Change, Context, unchanged
+from .base import Action, Change, Context, installed_instances, unchanged
 from .dropins import Carry
 from .pending import RESTART_MARKS
 
 INSTANCES = "instances"  # the mark of the instance count file (restarts nothing)
-
-
-def installed_instances(ctx: Context, *, ask_systemd: bool = True) -> InstanceFacts:
-    """The dispatch units on the host (``ask_systemd=False``: only the files, no systemctl)."""
-    s = ctx.settings
-    return read_instances(ctx.runner, systemd_pid1=ask_systemd and ctx.facts.systemd_pid1,
-                          unit_dir=ctx.host_path(s.unit_dir), instances_file=ctx.host_path(s.instances_file))
 
 
 def wanted_count(ctx: Context) -> int:

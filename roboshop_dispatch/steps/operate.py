@@ -23,8 +23,7 @@ from ..facts.instances import InstanceFacts, instance_unit
 from ..layout import MAX_INSTANCES, UNIT_NAME
 from ..validate import SettingsError
 from . import gate
-from .base import Action, Change, Context, Step, StepFailed, unchanged
-from .instances import installed_instances
+from .base import Action, Change, Context, Step, StepFailed, installed_instances, unchanged
 from .pending import clear_pending
 
 _NAME = re.compile(r"^(?:dispatch@)?([1-9][0-9]{0,5})(?:\.service)?$")

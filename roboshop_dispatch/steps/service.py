@@ -86,9 +86,9 @@ def gated(ctx: Context, change: Change[ServicePlan], facts: InstanceFacts) -> Ch
     rollback = "off (--no-rollback)" if ctx.settings.no_rollback else \
         "to the generation running now" if ready else "none: dispatch does not run ready now"
     change.report["gate"] = {"ready_timeout_s": timeout, "rollback": rollback}
-    how = "rolled back" if ready and not ctx.settings.no_rollback else "failing"
+    how = "rolled back unless" if ready and not ctx.settings.no_rollback else "must be"
     last = change.actions[-1]
-    change.actions[-1] = replace(last, note=f"{last.note}; {how} unless ready within {timeout:.0f}s")
+    change.actions[-1] = replace(last, note=f"{last.note}; {how} ready within {timeout:.0f}s")
     return change
 
 

@@ -24,8 +24,7 @@ from ..files import lstat_regular
 from ..layout import GENERATIONS_DIR, INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
 from . import record
-from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
-from .instances import installed_instances
+from .base import Action, Change, Context, PreflightError, Step, StepFailed, installed_instances, unchanged
 
 
 def _exists(path: Path) -> bool:
