@@ -134,12 +134,13 @@ def bind_queue(channel, *, callback=None) -> None:
     channel.queue_bind(**kwargs)
 
 
-def declare_topology(channel, queue_type: str = CLASSIC) -> None:
-    """Exchange, queue, binding and quarantine queue, on a BlockingChannel. Idempotent."""
+def declare_topology(channel, queue_type: str = CLASSIC, quarantine_type: Optional[str] = None) -> None:
+    """Exchange, queue, binding and quarantine queue (of ``queue_type`` unless told), on a
+    BlockingChannel. Idempotent."""
     declare_exchange(channel)
     declare_queue(channel, queue_type=queue_type)
     bind_queue(channel)
-    declare_quarantine(channel, queue_type=queue_type)
+    declare_quarantine(channel, queue_type=quarantine_type or queue_type)
 
 
 # -- connection errors: one line each, and the fix ---------------------------------------------

@@ -23,6 +23,7 @@ class ExitStatus(IntEnum):
     NOT_RUNNING = 3  # status: installed, not running
     NOT_INSTALLED = 4  # status: the unit is not installed
     NO_SYSTEMD = 4  # status: PID 1 is not systemd (LSB's "status unknown")
+    NOT_LOADED = 5  # stop, restart: the unit named is not installed (systemctl's own 5)
     ABORTED = 130  # interrupted (SIGINT)
 
 

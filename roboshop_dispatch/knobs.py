@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from .layout import APP_DIR, MAX_INSTANCES, SERVICE_USER
+from .layout import APP_DIR, MAX_INSTANCES, READY_TIMEOUT_PER_HOST_S, READY_TIMEOUT_S, SERVICE_USER
 from .validate import (
     FLAVOURS,
     QUEUE_TYPES,
@@ -37,6 +37,7 @@ from .validate import (
     validate_percent,
     validate_port,
     validate_queue_type,
+    validate_ready_timeout,
     validate_sha256,
     validate_text,
     validate_user_name,
@@ -53,7 +54,9 @@ DEFAULT_QUEUE_TYPE = QUEUE_TYPES[0]
 
 # the commands whose options are settings
 PROVISION = ("install", "configure", "build", "start")
-COMMANDS = (*PROVISION, "check-rabbitmq", "check", "uninstall")
+# the commands that restart dispatch and wait for it (their options: the health gate's)
+RESTARTING = (*PROVISION, "restart", "rollback")
+COMMANDS = (*PROVISION, "restart", "rollback", "check-rabbitmq", "check", "uninstall")
 
 
 def _port(label: str, text: str) -> int:
@@ -159,8 +162,16 @@ KNOBS: Tuple[Knob, ...] = (
          ansible="instances", ansible_type="int"),
     Knob("queue_type", "--queue-type", validate_queue_type, DEFAULT_QUEUE_TYPE, "The orders queue's type "
          "(DISPATCH_QUEUE_TYPE): classic is the contract; quorum survives the loss of a cluster node (bundled "
-         "flavour only).", "|".join(QUEUE_TYPES), "DISPATCH_QUEUE_TYPE", commands=("install", "configure"),
-         ansible="queue_type", choices=QUEUE_TYPES),
+         "flavour only; check-rabbitmq --declare declares it so when it is absent).", "|".join(QUEUE_TYPES),
+         "DISPATCH_QUEUE_TYPE", commands=("install", "configure", "check-rabbitmq"), ansible="queue_type",
+         choices=QUEUE_TYPES),
+    Knob("ready_timeout", "--ready-timeout", validate_ready_timeout, None, "Seconds a started or restarted instance "
+         "has to report ready (READY=1, sent once it consumes); a change whose restart does not is rolled "
+         f"back (default {READY_TIMEOUT_S}, plus {READY_TIMEOUT_PER_HOST_S} for each further AMQP host).", "SECONDS",
+         optional=True, commands=RESTARTING, ansible="ready_timeout", ansible_type="int"),  # never remembered
+    Knob("no_rollback", "--no-rollback", _flag, "0", "Keep the new state when a restarted instance does not "
+         "become ready (`dispatchctl rollback` can still return to the last good generation).",
+         commands=PROVISION, ansible="no_rollback", ansible_type="bool", flag=True),  # never remembered
     # tracing and metrics: the bundled consumer's (the go flavour has neither)
     Knob("otlp_endpoint", "--otlp-endpoint", validate_otlp_endpoint, "none", "Send a span per order "
          "(OpenTelemetry, OTLP/HTTP) to this collector's base URL (OTEL_EXPORTER_OTLP_ENDPOINT; spans go to "
@@ -203,7 +214,7 @@ OPTIONS: Tuple[Knob, ...] = (*KNOBS[:4], *PASSWORD_KNOBS, *KNOBS[4:])
 # the settings each command resolves (its options, its DISPATCHCTL_* variables, its installed values)
 COMMAND_KNOBS: Dict[str, Tuple[str, ...]] = {
     command: tuple(k.name for k in KNOBS if command in k.commands or command in k.read_by)
-    for command in (*PROVISION, "check-rabbitmq")
+    for command in (*RESTARTING, "stop", "check-rabbitmq")
 }
 
 

@@ -59,6 +59,16 @@ NO_SHELL = "/bin/false"
 # dispatchctl's own state
 STATE_DIR = Path("/var/lib/dispatchctl")
 CREATED_RECORD = STATE_DIR / "created.json"  # what dispatchctl created (uninstall --purge removes only that)
+# the last good generation (binary, unit or template, drop-ins, environment file, credential, count),
+# kept by every change that restarts dispatch, for its rollback: root-only (0700 dirs, 0600 files),
+# one directory per generation and two pointer files naming them (steps/generation.py)
+GENERATIONS_DIR = STATE_DIR / "generations"
+KEPT_POINTER = GENERATIONS_DIR / "kept"  # the generation `dispatchctl rollback` returns to
+STAGED_POINTER = GENERATIONS_DIR / "staged"  # the one running while a change is being applied
+# a restarted instance's time to report READY=1 (once it consumes) before the change is rolled back:
+# this, plus some for each further AMQP host (the consumer tries them in turn, 10 s each at most)
+READY_TIMEOUT_S = 30
+READY_TIMEOUT_PER_HOST_S = 10
 CACHE_DIR = Path("/var/cache/dispatchctl")
 RENDER_CACHE = CACHE_DIR / "rendered.json"
 BUNDLE_CACHE = CACHE_DIR / "bundle.json"

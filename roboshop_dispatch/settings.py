@@ -107,6 +107,10 @@ class Settings:
     metrics_listen: Optional[str] = None
     otlp_headers: Optional[Secret] = None
     otlp_headers_file: Path = OTLP_HEADERS_FILE
+    # the health gate of a restart: seconds to READY (None: layout's default for the host list),
+    # and whether a restart that fails it keeps the new state instead of rolling back
+    ready_timeout: Optional[int] = None
+    no_rollback: bool = False
 
     @classmethod
     def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .host import Runner
+from .layout import READY_TIMEOUT_S
 from .layout import UNIT_NAME as UNIT
 
 # every property of a dispatch unit dispatchctl reads (status, check, the service steps)
@@ -31,8 +32,8 @@ PROPERTIES = (
 RUNNING_STATES = ("active", "activating", "reloading", "deactivating")
 # ActiveState of a unit whose start succeeded: up, not on its way up (or down)
 UP_STATES = ("active", "reloading")
-# seconds to wait for READY=1 of the units a start waits for (a cluster list is tried host by host)
-START_TIMEOUT = 45.0
+# seconds to wait for READY=1 of the units a start waits for, unless told (steps/gate.py: --ready-timeout)
+START_TIMEOUT = float(READY_TIMEOUT_S)
 
 
 def parse_show(text: str) -> List[Dict[str, str]]:
@@ -60,12 +61,13 @@ class Started:
     stuck: Tuple[Tuple[str, str], ...] = ()
     down: Tuple[Tuple[str, str], ...] = ()
     timed_out: bool = False
+    waited: float = START_TIMEOUT  # the timeout it was given
 
     def not_ready(self, *, named: bool = True) -> str:
         """Why the units did not become ready: what the stuck ones say (each after its unit's name
         unless ``named=False``), or the time waited."""
         said = [f"{unit}: {text}" if named else text for unit, text in self.stuck]
-        return "; ".join(said) or f"not ready after {START_TIMEOUT:.0f}s"
+        return "; ".join(said) or f"not ready within {self.waited:.0f}s (--ready-timeout)"
 
 
 class Systemd:
@@ -116,7 +118,7 @@ class Systemd:
             if stuck or time.monotonic() > deadline:
                 proc.kill()  # only our client: the jobs stay with systemd
                 proc.communicate()
-                return Started(False, stuck=stuck, timed_out=not stuck)
+                return Started(False, stuck=stuck, timed_out=not stuck, waited=timeout)
         if proc.returncode != 0:
             return Started(False, job_error=err.strip() or f"systemctl {verb} exited {proc.returncode}")
         down = tuple((b.get("Id", ""), f"{b.get('ActiveState', '')}/{b.get('SubState', '')}")

@@ -177,18 +177,28 @@ def validate_flavour(option: str, value: str) -> str:
     return value
 
 
-def validate_instances(option: str, value: Optional[str]) -> Optional[int]:
-    """How many consumers to run on this host: plain ASCII digits, 1..MAX_INSTANCES (``int()``
-    alone would take ``1_0``, ``+3`` or non-ASCII digits). None: keep what is installed."""
-    if value is None:
-        return None
+MAX_READY_TIMEOUT_S = 3600
+
+
+def _bounded_number(option: str, value: str, top: int, unit: str = "") -> int:
+    """Plain ASCII digits in 1..``top`` (``int()`` alone would take ``1_0``, ``+3`` or non-ASCII digits)."""
     text = value.strip()
     if not re.fullmatch(r"[0-9]{1,6}", text):
-        raise SettingsError(option, f"{value!r} is not a whole number (1..{MAX_INSTANCES})")
+        raise SettingsError(option, f"{value!r} is not a whole number (1..{top}{unit})")
     number = int(text)
-    if not 1 <= number <= MAX_INSTANCES:
-        raise SettingsError(option, f"{number} is outside 1..{MAX_INSTANCES}")
+    if not 1 <= number <= top:
+        raise SettingsError(option, f"{number} is outside 1..{top}{unit}")
     return number
+
+
+def validate_ready_timeout(option: str, value: str) -> int:
+    """Seconds a restarted instance has to report ready: 1..3600."""
+    return _bounded_number(option, value, MAX_READY_TIMEOUT_S, " seconds")
+
+
+def validate_instances(option: str, value: Optional[str]) -> Optional[int]:
+    """How many consumers to run on this host: 1..MAX_INSTANCES. None: keep what is installed."""
+    return None if value is None else _bounded_number(option, value, MAX_INSTANCES)
 
 
 def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> str:

@@ -253,12 +253,23 @@ def test_a_wrong_password_fails_that_host_alone_with_the_auth_diagnosis(first_ru
     assert failed["msg"] in run.output  # the operator sees dispatchctl's message
     for name in ("lab-1", "lab-3"):
         assert fleet.hosts[name].main_pid() == pids[name]
-    # the right password again repairs that host alone
-    run = run_playbook(inventory(fleet), SITE)
-    assert run.returncode == 0, run.tail()
-    assert run.changed() == {"lab-1": 0, "lab-2": 1, "lab-3": 0}, run.stats
+    # rolled back there: lab-2 runs again with the password that works (restarted: a new MainPID)
+    assert failed["rolled_back"] is True and failed["rollback"]["units"] == ["dispatch.service"], failed
     assert fleet.hosts["lab-2"].run(["systemctl", "is-active", "dispatch.service"], check=False).stdout.strip() \
         == "active"
+    assert fleet.hosts["lab-2"].main_pid() != pids["lab-2"]
+    fleet.hosts["lab-2"].wait_for(lambda: consumers(broker, account) == 3, timeout=20, what="3 consumers")
+    # so the right password again changes nothing anywhere
+    run = run_playbook(inventory(fleet), SITE)
+    assert run.returncode == 0, run.tail()
+    assert run.changed() == {"lab-1": 0, "lab-2": 0, "lab-3": 0}, run.stats
+
+    # a fleet a host at a time (site.yml's serial, max_fail_percentage 0): the first host's failed
+    # change stops the play there; the others never run it
+    inv = inventory(fleet, {"lab-1": {"dispatch_amqp_password": wrong}})
+    run = run_playbook(inv, SITE, "-e", "dispatch_serial=1")
+    assert run.returncode != 0
+    assert set(run.task("Dispatch is")) == {"lab-1"} and run.module()["lab-1"]["rolled_back"] is True, run.tail()
 
 
 def test_a_tampered_pyz_is_refused_on_the_host_and_the_old_dispatchctl_stays(first_run, fleet, dist, tmp_path):

@@ -108,7 +108,7 @@ def test_every_option_the_module_maps_is_one_the_command_takes():
     for command, options in M.COMMAND_OPTIONS.items():
         helptext = subprocess.run([DISPATCHCTL, command, "--help"], capture_output=True, text=True,
                                   env={**os.environ, "COLUMNS": "200"}, timeout=60).stdout
-        flags = [M.VALUE_FLAGS.get(o, "--" + o) for o in options]
+        flags = [M.VALUE_FLAGS.get(o) or M.SETTINGS.get(o, ("--" + o,))[0] for o in options]
         assert all(flag in helptext for flag in flags), (command, [f for f in flags if f not in helptext])
         assert ("--dry-run" in helptext) == (command in M.PLANS), command
         assert ("--diff" in helptext) == (command in M.DIFFS), command
@@ -165,6 +165,25 @@ def test_a_failed_step_fails_with_its_message_next_action_and_the_steps():
     assert result["msg"] == "dispatch.service did not become ready: login refused"
     assert result["next_action"] == "run `dispatchctl check`" and result["step"] == "service"
     assert result["changed"] is True and result["changed_steps"] == ["config"]  # what it did before failing
+
+
+def test_a_rolled_back_change_fails_saying_so_and_what_failed():
+    """The document of a change whose restart failed its health gate (valid against the CLI's
+    schema): the task fails, with ``rolled_back`` and ``rollback`` for the play to act on."""
+    from tests.support.schema import schema_errors
+
+    doc = step_failure_document()
+    doc.update(version="0.4.0", rolled_back=True, rollback={
+        "rolled_back": True, "reason": "dispatch.service did not become ready: login refused",
+        "units": ["dispatch.service"], "journal": ["ERROR authentication failed"], "ok": True,
+        "restored": ["/etc/roboshop/dispatch.amqp-pass"], "generation": "20261206T082501-f64e8994",
+        "duration_s": 0.7})
+    assert not schema_errors(doc), schema_errors(doc)
+    result = M.interpret("install", 1, json.dumps(doc), "")
+    assert result["failed"] is True and result["rolled_back"] is True
+    assert result["rollback"]["units"] == ["dispatch.service"] and result["rollback"]["restored"]
+    plain = M.interpret("install", 1, json.dumps(step_failure_document()), "")
+    assert plain["rolled_back"] is False and "rollback" not in plain
 
 
 def test_no_json_document_is_a_failure_naming_the_output():

@@ -202,6 +202,48 @@ def test_declare_creates_exactly_the_contract_topology_then_everything_passes(br
     assert latency["status"] == ("ok" if latency["data"]["median_ms"] <= SLOW_RTT_MS else "warn"), latency
 
 
+def queue_types(broker, vhost: str) -> Dict[str, str]:
+    """Each queue's x-queue-type as the broker keeps it (classic: none)."""
+    return {q["name"]: q["arguments"].get("x-queue-type", "classic") for q in snapshot(broker, vhost)["queues"]}
+
+
+def test_declare_keeps_a_quorum_orders_quorum_and_follows_queue_type_when_absent(broker, vhost, tmp_path):
+    """--declare on a quorum ``orders`` (a real quorum queue on the real node): declared as it is,
+    not 406; ``orders.invalid`` made like it (as the consumer makes it); nothing else changed. Where
+    the queues are absent, --queue-type says what they become."""
+    conn = connect(broker, vhost)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("orders", durable=True, arguments={"x-queue-type": "quorum"})
+        ch.basic_publish("", "orders", b'{"orderid": "waiting"}')
+    finally:
+        conn.close()
+    run = check(*target(broker, vhost), "--declare", password=broker.password, tmp=tmp_path)
+    assert run.finding("declare")["status"] == "ok", run.finding("declare")
+    assert run.finding("declare")["data"]["queue_types"] == {"orders": "quorum", "orders.invalid": "quorum"}
+    assert run.rc == 0, run.stdout
+    assert queue_types(broker, vhost) == {"orders": "quorum", "orders.invalid": "quorum"}
+    conn = connect(broker, vhost)
+    try:  # the order waiting in it is still there, first in line
+        ch = conn.channel()
+        method, _, body = ch.basic_get("orders", auto_ack=False)
+        assert body == b'{"orderid": "waiting"}'
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        conn.close()
+
+    conn = connect(broker, vhost)
+    try:
+        for queue in ("orders", "orders.invalid"):
+            conn.channel().queue_delete(queue)
+    finally:
+        conn.close()
+    run = check(*target(broker, vhost), "--declare", "--queue-type", "quorum", password=broker.password,
+                tmp=tmp_path)
+    assert run.rc == 0 and run.finding("declare")["status"] == "ok", run.stdout
+    assert queue_types(broker, vhost) == {"orders": "quorum", "orders.invalid": "quorum"}
+
+
 def test_table_output_names_each_check(broker, vhost, tmp_path):
     declare_contract(broker, vhost)
     run = check(*target(broker, vhost), password=broker.password, tmp=tmp_path, as_json=False)

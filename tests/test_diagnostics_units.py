@@ -102,17 +102,17 @@ def test_resolve_amqp_options_win_then_the_installed_configuration(tmp_path, mon
     monkeypatch.delenv("DISPATCHCTL_AMQP_PASS", raising=False)
     env = _env(tmp_path, AMQP_HOST="10.1.1.1", AMQP_PORT="5673", AMQP_VHOST="shop", AMQP_USER="inst",
                AMQP_PASS="installed-pw")
-    amqp, password = resolve_amqp(host=None, port=None, vhost=None, user=None, pass_file=None, env_file=env)
+    amqp, password, _ = resolve_amqp(host=None, port=None, vhost=None, user=None, pass_file=None, env_file=env)
     assert (amqp.hosts, amqp.port, amqp.vhost, amqp.user) == (("10.1.1.1",), 5673, "shop", "inst")
     assert password().reveal() == "installed-pw"
     pass_file = tmp_path / "pass"
     pass_file.write_text("from-file\n")
-    amqp, password = resolve_amqp(host="10.2.2.2", port="5674", vhost="v", user="opt", pass_file=str(pass_file),
+    amqp, password, _ = resolve_amqp(host="10.2.2.2", port="5674", vhost="v", user="opt", pass_file=str(pass_file),
                                   env_file=env)
     assert (amqp.hosts, amqp.port, amqp.vhost, amqp.user) == (("10.2.2.2",), 5674, "v", "opt")
     assert password().reveal() == "from-file"
     monkeypatch.setenv("DISPATCHCTL_AMQP_PASS", "from-env")
-    amqp, password = resolve_amqp(host="10.2.2.2", port=None, vhost=None, user=None, pass_file=None, env_file=env)
+    amqp, password, _ = resolve_amqp(host="10.2.2.2", port=None, vhost=None, user=None, pass_file=None, env_file=env)
     assert password().reveal() == "from-env" and amqp.port == 5673  # each setting not given: the installed one
 
 
@@ -120,7 +120,7 @@ def test_resolve_amqp_errors_name_the_option(tmp_path, monkeypatch):
     monkeypatch.delenv("DISPATCHCTL_AMQP_PASS", raising=False)
     with pytest.raises(SettingsError, match=r"--amqp-host.*is required"):
         resolve_amqp(host=None, port=None, vhost=None, user=None, pass_file=None, env_file=tmp_path / "none")
-    _, password = resolve_amqp(host="10.0.0.1", port=None, vhost=None, user=None, pass_file=None,
+    _, password, _ = resolve_amqp(host="10.0.0.1", port=None, vhost=None, user=None, pass_file=None,
                                env_file=tmp_path / "none")
     with pytest.raises(SettingsError, match="--amqp-pass-file"):  # only when the login needs it
         password()

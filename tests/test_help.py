@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
-COMMANDS = ["install", "configure", "build", "start", "check-rabbitmq", "check", "status", "logs", "uninstall"]
+COMMANDS = ["install", "configure", "build", "start", "stop", "restart", "rollback", "check-rabbitmq", "check",
+            "status", "logs", "uninstall"]
 LAB_COMMANDS = ["lab up", "lab down", "lab status", "lab inventory", "lab shell"]
 
 

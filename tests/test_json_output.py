@@ -15,27 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roboshop_dispatch import __version__
+from tests.support.schema import VALIDATOR, schema_errors
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "schema" / "dispatchctl.schema.json"
 PASSWORD = "s3cr3t-Pa$$ w0rd"
 NOWHERE = "/nonexistent-dispatchctl-json-test"
-COMMANDS = ["install", "configure", "build", "start", "check-rabbitmq", "check", "status", "logs", "uninstall"]
+COMMANDS = ["install", "configure", "build", "start", "stop", "restart", "rollback", "check-rabbitmq", "check",
+            "status", "logs", "uninstall"]
 
 
-def validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-VALIDATOR = validator()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def one_document(res: subprocess.CompletedProcess) -> dict:
     """stdout is exactly one JSON document, valid against the schema, password-free."""
     doc, end = json.JSONDecoder().raw_decode(res.stdout)
     assert res.stdout[end:].strip() == "", f"more than one document: {res.stdout!r}"
-    errors = [f"{list(e.absolute_path)}: {e.message}" for e in VALIDATOR.iter_errors(doc)]
+    errors = schema_errors(doc)
     assert not errors, "\n".join(errors) + "\n" + res.stdout
     assert list(doc)[:3] == ["command", "ok", "version"] and doc["version"] == __version__
     assert PASSWORD not in res.stdout + res.stderr

@@ -52,6 +52,8 @@ VALID: Dict[str, list] = {
     "otlp_endpoint": ["http://127.0.0.1:4318", "https://collector.example:4318/", "none", "off"],
     "metrics_listen": ["127.0.0.1:9100", "[::1]:9464", "0.0.0.0:9100", "none"],
     "otlp_headers": ["authorization=Bearer%20abc", "x-a=1,x-b=two", "none", "Authorization=Basic abc=="],
+    "ready_timeout": ["30", "1", "3600", " 45 "],
+    "no_rollback": ["1", "0", "yes", "no"],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -71,6 +73,8 @@ INVALID: Dict[str, list] = {
                       "127.0.0.1:4318"],
     "metrics_listen": ["9100", "127.0.0.1:0", "127.0.0.1:70000", "::1:9100", "h h:1", "a/b:1", "300.1.1.1:9"],
     "otlp_headers": ["noequals", "a=", "bad name=x", "a=1,a=2", "x=\x01", ",,=v", "none,a=b"],
+    "ready_timeout": ["0", "3601", "1.5", "-3", "٣", ""],
+    "no_rollback": ["maybe"],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 

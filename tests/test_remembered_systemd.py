@@ -97,8 +97,9 @@ def test_dry_run_shows_where_each_value_came_from(host, broker, shared_vhost):
 def test_configure_a_new_host_keeps_the_installed_password(host, broker, shared_vhost):
     credential = host.path(CREDENTIAL).read_text()
     pid = props(host, "MainPID")["MainPID"]
-    # the test broker listens on 127.0.0.1 only: the restarted service cannot become ready (exit 1)
-    doc = dispatchctl(host, "configure", "--amqp-host", "127.0.0.2", expect=1)
+    # the test broker listens on 127.0.0.1 only: the restarted service cannot become ready (exit 1);
+    # --no-rollback keeps the new host (without it the change is rolled back: test_rollback_systemd.py)
+    doc = dispatchctl(host, "configure", "--amqp-host", "127.0.0.2", "--no-rollback", expect=1)
     assert [s["name"] for s in doc["steps"] if s["changed"] or s["failed"]] == ["config", "service"], doc
     assert doc["failed_step"] == "service" and "127.0.0.2" in doc["steps"][-1]["message"]
     assert installed_env(host)["AMQP_HOST"] == "127.0.0.2"

@@ -461,12 +461,13 @@ def test_purge_in_a_tree_keeps_what_it_did_not_create(tmp_path):
 
 
 def test_steps_do_not_import_each_other():
-    """A step module imports only the contract (base), the pending restarts, the created record
-    and the instances' decisions, never another step; plan.py alone composes them."""
+    """A step module imports only the contract (base), the pending restarts, the created record,
+    the instances' decisions, the kept generations and their health gate, the drop-ins' carrying
+    and the text files' diffs, never another step; plan.py alone composes them."""
     import ast
 
     steps_dir = Path(__file__).resolve().parent.parent / "roboshop_dispatch" / "steps"
-    shared = {"base", "pending", "record", "instances"}
+    shared = {"base", "pending", "record", "instances", "generation", "gate", "dropins", "textfiles"}
     step_modules = {p.stem for p in steps_dir.glob("*.py")} - shared - {"__init__", "plan"}
     assert not (steps_dir / "archive.py").exists(), "archive.py is a library: roboshop_dispatch/archive.py"
     for path in steps_dir.glob("*.py"):

@@ -22,9 +22,10 @@ from .output.findings import print_findings
 def resolve_amqp(
     *, host: Optional[str], port: Optional[str], vhost: Optional[str], user: Optional[str],
     pass_file: Optional[str], env_file: Path, pass_value: Optional[str] = None,
-    environ: Optional[Mapping[str, str]] = None,
-) -> Tuple[Any, Any]:
-    """The AMQP settings to check and a lazy password: each setting from its option, else its
+    environ: Optional[Mapping[str, str]] = None, queue_type: Optional[str] = None,
+) -> Tuple[Any, Any, str]:
+    """The AMQP settings to check, a lazy password and the queue type --declare declares an
+    absent ``orders`` as: each setting from its option, else its
     DISPATCHCTL_* variable, else what is installed (as the consumer reads it: its defaults), else
     the default (sources.resolve). The password (asked for only at the login check):
     --amqp-pass-file, --amqp-pass, $DISPATCHCTL_AMQP_PASS_FILE, $DISPATCHCTL_AMQP_PASS, the
@@ -36,11 +37,13 @@ def resolve_amqp(
 
     env = os.environ if environ is None else environ
     found, why = opt.installed_settings(env_file)
-    given = {"amqp_hosts": host, "amqp_port": port, "amqp_vhost": vhost, "amqp_user": user}
+    given = {"amqp_hosts": host, "amqp_port": port, "amqp_vhost": vhost, "amqp_user": user,
+             "queue_type": queue_type}
     resolved = resolve(COMMAND_KNOBS["check-rabbitmq"], given, env, found, installed_missing=why)
     opt.warn_if_pass_on_command_line(pass_value)
     lazy = password(pass_file, pass_value, env, found, opt.prompt if sys.stdin.isatty() else None, why)
-    return build_settings(resolved).amqp, lazy
+    settings = build_settings(resolved)
+    return settings.amqp, lazy, settings.queue_type
 
 
 @app.command("check-rabbitmq")
@@ -49,7 +52,7 @@ def check_rabbitmq(
     given: Dict[str, Optional[str]],
     declare: bool = typer.Option(False, "--declare",
                                  help="Declare the contract's exchange, queues and binding first (else nothing "
-                                      "is ever created or changed)."),
+                                      "is ever created or changed); a queue that exists keeps its type."),
     json_output: bool = opt.JsonOutput,
     verbose: bool = opt.Verbose,
     env_file: str = opt.EnvFile,
@@ -60,16 +63,17 @@ def check_rabbitmq(
     broker unless --declare. The password is asked for only when the login is reached. Exit 0 when
     no check fails (warnings are shown, not failures), 1 otherwise."""
     try:
-        amqp, password = resolve_amqp(host=given["amqp_hosts"], port=given["amqp_port"], vhost=given["amqp_vhost"],
-                                      user=given["amqp_user"], pass_file=given["amqp_pass_file"],
-                                      pass_value=given["amqp_pass"], env_file=Path(env_file))
+        amqp, password, queue_type = resolve_amqp(
+            host=given["amqp_hosts"], port=given["amqp_port"], vhost=given["amqp_vhost"], user=given["amqp_user"],
+            pass_file=given["amqp_pass_file"], pass_value=given["amqp_pass"], env_file=Path(env_file),
+            queue_type=given["queue_type"])
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
 
     from ..diagnostics import check_rabbitmq as run_checks
     from ..redact import Redactor
 
-    report = run_checks(amqp, declare=declare, budget=max(0.5, timeout), password=password)
+    report = run_checks(amqp, declare=declare, budget=max(0.5, timeout), password=password, queue_type=queue_type)
     redactor = Redactor([password.value.reveal()] if password.value else [])
     target = amqp.masked()
     if json_output:

@@ -12,7 +12,7 @@ from ..errors import ExitStatus
 from ..facts.host import HostFacts
 from ..host import Runner
 from ..settings import Settings
-from ..steps.base import PreflightError, Step
+from ..steps.base import PreflightError, Step, StepResult
 from . import options as opt
 from .common import INVOCATION
 from .output import error, error_document, print_json, write
@@ -34,13 +34,13 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
         return ExitStatus.FAILED
     lock = None if dry_run else opt.change_lock()
     try:
-        document = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
+        document, results = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
                         confirmed=confirmed, section=section)
     finally:
         if lock is not None:
             lock.close()
     if not document["ok"]:
-        return ExitStatus.FAILED
+        return failed_status(results)
     return ExitStatus.CHANGES if INVOCATION.exit_code and document["changed"] else ExitStatus.OK
 
 
@@ -61,7 +61,7 @@ def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool)
 
 def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFacts, *, dry_run: bool,
          diff: bool, as_json: bool, confirmed: bool,
-         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Any:
+         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Tuple[Dict[str, Any], List[StepResult]]:
     from ..steps.base import run_steps
     from ..steps.plan import context
     from .output.steps import Progress, show
@@ -80,18 +80,24 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
                         on_result=log.command_done if log is not None else None,
                         on_notice=lambda message: write(message + "\n", redactor, err=True))
         ctx = context(settings, dry_run=dry_run, facts=facts, runner=runner)
-        ctx.confirmed = confirmed
+        ctx.confirmed, ctx.command, ctx.returning = confirmed, command, command == "rollback"
         results = run_steps(steps, ctx, _both(progress.on_start, log and (lambda s: log.step_started(s.name))),
                             _both(progress.on_done, log and (lambda s, r: log.step_done(r))))
     try:
         document = show(command, results, dry_run=dry_run, planned=planned, duration_s=time.monotonic() - started,
                         as_json=as_json, show_diff=diff, redactor=redactor, quiet=INVOCATION.quiet,
-                        streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "", section=section)
+                        streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "", section=section,
+                        rollback=ctx.rollback)
     finally:
         if log is not None:
             log.finish("ok" if all(not r.failed for r in results) else "failed")
             log.close()
-    return document
+    return document, results
+
+
+def failed_status(results: List[StepResult]) -> int:
+    """The exit status of a run that failed: the failed step's own (stop and restart: systemctl's), else 1."""
+    return next((r.exit_status for r in results if r.failed and r.exit_status), ExitStatus.FAILED)
 
 
 def _both(first: Callable[..., None], second: Optional[Callable[..., None]]) -> Callable[..., None]:

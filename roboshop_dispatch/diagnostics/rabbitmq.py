@@ -37,16 +37,19 @@ def check_rabbitmq(
     connect_timeout: float = CONNECT_TIMEOUT_S,
     password: Optional[Callable[[], Secret]] = None,
     management_port: int = DEFAULT_MANAGEMENT_PORT,
+    queue_type: str = contract.CLASSIC,
 ) -> Report:
     """Every check of ``dispatchctl check-rabbitmq``, within ``budget`` seconds. ``password``, when
     given, is called only when the login is reached (it may prompt: the time it waits is not
     counted); its SettingsError (no password) is the login's failure. The queue's type, leader and
-    members come from the management HTTP API on ``management_port`` of the node checked."""
+    members come from the management HTTP API on ``management_port`` of the node checked.
+    ``queue_type``: what --declare declares a queue that does not exist as (one that exists: its type)."""
     clock = Clock(budget)
     report = Report()
     names = order(declare)
     try:
-        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout, password, management_port)
+        _check(report, amqp, clock, declare, resolve_timeout, connect_timeout, password, management_port,
+               queue_type)
     except Exception as exc:  # a bug in a check: reported as such, never blamed on the broker
         name = next((n for n in names if report.get(n) is None), names[-1])
         report.add(internal_error(name, TITLES[name], exc))
@@ -58,7 +61,7 @@ def check_rabbitmq(
 
 def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, resolve_timeout: float,
            connect_timeout: float, password: Optional[Callable[[], Secret]] = None,
-           management_port: int = DEFAULT_MANAGEMENT_PORT) -> None:
+           management_port: int = DEFAULT_MANAGEMENT_PORT, queue_type: str = contract.CLASSIC) -> None:
     names = order(declare)
     started = time.monotonic()
     resolved = network.resolve_all(amqp.hosts, amqp.port, min(resolve_timeout, clock.left()))
@@ -84,7 +87,7 @@ def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, reso
             return
         clock.extend(time.monotonic() - asked)
     target = next(t for t in tcp if t["ok"])
-    _amqp(report, amqp, target, clock, declare)
+    _amqp(report, amqp, target, clock, declare, queue_type)
     _queue_type(report, amqp, target["address"], clock, management_port)
 
 
@@ -107,7 +110,8 @@ def _ms(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clock, declare: bool) -> None:
+def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clock, declare: bool,
+          queue_type: str = contract.CLASSIC) -> None:
     """The AMQP checks, in a worker, so that a broker that stops answering cannot hold up the answer."""
     from ..pikaload import load
 
@@ -115,7 +119,7 @@ def _amqp(report: Report, amqp: AmqpSettings, target: Dict[str, Any], clock: Clo
     from .session import HandshakeFailed, Session, snapshot
 
     names = order(declare)
-    session = Session(amqp, declare)
+    session = Session(amqp, declare, queue_type)
     finished, _, error = run_bounded(lambda: session.run(target["address"], clock), clock.left())
     findings, step, stopped = snapshot(session)
     for f in findings:

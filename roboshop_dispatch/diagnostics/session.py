@@ -72,9 +72,10 @@ def server_version(conn: Any) -> str:
 
 
 class Session:
-    def __init__(self, amqp: AmqpSettings, declare: bool) -> None:
+    def __init__(self, amqp: AmqpSettings, declare: bool, queue_type: str = contract.CLASSIC) -> None:
         self.amqp = amqp
         self.declare = declare
+        self.queue_type = queue_type  # what --declare declares an absent queue as
         self.findings: List[Finding] = []
         self.step = "handshake"
         self.stopped: Optional[Tuple[str, str]] = None  # (after which check, why the rest is meaningless)
@@ -138,7 +139,7 @@ class Session:
         amqp = self.amqp
         if self.declare:
             self.begin("declare")
-            self.add(topology.declare(broker))
+            self.add(topology.declare(broker, self.queue_type))
         self.begin("permissions")
         started = time.monotonic()
         perms = permissions.probe(broker)

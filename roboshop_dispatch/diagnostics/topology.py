@@ -26,11 +26,16 @@ def _ms(started: float) -> float:
 # -- --declare -------------------------------------------------------------------------------------
 
 
-def declare_finding(reply: Reply, elapsed_ms: float) -> Finding:
+def declare_finding(reply: Reply, elapsed_ms: float, types: Optional[Dict[str, str]] = None) -> Finding:
+    """``types``: the type each queue was declared with (classic when not said)."""
+    types = types or {}
+    kinds = {q: types.get(q, contract.CLASSIC) for q in (contract.QUEUE, contract.QUARANTINE_QUEUE)}
     if reply.code == 0:
         return finding("declare", OK, f"declared exchange {contract.EXCHANGE} (durable direct), queues "
-                       f"{contract.QUEUE} and {contract.QUARANTINE_QUEUE} (durable), binding "
-                       f"{contract.EXCHANGE} --{contract.ROUTING_KEY}--> {contract.QUEUE}", elapsed_ms=elapsed_ms)
+                       f"{contract.QUEUE} ({kinds[contract.QUEUE]}) and {contract.QUARANTINE_QUEUE} "
+                       f"({kinds[contract.QUARANTINE_QUEUE]}), durable, binding "
+                       f"{contract.EXCHANGE} --{contract.ROUTING_KEY}--> {contract.QUEUE}",
+                       data={"queue_types": kinds}, elapsed_ms=elapsed_ms)
     return finding(
         "declare", FAIL, f"the broker refused: {reply.code} {scrub(reply.text)}",
         diagnosis="Cannot declare the topology",
@@ -40,9 +45,26 @@ def declare_finding(reply: Reply, elapsed_ms: float) -> Finding:
         data={"reply_code": reply.code}, elapsed_ms=elapsed_ms)
 
 
-def declare(broker: Broker) -> Finding:
+def declare(broker: Broker, queue_type: str = contract.CLASSIC) -> Finding:
+    """Declare the topology; a queue that exists is declared with the type it has (the broker's
+    406 says which: a quorum ``orders`` stays quorum), one that does not with ``queue_type``
+    (--queue-type), ``orders.invalid`` like ``orders`` (as the consumer declares it)."""
     started = time.monotonic()
-    return declare_finding(broker.attempt(contract.declare_topology), _ms(started))
+    types = {contract.QUEUE: queue_type, contract.QUARANTINE_QUEUE: queue_type}
+    found = set()  # the queues whose type the broker told
+    for _ in range(3):  # at most one correction per queue
+        reply = broker.attempt(lambda ch: contract.declare_topology(ch, types[contract.QUEUE],
+                                                                    types[contract.QUARANTINE_QUEUE]))
+        conflict = contract.queue_type_conflict(reply.text) if reply.code == 406 else None
+        if conflict is None or conflict[0] not in types or conflict[1] not in contract.QUEUE_TYPES \
+                or conflict[0] in found:
+            break
+        queue, kind = conflict
+        found.add(queue)
+        types[queue] = kind
+        if queue == contract.QUEUE and contract.QUARANTINE_QUEUE not in found:
+            types[contract.QUARANTINE_QUEUE] = kind
+    return declare_finding(reply, _ms(started), types)
 
 
 def _refused(name: str, what: str, code: int, text: str, amqp: AmqpSettings) -> Finding:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, FrozenSet, Generic, List, Optional, Sequ
 
 from ..errors import DispatchctlError, ErrorKind
 from ..facts.host import HostFacts
+from ..facts.instances import InstanceFacts, read_instances
 from ..files import NotRegularFile, diff_stat
 from ..host import CommandError, Runner
 from ..settings import Settings
@@ -34,7 +35,8 @@ FAILED = "failed"
 PAST = {"write": "wrote", "rewrite": "rewrote", "update": "updated", "fix": "fixed", "create": "created",
         "install": "installed", "remove": "removed", "delete": "deleted", "stop": "stopped",
         "disable": "disabled", "build": "built", "replace": "replaced", "go build": "built",
-        "migrate": "migrated", "keep": "kept", "daemon-reload": "ran daemon-reload"}
+        "migrate": "migrated", "keep": "kept", "daemon-reload": "ran daemon-reload", "put back": "put back",
+        "restart": "restarted", "carry": "carried"}
 
 P = TypeVar("P")
 
@@ -46,9 +48,11 @@ class PreflightError(DispatchctlError):
 
 
 class StepFailed(DispatchctlError):
-    """A step could not reach its wanted state; ``next_action`` tells the user what to run."""
+    """A step could not reach its wanted state; ``next_action`` tells the user what to run;
+    ``exit_status`` the command's exit status when not 1 (stop and restart: systemctl's)."""
 
     kind = ErrorKind.STEP
+    exit_status: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class StepResult:
     next_action: str = ""
     duration_s: float = 0.0
     data: Dict[str, Any] = field(default_factory=dict)
+    exit_status: int = 0  # a failed step's exit status when not 1 (StepFailed.exit_status)
 
     @property
     def changed(self) -> bool:
@@ -142,12 +147,25 @@ class Context:
     root: Path = Path("/")
     # uninstall --purge: the operator confirmed (--yes or at the prompt) that files may go
     confirmed: bool = False
+    command: str = ""  # the dispatchctl command running (recorded with a kept generation)
+    returning: bool = False  # `dispatchctl rollback`: this run puts the kept generation back
+    staging_done: bool = False  # the generation running before this run's first write is staged
+    # the health gate's verdict on this run's restarts (steps/gate.py), for the JSON report
+    rollback: Dict[str, Any] = field(default_factory=dict)
 
     def host_path(self, path: Path) -> Path:
         """``path`` (absolute, as on the host) under ``root``: tests point ``root`` at a temp dir."""
         if self.root == Path("/"):
             return Path(path)
         return self.root / Path(path).relative_to("/")
+
+
+def installed_instances(ctx: Context, *, ask_systemd: bool = True) -> InstanceFacts:
+    """The dispatch units on the host, read once (facts.instances; ``ask_systemd=False``: only
+    the files, no systemctl)."""
+    s = ctx.settings
+    return read_instances(ctx.runner, systemd_pid1=ask_systemd and ctx.facts.systemd_pid1,
+                          unit_dir=ctx.host_path(s.unit_dir), instances_file=ctx.host_path(s.instances_file))
 
 
 class Step(Generic[P]):
@@ -166,7 +184,8 @@ class Step(Generic[P]):
         try:
             result = self._run(ctx)
         except (StepFailed, NotRegularFile) as exc:
-            result = StepResult(self.name, FAILED, str(exc), next_action=exc.next_action)
+            result = StepResult(self.name, FAILED, str(exc), next_action=exc.next_action,
+                                exit_status=getattr(exc, "exit_status", 0))
         except CommandError as exc:
             result = StepResult(self.name, FAILED, str(exc), next_action=self.retry_hint(ctx))
         except OSError as exc:

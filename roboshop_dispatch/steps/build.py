@@ -28,7 +28,7 @@ from ..layout import BUNDLE_CACHE, GO_CACHE, GO_CANDIDATES, PYTHON
 from ..pkgfiles import archive_of
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, load_cache, save_cache, unchanged
-from .pending import mark_pending
+from .generation import before_change
 
 BINARY_MODE = 0o755
 
@@ -141,7 +141,7 @@ class BuildStep(Step[BuildPlan]):
         from .. import bundle
 
         data = bundle.build_zipapp(PYTHON)
-        mark_pending(ctx, "binary")
+        before_change(ctx, "binary")
         write_atomic(binary, data, mode=BINARY_MODE, uid=0, gid=0)
         record.remember(ctx, "files", ctx.settings.binary)
         self._remember_bundle(ctx, plan.key)
@@ -288,7 +288,7 @@ class BuildStep(Step[BuildPlan]):
                                  "`dispatchctl build --flavour go` again") from None
             fix_owner_mode(out, BINARY_MODE)
             binary_sha = sha256_file(out)
-            mark_pending(ctx, "binary")
+            before_change(ctx, "binary")
             lstat_regular(ctx.host_path(ctx.settings.binary))
             os.replace(out, ctx.host_path(ctx.settings.binary))
             # keep the sources beside the binary, as the manual's /app does

@@ -18,39 +18,30 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import envfile
 from ..consumer.telemetry_settings import header_secrets
-from ..files import drift, fix_owner_mode, lstat_regular, unified_diff, write_atomic
+from ..files import drift, fix_owner_mode, lstat_regular, write_atomic
 from ..layout import CREDENTIALS_MIN_SYSTEMD, PYTHON, RENDER_CACHE
-from ..redact import HEADER_KEYS, SECRET_KEYS, Redactor
+from ..redact import Redactor
 from .base import Action, Change, Context, Step, load_cache, save_cache, unchanged
+from .dropins import plan_carry
+from .generation import before_change
 from .instances import INSTANCES, wanted_count
-from .pending import mark_pending
+from .textfiles import (
+    CREDENTIAL,
+    HEADERS,
+    WHOLE_SECRETS,
+    Current,
+    WantedFile,
+    _Unreadable,
+    changed_keys,
+    file_diff,
+    old_secrets,
+    read_current,
+)
 
-
-class _Unreadable:
-    """A file we may not read (a dry run without root)."""
-
-
-UNREADABLE = _Unreadable()
-Current = Union[None, str, _Unreadable]
-
-
-@dataclass(frozen=True)
-class WantedFile:
-    mark: str  # what the service step reacts to: unit, envfile, credential
-    path: Path  # as on the host
-    text: Optional[str]  # None: the file must not exist
-    mode: int
-    secret: bool = False  # a diff shows its secret keys masked
-    note: str = ""  # said with its write/update action
-
-
-CREDENTIAL = "credential"
-HEADERS = "otlp-headers"  # the OTLP exporter's headers as a credential (--otlp-header)
-WHOLE_SECRETS = (CREDENTIAL, HEADERS)  # files that are a secret through and through
 ENV_ROUTE = "envfile"
 
 
@@ -75,51 +66,6 @@ class ConfigPlan:
     writes: Tuple[WantedFile, ...]
     fixes: Tuple[WantedFile, ...]
     key: str
-
-
-def read_current(path: Path) -> Current:
-    """The file's text (never through a link), None when absent, UNREADABLE without permission."""
-    try:
-        if lstat_regular(path) is None:
-            return None
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        return UNREADABLE
-    except UnicodeDecodeError:
-        return "\ufffd"  # not text we wrote: differs
-
-
-def old_secrets(text: Optional[str]) -> List[str]:
-    """The secret values an old environment file or unit holds, in every form it may spell them."""
-    if not text:
-        return []
-    pairs = list(envfile.parse(text).items())
-    for line in text.splitlines():  # a unit's Environment=KEY=value / Environment="KEY=value"
-        body = line.strip()
-        if body.startswith("Environment="):
-            pairs += list(envfile.parse(body[len("Environment="):].strip('"')).items())
-    values = [v for k, v in pairs if k in SECRET_KEYS and v]
-    return values + [h for k, v in pairs if k in HEADER_KEYS for h in header_secrets(v)]
-
-
-def changed_keys(old: str, new: str) -> List[str]:
-    before, after = envfile.parse(old), envfile.parse(new)
-    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-
-
-def file_diff(want: WantedFile, old: Current, redactor: Redactor) -> str:
-    previous = None if isinstance(old, _Unreadable) else old
-    if want.mark in WHOLE_SECRETS:  # the whole file is the secret
-        return unified_diff(None if previous is None else "********\n",
-                            None if want.text is None else "******** (changed)\n" if previous else "********\n",
-                            str(want.path))
-    secret_changed = (previous is not None and want.text is not None and want.secret
-                      and any(k in changed_keys(previous, want.text) for k in SECRET_KEYS))
-    new_label = "******** (changed)" if secret_changed else "********"
-    return unified_diff(None if previous is None else redactor.assignments(previous),
-                        None if want.text is None else redactor.assignments(want.text, new_label), str(want.path))
 
 
 def compare(want: WantedFile, current: Current, fixes: List[str]) -> Optional[Action]:
@@ -245,6 +191,9 @@ class ConfigStep(Step[ConfigPlan]):
         return f"{unit} and {s.env_file} up to date ({where}; {s.queue_type} orders queue)"
 
     def check(self, ctx: Context) -> Change[ConfigPlan]:
+        count = wanted_count(ctx)
+        if ctx.host_path(ctx.settings.unit_path if count > 1 else ctx.settings.template_path).exists():
+            plan_carry(ctx, count)  # a migration whose drop-ins cannot go along is refused before any write
         change = self._check(ctx)
         # what the dry run and the JSON report show beside the files
         change.report.update(instances=wanted_count(ctx), queue_type=ctx.settings.queue_type)
@@ -303,8 +252,7 @@ class ConfigStep(Step[ConfigPlan]):
         # every byte is ready before the first write: nothing can fail half-way for want of it
         payloads = {want.mark: want.text.encode("utf-8") for want in plan.writes if want.text is not None}
         for want in plan.writes:
-            if want.mark != INSTANCES:  # the count restarts nothing: the service step starts/stops the difference
-                mark_pending(ctx, want.mark)
+            before_change(ctx, want.mark)  # keeps what runs now, once, for a rollback
             real = ctx.host_path(want.path)
             if want.text is None:
                 lstat_regular(real)  # a link is refused, not removed

@@ -11,9 +11,11 @@ function from those facts to a :class:`ScalePlan`, unit-tested from recorded fac
 - Changing N starts or stops only the difference: dispatch@1 keeps its process going 2 -> 3.
 - A migration 1 <-> N starts the new units before it stops the old ones (never a window with no
   consumer longer than systemd's own start), then disables the old ones and removes the unit
-  file no longer used: a stale dispatch.service never runs beside instances.
+  file no longer used: a stale dispatch.service never runs beside instances. The operator's
+  drop-ins go along (steps/dropins.py).
 - A restart a change needs (unit, environment file, credential, binary) goes instance by instance,
-  each waited for, so the other instances keep consuming meanwhile.
+  each ready before the next, so the other instances keep consuming meanwhile; it stops at the
+  first that is not, and the change is rolled back (steps/gate.py).
 """
 
 from __future__ import annotations
@@ -22,18 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
-from ..facts.instances import InstanceFacts, read_instances
-from .base import Action, Change, Context, StepFailed, unchanged
+from ..facts.instances import InstanceFacts
+from . import dropins, gate
+from .base import Action, Change, Context, installed_instances, unchanged
+from .dropins import Carry
 from .pending import RESTART_MARKS
 
 INSTANCES = "instances"  # the mark of the instance count file (restarts nothing)
-
-
-def installed_instances(ctx: Context, *, ask_systemd: bool = True) -> InstanceFacts:
-    """The dispatch units on the host (``ask_systemd=False``: only the files, no systemctl)."""
-    s = ctx.settings
-    return read_instances(ctx.runner, systemd_pid1=ask_systemd and ctx.facts.systemd_pid1,
-                          unit_dir=ctx.host_path(s.unit_dir), instances_file=ctx.host_path(s.instances_file))
 
 
 def wanted_count(ctx: Context) -> int:
@@ -59,6 +56,7 @@ class ScalePlan:
     remove: Tuple[Path, ...] = ()  # the unit file no longer used (as on the host)
     reset_failed: Tuple[str, ...] = ()
     reasons: Tuple[str, ...] = field(default=())
+    carry: Carry = field(default_factory=Carry)  # the operator's drop-ins, carried to the new shape (steps/dropins.py)
 
 
 def decide(count: int, facts: InstanceFacts, *, mode: str, changed: Collection[str], pending: Collection[str],
@@ -125,10 +123,14 @@ def _actions(plan: ScalePlan, count: int) -> List[Action]:
 
 
 def apply(ctx: Context, plan: ScalePlan) -> str:
-    """Carry out the plan in its safe order: the wanted units run before the old ones stop."""
+    """Carry out the plan in its safe order: the wanted units run before the old ones stop; each
+    start and restart passes the health gate (steps/gate.py), else the change is rolled back."""
     run = ctx.runner.run
     done: List[str] = []
-    if plan.reload:
+    if plan.carry.moves:
+        dropins.carry_over(ctx, plan.carry)
+        done.append("carried " + ", ".join(str(target) for _, target in plan.carry.moves))
+    if plan.reload or plan.carry.moves:
         run(["systemctl", "daemon-reload"])
         done.append("reloaded systemd")
     if plan.reset_failed:
@@ -137,18 +139,28 @@ def apply(ctx: Context, plan: ScalePlan) -> str:
         run(["systemctl", "enable", "--quiet", *plan.enable])
         done.append("enabled " + ", ".join(plan.enable))
     if plan.start:
-        ok, why = start_units(ctx, "start", plan.start)
+        ok, why = gate.start_units(ctx, "start", plan.start)
         if not ok:
             if plan.stop:  # the old units still run: go back to them rather than run both
                 run(["systemctl", "stop", *plan.start], check=False)
-            raise StepFailed(why, "run `dispatchctl check` for a diagnosis, fix the cause, then run the command again")
+            raise gate.not_ready(ctx, why, plan.start)
         done.append("started " + ", ".join(plan.start))
-    for unit in plan.restart:
-        ok, why = start_units(ctx, "restart", (unit,))
-        if not ok:
-            raise StepFailed(why, "run `dispatchctl check` for a diagnosis, fix the cause, then run the command again")
+    restarted: List[str] = []
+    for unit in plan.restart:  # one at a time, each ready before the next: the others keep consuming
+        restarted.append(unit)
+        ok, why = gate.start_units(ctx, "restart", (unit,))
+        if not ok:  # stop at the first failure: the ones not yet restarted stay as they are
+            raise gate.not_ready(ctx, why, restarted)
     if plan.restart:
-        done.append("restarted " + ", ".join(plan.restart))
+        done.append("restarted " + ", ".join(plan.restart) + " one by one, each ready")
+    _retire(ctx, plan, done)
+    gate.passed(ctx, keep=not ctx.returning)
+    return "; ".join(done)
+
+
+def _retire(ctx: Context, plan: ScalePlan, done: List[str]) -> None:
+    """Stop, disable and remove what the wanted units replace (they run: they passed the gate)."""
+    run = ctx.runner.run
     if plan.stop:
         run(["systemctl", "stop", *plan.stop])
         done.append("stopped " + ", ".join(plan.stop))
@@ -158,22 +170,8 @@ def apply(ctx: Context, plan: ScalePlan) -> str:
     if plan.remove:
         for path in plan.remove:
             ctx.host_path(path).unlink(missing_ok=True)
+        dropins.retire(ctx, plan.carry)
         run(["systemctl", "daemon-reload"])
         done.append("removed " + ", ".join(str(p) for p in plan.remove))
     if plan.stop:
         run(["systemctl", "reset-failed", *plan.stop], check=False)
-    return "; ".join(done)
-
-
-def start_units(ctx: Context, verb: str, units: Tuple[str, ...]) -> Tuple[bool, str]:
-    """``systemctl start|restart UNITS``, waited for (Systemd.start_and_wait). Returns (ok, why not)."""
-    started = ctx.systemd.start_and_wait(verb, units)
-    if started.ok:
-        return True, ""
-    if started.job_error:
-        states = "".join(f"\n  {b.get('Id', '')}: {b.get('ActiveState', '')}/{b.get('SubState', '')} "
-                         f"(result {b.get('Result', '')})" for b in ctx.systemd.show_units(units))
-        return False, f"{verb} {', '.join(units)} failed: {started.job_error}{states}"
-    if started.down:
-        return False, "not running after start: " + ", ".join(f"{unit} {state}" for unit, state in started.down)
-    return False, f"{', '.join(units)} did not become ready: {started.not_ready()}"

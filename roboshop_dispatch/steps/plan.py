@@ -4,11 +4,15 @@
 - ``build``: packages, appdir, build, then restart a *running* service whose binary changed
 - ``configure``: user, config, then reload and restart a *running* service whose settings changed
 - ``start``: service (reload if needed, enable, start when stopped, restart when a change is pending)
+- ``rollback``: restore (the kept generation's files), then service as ``configure``'s
+- ``stop``, ``restart``: their one step, on every dispatch unit or the ones named (steps/operate.py)
+
+Every start and restart passes the health gate (steps/gate.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..facts.host import HostFacts
 from ..host import Runner
@@ -26,12 +30,13 @@ def _steps(names: List[str], service_mode: str) -> List[Step[Any]]:
     from .build import BuildStep
     from .config import ConfigStep
     from .packages import PackagesStep
+    from .restore import RestoreStep
     from .service import ServiceStep
     from .user import UserStep
 
     factories: Dict[str, Callable[[], Step[Any]]] = {
         "packages": PackagesStep, "user": UserStep, "appdir": AppDirStep, "build": BuildStep,
-        "config": ConfigStep, "service": lambda: ServiceStep(service_mode),
+        "config": ConfigStep, "service": lambda: ServiceStep(service_mode), "restore": RestoreStep,
     }
     return [factories[name]() for name in names]
 
@@ -41,6 +46,7 @@ PLANS: Dict[str, List[str]] = {
     "build": ["packages", "appdir", "build", "service"],
     "configure": ["user", "config", "service"],
     "start": ["service"],
+    "rollback": ["restore", "service"],
 }
 
 
@@ -49,6 +55,13 @@ def plan(command: str) -> List[Step[Any]]:
     if command not in PLANS:
         raise ValueError(f"unknown command {command!r}")
     return _steps(PLANS[command], "start" if command in ("install", "start") else "follow")
+
+
+def operate(command: str, named: Sequence[str] = ()) -> List[Step[Any]]:
+    """``stop`` or ``restart``: every dispatch unit, or the ones ``named``."""
+    from .operate import RestartUnitsStep, StopUnitsStep
+
+    return [StopUnitsStep(named) if command == "stop" else RestartUnitsStep(named)]
 
 
 def preflight(facts: HostFacts, *, dry_run: bool) -> None:

@@ -11,14 +11,15 @@ without a reload the same way. One ``systemctl show`` call reads every property 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Collection, Dict, List, Optional, Tuple
 
 from ..facts.instances import InstanceFacts
 from ..layout import RESTART_PENDING as PENDING
 from ..systemd import RUNNING_STATES, UP_STATES
-from . import instances
+from . import dropins, gate, instances
 from .base import Action, Change, Context, Step, StepFailed, unchanged
+from .generation import ready_now
 from .pending import RESTART_MARKS, clear_pending, mark_pending, pending_reasons
 
 __all__ = ["PENDING", "ServiceStep", "decide", "mark_pending"]
@@ -28,7 +29,6 @@ __all__ = ["PENDING", "ServiceStep", "decide", "mark_pending"]
 @dataclass(frozen=True)
 class ServicePlan:
     actions: Tuple[str, ...]
-    failed: bool  # the unit is in the failed state: reset it before starting
     # several instances (or a migration between dispatch.service and them): see steps/instances.py
     scale: Optional[instances.ScalePlan] = None
 
@@ -65,8 +65,31 @@ def decide(unit: str, props: Dict[str, str], *, mode: str, changed: Collection[s
             return unchanged(f"{unit} is {state}: not restarted (`dispatchctl start` starts it)", report)
         return unchanged(f"{unit} {state}, enabled, pid {props.get('MainPID', '?')}", report)
     because = f" ({', '.join(reasons)} changed)" if "restart" in actions else ""
-    return Change([Action(", ".join(actions), unit, because)], ServicePlan(tuple(actions), active == "failed"),
+    return Change([Action(", ".join(actions), unit, because)], ServicePlan(tuple(actions)),
                   report=report)
+
+
+def gated(ctx: Context, change: Change[ServicePlan], facts: InstanceFacts) -> Change[ServicePlan]:
+    """What the health gate will do about the starts and restarts ``change`` plans (a dry run
+    predicts it): the ready timeout, and whether a failure rolls back (only to a generation that
+    runs ready now, not with --no-rollback)."""
+    plan = change.plan
+    if plan is None:
+        return change
+    starts = plan.scale.start + plan.scale.restart if plan.scale else \
+        tuple(a for a in plan.actions if a in ("start", "restart"))
+    if not starts:
+        return change
+    timeout = gate.ready_timeout(ctx)
+    running = facts.running()
+    ready = bool(running) and ready_now(running)
+    rollback = "off (--no-rollback)" if ctx.settings.no_rollback else \
+        "to the generation running now" if ready else "none: dispatch does not run ready now"
+    change.report["gate"] = {"ready_timeout_s": timeout, "rollback": rollback}
+    how = "rolled back unless" if ready and not ctx.settings.no_rollback else "must be"
+    last = change.actions[-1]
+    change.actions[-1] = replace(last, note=f"{last.note}; {how} ready within {timeout:.0f}s")
+    return change
 
 
 class ServiceStep(Step[ServicePlan]):
@@ -86,7 +109,10 @@ class ServiceStep(Step[ServicePlan]):
         facts = instances.installed_instances(ctx)
         count = ctx.settings.instances or facts.configured or 1
         if instances.in_use(facts, count):
-            return self._check_instances(ctx, facts, count)
+            return gated(ctx, self._check_instances(ctx, facts, count), facts)
+        return gated(ctx, self._check_single(ctx), facts)
+
+    def _check_single(self, ctx: Context) -> Change[ServicePlan]:
         props: Dict[str, str] = ctx.systemd.show() if ctx.facts.systemd_pid1 else {}
         if not props and not ctx.dry_run:
             raise StepFailed("systemctl show answered nothing: is systemd running?",
@@ -112,7 +138,12 @@ class ServiceStep(Step[ServicePlan]):
                                   stale_file=stale if ctx.host_path(stale).exists() else None)
         if not change.needed:
             return unchanged(change.summary, change.report)
-        return Change(change.actions, ServicePlan((), False, change.the_plan()), report=change.report)
+        scale = change.the_plan()
+        if scale.remove:  # a migration between the shapes: the operator's drop-ins go along
+            carry = dropins.plan_carry(ctx, count)
+            scale = replace(scale, carry=carry)
+            change.actions[:0] = dropins.actions(carry)
+        return Change(change.actions, ServicePlan((), scale), report=change.report)
 
     def apply(self, ctx: Context, change: Change[ServicePlan]) -> str:
         sd = ctx.systemd
@@ -134,20 +165,23 @@ class ServiceStep(Step[ServicePlan]):
             done.append("reloaded systemd")
         verb = "restart" if "restart" in plan.actions else "start" if "start" in plan.actions else ""
         if verb:
-            if plan.failed:
-                sd.reset_failed()  # a unit that hit its start limit refuses a plain start
-            started = sd.start_and_wait(verb, [sd.unit])
-            props = sd.show()
-            if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
-                props = self._settle(ctx)
-            if not started.ok or props.get("ActiveState") not in UP_STATES:
-                stuck = started.not_ready(named=False) if started.stuck or started.timed_out else ""
-                raise StepFailed(self._failure(ctx, verb, props, stuck),
-                                 "run `dispatchctl check` for a diagnosis (`dispatchctl check-rabbitmq` for the "
-                                 "broker side), fix the cause, then run `dispatchctl install` again")
-            clear_pending(ctx)
-            done.append(f"{verb}ed (pid {props.get('MainPID', '?')})")
+            done.append(self._start(ctx, verb))
         return ", ".join(done)
+
+    def _start(self, ctx: Context, verb: str) -> str:
+        """Start or restart the unit, through the health gate (steps/gate.py)."""
+        sd = ctx.systemd
+        sd.reset_failed()  # a unit that failed or hit its start limit refuses a plain start
+        started = sd.start_and_wait(verb, [sd.unit], timeout=gate.ready_timeout(ctx))
+        props = sd.show()
+        if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
+            props = self._settle(ctx)
+        if not started.ok or props.get("ActiveState") not in UP_STATES:
+            stuck = started.not_ready(named=False) if started.stuck or started.timed_out else ""
+            raise gate.not_ready(ctx, self._failure(ctx, verb, props, stuck), [sd.unit])
+        clear_pending(ctx)
+        gate.passed(ctx, keep=not ctx.returning)
+        return f"{verb}ed (pid {props.get('MainPID', '?')})"
 
     @staticmethod
     def _settle(ctx: Context, seconds: float = 1.0) -> Dict[str, str]:
@@ -162,10 +196,6 @@ class ServiceStep(Step[ServicePlan]):
     @staticmethod
     def _failure(ctx: Context, verb: str, props: Dict[str, str], stuck: str = "") -> str:
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')} (result {props.get('Result', '?')})"
-        res = ctx.systemd.runner.run(["journalctl", "-u", ctx.systemd.unit, "-n", "6", "--no-pager", "-o", "cat"],
-                                     check=False, timeout=15)
-        lines = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("-- ")]
-        log = ("\nlast log lines:\n  " + "\n  ".join(lines)) if lines else ""
         if stuck:
-            return f"{ctx.systemd.unit} did not become ready: {stuck}{log}"
-        return f"{ctx.systemd.unit} failed to {verb}: it is {state}{log}"
+            return f"{ctx.systemd.unit} did not become ready: {stuck}"
+        return f"{ctx.systemd.unit} failed to {verb}: it is {state}"

@@ -2,8 +2,8 @@
 ``--dry-run`` reports exactly what a real run removes and a second run changes nothing.
 
 Stop and disable the service and every dispatch@N instance, remove the unit and the template
-(and their drop-ins), the environment file, the instance count, the credentials and
-``/app/dispatch``. The service user and the app directory stay unless ``purge``,
+(and their drop-ins), the environment file, the instance count, the credentials, the kept
+generation (steps/generation.py) and ``/app/dispatch``. The service user and the app directory stay unless ``purge``,
 and are shared with the other RoboShop services, so ``purge`` (confirmed with ``--yes`` or at a
 prompt) removes only what dispatchctl created (layout.CREATED_RECORD): the files it wrote in the
 app directory, the directory itself only when it created it and it is empty then, and the user
@@ -21,11 +21,10 @@ from typing import Any, List, Tuple
 
 from ..facts.instances import InstanceInfo
 from ..files import lstat_regular
-from ..layout import INSTANCE_PREFIX
+from ..layout import GENERATIONS_DIR, INSTANCE_PREFIX
 from ..layout import RESTART_PENDING as PENDING
 from . import record
-from .base import Action, Change, Context, PreflightError, Step, StepFailed, unchanged
-from .instances import installed_instances
+from .base import Action, Change, Context, PreflightError, Step, StepFailed, installed_instances, unchanged
 
 
 def _exists(path: Path) -> bool:
@@ -167,12 +166,13 @@ class UnitStep(_RemoveFiles):
 
 class ConfigStep(_RemoveFiles):
     name = "config"
-    title = "Remove the environment file and the credential"
+    title = "Remove the environment file, the credential and the kept generation"
 
     def paths(self, ctx: Context) -> List[Path]:
         s = ctx.settings
+        # the kept generation holds copies of them (the password too): it goes with them
         return [ctx.host_path(s.env_file), ctx.host_path(s.credential_file), ctx.host_path(s.instances_file),
-                ctx.host_path(s.otlp_headers_file)]
+                ctx.host_path(s.otlp_headers_file), ctx.host_path(GENERATIONS_DIR)]
 
     def after(self, ctx: Context) -> None:
         directory = ctx.host_path(ctx.settings.env_file).parent

@@ -107,7 +107,8 @@ class Progress:
 
 
 def results_document(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str],
-                     duration_s: float, show_diff: bool = False) -> Dict[str, Any]:
+                     duration_s: float, show_diff: bool = False,
+                     rollback: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     steps = []
     for r in results:
         item = r.as_dict()
@@ -129,7 +130,10 @@ def results_document(command: str, results: List[StepResult], *, dry_run: bool, 
         "failed_step": failed.name if failed else None,
         "duration_s": round(duration_s, 3),
         "steps": steps,
+        "rolled_back": bool(rollback and rollback.get("rolled_back")),
     }
+    if rollback:  # a restart failed its health gate (steps/gate.py): what failed, what was put back
+        document["rollback"] = rollback
     if failed is not None:
         document["error"] = {"kind": ErrorKind.STEP, "message": f"step '{failed.name}' failed: {failed.message}",
                              "step": failed.name, "next_action": failed.next_action}
@@ -237,12 +241,13 @@ def print_failure(results: List[StepResult], redactor: Redactor = NO_SECRETS, lo
 def show(command: str, results: List[StepResult], *, dry_run: bool, planned: List[str], duration_s: float,
          as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS, quiet: bool = False,
          streamed: bool = False, log_path: str = "",
-         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Dict[str, Any]:
+         section: Optional[Tuple[str, Dict[str, Any], str]] = None,
+         rollback: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Print the results the way the user asked, redacted; return the JSON document either way.
     ``section`` (JSON key, JSON value, text): one more part of the JSON report, e.g. the settings'
     sources (its text is printed before the steps run, see runplan)."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
-                                show_diff=show_diff)
+                                show_diff=show_diff, rollback=rollback)
     if section is not None:
         document[section[0]] = section[1]
     if as_json:

@@ -26,10 +26,14 @@ description:
   - A failure is reported with dispatchctl's message, its C(next_action) and exit code.
   - The password goes to dispatchctl in its environment (C(DISPATCHCTL_AMQP_PASS)), never on a
     command line; so do the OTLP exporter's headers (C(DISPATCHCTL_OTLP_HEADER)).
+  - "A change whose restarted instance does not become ready is rolled back on the host (the last
+    good generation runs again); the task then fails with C(rolled_back=true) and what failed in
+    C(rollback). For a fleet, run the role with C(serial) (one host, or a few, at a time) and
+    C(max_fail_percentage=0), so that the first host that rolls back stops the play."
 options:
   command:
     description: The dispatchctl command. Defaults to C(install), or C(uninstall) with I(state=absent).
-    choices: [install, configure, build, start, uninstall, check, check-rabbitmq, status]
+    choices: [install, configure, build, start, stop, restart, rollback, uninstall, check, check-rabbitmq, status]
     type: str
   state:
     description: C(present) installs (or runs I(command)); C(absent) uninstalls.
@@ -83,10 +87,19 @@ options:
       template dispatch@.service. A change starts/stops only the difference."
     type: int
   queue_type:
-    description: "The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; quorum
-      survives the loss of a cluster node (bundled flavour only)."
+    description: "The orders queue's type (DISPATCH_QUEUE_TYPE): classic is the contract; quorum survives the
+      loss of a cluster node (bundled flavour only; check-rabbitmq --declare declares it so when it is
+      absent)."
     type: str
     choices: [classic, quorum]
+  ready_timeout:
+    description: "Seconds a started or restarted instance has to report ready (READY=1, sent once it consumes); a
+      change whose restart does not is rolled back (default 30, plus 10 for each further AMQP host)."
+    type: int
+  no_rollback:
+    description: "Keep the new state when a restarted instance does not become ready (`dispatchctl rollback` can
+      still return to the last good generation)."
+    type: bool
   otlp_endpoint:
     description: "Send a span per order (OpenTelemetry, OTLP/HTTP) to this collector's base URL
       (OTEL_EXPORTER_OTLP_ENDPOINT; spans go to URL/v1/traces); none: tracing off. Bundled flavour only."
@@ -118,6 +131,9 @@ steps: {description: one object per step (name, status, changed, message, next_a
 document: {description: dispatchctl's whole JSON document (passwords masked), type: dict}
 rc: {description: dispatchctl's exit code, type: int}
 next_action: {description: on failure, what to run or fix next, type: str}
+rolled_back: {description: a restarted instance was not ready and the last good generation runs again, type: bool}
+rollback: {description: "when a restart failed its health gate: what failed (reason, units, journal) and what was put
+  back, or why not", type: dict}
 """
 
 # The settings: a copy of roboshop_dispatch/knobs.py (this module runs alone on the managed host),
@@ -140,7 +156,11 @@ SETTINGS = {
     "insecure": ("--insecure", dict(type="bool"), ("install", "build")),
     "error_percent": ("--error-percent", dict(type="int"), ("install", "configure")),
     "instances": ("--instances", dict(type="int"), ("install", "configure")),
-    "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]), ("install", "configure")),
+    "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]),
+                   ("install", "configure", "check-rabbitmq")),
+    "ready_timeout": ("--ready-timeout", dict(type="int"),
+                      ("install", "configure", "build", "start", "restart", "rollback")),
+    "no_rollback": ("--no-rollback", dict(type="bool"), ("install", "configure", "build", "start")),
     # tracing and metrics; the headers (a secret) reach dispatchctl in its environment, never in argv
     "otlp_endpoint": ("--otlp-endpoint", dict(type="str"), ("install", "configure")),
     "metrics_listen": ("--metrics-listen", dict(type="str"), ("install", "configure")),
@@ -149,7 +169,8 @@ SETTINGS = {
 # secret settings other than the password: option -> the DISPATCHCTL_* variable that carries them
 SECRET_ENV = {"otlp_headers": "DISPATCHCTL_OTLP_HEADER"}
 PASSWORD = ("amqp_password", "amqp_password_file")
-COMMANDS = ("install", "configure", "build", "start", "uninstall", "check", "check-rabbitmq", "status")
+COMMANDS = ("install", "configure", "build", "start", "stop", "restart", "rollback", "uninstall", "check",
+            "check-rabbitmq", "status")
 # command -> the module options it takes (beyond the password)
 COMMAND_OPTIONS = {
     command: tuple(k for k, (_, _, takers) in SETTINGS.items() if command in takers and k not in PASSWORD)
@@ -157,8 +178,9 @@ COMMAND_OPTIONS = {
     for command in COMMANDS
 }
 TAKES_PASSWORD = SETTINGS["amqp_password"][2]
-PLANS = ("install", "configure", "build", "start", "uninstall")  # they change the host; --dry-run
-DIFFS = ("install", "configure", "build")  # they take --diff
+PLANS = ("install", "configure", "build", "start", "stop", "restart", "rollback", "uninstall")  # --dry-run
+DIFFS = ("install", "configure", "build", "rollback")  # they take --diff
+FLAGS = ("insecure", "no_rollback")  # on/off options without a value
 FINDINGS = ("check", "check-rabbitmq")
 VALUE_FLAGS = {k: flag for k, (flag, spec, _) in SETTINGS.items() if spec["type"] != "bool" and k not in PASSWORD}
 PASSWORD_ENV = "DISPATCHCTL_AMQP_PASS"
@@ -189,7 +211,7 @@ def command_of(params):
 def inapplicable(params):
     """The options given that the command does not take (the password counts as one)."""
     command = command_of(params)
-    given = [k for k in [*list(VALUE_FLAGS), "insecure", "purge"] if _given(params.get(k))]
+    given = [k for k in [*list(VALUE_FLAGS), *FLAGS, "purge"] if _given(params.get(k))]
     refused = [k for k in given if k not in COMMAND_OPTIONS[command]]
     if command not in TAKES_PASSWORD:
         refused += [k for k in ("amqp_password", "amqp_password_file") if params.get(k) is not None]
@@ -227,8 +249,9 @@ def build_command(params, binary, check_mode=False, diff_mode=False):
         if key == "amqp_host":
             value = ",".join(value) if isinstance(value, (list, tuple)) else value
         argv.append(f"{flag}={value}")  # one token: a value that starts with "-" stays a value
-    if params.get("insecure"):
-        argv.append("--insecure")
+    for key in FLAGS:
+        if params.get(key):
+            argv.append(SETTINGS[key][0])
     if params.get("purge"):
         argv += ["--purge", "--yes"]
     if pass_file:
@@ -314,6 +337,9 @@ def interpret(command, rc, stdout, stderr, diff_mode=False):
     if command in PLANS:
         result["changed"] = _count(doc.get("changed")) > 0
         result["dry_run"] = bool(doc.get("dry_run"))
+        result["rolled_back"] = doc.get("rolled_back") is True
+        if isinstance(doc.get("rollback"), dict):
+            result["rollback"] = doc["rollback"]
     if diff_mode and steps:
         result["diff"] = file_diffs(steps)
     error = doc.get("error")
