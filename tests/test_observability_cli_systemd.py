@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.otlp import Receiver, Span, free_port
 from tests.support.payment import PaymentPublisher, make_order, parameters
-from tests.test_json_output import validator
+from tests.support.schema import validator
 from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, wait_consumer
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
