@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .. import amqp
+from .delivery import MAX_BODY, MAX_BODY_LIMIT, MIN_BODY_LIMIT
 from .errors import ConsumerError
 from .secretfile import MAX_SIZE, strip_final_newline
 
@@ -42,6 +43,9 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("DISPATCH_PREFETCH", str(DEFAULT_PREFETCH), "orders in flight at most (basic.qos prefetch), 1..65535"),
     ("DISPATCH_PROCESSING_MS", "42-83", "simulated work per order, slept twice: 'MIN-MAX' or 'N' ms; "
      "0 turns it off"),
+    ("DISPATCH_MAX_BODY", str(MAX_BODY), f"largest message body parsed as an order, in bytes ({MIN_BODY_LIMIT}.."
+     f"{MAX_BODY_LIMIT}; payment sends a few KiB): a larger one is quarantined as its first bytes, on either "
+     "delivery path"),
     ("DISPATCH_FASTPATH", "1", "1: decode deliveries with the lean frame path (fastpath.py); 0: pika's own "
      "path (slower, for ruling the fast path out)"),
     ("DISPATCH_QUEUE_TYPE", amqp.CLASSIC, "type 'orders' is declared with: classic (the contract: no arguments) "
@@ -71,6 +75,7 @@ class Config:
     fast_path: bool = True  # decode deliveries with fastpath.DispatchConnection when pika allows
     password_source: str = PASSWORD_FROM_ENVIRONMENT  # credential, environment or missing
     queue_type: str = amqp.CLASSIC  # amqp.CLASSIC or amqp.QUORUM: how orders is declared
+    max_body: int = MAX_BODY  # bytes: a larger body is quarantined unparsed
 
     def describe(self) -> str:
         """One line for the start-up log. Never includes the password."""
@@ -83,7 +88,7 @@ class Config:
         return (
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
             f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
-            f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} "
+            f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} max_body={self.max_body} "
             f"password={self.password_source}"
         )
 
@@ -244,4 +249,5 @@ def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
         fast_path=bool(_int(env, "DISPATCH_FASTPATH", 1, 0, 1, "0 or 1")),
         password_source=source,
         queue_type=_queue_type(env),
+        max_body=_int(env, "DISPATCH_MAX_BODY", MAX_BODY, MIN_BODY_LIMIT, MAX_BODY_LIMIT, "a number of bytes"),
     )
