@@ -19,17 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from .consumer.delivery import MAX_BODY, MAX_BODY_LIMIT, MIN_BODY_LIMIT
 from .layout import APP_DIR, MAX_INSTANCES, SERVICE_USER
 from .validate import (
     FLAVOURS,
+    PRIVILEGED_GROUPS,
     QUEUE_TYPES,
     SettingsError,
     parse_int,
+    validate_allowed_groups,
     validate_app_dir,
     validate_artifact,
     validate_flavour,
     validate_hosts,
     validate_instances,
+    validate_max_body,
     validate_percent,
     validate_port,
     validate_queue_type,
@@ -54,6 +58,10 @@ COMMANDS = (*PROVISION, "check-rabbitmq", "check", "uninstall")
 
 def _port(label: str, text: str) -> int:
     return validate_port(label, parse_int(label, text))
+
+
+def _max_body(label: str, text: str) -> int:
+    return validate_max_body(label, parse_int(label, text))
 
 
 def _percent(label: str, text: str) -> int:
@@ -131,6 +139,9 @@ KNOBS: Tuple[Knob, ...] = (
          "never root; install creates it when missing).", "USER", "service_user",
          commands=("install", "configure"), read_by=("build", "start"), plain=("check", "uninstall"),
          ansible="user"),
+    Knob("allow_groups", "--allow-group", validate_allowed_groups, "", "Accept a service user in these privileged "
+         f"groups ({', '.join(PRIVILEGED_GROUPS)}), which the service then gets: refused otherwise.",
+         "GROUP[,GROUP...]", commands=("install", "configure"), ansible="allow_groups", ansible_type="list"),
     Knob("app_dir", "--app-dir", validate_app_dir, str(APP_DIR), "Where dispatch lives (DIR/dispatch).", "DIR",
          "app_dir", commands=("install", "configure", "build"), read_by=("start",), plain=("check", "uninstall"),
          ansible="app_dir", ansible_type="path"),
@@ -155,6 +166,10 @@ KNOBS: Tuple[Knob, ...] = (
          "(DISPATCH_QUEUE_TYPE): classic is the contract; quorum survives the loss of a cluster node (bundled "
          "flavour only).", "|".join(QUEUE_TYPES), "DISPATCH_QUEUE_TYPE", commands=("install", "configure"),
          ansible="queue_type", choices=QUEUE_TYPES),
+    Knob("max_body", "--max-body", _max_body, str(MAX_BODY), "The largest message body the consumer parses as an "
+         f"order (DISPATCH_MAX_BODY, bytes, {MIN_BODY_LIMIT}..{MAX_BODY_LIMIT}): a larger one is quarantined "
+         "unparsed (bundled flavour).", "BYTES", "DISPATCH_MAX_BODY", commands=("install", "configure"),
+         ansible="max_body", ansible_type="int"),
 )
 KNOB: Dict[str, Knob] = {k.name: k for k in KNOBS}
 

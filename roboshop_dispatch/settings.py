@@ -100,6 +100,9 @@ class Settings:
     # consumers on this host (None: as installed, 1 on a fresh host) and the orders queue's type
     instances: Optional[int] = None
     queue_type: str = knobs.DEFAULT_QUEUE_TYPE
+    # privileged groups the service user may be in (--allow-group); the consumer's body limit
+    allow_groups: Tuple[str, ...] = ()
+    max_body: int = knobs.MAX_BODY
 
     @classmethod
     def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:
@@ -147,6 +150,8 @@ class Settings:
             "DISPATCH_ERROR_PERCENT": str(self.error_percent),
             "DISPATCH_QUEUE_TYPE": self.queue_type,
         }
+        if self.max_body != knobs.MAX_BODY:  # only when set: an upgrade rewrites (restarts) nothing
+            values["DISPATCH_MAX_BODY"] = str(self.max_body)
         if not with_password:
             del values["AMQP_PASS"]
         return values
@@ -164,4 +169,5 @@ class Settings:
             "error_percent": self.error_percent, "unit": str(self.unit_path),
             "env_file": str(self.env_file), "sha256": self.artifact_sha256, "insecure": self.insecure,
             "instances": self.instances, "queue_type": self.queue_type,
+            "allow_groups": list(self.allow_groups), "max_body": self.max_body,
         }

@@ -49,6 +49,8 @@ VALID: Dict[str, list] = {
     "error_percent": ["0", "50", "100"],
     "instances": ["1", "3", "64"],
     "queue_type": ["classic", "quorum"],
+    "allow_groups": ["", "docker", "adm,systemd-journal", " wheel , kvm "],
+    "max_body": ["1024", "262144", "67108864"],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -64,6 +66,8 @@ INVALID: Dict[str, list] = {
     "error_percent": ["101", "-1", "x"],
     "instances": ["0", "65", "+3", "1_0", "٣", ""],
     "queue_type": ["stream", "Quorum", ""],
+    "allow_groups": ["dockr", "docker,users", "root"],
+    "max_body": ["1023", "67108865", "1k", ""],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 

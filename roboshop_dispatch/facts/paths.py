@@ -9,7 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,31 @@ def user_info(name: str) -> UserInfo:
     return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups)
 
 
+def group_names(gids: Sequence[int]) -> Dict[int, str]:
+    """The name of each gid the system knows."""
+    import grp
+
+    names = {}
+    for gid in gids:
+        try:
+            names[gid] = grp.getgrgid(gid).gr_name
+        except KeyError:
+            continue
+    return names
+
+
+def primary_group(name: str) -> Optional[str]:
+    """The name of user ``name``'s primary group as the system has it (None: no such user yet,
+    or its gid has no name): the unit's ``Group=``."""
+    import pwd
+
+    try:
+        gid = pwd.getpwnam(name).pw_gid
+    except (KeyError, UnicodeEncodeError):
+        return None
+    return group_names([gid]).get(gid)
+
+
 def flavour_of(path: Path) -> Optional[str]:
     """``go`` (an ELF executable), ``bundled`` (a zipapp: ``#!`` or zip magic) or None. A symlink
     is not opened."""
@@ -112,3 +137,21 @@ def selinux_label(path: Path) -> str:
                    "replace").rstrip("\x00")
     except OSError:
         return ""
+
+
+def chain(path: Path) -> Tuple[FileInfo, ...]:
+    """``lstat`` of ``path`` and of every directory above it, ``/`` first (a missing one
+    included as missing)."""
+    parts = Path(path).parts
+    return tuple(lstat(Path(*parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def chains(paths: Sequence[Path]) -> Tuple[FileInfo, ...]:
+    """The chain of each path and of where it resolves to: what :mod:`roboshop_dispatch.trust` judges."""
+    infos: List[FileInfo] = []
+    for path in paths:
+        infos += chain(path)
+        real = Path(os.path.realpath(path))
+        if real != Path(path):
+            infos += chain(real)
+    return tuple(infos)

@@ -59,6 +59,11 @@ options:
   user:
     description: "The service user (a system account, never root; install creates it when missing)."
     type: str
+  allow_groups:
+    description: "Accept a service user in these privileged groups (docker, lxd, disk, sudo, wheel, adm,
+      systemd-journal, kvm, shadow), which the service then gets: refused otherwise."
+    type: list
+    elements: str
   app_dir:
     description: "Where dispatch lives (DIR/dispatch)."
     type: path
@@ -87,6 +92,10 @@ options:
       survives the loss of a cluster node (bundled flavour only)."
     type: str
     choices: [classic, quorum]
+  max_body:
+    description: "The largest message body the consumer parses as an order (DISPATCH_MAX_BODY, bytes,
+      1024..67108864): a larger one is quarantined unparsed (bundled flavour)."
+    type: int
   purge: {type: bool, default: false, description: uninstall --purge --yes.}
   dispatchctl_path:
     description: dispatchctl on the host; default C(dispatchctl) on PATH or in /usr/local/bin.
@@ -120,6 +129,7 @@ SETTINGS = {
     "amqp_password_file": ("--amqp-pass-file", dict(type="path", no_log=False), AMQP_COMMANDS),
     "amqp_password": ("--amqp-pass", dict(type="str", no_log=True), AMQP_COMMANDS),  # given in the environment
     "user": ("--user", dict(type="str"), ("install", "configure", "check", "uninstall")),
+    "allow_groups": ("--allow-group", dict(type="list", elements="str"), ("install", "configure")),
     "app_dir": ("--app-dir", dict(type="path"), ("install", "configure", "build", "check", "uninstall")),
     "flavour": ("--flavour", dict(type="str", choices=["bundled", "go"]), ("install", "configure", "build")),
     "artifact": ("--artifact", dict(type="str"), ("install", "build")),
@@ -128,6 +138,7 @@ SETTINGS = {
     "error_percent": ("--error-percent", dict(type="int"), ("install", "configure")),
     "instances": ("--instances", dict(type="int"), ("install", "configure")),
     "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]), ("install", "configure")),
+    "max_body": ("--max-body", dict(type="int"), ("install", "configure")),
 }
 PASSWORD = ("amqp_password", "amqp_password_file")
 COMMANDS = ("install", "configure", "build", "start", "uninstall", "check", "check-rabbitmq", "status")
