@@ -59,6 +59,10 @@ CACHE_DIR = Path("/var/cache/dispatchctl")
 RENDER_CACHE = CACHE_DIR / "rendered.json"
 BUNDLE_CACHE = CACHE_DIR / "bundle.json"
 GO_CACHE = CACHE_DIR / "go"
+# the go flavour builds in a private directory of ours (root, 0700), never in the shared app dir,
+# and keeps the sources of the last build there (/app/src is other services' to use)
+GO_BUILD_DIR = CACHE_DIR / "go-build"
+GO_SOURCES = CACHE_DIR / "go-src"
 RUN_DIR = Path("/run/dispatchctl")
 CHANGE_LOCK = RUN_DIR / "lock"
 RESTART_PENDING = RUN_DIR / "restart-pending"

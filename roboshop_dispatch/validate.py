@@ -227,6 +227,11 @@ def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> st
 def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
     validate_text(option, value)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        from .artifact import is_masked
+
+        if is_masked(value):  # a build stamp's record: its secret (a signature, a token) was never kept
+            raise SettingsError(option, f"{value!r} was recorded with its secret masked (***): give the full "
+                                "address with --artifact")
         if not value.startswith(("http://", "https://", "file://")):
             raise SettingsError(option, f"{value!r}: only http, https and file URLs are supported")
         if value.startswith("http://") and not insecure:

@@ -121,9 +121,14 @@ def flavour_of(path: Path) -> Optional[str]:
 
 
 def read_stamp(path: Path) -> Dict[str, Any]:
-    """The build stamp beside the binary (its scalar members), {} when absent."""
-    if lstat(path).kind != "file":
+    """The build stamp beside the binary (its scalar members), {} when absent or not root's alone:
+    what it says is remembered for the next root run (the artifact, --insecure), so a stamp another
+    user wrote or may write is never believed."""
+    info = lstat(path)
+    if info.kind != "file":
         return {}
+    if info.uid != 0 or info.mode & 0o022:
+        return {"error": f"not root's alone (uid {info.uid}, mode {info.mode:04o}): ignored"}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
