@@ -66,4 +66,8 @@ GO_SOURCES = CACHE_DIR / "go-src"
 RUN_DIR = Path("/run/dispatchctl")
 CHANGE_LOCK = RUN_DIR / "lock"
 RESTART_PENDING = RUN_DIR / "restart-pending"
-LOG_FILE = Path("/var/log/dispatchctl.log")
+# the run log, in a directory of root's alone (root 0700): /var/log itself is group-writable on
+# some distributions (Ubuntu: root:syslog 0775), where a link or a FIFO could be planted at it
+LOG_DIR = Path("/var/log/dispatchctl")
+LOG_FILE = LOG_DIR / "dispatchctl.log"
+LEGACY_LOG_FILE = Path("/var/log/dispatchctl.log")  # 0.4 and earlier: moved into LOG_DIR by the first run

@@ -20,7 +20,7 @@ from tests.test_json_output import VALIDATOR
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
 PASS_FILE = "/root/amqp.pass"
-LOG = "/var/log/dispatchctl.log"
+LOG = "/var/log/dispatchctl/dispatchctl.log"
 BROKEN_GO = "package main\n\nfunc main() {\n\tundefinedDispatchThing()\n}\n"
 
 

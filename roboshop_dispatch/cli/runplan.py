@@ -61,7 +61,9 @@ def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool)
     if log is None:
         warning(f"{reason}: this run is not logged")
         return None
-    log.start(command, sys.argv[1:])
+    from ..knobs import OPTIONS
+
+    log.start(command, sys.argv[1:], [knob.option for knob in OPTIONS if knob.secret])
     return log
 
 
