@@ -59,6 +59,7 @@ class UserInfo:
     gid: int = -1
     shell: str = ""
     groups: Tuple[int, ...] = ()
+    group_names: Tuple[str, ...] = ()  # the names of ``groups`` the system knows, in their order
 
 
 def user_info(name: str) -> UserInfo:
@@ -72,7 +73,9 @@ def user_info(name: str) -> UserInfo:
         groups = tuple(sorted(set(os.getgrouplist(name, pw.pw_gid))))
     except OSError:
         groups = (pw.pw_gid,)
-    return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups)
+    names = group_names(groups)
+    return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups,
+                    tuple(names[gid] for gid in groups if gid in names))
 
 
 def group_names(gids: Sequence[int]) -> Dict[int, str]:
