@@ -285,6 +285,7 @@ class BuildStep(Step[BuildPlan]):
             private_dir(ctx.host_path(GO_BUILD_DIR.parent))
             staging = Path(tempfile.mkdtemp(prefix="build-", dir=str(private_dir(ctx.host_path(GO_BUILD_DIR)))))
             try:
+                (staging / "unpacked").mkdir()
                 try:
                     summary = archive.extract(zip_path, staging / "unpacked")
                 except archive.UnsafeArchive as exc:
