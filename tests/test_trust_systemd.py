@@ -8,15 +8,13 @@ One booted host is shared by the tests of this module (each one leaves it uninst
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 
 import pytest
 
 from tests.support.hosts import booted
-from tests.test_provision_systemd import PASS_FILE, _go_zip, amqp_args, props
+from tests.test_provision_systemd import PASS_FILE, ArtifactServer, _go_zip, amqp_args, props
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
@@ -79,39 +77,14 @@ def test_a_directory_another_user_controls_is_refused_before_anything_changes(cl
 # -- 4: the go build leaves what is not ours alone -----------------------------------------------------
 
 
-class ArtifactServer:
-    """Serves the go flavour's zip on 127.0.0.1 at /dispatch.zip, whatever the query string."""
-
-    def __init__(self, body: bytes) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/dispatch.zip":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dispatch.zip"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_an_app_src_that_is_not_ours_survives_a_go_build(clean, broker, vhost):
     """/app is shared: another RoboShop service unzipped its sources to /app/src. Before issue 19 a
     go build replaced it with dispatch's sources. The stamp records the artifact masked, root 0600."""
     host = clean
     host.sh("mkdir -p /app/src/catalogue && echo 'package main // catalogue' > /app/src/catalogue/main.go")
     before = host.listing("/app/src")
-    server = ArtifactServer(_go_zip("v1"))
+    server = ArtifactServer()
+    server.body = _go_zip("v1")
     try:
         url = server.url + "?X-Amz-Signature=s3cr3t-signature&X-Amz-Credential=AKIAEXAMPLE"
         started = time.monotonic()
