@@ -28,6 +28,17 @@ from roboshop_dispatch.validate import SettingsError, validate_artifact
 BODY = b"PK\x05\x06" + bytes(18) + os.urandom(3000)
 
 
+def slow_headers(out) -> None:
+    """A response whose header lines come one a second, for 30 s (issue 19)."""
+    with contextlib.suppress(OSError):
+        out.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(30):
+            out.flush()
+            time.sleep(1)
+            out.write(b"X-Slow-%d: y\r\n" % n)
+        out.write(b"Content-Length: 2\r\n\r\nPK")
+
+
 class Server:
     """A real HTTP(S) server on 127.0.0.1 with a few routes; counts the requests it answered."""
 
@@ -64,14 +75,8 @@ class Server:
                             self.wfile.write(b"x")
                             self.wfile.flush()
                             time.sleep(0.05)
-                elif self.path == "/slow-headers":  # one header line a second, for 30 s (issue 19)
-                    with contextlib.suppress(OSError):
-                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                        for n in range(30):
-                            self.wfile.flush()
-                            time.sleep(1)
-                            self.wfile.write(b"X-Slow-%d: y\r\n" % n)
-                        self.wfile.write(b"Content-Length: 2\r\n\r\nPK")
+                elif self.path == "/slow-headers":
+                    slow_headers(self.wfile)
                 elif self.path == "/slow":
                     self.send_response(200)
                     self.end_headers()
