@@ -8,10 +8,11 @@ payment-shaped orders (default 20,000) into a fresh vhost and times the drain:
   (b) a bare pika baseline: BlockingConnection, manual ack per message, prefetch 100;
   (c) the bundled consumer with its default simulated processing (42-83 ms, twice, per order).
 
-(a) and (c) run as real subprocesses; their drain is timed from the consumer's "consuming" log
-line to its N-th order line (each order line is written before that order's ack). The baseline
-runs in a subprocess too and times itself from basic.consume to its N-th ack. Afterwards the
-queue must be empty. Prints each rate, the peak RSS of (a) (VmHWM), and last ``ratio=<a/b>``.
+Each runs as a real subprocess writing to a file, and each drain is timed the same way, from
+outside, by one loop (``Bench.window``) reading that file: from the line that says it consumes
+(after its basic.consume was answered) to the line of its N-th order (the consumer writes each
+order's line before that order's ack; the baseline writes one line after its N-th ack). Afterwards
+the queue must be empty. Prints each rate, the peak RSS of (a) (VmHWM), and last ``ratio=<a/b>``.
 
     .venv/bin/python bench/consumer_throughput.py [--orders N] [--rounds R]
 
@@ -58,12 +59,15 @@ def on_message(channel, method, properties, body):
     if count >= n:
         channel.stop_consuming()
 ch.basic_consume("orders", on_message)
+print("baseline consuming orders", flush=True)  # the bench's window opens when it reads this
 start = time.perf_counter()
 ch.start_consuming()
 elapsed = time.perf_counter() - start
+print(f"baseline done {count}", flush=True)  # ... and closes when it reads this
 conn.close()
-print(json.dumps({"count": count, "seconds": elapsed}))
+print(json.dumps({"count": count, "seconds_inside": elapsed}), flush=True)
 """
+BASELINE_END = (b"baseline done ",)
 
 
 class Bench:
@@ -117,13 +121,27 @@ class Bench:
         if processing is not None:
             env["DISPATCH_PROCESSING_MS"] = processing
         env["DISPATCH_FASTPATH"] = self.fastpath
-        # the consumer appends to its own file description; we read through another one (a shared
-        # one would share the offset, and our seeks would move the consumer's writes)
+        argv = [sys.executable, "-m", "roboshop_dispatch.consumer"]
+        return self.window("the consumer", argv, env, b" consuming orders ", (b"INFO order ", b"ERROR order "),
+                           self.orders)
+
+    def baseline(self, vhost: str) -> Dict[str, float]:
+        b = self.broker
+        argv = [sys.executable, "-c", BASELINE, b.host, str(b.port), vhost, b.user, b.password, str(self.orders)]
+        return self.window("the baseline", argv, dict(os.environ), b"baseline consuming orders", BASELINE_END, 1)
+
+    def window(self, name: str, argv: list, env: Dict[str, str], start_mark: bytes, end_marks: tuple,
+               ends: int) -> Dict[str, float]:
+        """Run ``argv`` with its output in a file and time, from here, the window from reading
+        its ``start_mark`` line to reading the ``ends``-th line starting with one of ``end_marks``:
+        the same loop (and the same polling) for the consumer and the baseline. Then the consumer
+        gets SIGTERM; the baseline exits by itself. Either must exit 0."""
+        # the process appends to its own file description; we read through another one (a shared
+        # one would share the offset, and our seeks would move its writes)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "consumer.log"
+            path = Path(tmp) / "out.log"
             with open(path, "ab") as sink:
-                proc = subprocess.Popen([sys.executable, "-m", "roboshop_dispatch.consumer"], env=env,
-                                        stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+                proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
             start = end = None
             seen = 0
             tail = b""
@@ -131,13 +149,13 @@ class Bench:
             last_progress = time.monotonic()
             with open(path, "rb") as out:
                 while end is None:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"the consumer exited early ({proc.returncode})")
-                    if time.monotonic() - last_progress > stalled_after:
-                        proc.kill()
-                        raise RuntimeError(f"the consumer stalled after {seen} of {self.orders} orders")
                     chunk = out.read()
                     if not chunk:
+                        if proc.poll() is not None:
+                            raise RuntimeError(f"{name} exited early ({proc.returncode}): {path.read_text()[-2000:]}")
+                        if time.monotonic() - last_progress > stalled_after:
+                            proc.kill()
+                            raise RuntimeError(f"{name} stalled after {seen} of {ends} lines")
                         time.sleep(0.002)
                         continue
                     last_progress = time.monotonic()
@@ -145,30 +163,22 @@ class Bench:
                     lines = (tail + chunk).split(b"\n")
                     tail = lines.pop()
                     for line in lines:
-                        if start is None and b" consuming orders " in line:
+                        if start is None and start_mark in line:
                             start = now
-                        elif line.startswith((b"INFO order ", b"ERROR order ")):
+                        elif line.startswith(end_marks):
                             seen += 1
-                    if seen >= self.orders:
+                    if seen >= ends:
                         end = now
-            peak_kb = _vm_hwm_kb(proc.pid)
-            cpu = _cpu_seconds(proc.pid)
-            proc.send_signal(signal.SIGTERM)
+            peak_kb = _vm_hwm_kb(proc.pid) if proc.poll() is None else 0.0
+            cpu = _cpu_seconds(proc.pid) if proc.poll() is None else 0.0
+            if end_marks != BASELINE_END:  # the baseline closes its connection and exits by itself
+                proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=15)
             if code != 0:
-                raise RuntimeError(f"the consumer exited {code} on SIGTERM")
-        assert start is not None
+                raise RuntimeError(f"{name} exited {code}: {path.read_text()[-2000:]}")
+        assert start is not None and end is not None
         return {"rate": self.orders / (end - start), "seconds": end - start, "peak_mb": peak_kb / 1024.0,
                 "cpu": cpu}
-
-    def baseline(self, vhost: str) -> Dict[str, float]:
-        b = self.broker
-        res = subprocess.run(
-            [sys.executable, "-c", BASELINE, b.host, str(b.port), vhost, b.user, b.password, str(self.orders)],
-            capture_output=True, text=True, timeout=600, check=True,
-        )
-        data = json.loads(res.stdout.strip().splitlines()[-1])
-        return {"rate": data["count"] / data["seconds"], "seconds": data["seconds"]}
 
     def run(self, what: str, processing: Optional[str] = None) -> Dict[str, float]:
         vhost = self.fresh_vhost()

@@ -10,11 +10,15 @@ In fresh systemd-nspawn containers (roboshop_dispatch/lab/nspawn.py) against a t
 - ``dry_run_exact``: on each fresh container, ``--dry-run --json`` predicted exactly the steps the
   real run then changed;
 - ``version_s``: ``dispatchctl --version`` (a cold interpreter each time), median of 10;
-- the baseline, in the same run: the course's copy-pasted bash procedure (``useradd``, ``mkdir``,
-  put the binary, write the unit, ``daemon-reload``, ``enable``, ``start``) in another fresh
-  container, its re-run timed the same way. It is flattered: a ``cp`` stands in for the download,
-  unzip and ``go build`` that the real script repeats every time (no network here), and it checks
-  nothing. ``rerun_ratio`` = ours / bash (below 1: ours is faster).
+- the baseline, in the same run and interleaved with ours (each round alternates which goes
+  first, so a busy moment hits both alike): the course's copy-pasted bash procedure
+  (``useradd``, ``mkdir``, put the binary, write the unit, ``daemon-reload``, ``enable``,
+  ``start``), its first run on a fresh container of its own and its re-runs timed the same way as
+  ours. It is flattered: a ``cp`` stands in for the download, unzip and ``go build`` that the real
+  script repeats every time (no network here), and it checks nothing. ``first_install_ratio`` and
+  ``rerun_ratio`` = ours / bash (below 1: ours is faster);
+- ``version_s`` against ``python_startup_s`` (the same interpreter running ``-c pass``),
+  alternated: ``version_ratio``.
 
 The go flavour against the course's own recipe (``--go``, or ``--go-only`` for just that part):
 on pairs of fresh containers in the same run, ``go_first_install_s`` (``dispatchctl install
@@ -28,6 +32,7 @@ Wall times of the whole command as a user runs it (not --json), measured from th
 ``nsenter``: into a pipe (a plain table) and, as ``rerun_tty_s``, on a terminal (rich progress and
 table, through script(1)). Targets: re-run < 0.4 s, first install < 1.5 s, --version < 150 ms.
 The last line is ``rerun_s=<seconds>``. Run as root: ``.venv/bin/python bench/provision.py``.
+(``bench/fleet.py`` imports ``COURSE_DIR`` and ``serve_artifact`` from here.)
 """
 
 from __future__ import annotations
@@ -101,24 +106,24 @@ systemctl start dispatch
 """
 
 
-def course_baseline(rootfs: Path, broker: Broker) -> List[float]:
-    """Re-run times of the course's bash procedure in a fresh container (the first run not counted)."""
+def course_host(rootfs: Path, broker: Broker) -> Container:
+    """A fresh host with the course's bash procedure and its binary in place (the baseline)."""
     from roboshop_dispatch.bundle import build_zipapp
 
     host = Container(rootfs).boot()
-    try:
-        host.path("/root/dispatch.bin").write_bytes(build_zipapp())
-        host.write("/root/course.sh", COURSE_SCRIPT.format(port=broker.port, password=broker.password))
-        times = []
-        for _ in range(RUNS + 1):
-            started = time.perf_counter()
-            res = host.run(["bash", "/root/course.sh"], check=False)
-            times.append(time.perf_counter() - started)
-            if res.returncode != 0:
-                raise SystemExit(f"the course script failed:\n{res.stdout}\n{res.stderr}")
-        return times[1:]
-    finally:
-        host.poweroff()
+    host.path("/root/dispatch.bin").write_bytes(build_zipapp())
+    host.write("/root/course.sh", COURSE_SCRIPT.format(port=broker.port, password=broker.password))
+    return host
+
+
+def course_run(host: Container) -> float:
+    """One run of the course's bash procedure: its wall time, measured as ours is (around nsenter)."""
+    started = time.perf_counter()
+    res = host.run(["bash", "/root/course.sh"], check=False)
+    seconds = time.perf_counter() - started
+    if res.returncode != 0:
+        raise SystemExit(f"the course script failed:\n{res.stdout}\n{res.stderr}")
+    return seconds
 
 
 def serve_artifact() -> Tuple[str, object]:
@@ -239,6 +244,130 @@ def service_state(host: Container) -> Dict[str, str]:
     return host.show("dispatch.service", ["MainPID", "InvocationID", "NRestarts", "ActiveState"])
 
 
+class Figures:
+    """What one run of the bench measured, ours and the baseline's side by side."""
+
+    def __init__(self) -> None:
+        self.firsts: List[float] = []
+        self.first_cpu: List[float] = []
+        self.course_firsts: List[float] = []
+        self.reruns: List[float] = []
+        self.rerun_cpu: List[float] = []
+        self.course_reruns: List[float] = []
+        self.tty: List[float] = []
+        self.versions: List[float] = []
+        self.pythons: List[float] = []
+        self.exact = True
+        self.problems: List[str] = []
+
+
+def our_first(rootfs: Path, args: List[str], password: str, f: Figures, i: int) -> Container:
+    """A fresh host: the dry run's prediction, then the first install, timed. Returns the host."""
+    host = Container(rootfs).boot()
+    host.write(PASS_FILE, password + "\n")
+    predicted = json.loads(host.dispatchctl(*args, "--dry-run", "--json").stdout)
+    would = sorted(s["name"] for s in predicted["steps"] if s["changed"])
+    seconds, res = timed(host, args)
+    if res.returncode != 0:
+        raise SystemExit(f"first install failed:\n{res.stdout}\n{res.stderr}")
+    f.firsts.append(seconds)
+    f.first_cpu.append(CPU[-1])
+    did = sorted(n for n, st in parse_table(res.stdout).items() if st == "changed")
+    if did != would:
+        f.exact = False
+        f.problems.append(f"run {i}: dry run predicted {would}, install changed {did}")
+    if service_state(host)["ActiveState"] != "active":
+        f.problems.append(f"run {i}: dispatch is not active after install")
+    return host
+
+
+def our_rerun(host: Container, args: List[str], f: Figures) -> None:
+    """The idempotent re-run, piped then on a terminal (script(1)): 0 changes, no restart."""
+    before = service_state(host)
+    seconds, res = timed(host, args)
+    statuses = parse_table(res.stdout)
+    if res.returncode != 0 or set(statuses.values()) != {"ok"}:
+        f.problems.append(f"re-run changed something: {statuses}\n{res.stderr}")
+    if service_state(host) != before:
+        f.problems.append(f"re-run restarted dispatch: {before} -> {service_state(host)}")
+    f.reruns.append(seconds)
+    f.rerun_cpu.append(CPU[-1])
+    line = shlex.join([venv_bin("dispatchctl"), *args])
+    started = time.perf_counter()
+    res = host.run(["script", "-qec", line, "/dev/null"], check=False)
+    f.tty.append(time.perf_counter() - started)
+    if res.returncode != 0 or "0 changed" not in res.stdout or service_state(host) != before:
+        f.problems.append(f"re-run on a terminal changed something:\n{res.stdout}")
+
+
+def installs(rootfs: Path, broker: Broker, f: Figures) -> None:
+    """RUNS rounds of (our first install, the course's first run) on fresh hosts, then RUNS
+    rounds of (our re-run, the course's re-run) on the last round's hosts; each round alternates
+    which goes first."""
+    args = ["install", "--amqp-host", "127.0.0.1", "--amqp-port", str(broker.port), "--amqp-pass-file", PASS_FILE]
+    ours = course = None
+    try:
+        for i in range(RUNS):
+            for side in (("ours", "course") if i % 2 == 0 else ("course", "ours")):
+                if side == "ours":
+                    if ours is not None:
+                        ours.poweroff()
+                    ours = our_first(rootfs, args, broker.password, f, i)
+                else:
+                    if course is not None:
+                        course.poweroff()
+                    course = course_host(rootfs, broker)
+                    f.course_firsts.append(course_run(course))
+        assert ours is not None and course is not None
+        for i in range(RUNS):
+            for side in (("ours", "course") if i % 2 == 0 else ("course", "ours")):
+                if side == "ours":
+                    our_rerun(ours, args, f)
+                else:
+                    f.course_reruns.append(course_run(course))
+    finally:
+        for host in (ours, course):
+            if host is not None:
+                host.poweroff()
+
+
+def cold_starts(f: Figures, runs: int = 10) -> None:
+    """``dispatchctl --version`` and the same interpreter's ``-c pass``, alternated."""
+    for _ in range(runs):
+        for argv, into in (([venv_bin("dispatchctl"), "--version"], f.versions),
+                           ([venv_bin("python"), "-c", "pass"], f.pythons)):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            into.append(time.perf_counter() - started)
+
+
+def report(f: Figures, rootfs: Path) -> None:
+    import importlib.metadata as md
+
+    med = statistics.median
+    print(f"# typer {md.version('typer')}, rich {md.version('rich')}, python {sys.version.split()[0]}, "
+          f"rootfs {rootfs.name}")
+    print(f"# load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; cpu_s = user+sys of the "
+          "command and its children")
+    print("first_install_runs_s=" + ",".join(f"{s:.3f}" for s in f.firsts))
+    print("course_first_runs_s=" + ",".join(f"{s:.3f}" for s in f.course_firsts))
+    print(f"first_install_cpu_s={med(f.first_cpu):.3f} rerun_cpu_s={med(f.rerun_cpu):.3f}")
+    print("rerun_runs_s=" + ",".join(f"{s:.3f}" for s in f.reruns))
+    print("course_rerun_runs_s=" + ",".join(f"{s:.3f}" for s in f.course_reruns))
+    print(f"first_install_s={med(f.firsts):.3f}   (target < 1.5)")
+    print(f"baseline_course_bash_first_s={med(f.course_firsts):.3f}   (same run, interleaved, fresh containers)")
+    print(f"first_install_ratio={med(f.firsts) / med(f.course_firsts):.2f}   (ours / course bash)")
+    print(f"rerun_tty_s={med(f.tty):.3f}   (the same on a terminal: rich progress and table)")
+    print(f"version_s={med(f.versions):.3f}   (target < 0.150)")
+    print(f"python_startup_s={med(f.pythons):.3f}   (the same interpreter, -c pass, alternated)")
+    print(f"version_ratio={med(f.versions) / med(f.pythons):.2f}   (dispatchctl --version / python -c pass)")
+    print(f"dry_run_exact={'yes' if f.exact else 'no'}")
+    print(f"baseline_course_bash_rerun_s={med(f.course_reruns):.3f}   (same run, interleaved)")
+    print(f"rerun_ratio={med(f.reruns) / med(f.course_reruns):.2f}   (ours / course bash)")
+    print("rerun_changes=0 rerun_restarts=0" if not f.problems else "problems=" + " | ".join(f.problems))
+    print(f"rerun_s={med(f.reruns):.3f}")
+
+
 def main() -> int:
     if "--go-only" in sys.argv[1:]:
         return go_only()
@@ -248,84 +377,16 @@ def main() -> int:
     rootfs = ensure_rootfs(log=lambda m: print(m, file=sys.stderr))
     broker = Broker()
     broker.start()
-    args = ["install", "--amqp-host", "127.0.0.1", "--amqp-port", str(broker.port), "--amqp-pass-file", PASS_FILE]
-    firsts: List[float] = []
-    reruns: List[float] = []
-    first_cpu: List[float] = []
-    tty: List[float] = []
-    rerun_cpu: List[float] = []
-    exact = True
-    problems: List[str] = []
+    f = Figures()
     try:
-        for i in range(RUNS):
-            host = Container(rootfs).boot()
-            try:
-                host.write(PASS_FILE, broker.password + "\n")
-                predicted = json.loads(host.dispatchctl(*args, "--dry-run", "--json").stdout)
-                would = sorted(s["name"] for s in predicted["steps"] if s["changed"])
-                seconds, res = timed(host, args)
-                if res.returncode != 0:
-                    raise SystemExit(f"first install failed:\n{res.stdout}\n{res.stderr}")
-                firsts.append(seconds)
-                first_cpu.append(CPU[-1])
-                did = sorted(n for n, st in parse_table(res.stdout).items() if st == "changed")
-                if did != would:
-                    exact = False
-                    problems.append(f"run {i}: dry run predicted {would}, install changed {did}")
-                if service_state(host)["ActiveState"] != "active":
-                    problems.append(f"run {i}: dispatch is not active after install")
-                if i == RUNS - 1:
-                    for _ in range(RUNS):
-                        before = service_state(host)
-                        seconds, res = timed(host, args)
-                        statuses = parse_table(res.stdout)
-                        if res.returncode != 0 or set(statuses.values()) != {"ok"}:
-                            problems.append(f"re-run changed something: {statuses}\n{res.stderr}")
-                        if service_state(host) != before:
-                            problems.append(f"re-run restarted dispatch: {before} -> {service_state(host)}")
-                        reruns.append(seconds)
-                        rerun_cpu.append(CPU[-1])
-                    # the same re-run on a terminal (rich progress and table), through script(1)
-                    line = shlex.join([venv_bin("dispatchctl"), *args])
-                    for _ in range(RUNS):
-                        before = service_state(host)
-                        started = time.perf_counter()
-                        res = host.run(["script", "-qec", line, "/dev/null"], check=False)
-                        tty.append(time.perf_counter() - started)
-                        if res.returncode != 0 or "0 changed" not in res.stdout or service_state(host) != before:
-                            problems.append(f"re-run on a terminal changed something:\n{res.stdout}")
-            finally:
-                host.poweroff()
-        baseline = course_baseline(rootfs, broker)
+        installs(rootfs, broker, f)
         if "--go" in sys.argv[1:]:
-            go_versus_course(rootfs, broker, problems)
+            go_versus_course(rootfs, broker, f.problems)
     finally:
         broker.stop()
-
-    versions = []
-    for _ in range(10):
-        started = time.perf_counter()
-        subprocess.run([venv_bin("dispatchctl"), "--version"], check=True, capture_output=True)
-        versions.append(time.perf_counter() - started)
-
-    import importlib.metadata as md
-
-    print(f"# typer {md.version('typer')}, rich {md.version('rich')}, python {sys.version.split()[0]}, "
-          f"rootfs {rootfs.name}")
-    print(f"# load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; cpu_s = user+sys of the "
-          "command and its children")
-    print("first_install_runs_s=" + ",".join(f"{s:.3f}" for s in firsts))
-    print(f"first_install_cpu_s={statistics.median(first_cpu):.3f} rerun_cpu_s={statistics.median(rerun_cpu):.3f}")
-    print("rerun_runs_s=" + ",".join(f"{s:.3f}" for s in reruns))
-    print(f"first_install_s={statistics.median(firsts):.3f}   (target < 1.5)")
-    print(f"rerun_tty_s={statistics.median(tty):.3f}   (the same on a terminal: rich progress and table)")
-    print(f"version_s={statistics.median(versions):.3f}   (target < 0.150)")
-    print(f"dry_run_exact={'yes' if exact else 'no'}")
-    print(f"baseline_course_bash_rerun_s={statistics.median(baseline):.3f}   (same run, another fresh container)")
-    print(f"rerun_ratio={statistics.median(reruns) / statistics.median(baseline):.2f}   (ours / course bash)")
-    print("rerun_changes=0 rerun_restarts=0" if not problems else "problems=" + " | ".join(problems))
-    print(f"rerun_s={statistics.median(reruns):.3f}")
-    return 0 if not problems else 1
+    cold_starts(f)
+    report(f, rootfs)
+    return 0 if not f.problems else 1
 
 
 def go_only() -> int:

@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Throughput of 1, 2 and 4 dispatch consumer processes on one host against one broker (by hand).
+"""Throughput of 1, 2 and 4 dispatch consumer processes on one host against one broker (by hand),
+and of as many bare pika consumers: the baseline, in the same run.
 
 Starts its own throwaway RabbitMQ node (roboshop_dispatch/lab/broker.py). For each count K (1, 2, 4, in
 the same run, alternated over ``--rounds``), preloads N payment-shaped orders into a fresh vhost,
 starts K real consumers (``python -m roboshop_dispatch.consumer``, simulated work off: the CPU is
 what is measured) competing on ``orders``, and times from the first one's "consuming" line to the
-N-th order line over all of them (each writes to a file, counted incrementally). Prints each
-rate and its ratio to K=1; the last line is ``ratios 1:1.00 2:R2 4:R4``. The broker shares the
-machine's cores with the consumers, so on a 2-core machine the ratio is what it is: it is
-printed, not judged.
+N-th order line over all of them (each writes to a file, counted incrementally). Then the same
+with K baseline processes: bare pika (BlockingConnection, ack per message, prefetch 100, as in
+bench/consumer_throughput.py) writing one line per order, flushed every 10 ms (dispatch writes a
+line per order too); the two alternate which goes first, round by round.
+
+Prints, per K, both rates, ours / baseline, and each one's ratio to its own K=1 (what adding
+processes gains). The last lines are ``ratios 1:1.00 2:R2 4:R4`` (ours against our K=1),
+``baseline_ratios ...`` (bare pika against its K=1) and ``vs_baseline 1:.. 2:.. 4:..`` (ours /
+baseline at each K). The broker shares the machine's cores with the consumers, so on a 2-core
+machine the ratios are what they are: printed, not judged.
 
     .venv/bin/python bench/scale.py [--orders 20000] [--rounds 2]
 """
@@ -38,6 +45,27 @@ from tests.support.consumer import consumer_env  # noqa: E402
 from tests.support.payment import EXCHANGE, ROUTING_KEY, make_order  # noqa: E402
 
 COUNTS = (1, 2, 4)
+BASELINE = r"""
+import os, signal, sys
+import pika
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+conn = pika.BlockingConnection(pika.ConnectionParameters(
+    os.environ["AMQP_HOST"], int(os.environ["AMQP_PORT"]), os.environ["AMQP_VHOST"],
+    pika.PlainCredentials(os.environ["AMQP_USER"], os.environ["AMQP_PASS"])))
+ch = conn.channel()
+ch.basic_qos(prefetch_count=100)
+out = sys.stdout
+def on_message(channel, method, properties, body):
+    channel.basic_ack(method.delivery_tag)
+    out.write("INFO order - dispatched user=baseline\n")
+def flush():
+    out.flush()
+    conn.call_later(0.01, flush)
+ch.basic_consume("orders", on_message)
+print(f"INFO baseline consuming orders on {os.environ['AMQP_HOST']}", flush=True)
+conn.call_later(0.01, flush)
+ch.start_consuming()
+"""
 
 
 def preload(broker: Broker, vhost: str, orders: int) -> None:
@@ -82,18 +110,19 @@ class OutputCounter:
         return b" consuming orders on " in self.path.read_bytes()
 
 
-def run(broker: Broker, vhost: str, count: int, orders: int, workdir: Path) -> float:
-    """Orders per second of ``count`` consumers draining ``orders`` preloaded orders."""
+def run(broker: Broker, vhost: str, count: int, orders: int, workdir: Path, baseline: bool = False) -> float:
+    """Orders per second of ``count`` consumers (dispatch's, or the baseline's) draining ``orders``
+    preloaded orders."""
     preload(broker, vhost, orders)
     env = consumer_env(broker, vhost, DISPATCH_PROCESSING_MS="0")
+    argv = [sys.executable, "-c", BASELINE] if baseline else [sys.executable, "-m", "roboshop_dispatch.consumer"]
     procs: List[subprocess.Popen] = []
     counters: List[OutputCounter] = []
     try:
         for i in range(count):
             path = workdir / f"{vhost}-{i}.log"
             with open(path, "wb") as out:
-                procs.append(subprocess.Popen([sys.executable, "-m", "roboshop_dispatch.consumer"], env=env,
-                                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL))
             counters.append(OutputCounter(path))
         deadline = time.monotonic() + 60
@@ -125,6 +154,16 @@ def run(broker: Broker, vhost: str, count: int, orders: int, workdir: Path) -> f
             c.handle.close()
 
 
+def one(broker: Broker, count: int, orders: int, workdir: Path, runs: int, baseline: bool) -> float:
+    vhost = f"scale-{runs}"
+    broker.ctl("add_vhost", vhost)
+    broker.ctl("set_permissions", "-p", vhost, broker.user, ".*", ".*", ".*")
+    rate = run(broker, vhost, count, orders, workdir, baseline)
+    broker.ctl("delete_vhost", vhost)
+    print(f"{count} {'baseline' if baseline else 'dispatch'} consumer(s): {rate:,.0f} orders/s", flush=True)
+    return rate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=20000)
@@ -134,22 +173,23 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-scale-"))
     try:
         broker.start()
-        best: Dict[int, float] = {}
+        best: Dict[bool, Dict[int, float]] = {False: {}, True: {}}  # baseline? -> count -> best rate
         runs = 0
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for count in COUNTS:
-                runs += 1
-                vhost = f"scale-{runs}"
-                broker.ctl("add_vhost", vhost)
-                broker.ctl("set_permissions", "-p", vhost, broker.user, ".*", ".*", ".*")
-                rate = run(broker, vhost, count, args.orders, workdir)
-                broker.ctl("delete_vhost", vhost)
-                print(f"{count} consumer(s): {rate:,.0f} orders/s", flush=True)
-                best[count] = max(best.get(count, 0.0), rate)
+                for baseline in ((False, True) if (r + count) % 2 == 0 else (True, False)):
+                    runs += 1
+                    rate = one(broker, count, args.orders, workdir, runs, baseline)
+                    best[baseline][count] = max(best[baseline].get(count, 0.0), rate)
+        ours, base = best[False], best[True]
         print(f"cpu cores: {os.cpu_count()}; best of {args.rounds} per count, {args.orders} orders each")
         for count in COUNTS:
-            print(f"{count} consumer(s): {best[count]:,.0f} orders/s  x{best[count] / best[1]:.2f}")
-        print("ratios " + " ".join(f"{c}:{best[c] / best[1]:.2f}" for c in COUNTS), flush=True)
+            print(f"{count} consumer(s): dispatch {ours[count]:,.0f} orders/s (x{ours[count] / ours[1]:.2f}), "
+                  f"bare pika {base[count]:,.0f} orders/s (x{base[count] / base[1]:.2f}), "
+                  f"dispatch / bare pika {ours[count] / base[count]:.2f}")
+        print("ratios " + " ".join(f"{c}:{ours[c] / ours[1]:.2f}" for c in COUNTS))
+        print("baseline_ratios " + " ".join(f"{c}:{base[c] / base[1]:.2f}" for c in COUNTS))
+        print("vs_baseline " + " ".join(f"{c}:{ours[c] / base[c]:.2f}" for c in COUNTS), flush=True)
         return 0
     finally:
         broker.stop()

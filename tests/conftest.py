@@ -23,6 +23,14 @@ sys.path.insert(0, str(ROOT))
 from roboshop_dispatch.lab.broker import Broker  # noqa: E402
 
 
+def pytest_report_header(config):
+    """Which pika the session (and its consumers) run: tests/test_pika_oldest.py runs some again
+    with another on PYTHONPATH, and checks this line."""
+    import pika
+
+    return f"pika {pika.__version__} from {Path(pika.__file__).resolve().parent.parent}"
+
+
 @pytest.fixture(scope="session")
 def broker():
     """A real RabbitMQ node started for this test session (fails loudly when it cannot start)."""
@@ -69,4 +77,15 @@ def systemd_host(systemd_rootfs):
     from tests.support.hosts import booted
 
     with booted(systemd_rootfs) as container:
+        yield container
+
+
+@pytest.fixture(scope="session")
+def no_systemd_host(systemd_rootfs):
+    """One throwaway container that is not booted (PID 1 is ``sleep``: no systemd), shared by the
+    tests of a host without systemd: the CLI runs there with ``host.dispatchctl(...)``, never on
+    this machine, whose PID 1 the tests assume nothing about."""
+    from tests.support.hosts import unbooted
+
+    with unbooted(systemd_rootfs) as container:
         yield container

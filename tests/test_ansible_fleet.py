@@ -48,14 +48,10 @@ def fleet_wheelhouse(wheelhouse, tmp_path_factory) -> Path:  # noqa: F811
     return out
 
 
-HOME_ANSIBLE: Dict[str, bool] = {}
-
-
 @pytest.fixture(scope="module")
 def fleet(systemd_rootfs):
     """3 lab hosts (`dispatchctl lab up --hosts 3 --no-install`) with the lab's own broker."""
     hosts = Fleet()
-    HOME_ANSIBLE["existed"] = (Path.home() / ".ansible").exists()
     try:
         hosts.up(len(HOSTS))
     except Exception as exc:
@@ -290,7 +286,12 @@ def test_the_example_inventory_parses_as_standard_ini(fleet):
 
 def test_the_plays_wrote_nothing_under_the_operators_home(fleet):
     """Last in this file: every play ran with Ansible's home, temp dirs (local and, for the tasks
-    delegated to localhost, remote) and ssh control sockets in a private dir, not ~/.ansible."""
-    assert HOME_ANSIBLE, "the fleet fixture ran first"
-    if not HOME_ANSIBLE["existed"]:
-        assert not (Path.home() / ".ansible").exists()
+    delegated to localhost, remote) and ssh control sockets in a private dir, not ~/.ansible.
+    The plays' HOME was an empty private directory: anything Ansible wrote under ``~`` despite
+    those settings would be there (and the operator's own home was never theirs to write)."""
+    from tests.support.fleet import ansible_env
+
+    home = Path(ansible_env(fleet.dir)["HOME"])
+    assert home.is_dir() and home != Path.home()
+    assert (fleet.dir / "results.json").exists(), "no play ran with this environment"
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

@@ -132,13 +132,16 @@ def test_an_unset_variable_never_changes_another(name):
     full = {"AMQP_HOST": "h1,h2", "AMQP_PORT": "5673", "AMQP_VHOST": "v", "AMQP_USER": "u",
             "AMQP_PASS": "p", "DISPATCH_ERROR_PERCENT": "3", "DISPATCH_PREFETCH": "7",
             "DISPATCH_PROCESSING_MS": "1-2", "DISPATCH_FASTPATH": "0", "DISPATCH_QUEUE_TYPE": "quorum",
-            "DISPATCH_MAX_BODY": "4096"}
+            "DISPATCH_METRICS_LISTEN": "127.0.0.1:9", "DISPATCH_QUARANTINE_LOG_S": "5",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "DISPATCH_MAX_BODY": "4096"}
     before = config.load(full)
     after = config.load({k: v for k, v in full.items() if k != name})
     attr = {"AMQP_HOST": "hosts", "AMQP_PORT": "port", "AMQP_VHOST": "vhost", "AMQP_USER": "user",
             "DISPATCH_ERROR_PERCENT": "error_percent", "DISPATCH_PREFETCH": "prefetch",
             "DISPATCH_PROCESSING_MS": "processing_ms", "DISPATCH_FASTPATH": "fast_path",
-            "DISPATCH_QUEUE_TYPE": "queue_type", "DISPATCH_MAX_BODY": "max_body"}
+            "DISPATCH_QUEUE_TYPE": "queue_type", "DISPATCH_METRICS_LISTEN": "metrics_listen",
+            "DISPATCH_QUARANTINE_LOG_S": "quarantine_log_s", "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing",
+            "DISPATCH_MAX_BODY": "max_body"}
     default = config.load({"AMQP_PASS": "p"})
     for field, value in vars(before).items():
         if field == attr[name]:
@@ -391,11 +394,18 @@ def test_log_uses_journal_priorities_only_when_stdout_is_the_journal(tmp_path):
 
 
 def test_log_survives_a_closed_reader():
+    """EPIPE (Python ignores SIGPIPE): the line is dropped, no exception, and the log stops
+    writing to the dead pipe; later lines are dropped too, none kept in memory."""
     r, w = os.pipe()
     os.close(r)
     log = LineLog(w, env={})
-    log.info("nobody listens")  # EPIPE: dropped, no exception
+    assert log.fd == w
+    log.info("nobody listens")  # would raise BrokenPipeError if it were not handled
+    assert log.fd is None
+    for i in range(1000):
+        log.order_line("INFO", f"order {i} dispatched")
     log.info("still fine")
+    assert log.fd is None and log._buf == []
     os.close(w)
 
 

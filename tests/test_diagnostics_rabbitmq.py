@@ -23,10 +23,13 @@ import pika
 import pytest
 
 from roboshop_dispatch import envfile
+from roboshop_dispatch.diagnostics.catalog import SLOW_RTT_MS
 
 pytestmark = pytest.mark.broker
 
 DISPATCHCTL = str(Path(sys.prefix) / "bin" / "dispatchctl")
+# the README's promise, kept as a bound: check-rabbitmq "answers within 5 s even when packets are
+# dropped" (its budget is 4 s: DEFAULT_BUDGET_S); these runs take well under a second on loopback
 BOUND_S = 5.0
 SECRET = "p@ss:w/rd %#?&' \"x$y"  # a password that must never be printed
 # for users created on the broker: rabbitmqctl's shell wrapper expands "$", so none here
@@ -186,12 +189,17 @@ def test_declare_creates_exactly_the_contract_topology_then_everything_passes(br
     assert snapshot(broker, vhost) == after  # the check itself changed nothing
     statuses = again.statuses()
     assert all(statuses[n] == "ok" for n in ("resolve", "tcp", "handshake", "auth", "vhost", "permissions",
-                                             "exchange", "queue", "binding", "latency")), statuses
+                                             "exchange", "queue", "binding")), statuses
     assert again.finding("binding")["data"]["probed"] is True
     counts = again.finding("counts")
     assert counts["status"] == "warn" and "No consumer" in counts["diagnosis"]
     assert counts["data"] == {"messages": 0, "consumers": 0}
-    assert again.finding("latency")["data"]["median_ms"] < 250
+    # the round trips were measured (their verdict against SLOW_RTT_MS is unit-tested from
+    # recorded samples: a loaded machine may really be slow, so no bound on the time here)
+    latency = again.finding("latency")
+    samples = latency["data"]["samples_ms"]
+    assert len(samples) == 3 and all(s > 0 for s in samples) and latency["data"]["median_ms"] == sorted(samples)[1]
+    assert latency["status"] == ("ok" if latency["data"]["median_ms"] <= SLOW_RTT_MS else "warn"), latency
 
 
 def test_table_output_names_each_check(broker, vhost, tmp_path):

@@ -69,11 +69,12 @@ def test_metavars_and_long_defaults():
 
 
 @pytest.mark.parametrize("args", [["-v"], ["-vv"], ["-q"], ["--verbose", "--verbose"]])
-def test_verbosity_options_parse_on_every_command(args):
-    """Parsed, not refused: each command then fails (or works) for its own reason, never exit 2."""
+def test_verbosity_options_parse_on_every_command(no_systemd_host, args):
+    """Parsed, not refused: each command then fails (or works) for its own reason, never exit 2
+    (in a container without systemd: what they find there does not depend on this machine)."""
     for command in ("status", "check"):
-        res = cli(command, *args, "--json")
-        assert res.returncode != 2, res.stderr
+        res = no_systemd_host.dispatchctl(command, *args, "--json")
+        assert res.returncode in (1, 4), res.stdout + res.stderr
 
 
 def test_completion_scripts_for_bash_zsh_fish(tmp_path):
@@ -97,8 +98,9 @@ def test_completion_scripts_for_bash_zsh_fish(tmp_path):
 
 
 def test_version_stays_fast():
-    """< 150 ms on this machine when it is quiet (bench/provision.py measures it); here, robust to a
-    busy machine: what it imports (nothing of typer, rich or typing) and its CPU time."""
+    """What ``--version`` imports (nothing of typer, rich or typing), and its CPU time against a
+    baseline measured here: importing typer alone, the least the full CLI costs. No absolute
+    bound: bench/provision.py measures the wall time (``version_s``) against the bare interpreter."""
     import resource
 
     res = subprocess.run([sys.executable, "-X", "importtime", DISPATCHCTL, "--version"], capture_output=True,
@@ -106,10 +108,16 @@ def test_version_stays_fast():
     assert res.returncode == 0 and res.stdout.startswith("dispatchctl ")
     imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
     assert not {"typer", "rich", "click", "typing", "roboshop_dispatch.cli.app"} & imported, sorted(imported)
-    cpu = []
-    for _ in range(5):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([DISPATCHCTL, "--version"], capture_output=True, check=True, timeout=30)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    assert min(cpu) < 0.15, cpu
+
+    def cpu_s(argv) -> float:
+        """The least CPU time (user + system) of 5 runs: a busy machine stretches it little."""
+        runs = []
+        for _ in range(5):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(argv, capture_output=True, check=True, timeout=30)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            runs.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        return min(runs)
+
+    version, typer_alone = cpu_s([DISPATCHCTL, "--version"]), cpu_s([sys.executable, "-c", "import typer"])
+    assert version < typer_alone, (version, typer_alone)  # measured here: 0.020 s against 0.062 s

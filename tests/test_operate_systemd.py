@@ -6,9 +6,12 @@ manual's common issue each time."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -20,6 +23,15 @@ pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 PASS_FILE = "/root/amqp.pass"
 ENV_FILE = "/etc/roboshop/dispatch.env"
 BOUND_S = 5.0
+
+
+def child_named(pid: int, comm: str) -> int:
+    """The child of ``pid`` running ``comm`` (nsenter's child, inside the host's namespaces)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == comm:
+                return int(child)
+    raise AssertionError(f"no child {comm!r} of pid {pid}")
 
 
 def install(host, broker, vhost: str) -> None:
@@ -53,7 +65,7 @@ def check(host) -> Dict:
 
 def assert_issue(doc: Dict, finding: str, issue: str, diagnosis: str) -> Dict:
     assert doc["_rc"] == 1, json.dumps(doc["findings"], indent=1)
-    assert doc["_elapsed"] < 10
+    assert doc["_elapsed"] < 10  # a promise kept as a bound: check-rabbitmq answers within 5 s, the rest is local
     f = doc["_by_name"][finding]
     assert f["status"] == "fail", f
     assert f["issue"] == issue and diagnosis in f["diagnosis"], f
@@ -272,17 +284,26 @@ def test_logs_show_the_journal_with_the_password_masked_and_follow(systemd_host,
     assert any("leaking amqp://roboshop:********@broker" in line for line in doc["logs"])
     assert broker.password not in json.dumps(doc)
 
-    # -f: new lines appear while it runs; SIGINT ends it cleanly
+    # -f: new lines appear while it runs; SIGINT ends it cleanly. No guess at when it has begun
+    # to follow: restart the service (each start writes the leaking line) until a new line shows
+    # (`timeout` inside is only a backstop; the SIGINT is ours, sent once the line was seen)
     argv = ["nsenter", "-t", str(host.leader), "-a", "env", "-i", f"PATH={PATH_INSIDE}", "LANG=C.UTF-8",
-            "timeout", "--preserve-status", "-s", "INT", "8", venv_bin("dispatchctl"), "logs", "-f", "-n", "0"]
+            "timeout", "--preserve-status", "-s", "INT", "120", venv_bin("dispatchctl"), "logs", "-f", "-n", "0"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: List[str] = []
     reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
-    time.sleep(2.0)
-    host.run(["systemctl", "restart", "dispatch"])
+    masked = "leaking amqp://roboshop:********@broker"
+    deadline = time.monotonic() + 60
+    while not any(masked in line for line in seen):
+        assert proc.poll() is None and time.monotonic() < deadline, (proc.poll(), seen)
+        host.run(["systemctl", "restart", "dispatch"])
+        wait_until = time.monotonic() + 3
+        while not any(masked in line for line in seen) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+    os.kill(child_named(proc.pid, "timeout"), signal.SIGINT)  # passed on to dispatchctl
     proc.wait(timeout=30)
     reader.join(5)
     text = "".join(seen)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-    assert "leaking amqp://roboshop:********@broker" in text and broker.password not in text
+    assert masked in text and broker.password not in text

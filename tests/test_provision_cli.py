@@ -44,9 +44,11 @@ def cli(*args: str, env=None, password: bool = True) -> subprocess.CompletedProc
     (["--amqp-host", "10.0.0.5", "--amqp-vhost", "a\nb"], "--amqp-vhost"),
     ([], "--amqp-host"),
 ])
-def test_a_bad_option_exits_2_with_one_line_naming_it(args, option):
+def test_a_bad_option_exits_2_with_one_line_naming_it(no_systemd_host, args, option):
+    """A real run too: inside a container without systemd, so that an option that slipped through
+    could change nothing on this machine."""
     for dry in ([], ["--dry-run"]):
-        res = cli("install", *args, *dry)
+        res = no_systemd_host.dispatchctl("install", *args, *dry, env={"DISPATCHCTL_AMQP_PASS": PASSWORD})
         assert res.returncode == 2, (res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and option in lines[0] and lines[0].startswith("dispatchctl: error:"), res.stderr
@@ -68,11 +70,12 @@ def test_amqp_pass_on_the_command_line_warns_about_ps():
     assert "visible" not in res.stdout
 
 
-def test_dry_run_json_reports_one_object_per_step():
-    """This machine is not a systemd host: the dry run still works and predicts a fresh install
-    where nothing is installed (it reads only)."""
-    res = cli("install", "--amqp-host", "10.0.0.5", "--app-dir", "/nonexistent-dispatchctl-test",
-              "--dry-run", "--json", "--diff")
+def test_dry_run_json_reports_one_object_per_step(no_systemd_host):
+    """The dry run works on a host without systemd (it reads only) and predicts a fresh install
+    there (a fresh container: what is installed on this machine does not matter)."""
+    res = no_systemd_host.dispatchctl("install", "--amqp-host", "10.0.0.5", "--app-dir",
+                                      "/nonexistent-dispatchctl-test", "--dry-run", "--json", "--diff",
+                                      env={"DISPATCHCTL_AMQP_PASS": PASSWORD})
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["command"] == "install" and doc["dry_run"] is True and doc["ok"] is True
@@ -88,12 +91,13 @@ def test_dry_run_json_reports_one_object_per_step():
     assert "+++ b/etc/roboshop/dispatch.amqp-pass\n@@ -0,0 +1 @@\n+********\n" in diff  # the credential, masked
     assert "+LoadCredential=amqp-pass:/etc/roboshop/dispatch.amqp-pass" in diff and "AMQP_PASS" not in diff
     assert PASSWORD not in res.stdout and PASSWORD not in res.stderr
-    assert not Path("/nonexistent-dispatchctl-test").exists()
+    assert not no_systemd_host.path("/nonexistent-dispatchctl-test").exists()
 
 
-def test_dry_run_table_and_diff_mask_the_password():
-    res = cli("install", "--amqp-host", "10.0.0.5", "--app-dir", "/nonexistent-dispatchctl-test",
-              "--dry-run", "--diff")
+def test_dry_run_table_and_diff_mask_the_password(no_systemd_host):
+    res = no_systemd_host.dispatchctl("install", "--amqp-host", "10.0.0.5", "--app-dir",
+                                      "/nonexistent-dispatchctl-test", "--dry-run", "--diff",
+                                      env={"DISPATCHCTL_AMQP_PASS": PASSWORD})
     assert res.returncode == 0, res.stderr
     assert "would change" in res.stdout and "+++ b/etc/roboshop/dispatch.amqp-pass" in res.stdout
     assert "+********" in res.stdout

@@ -98,6 +98,7 @@ def test_bundled_consumer_on_a_bare_39(python39, broker, vhost, tmp_path):
         consumer.wait_orders([o["orderid"] for o in orders], timeout=60)
         consumer.wait_line("quarantined", timeout=30)
         code, took = consumer.stop(signal.SIGTERM)
+        # the README's promise, kept as a bound: exit 0 within 10 s of SIGTERM (here: under 1 s)
         assert code == 0 and took < 10, consumer.output[-2000:]
         assert all(consumer.orders[o["orderid"]] == 1 for o in orders)
     finally:

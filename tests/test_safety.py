@@ -112,19 +112,17 @@ def tree():
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_symlink_to_a_system_directory_is_resolved_and_refused(tree, target, child, depth):
     """A link (or a chain of links) in an innocent-looking tree that resolves to a system directory."""
+    import tempfile
+
     validate_app_dir("--app-dir", str(tree))  # the tree itself is a fine place
     assume(os.path.realpath(target + child) != "/x")  # an ordinary top-level directory, like /app
-    link_dir = tree / f"t{depth}{target.strip('/')}{child.replace('/', '_')}"
-    link_dir.mkdir(exist_ok=True)
+    link_dir = Path(tempfile.mkdtemp(dir=tree))  # fresh for every example, a repeated one included
     link = link_dir / "app"
-    if not link.is_symlink():
-        link.symlink_to(target + child)
-        for _ in range(depth):
-            nxt = link.with_name(link.name + "x")
-            nxt.symlink_to(link)
-            link = nxt
-    else:
-        return
+    link.symlink_to(target + child)
+    for _ in range(depth):
+        nxt = link.with_name(link.name + "x")
+        nxt.symlink_to(link)
+        link = nxt
     with pytest.raises(SettingsError):
         validate_app_dir("--app-dir", str(link))
 

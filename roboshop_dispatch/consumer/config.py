@@ -29,6 +29,9 @@ DEFAULT_PREFETCH = 500
 DEFAULT_PROCESSING_MS = (42, 83)  # the original sleeps 42..83 ms, twice, per order
 MAX_PROCESSING_MS = 60_000
 MAX_PREFETCH = 65535  # basic.qos prefetch_count is an unsigned short; 0 (unlimited) is refused
+DEFAULT_QUARANTINE_LOG_S = 60
+HEADERS_CREDENTIAL = "otlp-headers"  # LoadCredential=otlp-headers:...: OTEL_EXPORTER_OTLP_HEADERS, kept secret
+TRACING_ON = "on"
 
 # name -> (default shown in --help, one-line description); the README's reference mirrors this.
 VARIABLES: Tuple[Tuple[str, str, str], ...] = (
@@ -48,6 +51,14 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "delivery path"),
     ("DISPATCH_FASTPATH", "1", "1: decode deliveries with the lean frame path (fastpath.py); 0: pika's own "
      "path (slower, for ruling the fast path out)"),
+    ("DISPATCH_METRICS_LISTEN", "off", "HOST:PORT ([V6]:PORT) to serve Prometheus metrics on /metrics; a bad value or "
+     "a port in use is logged once and the consumer runs without metrics"),
+    ("DISPATCH_QUARANTINE_LOG_S", str(DEFAULT_QUARANTINE_LOG_S), "seconds between the summary lines of bad "
+     "messages quarantined (the first of each reason is logged at once), 1..3600"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "off", "OTLP/HTTP collector base URL (spans go to /v1/traces): tracing on; "
+     "also OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (full URL), OTEL_SERVICE_NAME (dispatch), OTEL_RESOURCE_ATTRIBUTES, "
+     "OTEL_TRACES_SAMPLER(_ARG), OTEL_SDK_DISABLED, OTEL_EXPORTER_OTLP_HEADERS (secret: the systemd credential "
+     f"{HEADERS_CREDENTIAL!r} takes precedence)"),
     ("DISPATCH_QUEUE_TYPE", amqp.CLASSIC, "type 'orders' is declared with: classic (the contract: no arguments) "
      "or quorum (x-queue-type, replicated over a cluster); an existing queue of the other type is used as it "
      "is, never deleted"),
@@ -75,6 +86,9 @@ class Config:
     fast_path: bool = True  # decode deliveries with fastpath.DispatchConnection when pika allows
     password_source: str = PASSWORD_FROM_ENVIRONMENT  # credential, environment or missing
     queue_type: str = amqp.CLASSIC  # amqp.CLASSIC or amqp.QUORUM: how orders is declared
+    tracing: str = "off"  # TRACING_ON, or "off" with the reason: telemetry.py imports OpenTelemetry only when on
+    metrics_listen: Optional[str] = None  # DISPATCH_METRICS_LISTEN as given: metrics.py parses it (never fatal)
+    quarantine_log_s: int = DEFAULT_QUARANTINE_LOG_S
     max_body: int = MAX_BODY  # bytes: a larger body is quarantined unparsed
 
     def describe(self) -> str:
@@ -89,7 +103,8 @@ class Config:
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
             f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
             f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} max_body={self.max_body} "
-            f"password={self.password_source}"
+            f"password={self.password_source} tracing={self.tracing} "
+            f"metrics={'off' if self.metrics_listen is None else _show(self.metrics_listen)}"
         )
 
 
@@ -189,33 +204,46 @@ def _queue_type(env: Mapping[str, str]) -> str:
     return text
 
 
-def _credential(env: Mapping[str, str], directory: Optional[str]) -> Optional[str]:
-    """The password from the systemd credential, or None when there is none to read."""
+def tracing(env: Mapping[str, str]) -> str:
+    """``on`` when an OTLP endpoint is set and OpenTelemetry is not disabled; else ``off`` (why)."""
+    endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+    if not endpoint:
+        return "off"
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "off(OTEL_SDK_DISABLED=true)"
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return "off(OTEL_TRACES_EXPORTER=none)"
+    return TRACING_ON
+
+
+def read_credential(env: Mapping[str, str], directory: Optional[str], name: str = CREDENTIAL_NAME) -> Optional[str]:
+    """The systemd credential ``name`` (one trailing newline stripped), or None when there is none."""
     where = directory if directory is not None else env.get("CREDENTIALS_DIRECTORY")
     if not where:
         return None
-    path = os.path.join(where, CREDENTIAL_NAME)
+    path = os.path.join(where, name)
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CREDENTIAL + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} cannot be read: "
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} cannot be read: "
                                                    f"{exc.strerror or type(exc).__name__}") from None
     if len(data) > MAX_CREDENTIAL:
-        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is over {MAX_CREDENTIAL} bytes")
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} is over {MAX_CREDENTIAL} bytes")
     try:
         text = strip_final_newline(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is not valid UTF-8") from None
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} is not valid UTF-8") from None
     if not text:
-        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {CREDENTIAL_NAME!r} is empty")
+        raise ConfigError("CREDENTIALS_DIRECTORY", f"credential {name!r} is empty")
     return text
 
 
 def _password(env: Mapping[str, str], directory: Optional[str], require: bool) -> Tuple[str, str]:
-    from_credential = _credential(env, directory)
+    from_credential = read_credential(env, directory)
     if from_credential is not None:
         return from_credential, PASSWORD_FROM_CREDENTIAL
     if env.get("AMQP_PASS") is None and not require:
@@ -249,5 +277,8 @@ def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
         fast_path=bool(_int(env, "DISPATCH_FASTPATH", 1, 0, 1, "0 or 1")),
         password_source=source,
         queue_type=_queue_type(env),
+        tracing=tracing(env),
+        metrics_listen=env.get("DISPATCH_METRICS_LISTEN") or None,
+        quarantine_log_s=_int(env, "DISPATCH_QUARANTINE_LOG_S", DEFAULT_QUARANTINE_LOG_S, 1, 3600, "seconds"),
         max_body=_int(env, "DISPATCH_MAX_BODY", MAX_BODY, MIN_BODY_LIMIT, MAX_BODY_LIMIT, "a number of bytes"),
     )

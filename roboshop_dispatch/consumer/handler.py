@@ -21,6 +21,7 @@ from .delivery import Delivery
 from .logs import LineLog
 from .orders import InvalidMessage, Summary, field, summarize
 from .quarantine import Quarantine
+from .telemetry import OrderTrace, Telemetry
 
 
 def problem(delivery: Delivery) -> Optional[str]:
@@ -34,8 +35,9 @@ def problem(delivery: Delivery) -> Optional[str]:
 
 class OrderHandler:
     def __init__(self, cfg: Config, ioloop: Any, log: LineLog, rng: random.Random, acks: Acker,
-                 quarantine: Quarantine, stats: Dict[str, int]) -> None:
+                 quarantine: Quarantine, stats: Dict[str, int], telemetry: Optional[Telemetry] = None) -> None:
         self.ioloop = ioloop
+        self.telemetry = telemetry or Telemetry()
         self.log = log
         self.rng = rng
         self.acks = acks
@@ -50,6 +52,7 @@ class OrderHandler:
             self._not_ours(sess, delivery)
             return
         sess.tracker.delivered()
+        self.telemetry.delivered(delivery)
         try:
             reason = problem(delivery)
             if reason is None:
@@ -64,11 +67,12 @@ class OrderHandler:
             self._quarantine(sess, delivery, reason)
             return
         tag = delivery.tag
-        del delivery  # only the summary lives on while the order is worked on
+        trace = self.telemetry.order_started(delivery, summary.orderid) if self.telemetry.on else None
+        del delivery  # only the summary (and the order's spans) live on while the order is worked on
         if self.processing is None:
-            self._finish(sess, tag, summary, self._fails())
+            self._finish(sess, tag, summary, self._fails(), trace)
         else:
-            self.ioloop.call_later(self._work(), functools.partial(self._halfway, sess, tag, summary))
+            self.ioloop.call_later(self._work(), functools.partial(self._halfway, sess, tag, summary, trace))
 
     def _not_ours(self, sess: Any, delivery: Delivery) -> None:
         if delivery.consumer_tag in sess.cancelled:
@@ -93,19 +97,22 @@ class OrderHandler:
     def _fails(self) -> bool:
         return self.error_percent > 0 and self.rng.random() * 100.0 < self.error_percent
 
-    def _halfway(self, sess: Any, tag: int, summary: Summary) -> None:
+    def _halfway(self, sess: Any, tag: int, summary: Summary, trace: Optional[OrderTrace] = None) -> None:
         if sess.alive:
             failed = self._fails()
-            self.ioloop.call_later(self._work(), functools.partial(self._finish, sess, tag, summary, failed))
+            self.telemetry.order_halfway(trace)  # the original: processSale after the first sleep
+            self.ioloop.call_later(self._work(), functools.partial(self._finish, sess, tag, summary, failed, trace))
 
-    def _finish(self, sess: Any, tag: int, summary: Summary, failed: bool) -> None:
+    def _finish(self, sess: Any, tag: int, summary: Summary, failed: bool,
+                trace: Optional[OrderTrace] = None) -> None:
         if not sess.alive:
             return  # the delivery went back to the queue with its connection: handled on redelivery
+        traced = self.telemetry.order_finished(trace, failed)
         if failed:
             self.stats["failed"] += 1
             self.log.order_line("ERROR", f"order {summary.orderid} failed {summary.details} "
-                                         f"(simulated: DISPATCH_ERROR_PERCENT={self.error_percent:g})")
+                                         f"(simulated: DISPATCH_ERROR_PERCENT={self.error_percent:g}){traced}")
         else:
-            self.log.order_line("INFO", f"order {summary.orderid} dispatched {summary.details}")
+            self.log.order_line("INFO", f"order {summary.orderid} dispatched {summary.details}{traced}")
         self.stats["dispatched"] += 1
         self.acks.done(sess, tag)

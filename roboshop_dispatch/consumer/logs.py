@@ -119,3 +119,64 @@ def bridge_logging(log: LineLog) -> None:
     # pika logs every connection failure as ERROR, with tracebacks, from several modules; the
     # consumer reports each of those events itself, on one line, with its fix.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+OTHER_KINDS = "other reasons"
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason: its text up to the first detail (``invalid JSON``,
+    ``body too large``, ``header 'x' is not a string``), so variants count together."""
+    cut = len(reason)
+    for mark in (":", " ("):
+        at = reason.find(mark)
+        if 0 < at < cut:
+            cut = at
+    return reason[: min(cut, 80)]
+
+
+class Coalescer:
+    """Warnings that a publisher can make by the thousand (bad messages): the first of each kind is
+    written at once; the rest are counted and summed up in one line per kind per ``interval``
+    seconds. A kind quiet for a whole interval is written in full again next time. At most
+    ``max_kinds`` kinds are told apart per interval (a publisher can invent kinds): the rest count
+    as :data:`OTHER_KINDS`."""
+
+    def __init__(self, log: LineLog, ioloop: object, interval: float, what: str, max_kinds: int = 32) -> None:
+        self.log = log
+        self.ioloop = ioloop
+        self.interval = interval
+        self.what = what  # "bad messages quarantined": the summary line's words
+        self.max_kinds = max_kinds
+        self.seen: set = set()  # kinds written in full (or counted) in this interval
+        self.counts: dict = {}  # kind -> occurrences not written, this interval
+        self.timer: object = None
+
+    def warning(self, kind: str, text: str) -> None:
+        if kind not in self.seen and len(self.seen) < self.max_kinds:
+            self.seen.add(kind)
+            self.log.warning(text)
+        else:
+            key = kind if kind in self.seen else OTHER_KINDS
+            self.counts[key] = self.counts.get(key, 0) + 1
+        if self.timer is None:
+            self.timer = self.ioloop.call_later(self.interval, self.flush)  # type: ignore[attr-defined]
+
+    def flush(self) -> None:
+        """The summary lines of this interval; kinds that were quiet are forgotten."""
+        self.timer = None
+        counts, self.counts = self.counts, {}
+        for kind, count in counts.items():
+            self.log.warning(f"{count} more {self.what} in the last {self.interval:g}s: {kind}")
+        self.seen = {kind for kind in self.seen if kind in counts}
+        if self.seen:
+            self.timer = self.ioloop.call_later(self.interval, self.flush)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """At exit: what was counted and not yet written."""
+        if self.timer is not None:
+            self.ioloop.remove_timeout(self.timer)  # type: ignore[attr-defined]
+            self.timer = None
+        for kind, count in self.counts.items():
+            self.log.warning(f"{count} more {self.what} since the last summary: {kind}")
+        self.counts = {}

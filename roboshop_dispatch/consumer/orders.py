@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from .delivery import MAX_BODY
 from .errors import ConsumerError
+from .tracecontext import TRACE_HEADERS
 
 MAX_FIELD = 120  # longest value quoted in a log line
 MAX_DIGITS = 40  # a body with a longer run of digits is refused before it is parsed
@@ -63,11 +64,15 @@ BROKER_HEADERS = {"x-delivery-count": (int,), "x-death": (list,)}
 
 def check_headers(headers: Optional[Mapping[str, Any]]) -> None:
     """Every header value must be a string (the original crashed on anything else), except the
-    headers the broker adds (:data:`BROKER_HEADERS`), with their own type."""
+    headers the broker adds (:data:`BROKER_HEADERS`), with their own type, and the trace-context
+    headers (``traceparent``, ``X-INSTANA-T``...), which may be bytes too: whatever they hold, a
+    trace context is never a reason to quarantine an order."""
     if not headers:
         return
     for key, value in headers.items():
         allowed = BROKER_HEADERS.get(key, ())
+        if not allowed and isinstance(value, bytes) and isinstance(key, str) and key.lower() in TRACE_HEADERS:
+            continue
         if not isinstance(value, (str, *allowed)) or isinstance(value, bool):
             raise InvalidMessage(f"header {field(str(key))} is not a string ({_type_name(value)})")
 

@@ -25,6 +25,8 @@ import pika.spec
 
 from ..amqp import QUARANTINE_QUEUE
 from .delivery import Delivery
+from .logs import Coalescer, reason_kind
+from .telemetry import Telemetry
 
 ERROR_HEADER = "x-dispatch-error"
 ORIGINAL_PROPERTIES = "x-dispatch-original-properties"
@@ -37,6 +39,8 @@ BODY_TRUNCATED = "x-dispatch-body-truncated"
 DESCRIPTIVE = ("content_type", "content_encoding", "correlation_id", "message_id", "type", "app_id")
 BUDGET = 8 * 1024 * 1024  # bytes of unconfirmed quarantine copies held at most (plus one copy)
 REQUEUE_DELAY = 0.5  # seconds before a message that cannot be quarantined now goes back
+QUARANTINED = "bad messages quarantined"  # the words of the coalesced summary lines
+REQUEUED = "bad messages sent back to the queue for now"
 MAX_REASON = 300
 HEADER_ROOM = 4096  # what the content header frame needs beside the properties
 
@@ -130,13 +134,19 @@ class Unconfirmed:
 
 class Quarantine:
     """Publishes quarantine copies on a session's confirm-mode channel; acks each original once
-    its copy is confirmed (``acks.done``); requeues, after a delay, what it cannot hold now."""
+    its copy is confirmed (``acks.done``); requeues, after a delay, what it cannot hold now. Its
+    warnings are coalesced (the first of each reason at once, then a count per interval): a
+    publisher of bad messages cannot drown the orders' lines."""
 
-    def __init__(self, ioloop: Any, log: Any, acks: Any, stats: Dict[str, int]) -> None:
+    def __init__(self, ioloop: Any, log: Any, acks: Any, stats: Dict[str, int], *,
+                 telemetry: Optional[Telemetry] = None, log_interval: float = 60.0) -> None:
         self.ioloop = ioloop
         self.log = log
         self.acks = acks
         self.stats = stats
+        self.telemetry = telemetry or Telemetry()
+        self.notes = Coalescer(log, ioloop, log_interval, QUARANTINED)
+        self.requeues = Coalescer(log, ioloop, log_interval, REQUEUED)
 
     def put(self, sess: Any, delivery: Delivery, reason: str) -> None:
         if not sess.usable or sess.qchannel is None or not sess.qchannel.is_open:
@@ -146,19 +156,26 @@ class Quarantine:
         if sess.blocked or not sess.unconfirmed.room_for(size):
             why = "the broker blocks publishing" if sess.blocked else \
                 f"{sess.unconfirmed.bytes} bytes of quarantine copies await their confirm"
-            self.defer(sess, delivery.tag, f"bad message ({reason}), cannot quarantine it now: {why}")
+            kind = "the broker blocks publishing" if sess.blocked else "quarantine copies await their confirm"
+            self.defer(sess, delivery.tag, f"bad message ({reason}), cannot quarantine it now: {why}", kind)
             return
         again = " (redelivered)" if delivery.redelivered else ""
         cut = f", {len(delivery.body)} kept" if delivery.truncated else ""
-        self.log.warning(f"bad message quarantined to {QUARANTINE_QUEUE}: {reason} "
-                         f"[delivery {delivery.tag}, {delivery.body_size} bytes{cut}{again}]")
+        self.notes.warning(reason_kind(reason), f"bad message quarantined to {QUARANTINE_QUEUE}: {reason} "
+                                                f"[delivery {delivery.tag}, {delivery.body_size} bytes{cut}{again}]")
+        self.telemetry.quarantined(delivery, reason)
         props = copy_properties(delivery, reason, sess.frame_max)
         sess.qchannel.basic_publish("", QUARANTINE_QUEUE, delivery.body, props, mandatory=True)
         sess.unconfirmed.add(delivery.tag, size)  # numbered like the channel's publishes
 
-    def defer(self, sess: Any, tag: int, why: str) -> None:
-        """Requeue delivery ``tag`` in REQUEUE_DELAY seconds (it is not held meanwhile)."""
-        self.log.warning(f"delivery {tag} goes back to the queue in {REQUEUE_DELAY:g}s: {why}")
+    def defer(self, sess: Any, tag: int, why: str, kind: Optional[str] = None) -> None:
+        """Requeue delivery ``tag`` in REQUEUE_DELAY seconds (it is not held meanwhile); warnings
+        of a ``kind`` (bad messages that cannot be quarantined now) are coalesced."""
+        text = f"delivery {tag} goes back to the queue in {REQUEUE_DELAY:g}s: {why}"
+        if kind is not None:
+            self.requeues.warning(kind, text)
+        else:
+            self.log.warning(text)
         sess.deferred[tag] = self.ioloop.call_later(REQUEUE_DELAY, lambda: self._requeue(sess, tag))
 
     def _requeue(self, sess: Any, tag: int) -> None:
@@ -184,7 +201,13 @@ class Quarantine:
                 sess.close("quarantine publish nacked")
                 return
             self.stats["quarantined"] += 1
+            self.telemetry.quarantine_confirmed()
             self.acks.done(sess, item.tag)
+
+    def close(self) -> None:
+        """At exit: the counts not yet written."""
+        self.notes.close()
+        self.requeues.close()
 
     def on_return(self, sess: Any) -> None:
         self.log.error(f"{QUARANTINE_QUEUE!r} does not exist any more (quarantine copy returned): "

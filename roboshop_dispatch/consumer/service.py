@@ -31,6 +31,7 @@ from .reconnect import BACKOFF_CAP, ReconnectPolicy, backoff
 from .sdnotify import Notifier, watchdog_interval
 from .session import FAST, PIKA, Connector, Events, Session
 from .shutdown import STOP_DEADLINE, STOP_GRACE, Shutdown, SignalWakeup
+from .telemetry import Telemetry
 
 # how often STATUS= tells systemd the orders handled so far (only when the count changed)
 STATUS_EVERY_S = 1.0
@@ -69,8 +70,12 @@ class Dispatcher(Events):
         self.stats = {"dispatched": 0, "failed": 0, "quarantined": 0}
         self.shutdown = Shutdown(self)
         self.acks = Acker(self.ioloop, log, cfg.prefetch, after_done=self.shutdown.maybe_done)
-        self.quarantine = Quarantine(self.ioloop, log, self.acks, self.stats)
-        self.handler = OrderHandler(cfg, self.ioloop, log, self.rng, self.acks, self.quarantine, self.stats)
+        self.telemetry = Telemetry()  # tracing and metrics: switched on by run(), after the start-up line
+        self.quarantine = Quarantine(self.ioloop, log, self.acks, self.stats, telemetry=self.telemetry,
+                                     log_interval=cfg.quarantine_log_s)
+        self.handler = OrderHandler(cfg, self.ioloop, log, self.rng, self.acks, self.quarantine, self.stats,
+                                    self.telemetry)
+        self.env = env
         self.connector = Connector(self.ioloop, log, cfg.prefetch, self, queue_type=cfg.queue_type,
                                    body_limit=cfg.max_body)
         self.signals = SignalWakeup(self.ioloop, self.shutdown.stop)
@@ -89,6 +94,7 @@ class Dispatcher(Events):
                       f"(delivery path: {self.path}, pika {fastpath.pika_version()})")
         if self.notifier.unsupported:
             self.log.warning("NOTIFY_SOCKET is set but not a path or @abstract name: not notifying systemd")
+        self.telemetry.switch_on(self.cfg, self.env, self.log, self.ioloop)
         self.signals.install()
         if self.watchdog_every and self.notifier.enabled:
             self.ioloop.call_later(self.watchdog_every, self._watchdog)
@@ -99,6 +105,8 @@ class Dispatcher(Events):
             self.ioloop.start()
         finally:
             self.signals.restore()
+            self.quarantine.close()
+            self.telemetry.close()
         s = self.stats
         self.log.info(f"stopped: {s['dispatched']} orders dispatched ({s['failed']} logged as failed), "
                       f"{s['quarantined']} bad messages quarantined")
@@ -136,6 +144,8 @@ class Dispatcher(Events):
         params = self.params[self.policy.index]
         where = f"[{params.host}]:{params.port}" if ":" in params.host else f"{params.host}:{params.port}"
         self.sessions += 1
+        if self.sessions > 1:
+            self.telemetry.reconnecting()
         self.notifier.status(f"connecting to {where}")
         self.log.info(f"connecting to {where} vhost={self.cfg.vhost} as {self.cfg.user!r}")
         self.session = Session(self.sessions, where, self.path)
@@ -159,6 +169,7 @@ class Dispatcher(Events):
     # == session events ===========================================================================
     def on_open_failed(self, sess: Session, error: BaseException) -> None:
         sess.alive = False
+        self.telemetry.connected(False)
         if self.shutdown.stopping:
             self.ioloop.stop()
             return
@@ -175,6 +186,7 @@ class Dispatcher(Events):
 
     def on_closed(self, sess: Session, error: BaseException) -> None:
         sess.alive = False
+        self.telemetry.connected(False)
         self.acks.stop_timer(sess)
         for timer in sess.deferred.values():
             self.ioloop.remove_timeout(timer)
@@ -197,6 +209,7 @@ class Dispatcher(Events):
             sess.close()
             return
         sess.consuming = True
+        self.telemetry.connected(True)
         sess.consuming_since = time.monotonic()
         self.policy.consuming()
         status = f"consuming {amqp.QUEUE} on {sess.host} vhost={self.cfg.vhost} (delivery path: {sess.path})"

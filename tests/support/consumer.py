@@ -125,7 +125,7 @@ def consumer_env(broker, vhost: str, **overrides) -> Dict[str, str]:
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AMQP_", "DISPATCH_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM",
-                                "CREDENTIALS_DIRECTORY"))}
+                                "CREDENTIALS_DIRECTORY", "OTEL_"))}
     env.update(AMQP_HOST=broker.host, AMQP_PORT=str(broker.port), AMQP_VHOST=vhost, AMQP_USER=broker.user,
                AMQP_PASS=broker.password, PYTHONPATH=PYTHONPATH_ROOT)
     for key, value in overrides.items():

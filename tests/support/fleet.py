@@ -76,11 +76,16 @@ CALLBACKS = Path(__file__).resolve().parent / "ansible_callbacks"
 
 def ansible_env(private_dir: Path) -> Dict[str, str]:
     """ansible-playbook's environment: C.UTF-8, this repository's role, nothing under /root/.ansible,
-    and every task's result recorded in ``private_dir/results.json`` (tests/support/ansible_callbacks)."""
+    and every task's result recorded in ``private_dir/results.json`` (tests/support/ansible_callbacks).
+    ``HOME`` is ``private_dir/home``, made empty here: Ansible's own files go to ``ansible-home``
+    (the variables below), so whatever still lands in that HOME is a write the variables missed,
+    and it never reaches the operator's home."""
     home = private_dir / "ansible-home"
     for sub in ("tmp", "cp"):
         (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    (private_dir / "home").mkdir(exist_ok=True, mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["HOME"] = str(private_dir / "home")
     # the role's tasks delegated to localhost use the remote temp of the local user (~root's
     # .ansible/tmp): a private one too (the hosts, volatile, get it at that path)
     env.update(ANSIBLE_REMOTE_TEMP=str(home / "remote-tmp"), LC_ALL="C.UTF-8", LANG="C.UTF-8",

@@ -239,11 +239,12 @@ PY39_SKIP = ("test", "site-packages", "idlelib", "tkinter", "turtledemo", "ensur
 
 
 def python39() -> Tuple[Path, str]:
-    """The prefix and version of a CPython 3.9 to pack, found as tests/test_python39.py finds it:
-    $DISPATCH_PYTHON39 (its python3.9), else pyenv's 3.9."""
+    """The prefix and version of a CPython 3.9 to pack, found as tests/test_python39.py and
+    scripts/setup-dev find it: $DISPATCH_PYTHON39 (its python3.9), python3.9 on PATH, else pyenv's
+    3.9; an installed prefix (with lib/python3.9)."""
     import glob
 
-    candidates = [os.environ.get("DISPATCH_PYTHON39", "")]
+    candidates = [os.environ.get("DISPATCH_PYTHON39", ""), shutil.which("python3.9") or ""]
     candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
     for candidate in filter(None, candidates):
         prefix = Path(candidate).resolve().parent.parent
@@ -252,7 +253,7 @@ def python39() -> Tuple[Path, str]:
                            "asking python3.9 its version").stdout.strip()
             return prefix, version
     raise HostError("no CPython 3.9 for the python3 RPM: set DISPATCH_PYTHON39=/path/to/python3.9 "
-                    "(an installed prefix with lib/python3.9)")
+                    "(an installed prefix with lib/python3.9); scripts/setup-dev says how to add one")
 
 
 def build_python3_rpm(work: Path) -> Path:
