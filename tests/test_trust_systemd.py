@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.hosts import booted
 from tests.test_provision_systemd import PASS_FILE, ArtifactServer, _go_zip, amqp_args, props
+from tests.test_safety_systemd import exists, install
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
@@ -39,17 +40,6 @@ def clean(host):
     reset()
     yield host
     reset()
-
-
-def install(host, broker, vhost, *extra: str, expect: int = 0, command: str = "install") -> dict:
-    host.write(PASS_FILE, broker.password + "\n")
-    res = host.dispatchctl(command, *amqp_args(broker, vhost), *extra, "--json")
-    assert res.returncode == expect, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return json.loads(res.stdout)
-
-
-def exists(host, path: str) -> bool:
-    return host.run(["test", "-e", path], check=False).returncode == 0
 
 
 # -- 3: directories another user controls ----------------------------------------------------------
