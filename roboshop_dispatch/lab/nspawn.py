@@ -58,7 +58,7 @@ READY_MARK = ".dispatchctl-rootfs-ready"
 # openssh-server's package makes host keys while the image is built: every host booted from it
 # would share them (and their private halves sit in the cache). The image keeps none; this unit
 # makes each host's own before its sshd first starts (ed25519 only: what the lab's sshd offers).
-HOSTKEYS_UNIT = "dispatchctl-lab-hostkeys.service"
+HOSTKEYS_UNIT = "lab-ssh-hostkeys.service"  # not dispatch*: the tests list dispatch's units by that name
 HOSTKEY = "/etc/ssh/ssh_host_ed25519_key"
 HOSTKEYS_UNIT_TEXT = f"""[Unit]
 Description=This lab host's own SSH host key (the lab's image has none)
@@ -83,7 +83,8 @@ class HostError(DispatchctlError):
 
 def recipe_key() -> str:
     recipe = {"suite": SUITE, "variant": "minbase", "packages": sorted(PACKAGES),
-              "masked": sorted(MASKED_UNITS), "not_at_boot": sorted(NOT_AT_BOOT), "version": RECIPE_VERSION}
+              "masked": sorted(MASKED_UNITS), "not_at_boot": sorted(NOT_AT_BOOT), "version": RECIPE_VERSION,
+              "hostkeys": [HOSTKEYS_UNIT, HOSTKEYS_UNIT_TEXT]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
