@@ -19,18 +19,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from .consumer.delivery import MAX_BODY, MAX_BODY_LIMIT, MIN_BODY_LIMIT
 from .layout import APP_DIR, MAX_INSTANCES, READY_TIMEOUT_PER_HOST_S, READY_TIMEOUT_S, SERVICE_USER
 from .validate import (
     FLAVOURS,
+    PRIVILEGED_GROUPS,
     QUEUE_TYPES,
     SettingsError,
     join_headers,
     parse_int,
+    validate_allowed_groups,
     validate_app_dir,
     validate_artifact,
     validate_flavour,
     validate_hosts,
     validate_instances,
+    validate_max_body,
     validate_metrics_listen,
     validate_otlp_endpoint,
     validate_otlp_headers,
@@ -61,6 +65,10 @@ COMMANDS = (*PROVISION, "restart", "rollback", "check-rabbitmq", "check", "unins
 
 def _port(label: str, text: str) -> int:
     return validate_port(label, parse_int(label, text))
+
+
+def _max_body(label: str, text: str) -> int:
+    return validate_max_body(label, parse_int(label, text))
 
 
 def _percent(label: str, text: str) -> int:
@@ -140,6 +148,9 @@ KNOBS: Tuple[Knob, ...] = (
          "never root; install creates it when missing).", "USER", "service_user",
          commands=("install", "configure"), read_by=("build", "start"), plain=("check", "uninstall"),
          ansible="user"),
+    Knob("allow_groups", "--allow-group", validate_allowed_groups, "", "Accept a service user in these privileged "
+         f"groups ({', '.join(PRIVILEGED_GROUPS)}), which the service then gets: refused otherwise.",
+         "GROUP[,GROUP...]", commands=("install", "configure"), ansible="allow_groups", ansible_type="list"),
     Knob("app_dir", "--app-dir", validate_app_dir, str(APP_DIR), "Where dispatch lives (DIR/dispatch).", "DIR",
          "app_dir", commands=("install", "configure", "build"), read_by=("start",), plain=("check", "uninstall"),
          ansible="app_dir", ansible_type="path"),
@@ -165,6 +176,10 @@ KNOBS: Tuple[Knob, ...] = (
          "flavour only; check-rabbitmq --declare declares it so when it is absent).", "|".join(QUEUE_TYPES),
          "DISPATCH_QUEUE_TYPE", commands=("install", "configure", "check-rabbitmq"), ansible="queue_type",
          choices=QUEUE_TYPES),
+    Knob("max_body", "--max-body", _max_body, str(MAX_BODY), "The largest message body the consumer parses as an "
+         f"order (DISPATCH_MAX_BODY, bytes, {MIN_BODY_LIMIT}..{MAX_BODY_LIMIT}): a larger one is quarantined "
+         "unparsed (bundled flavour).", "BYTES", "DISPATCH_MAX_BODY", commands=("install", "configure"),
+         ansible="max_body", ansible_type="int"),
     Knob("ready_timeout", "--ready-timeout", validate_ready_timeout, None, "Seconds a started or restarted instance "
          "has to report ready (READY=1, sent once it consumes); a change whose restart does not is rolled "
          f"back (default {READY_TIMEOUT_S}, plus {READY_TIMEOUT_PER_HOST_S} for each further AMQP host).", "SECONDS",

@@ -73,7 +73,15 @@ CACHE_DIR = Path("/var/cache/dispatchctl")
 RENDER_CACHE = CACHE_DIR / "rendered.json"
 BUNDLE_CACHE = CACHE_DIR / "bundle.json"
 GO_CACHE = CACHE_DIR / "go"
+# the go flavour builds in a private directory of ours (root, 0700), never in the shared app dir,
+# and keeps the sources of the last build there (/app/src is other services' to use)
+GO_BUILD_DIR = CACHE_DIR / "go-build"
+GO_SOURCES = CACHE_DIR / "go-src"
 RUN_DIR = Path("/run/dispatchctl")
 CHANGE_LOCK = RUN_DIR / "lock"
 RESTART_PENDING = RUN_DIR / "restart-pending"
-LOG_FILE = Path("/var/log/dispatchctl.log")
+# the run log, in a directory of root's alone (root 0700): /var/log itself is group-writable on
+# some distributions (Ubuntu: root:syslog 0775), where a link or a FIFO could be planted at it
+LOG_DIR = Path("/var/log/dispatchctl")
+LOG_FILE = LOG_DIR / "dispatchctl.log"
+LEGACY_LOG_FILE = Path("/var/log/dispatchctl.log")  # 0.4 and earlier: moved into LOG_DIR by the first run

@@ -62,10 +62,12 @@ def exec_start(settings: Settings, python: Optional[str] = None) -> str:
 
 
 def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credential: bool = False,
-                template: bool = False) -> str:
+                template: bool = False, group: Optional[str] = None) -> str:
     """The unit; ``credential``: the password (and the exporter's headers, when set) come as systemd
     credentials (LoadCredential=); ``template``: dispatch@.service, the instances' template
-    (--instances N > 1, each told its number: DISPATCH_INSTANCE=%i), else dispatch.service."""
+    (--instances N > 1, each told its number: DISPATCH_INSTANCE=%i), else dispatch.service;
+    ``group``: the service user's primary group as the system has it (None: not made yet, so the
+    group of its name that useradd --user-group makes)."""
     return _environment().get_template("dispatch.service.j2").render(
         template=template,
         credential=credential,
@@ -78,7 +80,7 @@ def render_unit(settings: Settings, python: Optional[str] = PYTHON, *, credentia
         version=__version__,
         flavour=settings.flavour,
         user=settings.service_user,
-        group=settings.service_user,
+        group=group or settings.service_user,
         env_file=str(settings.env_file),
         app_dir=str(settings.app_dir),
         exec_start=exec_start(settings, python),

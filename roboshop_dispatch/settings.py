@@ -111,6 +111,9 @@ class Settings:
     # and whether a restart that fails it keeps the new state instead of rolling back
     ready_timeout: Optional[int] = None
     no_rollback: bool = False
+    # privileged groups the service user may be in (--allow-group); the consumer's body limit
+    allow_groups: Tuple[str, ...] = ()
+    max_body: int = knobs.MAX_BODY
 
     @classmethod
     def build(cls, *, amqp: AmqpSettings, **given: Any) -> Settings:
@@ -159,6 +162,8 @@ class Settings:
             "DISPATCH_QUEUE_TYPE": self.queue_type,
         }
         values.update(self.telemetry_environment(with_secrets=with_password))
+        if self.max_body != knobs.MAX_BODY:  # only when set: an upgrade rewrites (restarts) nothing
+            values["DISPATCH_MAX_BODY"] = str(self.max_body)
         if not with_password:
             del values["AMQP_PASS"]
         return values
@@ -196,4 +201,5 @@ class Settings:
             "instances": self.instances, "queue_type": self.queue_type,
             "otlp_endpoint": self.otlp_endpoint, "metrics_listen": self.metrics_listen,
             "otlp_headers": MASK if self.otlp_headers else None,
+            "allow_groups": list(self.allow_groups), "max_body": self.max_body,
         }

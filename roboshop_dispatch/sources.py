@@ -188,6 +188,11 @@ def remembered(state: InstalledState) -> RememberedValues:
         env_path = state.env_file.path
         for key, value in state.environment.items():
             out[key] = Remembered(value, f"{env_path}: {key}")
+        if "DISPATCH_MAX_BODY" not in out:  # written only when set (Settings.environment): no pika import
+            from .consumer.delivery import MAX_BODY
+
+            out["DISPATCH_MAX_BODY"] = Remembered(str(MAX_BODY), f"{env_path}: DISPATCH_MAX_BODY (not set: the "
+                                                                 "consumer's default)")
     if state.password:
         where = state.credential_file.path if state.password_source == "credential" and state.credential_file \
             else f"{state.env_file.path}: {PASSWORD_KEY}"

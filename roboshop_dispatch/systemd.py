@@ -87,6 +87,18 @@ class Systemd:
                               check=False, timeout=30)
         return parse_show(res.stdout)
 
+    def service_users(self) -> Dict[str, str]:
+        """Every loaded service unit (running or not) and its ``User=`` ('' for root), in one
+        ``systemctl list-units`` and one ``systemctl show``."""
+        listed = self.runner.run(["systemctl", "list-units", "--type=service", "--all", "--plain", "--no-legend",
+                                  "--no-pager"], check=False, timeout=30)
+        units = [line.split()[0] for line in listed.stdout.splitlines() if line.split()]
+        units = [u for u in units if u.endswith(".service")]
+        if not units:
+            return {}
+        res = self.runner.run(["systemctl", "show", *units, "--property=Id,User"], check=False, timeout=30)
+        return {b["Id"]: b.get("User", "") for b in parse_show(res.stdout) if b.get("Id")}
+
     # -- changes ------------------------------------------------------------------------------
     def daemon_reload(self) -> None:
         self.runner.run(["systemctl", "daemon-reload"])

@@ -10,8 +10,9 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from .consumer.delivery import MAX_BODY_LIMIT, MIN_BODY_LIMIT
 from .consumer.secretfile import strip_final_newline
 from .errors import DispatchctlError, ErrorKind
 from .layout import MAX_INSTANCES
@@ -35,6 +36,13 @@ APP_PARENTS = frozenset({"/opt", "/srv", "/mnt"})
 NO_APP_BELOW = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/boot", "/etc", "/root", "/bin", "/sbin",
                 "/lib", "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32",
                 "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/include")
+
+# groups that give their members a way to root, the system's logs or its secrets: systemd hands a
+# service user's supplementary groups to the service, so a user in one is refused unless allowed
+PRIVILEGED_GROUPS = ("docker", "lxd", "disk", "sudo", "wheel", "adm", "systemd-journal", "kvm", "shadow")
+# the course's own broker password (its README, every copy of its recipe): anyone may guess it
+WELL_KNOWN_PASSWORDS = ("roboshop123",)
+MIN_PASSWORD_LENGTH = 12
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}\$?$")
@@ -95,6 +103,22 @@ def validate_port(option: str, value: int) -> int:
     if not 1 <= value <= 65535:
         raise SettingsError(option, f"port {value} is outside 1..65535")
     return value
+
+
+def validate_max_body(option: str, value: int) -> int:
+    if not MIN_BODY_LIMIT <= value <= MAX_BODY_LIMIT:
+        raise SettingsError(option, f"{value} is outside {MIN_BODY_LIMIT}..{MAX_BODY_LIMIT} bytes")
+    return value
+
+
+def validate_allowed_groups(option: str, value: str) -> Tuple[str, ...]:
+    """Comma-separated names of :data:`PRIVILEGED_GROUPS` (empty: none); anything else is a typo."""
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [name for name in names if name not in PRIVILEGED_GROUPS]
+    if unknown:
+        raise SettingsError(option, f"{', '.join(map(repr, unknown))}: only a privileged group is ever refused, "
+                            f"so only one can be allowed ({', '.join(PRIVILEGED_GROUPS)})")
+    return names
 
 
 def validate_percent(option: str, value: int) -> int:
@@ -213,6 +237,11 @@ def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> st
 def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
     validate_text(option, value)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        from .artifact import is_masked
+
+        if is_masked(value):  # a build stamp's record: its secret (a signature, a token) was never kept
+            raise SettingsError(option, f"{value!r} was recorded with its secret masked (***): give the full "
+                                "address with --artifact")
         if not value.startswith(("http://", "https://", "file://")):
             raise SettingsError(option, f"{value!r}: only http, https and file URLs are supported")
         if value.startswith("http://") and not insecure:
@@ -238,6 +267,19 @@ def validate_password(option: str, value: str) -> Secret:
         raise SettingsError(option, "the password is empty")
     validate_text(option, value)
     return Secret(value)
+
+
+def weak_password(password: str, user: str) -> List[str]:
+    """Why ``password`` is weak (empty: it is not): the AMQP user's name, the course's well-known
+    default, shorter than :data:`MIN_PASSWORD_LENGTH`. Warned about, never refused."""
+    reasons = []
+    if password == user:
+        reasons.append("it is the AMQP user's name")
+    if password in WELL_KNOWN_PASSWORDS:
+        reasons.append("it is the course's well-known default password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        reasons.append(f"it is shorter than {MIN_PASSWORD_LENGTH} characters")
+    return reasons
 
 
 def read_password_file(path: str, label: str = "--amqp-pass-file") -> Secret:

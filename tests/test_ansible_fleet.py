@@ -35,7 +35,7 @@ SITE = ANSIBLE_DIR / "site.yml"
 HOSTS = ("lab-1", "lab-2", "lab-3")
 # what a run may leave behind: the check run must change none of it
 TOOL = "/usr/local/bin/dispatchctl"
-WATCHED = ("/etc/systemd/system", "/etc/roboshop", "/app", "/var/lib/dispatchctl", "/var/log/dispatchctl.log")
+WATCHED = ("/etc/systemd/system", "/etc/roboshop", "/app", "/var/lib/dispatchctl", "/var/log/dispatchctl")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,20 @@ from hypothesis import strategies as st
 
 from roboshop_dispatch import artifact
 from roboshop_dispatch.artifact import ArtifactError, fetch
+from roboshop_dispatch.validate import SettingsError, validate_artifact
 
 BODY = b"PK\x05\x06" + bytes(18) + os.urandom(3000)
+
+
+def slow_headers(out) -> None:
+    """A response whose header lines come one a second, for 30 s (issue 19)."""
+    with contextlib.suppress(OSError):
+        out.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(30):
+            out.flush()
+            time.sleep(1)
+            out.write(b"X-Slow-%d: y\r\n" % n)
+        out.write(b"Content-Length: 2\r\n\r\nPK")
 
 
 class Server:
@@ -63,6 +75,8 @@ class Server:
                             self.wfile.write(b"x")
                             self.wfile.flush()
                             time.sleep(0.05)
+                elif self.path == "/slow-headers":
+                    slow_headers(self.wfile)
                 elif self.path == "/slow":
                     self.send_response(200)
                     self.end_headers()
@@ -260,3 +274,34 @@ def test_any_source_that_needs_no_network_ends_in_a_file_or_artifacterror(tmp_pa
         assert list(dest.iterdir()) == []
     else:
         assert got.path.parent == dest
+
+
+@pytest.mark.parametrize("server", ["plain", "tls"])
+def test_the_deadline_covers_connecting_and_the_headers_too(server, dest, request):
+    """Issue 19: a server that sends one header line a second never trips the per-receive timeout;
+    the download's deadline must still end it (before the fix it waited the 30 s the server took)."""
+    srv = request.getfixturevalue(server)
+    started = time.monotonic()
+    message = fails(dest, "took longer than 2 s", srv.url("/slow-headers"), allow_http=True, timeout=30, deadline=2)
+    took = time.monotonic() - started
+    assert 1.9 < took < 6, took
+    assert "headers" in message
+
+
+@given(st.dictionaries(st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=12),
+                       st.text(st.characters(categories=["L", "N", "P"]), min_size=8, max_size=40),
+                       min_size=1, max_size=4),
+       st.sampled_from(["", "token@", "deploy:pw-s3cr3t-xyz@"]))
+def test_shown_masks_every_query_value_and_the_userinfo(query, userinfo):
+    """A pre-signed URL's signature and credential, a token in the user's place: never shown, never
+    recorded in the build stamp; what was masked is known as such (it is not given back)."""
+    base = f"https://{userinfo}bucket.example.invalid/roboshop/dispatch.zip"
+    url = base + "?" + urllib.parse.urlencode(query)
+    shown = artifact.shown(url)
+    for value in query.values():
+        assert urllib.parse.quote_plus(value) not in shown and value not in shown
+    assert "pw-s3cr3t-xyz" not in shown and "token@" not in shown
+    assert shown.startswith("https://") and "bucket.example.invalid/roboshop/dispatch.zip?" in shown
+    assert artifact.is_masked(shown) and not artifact.is_masked("https://bucket.example.invalid/d.zip")
+    with pytest.raises(SettingsError, match="recorded with its secret masked"):
+        validate_artifact("/app/.dispatch-build.json: artifact", shown)

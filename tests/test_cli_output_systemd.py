@@ -22,7 +22,7 @@ from tests.test_provision_systemd import ArtifactServer
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
 
 PASS_FILE = "/root/amqp.pass"
-LOG = "/var/log/dispatchctl.log"
+LOG = "/var/log/dispatchctl/dispatchctl.log"
 BROKEN_GO = "package main\n\nfunc main() {\n\tundefinedDispatchThing()\n}\n"
 
 

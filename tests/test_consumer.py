@@ -28,6 +28,7 @@ import pytest
 from roboshop_dispatch import amqp
 from roboshop_dispatch.consumer import config
 from roboshop_dispatch.consumer import orders as orders_mod
+from roboshop_dispatch.consumer.delivery import MAX_BODY
 from tests.support.consumer import ORDER_LINE, Consumer, consumer_env
 from tests.support.consumer import PYTHONPATH_ROOT as PYTHONPATH
 from tests.support.payment import ConfirmingPublisher, PaymentPublisher, drain, make_order, parameters
@@ -468,7 +469,8 @@ def test_an_unset_variable_keeps_its_own_default_only():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("configuration OK: hosts=h1,h2 port=5672 vhost=/ user='guest' prefetch="
                                    f"{config.DEFAULT_PREFETCH} processing=42-83ms x2 error_percent=0 fastpath=on "
-                                   "queue_type=classic password=environment tracing=off metrics=off")
+                                   f"queue_type=classic max_body={MAX_BODY} password=environment tracing=off "
+                                   "metrics=off")
     assert "pw-not-shown" not in proc.stdout + proc.stderr
 
 

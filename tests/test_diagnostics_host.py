@@ -27,10 +27,12 @@ SHOW = {
 }
 
 
-def recorded(state: inst.InstalledState, password: str = "s3cret") -> inst.InstalledState:
+def recorded(state: inst.InstalledState, password: str = "s3cret-long-enough") -> inst.InstalledState:
     """``state`` after a trip through its JSON record (the password given separately, as recorded)."""
     doc = json.loads(json.dumps(state.to_json()))
-    assert "s3cret" not in json.dumps(doc)
+    secret = state.password.reveal() if state.password else ""
+    if secret and not (state.consumer and secret == state.consumer.user):  # a password that is the user's name shows
+        assert secret not in json.dumps(doc)
     return inst.from_json(doc, password=password if state.password else None)
 
 
@@ -43,7 +45,7 @@ HEALTHY = inst.InstalledState(
     environment={"AMQP_HOST": "10.0.0.5", "AMQP_USER": "roboshop", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://10.0.0.9:4318",
                  "DISPATCH_METRICS_LISTEN": "127.0.0.1:9100"},
     credential_file=inst.FileInfo("/etc/roboshop/dispatch.amqp-pass", **ROOT_0600),
-    password=inst.Secret("s3cret"), password_source="credential",
+    password=inst.Secret("s3cret-long-enough"), password_source="credential",
     consumer=inst.ConsumerSettings(("10.0.0.5",), 5672, "/", "roboshop"),
     service_user=inst.UserInfo("roboshop", True, 990, 990, "/sbin/nologin", (990,)),
     app_dir=inst.FileInfo("/app", "dir", 0o755, 0, 0),
@@ -58,6 +60,9 @@ HEALTHY = inst.InstalledState(
     telemetry={"metrics": [{"unit": "dispatch.service", "url": "http://127.0.0.1:9100/metrics", "samples": {
         "connected": 1.0, "dispatched": 12.0, "failed": 1.0, "quarantined": 2.0, "spans_dropped": 0.0}}],
         "otlp": {"endpoint": "http://10.0.0.9:4318", "address": "10.0.0.9:4318", "ms": 0.4}},
+    trust_dirs=(inst.FileInfo("/", "dir", 0o755, 0, 0), inst.FileInfo("/app", "dir", 0o755, 0, 0),
+                inst.FileInfo("/etc", "dir", 0o755, 0, 0), inst.FileInfo("/etc/roboshop", "dir", 0o755, 0, 0)),
+    same_user_units=(),
 )
 SCRAPED = HEALTHY.telemetry["metrics"][0]  # type: ignore[index]
 
@@ -68,7 +73,7 @@ def telemetry(**changes):
 
 
 def findings(state: inst.InstalledState):
-    report, _ = check_installed(recorded(state), rabbitmq=False)
+    report, _ = check_installed(recorded(state, state.password.reveal() if state.password else ""), rabbitmq=False)
     return {f.name: f for f in report.findings}
 
 
@@ -76,14 +81,14 @@ def test_a_healthy_host_passes_every_check_in_order():
     report, redactor = check_installed(recorded(HEALTHY), rabbitmq=False)
     assert [f.name for f in report.findings] == [name for name, _, _ in hc.HOST_CHECKS]
     assert {f.name: f.status for f in report.findings} == {name: "ok" for name, _, _ in hc.HOST_CHECKS}
-    assert report.ok and redactor.text("pw s3cret") == "pw ********"
+    assert report.ok and redactor.text("pw s3cret-long-enough") == "pw ********"
 
 
 def test_the_record_round_trips_and_hides_the_password():
     doc = HEALTHY.to_json()
     assert doc["password"] == "********" and doc["environment"] == dict(HEALTHY.environment)
     assert doc["otlp_headers"] == ["********"] and "t0ken" not in json.dumps(doc)
-    assert inst.loads(json.dumps(doc), password="s3cret") == HEALTHY
+    assert inst.loads(json.dumps(doc), password="s3cret-long-enough") == HEALTHY
     with pytest.raises(TypeError):
         HEALTHY.environment["AMQP_HOST"] = "x"  # type: ignore[index]
 
@@ -158,6 +163,18 @@ BROKEN = [
      "otlp", "fail", "Secret exposed", ""),
     (replace(HEALTHY, otlp_headers_file=inst.FileInfo("/etc/roboshop/dispatch.otlp-headers")), "otlp", "fail",
      "Configuration missing", ""),
+    # issue 19: another user's app dir (or one above it), a privileged group, a shared user, a weak password
+    (replace(HEALTHY, trust_dirs=(*HEALTHY.trust_dirs[:1], inst.FileInfo("/app", "dir", 0o755, 1000, 1000))),
+     "dirs", "fail", "Directories another user controls", ""),
+    (replace(HEALTHY, trust_dirs=(inst.FileInfo("/", "dir", 0o777, 0, 0), *HEALTHY.trust_dirs[1:])),
+     "dirs", "fail", "Directories another user controls", ""),
+    (replace(HEALTHY, service_user=replace(HEALTHY.service_user, groups=(990, 999),
+                                           group_names=("roboshop", "docker"))),
+     "user", "warn", "privileged group", ""),
+    (replace(HEALTHY, same_user_units=("catalogue.service", "user.service")), "same-user", "warn",
+     "share the service user", ""),
+    (replace(HEALTHY, password=inst.Secret("roboshop123")), "password", "warn", "Weak AMQP password", ""),
+    (replace(HEALTHY, password=inst.Secret("roboshop")), "password", "warn", "Weak AMQP password", ""),
 ]
 
 

@@ -145,6 +145,16 @@ def test_ssh_reaches_every_host_with_the_lab_key_and_host_keys(up, tmp_path):
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == [host["name"], "active"]
     assert not (tmp_path / ".ssh" / "known_hosts").exists()
+    # issue 19: each host made its own host keys (the image has none): no two share one
+    by_host: Dict[str, Set[str]] = {}
+    for line in known.read_text().splitlines():
+        if line.strip():
+            where, _kind, blob = line.split()[:3]
+            by_host.setdefault(where, set()).add(blob)
+    assert len(by_host) == len(up["hosts"]) and not set.intersection(*by_host.values()), by_host
+    from roboshop_dispatch.lab.nspawn import rootfs_path
+
+    assert not list((rootfs_path() / "etc/ssh").glob("ssh_host_*")), "the cached image holds host keys"
 
 
 def test_the_inventory_names_every_host_and_never_the_password(up):

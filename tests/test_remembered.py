@@ -54,6 +54,8 @@ VALID: Dict[str, list] = {
     "otlp_headers": ["authorization=Bearer%20abc", "x-a=1,x-b=two", "none", "Authorization=Basic abc=="],
     "ready_timeout": ["30", "1", "3600", " 45 "],
     "no_rollback": ["1", "0", "yes", "no"],
+    "allow_groups": ["", "docker", "adm,systemd-journal", " wheel , kvm "],
+    "max_body": ["1024", "262144", "67108864"],
 }
 INVALID: Dict[str, list] = {
     "amqp_hosts": ["a,,b", "10.0.0.300", "h h"],
@@ -75,6 +77,8 @@ INVALID: Dict[str, list] = {
     "otlp_headers": ["noequals", "a=", "bad name=x", "a=1,a=2", "x=\x01", ",,=v", "none,a=b"],
     "ready_timeout": ["0", "3601", "1.5", "-3", "٣", ""],
     "no_rollback": ["maybe"],
+    "allow_groups": ["dockr", "docker,users", "root"],
+    "max_body": ["1023", "67108865", "1k", ""],
 }
 RANK = {OPTION: 3, ENVIRONMENT: 2, INSTALLED: 1, DEFAULT: 0}
 

@@ -493,11 +493,13 @@ def test_app_dir_decisions_from_recorded_facts():
     fix = decide(app, _dir_stat(0o775, 0, 1000), True)
     assert fix.message() == "fix /app: mode 0775 -> 0755, owner 0:1000 -> root:root"
     assert fix.message(done=True).startswith("fixed /app: ")
-    shared = decide(app, _dir_stat(0o750, 998, 998), False)  # another service's: left as it is
+    shared = decide(app, _dir_stat(0o750, 0, 998), False)  # another service's: left as it is
     assert not shared.needed and "shared" in shared.message()
-    for unsafe in (_dir_stat(0o777), _dir_stat(0o1777), _dir_stat(0o775, 0, 1000)):
+    for unsafe in (_dir_stat(0o777), _dir_stat(0o1777), _dir_stat(0o775, 0, 1000), _dir_stat(0o775, 0, 0)):
         with pytest.raises(StepFailed, match="writable by other users"):
             decide(app, unsafe, False)
+    with pytest.raises(StepFailed, match="owned by uid 998, not root"):  # issue 19: its owner swaps the binary
+        decide(app, _dir_stat(0o755, 998, 998), False)
     with pytest.raises(StepFailed, match="symbolic link"):
         decide(app, os.stat_result((stat.S_IFLNK | 0o777, 0, 0, 1, 0, 0, 4, 0, 0, 0)), False)
 

@@ -10,11 +10,15 @@ run next). ``--dry-run`` also shows where each value came from.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..settings import SettingsError
 from . import options as opt
 from .app import app
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..sources import Resolved
 
 
 def execute(command: str, given: Dict[str, Optional[str]], *, dry_run: bool, diff: bool, as_json: bool) -> int:
@@ -28,13 +32,32 @@ def execute(command: str, given: Dict[str, Optional[str]], *, dry_run: bool, dif
     except SettingsError as exc:
         raise opt.usage_error(str(exc)) from None
 
+    from .. import trust
+    from ..facts.paths import chains
     from ..steps.plan import plan, preflight
     from .output.settings import settings_text
     from .runplan import run_plan
 
     section = ("settings", resolved.document(), settings_text(resolved)) if dry_run else None
-    return run_plan(command, plan(command), settings, preflight=lambda facts: preflight(facts, dry_run=dry_run),
+    dirs = chains(trust.provisioned_dirs(settings.app_dir))
+    return run_plan(command, plan(command), settings, warnings=password_warnings(resolved, settings),
+                    preflight=lambda facts: preflight(facts, dry_run=dry_run, dirs=dirs),
                     dry_run=dry_run, diff=diff, as_json=as_json, section=section)
+
+
+def password_warnings(resolved: Resolved, settings: Settings) -> List[str]:
+    """A weak AMQP password is warned about (never refused), on the screen and in --json."""
+    from ..validate import weak_password
+
+    if resolved.password is None:
+        return []
+    reasons = weak_password(resolved.password.reveal(), settings.amqp.user)
+    if not reasons:
+        return []
+    where = resolved.password_source.where if resolved.password_source else "the password"
+    return [f"the AMQP password ({where}) is weak: {'; '.join(reasons)}. Give the broker user a long random "
+            "one (openssl rand -base64 24; rabbitmqctl change_password USER), then dispatchctl configure "
+            "--amqp-pass-file FILE"]
 
 
 @app.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ExitStatus
 from ..facts.host import HostFacts
@@ -20,10 +20,16 @@ from .output import error, error_document, print_json, write
 
 def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
              preflight: Callable[[HostFacts], None], dry_run: bool, diff: bool, as_json: bool,
-             confirmed: bool = False, section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> int:
+             confirmed: bool = False, section: Optional[Tuple[str, Dict[str, Any], str]] = None,
+             warnings: Sequence[str] = ()) -> int:
     """Returns the exit code: 0 every step ok, 1 the host cannot run it or a step failed, and
     with --exit-code 3 when something would change (dry run) or changed. ``section``: an extra part
-    of the report, (its JSON key, its JSON value, its text)."""
+    of the report, (its JSON key, its JSON value, its text); ``warnings``: said first, and in the
+    JSON document's ``warnings``."""
+    from .output import warning
+
+    for text in warnings:
+        warning(text)
     facts = HostFacts.gather()
     try:
         preflight(facts)
@@ -35,7 +41,7 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
     lock = None if dry_run else opt.change_lock()
     try:
         document, results = _run(command, steps, settings, facts, dry_run=dry_run, diff=diff, as_json=as_json,
-                        confirmed=confirmed, section=section)
+                                 confirmed=confirmed, section=section, warnings=warnings)
     finally:
         if lock is not None:
             lock.close()
@@ -55,13 +61,16 @@ def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool)
     if log is None:
         warning(f"{reason}: this run is not logged")
         return None
-    log.start(command, sys.argv[1:])
+    from ..knobs import OPTIONS
+
+    log.start(command, sys.argv[1:], [knob.option for knob in OPTIONS if knob.secret])
     return log
 
 
 def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFacts, *, dry_run: bool,
          diff: bool, as_json: bool, confirmed: bool,
-         section: Optional[Tuple[str, Dict[str, Any], str]] = None) -> Tuple[Dict[str, Any], List[StepResult]]:
+         section: Optional[Tuple[str, Dict[str, Any], str]] = None,
+         warnings: Sequence[str] = ()) -> Tuple[Dict[str, Any], List[StepResult]]:
     from ..steps.base import run_steps
     from ..steps.plan import context
     from .output.steps import Progress, show
@@ -87,7 +96,7 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
         document = show(command, results, dry_run=dry_run, planned=planned, duration_s=time.monotonic() - started,
                         as_json=as_json, show_diff=diff, redactor=redactor, quiet=INVOCATION.quiet,
                         streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "", section=section,
-                        rollback=ctx.rollback)
+                        rollback=ctx.rollback, warnings=warnings)
     finally:
         if log is not None:
             log.finish("ok" if all(not r.failed for r in results) else "failed")

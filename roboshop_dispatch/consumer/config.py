@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .. import amqp
+from .delivery import MAX_BODY, MAX_BODY_LIMIT, MIN_BODY_LIMIT
 from .errors import ConsumerError
 from .secretfile import MAX_SIZE, strip_final_newline
 from .telemetry_settings import tracing_state
@@ -45,6 +46,9 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("DISPATCH_PREFETCH", str(DEFAULT_PREFETCH), "orders in flight at most (basic.qos prefetch), 1..65535"),
     ("DISPATCH_PROCESSING_MS", "42-83", "simulated work per order, slept twice: 'MIN-MAX' or 'N' ms; "
      "0 turns it off"),
+    ("DISPATCH_MAX_BODY", str(MAX_BODY), f"largest message body parsed as an order, in bytes ({MIN_BODY_LIMIT}.."
+     f"{MAX_BODY_LIMIT}; payment sends a few KiB): a larger one is quarantined as its first bytes, on either "
+     "delivery path"),
     ("DISPATCH_FASTPATH", "1", "1: decode deliveries with the lean frame path (fastpath.py); 0: pika's own "
      "path (slower, for ruling the fast path out)"),
     ("DISPATCH_METRICS_LISTEN", "off", "HOST:PORT ([V6]:PORT) to serve Prometheus metrics on /metrics; a bad value or "
@@ -88,6 +92,7 @@ class Config:
     metrics_listen: Optional[str] = None  # DISPATCH_METRICS_LISTEN as given: metrics.py parses it (never fatal)
     instance: Optional[str] = None  # DISPATCH_INSTANCE as given (dispatch@N sets it): the metrics port's offset
     quarantine_log_s: int = DEFAULT_QUARANTINE_LOG_S
+    max_body: int = MAX_BODY  # bytes: a larger body is quarantined unparsed
 
     def describe(self) -> str:
         """One line for the start-up log. Never includes the password."""
@@ -100,7 +105,7 @@ class Config:
         return (
             f"hosts={','.join(self.hosts)} port={self.port} vhost={self.vhost} user={self.user!r} "
             f"prefetch={self.prefetch} processing={work} error_percent={self.error_percent:g} "
-            f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} "
+            f"fastpath={'on' if self.fast_path else 'off'} queue_type={self.queue_type} max_body={self.max_body} "
             f"password={self.password_source} tracing={self.tracing} "
             f"metrics={'off' if self.metrics_listen is None else _show(self.metrics_listen)}"
             + ("" if self.instance is None else f" instance={_show(self.instance)}")
@@ -272,4 +277,5 @@ def load(env: Mapping[str, str], *, credentials_directory: Optional[str] = None,
         metrics_listen=env.get("DISPATCH_METRICS_LISTEN") or None,
         instance=env.get("DISPATCH_INSTANCE") or None,
         quarantine_log_s=_int(env, "DISPATCH_QUARANTINE_LOG_S", DEFAULT_QUARANTINE_LOG_S, 1, 3600, "seconds"),
+        max_body=_int(env, "DISPATCH_MAX_BODY", MAX_BODY, MIN_BODY_LIMIT, MAX_BODY_LIMIT, "a number of bytes"),
     )

@@ -32,7 +32,7 @@ from pika.adapters import base_connection
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import ContentFrameAssembler
 
-from .delivery import Delivery, keep_limit
+from .delivery import MAX_BODY, Delivery, keep_limit
 
 Handler = Callable[[Delivery], None]
 Other = Callable[[bytes], None]
@@ -66,8 +66,9 @@ def decode_properties(raw: bytes) -> Tuple[Any, Optional[str]]:
 class FrameReader:
     """Frames from the inbound byte stream; deliveries of one channel decoded here."""
 
-    def __init__(self, other: Other) -> None:
+    def __init__(self, other: Other, limit: int = MAX_BODY) -> None:
         self._other = other
+        self._limit = limit  # the body limit: of a larger body only a prefix is kept
         self._pending: List[bytes] = []  # received bytes not yet a whole frame
         self._pending_len = 0
         self._need = 8  # bytes needed before the pending bytes are worth looking at again
@@ -136,7 +137,7 @@ class FrameReader:
             p = pos + 11
             ctag = buf[p + 1:p + 1 + buf[p]].decode("utf-8", "surrogateescape")
             p += 1 + buf[p]
-            self._delivery = Delivery(_U64(buf, p)[0], bool(buf[p + 8] & 1), ctag, None, b"")
+            self._delivery = Delivery(_U64(buf, p)[0], bool(buf[p + 8] & 1), ctag, None, b"", limit=self._limit)
             self._left = -1
             return True
         delivery = self._delivery
@@ -148,7 +149,7 @@ class FrameReader:
             delivery.properties, delivery.decode_error = decode_properties(raw)
             delivery.raw_properties = raw
             delivery.body_size = self._left = body_size
-            self._keep = keep_limit(body_size)
+            self._keep = keep_limit(body_size, self._limit)
             self._parts = []
             if body_size == 0:
                 self._deliver()
@@ -192,10 +193,11 @@ class FrameReader:
 
 
 class DispatchConnection(SelectConnection):
-    """SelectConnection whose inbound bytes go through a :class:`FrameReader`."""
+    """SelectConnection whose inbound bytes go through a :class:`FrameReader` (``body_limit``:
+    the most of a body kept, see :func:`~.delivery.keep_limit`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._reader = FrameReader(self._pika_frame)
+    def __init__(self, *args: Any, body_limit: int = MAX_BODY, **kwargs: Any) -> None:
+        self._reader = FrameReader(self._pika_frame, body_limit)
         super().__init__(*args, **kwargs)
 
     def fast_deliveries(self, channel_number: int, handler: Handler) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 from .acks import Acker
 from .config import Config
-from .delivery import MAX_BODY, Delivery
+from .delivery import Delivery
 from .logs import LineLog
 from .orders import InvalidMessage, Summary, field, summarize
 from .quarantine import Quarantine
@@ -28,8 +28,8 @@ def problem(delivery: Delivery) -> Optional[str]:
     """Why a delivery cannot be an order before its body is even looked at, or None."""
     if delivery.decode_error is not None:
         return f"properties cannot be decoded ({delivery.decode_error})"
-    if delivery.body_size > MAX_BODY:
-        return f"body too large ({delivery.body_size} bytes, limit {MAX_BODY})"
+    if delivery.body_size > delivery.limit:
+        return f"body too large ({delivery.body_size} bytes, limit {delivery.limit})"
     return None
 
 
@@ -56,7 +56,7 @@ class OrderHandler:
         try:
             reason = problem(delivery)
             if reason is None:
-                summary = summarize(delivery.body, delivery.headers)
+                summary = summarize(delivery.body, delivery.headers, delivery.limit)
         except InvalidMessage as exc:
             reason = exc.reason
         except Exception as exc:

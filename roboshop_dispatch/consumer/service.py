@@ -25,6 +25,7 @@ from .acks import Acker
 from .delivery import Delivery
 from .handler import OrderHandler
 from .logs import LineLog, bridge_logging
+from .nodump import make_undumpable
 from .quarantine import Quarantine
 from .reconnect import BACKOFF_CAP, ReconnectPolicy, backoff
 from .sdnotify import Notifier, watchdog_interval
@@ -75,7 +76,8 @@ class Dispatcher(Events):
         self.handler = OrderHandler(cfg, self.ioloop, log, self.rng, self.acks, self.quarantine, self.stats,
                                     self.telemetry)
         self.env = env
-        self.connector = Connector(self.ioloop, log, cfg.prefetch, self, queue_type=cfg.queue_type)
+        self.connector = Connector(self.ioloop, log, cfg.prefetch, self, queue_type=cfg.queue_type,
+                                   body_limit=cfg.max_body)
         self.signals = SignalWakeup(self.ioloop, self.shutdown.stop)
         self.session: Optional[Session] = None
         self.sessions = 0
@@ -265,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    undumpable = make_undumpable()  # before the credential is read: see nodump.py
     env = os.environ
     try:
         cfg = configuration.load(env)
@@ -277,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     log = LineLog(sys.stdout.fileno(), env)
     bridge_logging(log)
+    if undumpable is not None:
+        log.warning(f"cannot make the process non-dumpable ({undumpable}): other processes of this user may "
+                    "read its memory and environment")
     notifier = Notifier(env)
     started = time.monotonic()
     try:

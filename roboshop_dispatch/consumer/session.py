@@ -20,6 +20,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
 from .. import amqp
+from . import bounded
 from . import delivery as deliveries
 from .acks import AckTracker
 from .fastpath import DispatchConnection
@@ -98,24 +99,28 @@ class Connector:
     """Opens sessions and walks each through the callback chain up to consuming."""
 
     def __init__(self, ioloop: IOLoop, log: LineLog, prefetch: int, events: Events,
-                 queue_type: str = amqp.CLASSIC) -> None:
+                 queue_type: str = amqp.CLASSIC, body_limit: int = deliveries.MAX_BODY) -> None:
         self.ioloop = ioloop
         self.log = log
         self.prefetch = prefetch
         self.events = events
         self.queue_type = queue_type
+        self.body_limit = body_limit  # of a larger body only a prefix is kept, on either path
+        self.unbounded: Optional[str] = None  # why pika's path assembles whole bodies (said once)
         self.noted: Set[Tuple[str, str]] = set()  # (queue, its type) already logged as differing
 
     def open(self, sess: Session, params: pika.ConnectionParameters) -> None:
-        factory = DispatchConnection if sess.path == FAST else pika.SelectConnection
         ev = self.events
-        sess.conn = factory(
-            params,
+        callbacks: Dict[str, Any] = dict(
             on_open_callback=lambda _conn: self._on_open(sess),
             on_open_error_callback=lambda _conn, error: ev.on_open_failed(sess, error),
             on_close_callback=lambda _conn, error: ev.on_closed(sess, error),
             custom_ioloop=self.ioloop,
         )
+        if sess.path == FAST:
+            sess.conn = DispatchConnection(params, body_limit=self.body_limit, **callbacks)
+        else:
+            sess.conn = pika.SelectConnection(params, **callbacks)
 
     def _steps(self, sess: Session, steps: Sequence[Callable[[Callable[..., None]], None]],
                done: Callable[[], None]) -> None:
@@ -146,6 +151,8 @@ class Connector:
         if not sess.usable:
             return
         sess.channel = channel
+        if sess.path == PIKA:
+            self._bound(channel)
         channel.add_on_close_callback(lambda ch, error: self._on_channel_closed(sess, ch, error))
         channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(sess))
         self._steps(sess, [
@@ -155,6 +162,14 @@ class Connector:
             lambda cb: self._declare(sess, channel, amqp.QUARANTINE_QUEUE, cb),
             lambda cb: channel.basic_qos(prefetch_count=self.prefetch, callback=cb),
         ], lambda: sess.conn.channel(on_open_callback=functools.partial(self._on_qchannel, sess)))
+
+    def _bound(self, channel: Any) -> None:
+        """pika's path keeps at most a prefix of a body over the limit too (:mod:`.bounded`)."""
+        why = bounded.install(channel, self.body_limit)
+        if why is not None and self.unbounded is None:
+            self.unbounded = why
+            self.log.warning(f"pika {pika.__version__}'s delivery path cannot be bounded ({why}): bodies over "
+                             f"{self.body_limit} bytes are assembled whole before they are quarantined")
 
     def _declare(self, sess: Session, channel: Any, queue: str, then: Callable[..., None]) -> None:
         """Declare ``queue`` with the configured type, or passively once it proved to be of another."""
@@ -210,7 +225,7 @@ class Connector:
 
     def _on_message(self, sess: Session, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         """pika's delivery callback (the pika delivery path)."""
-        self.events.on_delivery(sess, deliveries.from_pika(method, properties, body))
+        self.events.on_delivery(sess, deliveries.from_pika(method, properties, body, self.body_limit))
 
     def cancel(self, sess: Session, done: Callable[[], None]) -> None:
         """Stop consuming; ``done()`` once the broker confirmed."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from .. import layout
+from .. import layout, trust
 from ..facts.installed import InstalledState
 from ..facts.paths import FileInfo, UserInfo
+from ..validate import MIN_PASSWORD_LENGTH, PRIVILEGED_GROUPS, weak_password
 from .report import (
     BINARY_NOT_FOUND,
     FAIL,
@@ -56,6 +57,16 @@ def check_systemd(s: InstalledState) -> Finding:
 
 def check_user(s: InstalledState) -> Finding:
     user = s.service_user
+    privileged = [name for name in user.group_names if name in PRIVILEGED_GROUPS]
+    if user.exists and privileged:
+        listed = ", ".join(privileged)
+        return _f("user", "Service user", WARN, f"{user.name} is in the privileged group(s) {listed}",
+                  diagnosis="Service user in a privileged group",
+                  cause=f"systemd gives the service its user's groups: {listed} give a way to root, the system's "
+                        "logs or its secrets to a compromised consumer",
+                  fix=f"gpasswd -d {user.name} {privileged[0]}, or a dedicated user: dispatchctl install --user "
+                      "dispatch ... (install refuses this user unless --allow-group names the group)",
+                  data={"groups": privileged})
     if user.exists:
         return _f("user", "Service user", OK, f"{user.name} (uid {user.uid}, shell {user.shell})")
     return _f("user", "Service user", FAIL, f"user '{user.name}' does not exist",
@@ -289,6 +300,59 @@ def check_instances(s: InstalledState) -> Optional[Finding]:
     return _f("instances", title, OK, f"{count} of {count} running: {shown}", data=data)
 
 
+def check_dirs(s: InstalledState) -> Finding:
+    """The app dir, /etc/roboshop and every directory above them are root's alone (trust.py)."""
+    title = "Directories root's alone"
+    if not s.trust_dirs:
+        return _f("dirs", title, SKIP, "not read")
+    found = trust.problems(s.trust_dirs)
+    if not found:
+        return _f("dirs", title, OK, f"{s.app_dir.path}, {layout.CONFIG_DIR} and the directories above them")
+    return _f("dirs", title, FAIL, "; ".join(f"{p.path} {p.why}" for p in found),
+              diagnosis="Directories another user controls",
+              cause="their owner (or anyone who may write in them) can swap the binary, its build stamp or the "
+                    "settings: their code then runs as the service user, with the credential, or as root at the "
+                    "next install",
+              fix="; ".join(p.fix for p in found), data={"paths": [p.path for p in found]})
+
+
+def check_same_user(s: InstalledState) -> Optional[Finding]:
+    """Other units running as the service user can read the password the service holds."""
+    if not s.installed or s.same_user_units is None:
+        return None
+    title, user = "Service user to itself", s.service_user.name
+    if not s.same_user_units:
+        return _f("same-user", title, OK, f"no other loaded unit runs as {user}")
+    units = ", ".join(s.same_user_units)
+    if s.loads_credential:
+        cause = (f"systemd makes the credential (/run/credentials/{s.unit}/{layout.CREDENTIAL_NAME}) readable by "
+                 f"the service's user, by design: every process of {user} can read the AMQP password (the "
+                 "consumer's own memory and environment they cannot: it makes itself non-dumpable)")
+    else:
+        cause = (f"the password is in the service's environment: every process of {user} can read it in "
+                 "/proc/PID/environ of a binary that does not make itself non-dumpable (the Go one)")
+    return _f("same-user", title, WARN, f"{len(s.same_user_units)} other unit(s) run as {user}: {units}",
+              diagnosis="Other services share the service user", cause=cause,
+              fix="give dispatch a user of its own: dispatchctl configure --user dispatch ...",
+              data={"units": list(s.same_user_units)})
+
+
+def check_password(s: InstalledState) -> Optional[Finding]:
+    """A weak AMQP password is warned about (never refused)."""
+    if s.password is None or s.consumer is None:
+        return None
+    reasons = weak_password(s.password.reveal(), s.consumer.user)
+    if not reasons:
+        return _f("password", "AMQP password strength", OK, f"{MIN_PASSWORD_LENGTH} characters or more, not "
+                  "the user's name or a well-known default")
+    return _f("password", "AMQP password strength", WARN, "weak: " + "; ".join(reasons),
+              diagnosis="Weak AMQP password",
+              cause="anyone who reaches the broker may guess it (the course's default is in every copy of its "
+                    "recipe)",
+              fix=f"a long random one: openssl rand -base64 24; rabbitmqctl change_password {s.consumer.user} ...; "
+                  "then dispatchctl configure --amqp-pass-file FILE", data={"reasons": reasons})
+
+
 def check_selinux(s: InstalledState) -> Finding:
     """The SELinux mode (enforcing, permissive, disabled, absent) and, where it applies, whether
     the binary's label lets systemd run it (roboshop_dispatch.selinux)."""
@@ -316,11 +380,14 @@ HOST_CHECKS: Tuple[Tuple[str, str, HostCheck], ...] = (
     ("root", "Running as root", check_root),
     ("systemd", "systemd is PID 1", check_systemd),
     ("user", "Service user", check_user),
+    ("dirs", "Directories root's alone", check_dirs),
     ("binary", "Binary", check_binary),
     ("unit", "Unit file", check_unit),
     ("envfile", "Environment file", check_envfile),
     ("credential", "Password credential", check_credential),
     ("unit-user", "Runs as the service user", check_unit_user),
+    ("same-user", "Service user to itself", check_same_user),
+    ("password", "AMQP password strength", check_password),
     ("service", "Service active", check_service),
     ("instances", "Instances running", check_instances),
     ("metrics", METRICS_TITLE, check_metrics),

@@ -30,7 +30,7 @@ from ..redact import HEADER_KEYS
 from ..settings import MASK, AmqpSettings, Secret, SettingsError
 from .host import HostFacts, systemd_version
 from .instances import InstanceFacts, instance_unit, read_instances
-from .paths import FileInfo, UserInfo, flavour_of, lstat, read_stamp, selinux_label, user_info
+from .paths import FileInfo, UserInfo, chains, flavour_of, lstat, read_stamp, selinux_label, user_info
 from .unitfile import (
     binary_from_unit,
     env_file_from_unit,
@@ -97,6 +97,10 @@ class InstalledState:
     instance_facts: Optional[InstanceFacts] = None  # every dispatch unit (read when systemd runs)
     # what the running instances report (check): each one's /metrics, the collector's TCP connect
     telemetry: Optional[Mapping[str, Any]] = None
+    # lstat of the app dir, /etc/roboshop and every directory above them (roboshop_dispatch.trust judges them)
+    trust_dirs: Tuple[FileInfo, ...] = ()
+    # the other loaded service units whose User= is the service user (None: not read; check reads it)
+    same_user_units: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         for name in ("properties", "environment", "build_stamp", "unit_verify", "unit_values", "telemetry"):
@@ -183,6 +187,8 @@ class InstalledState:
             value = getattr(self, f.name)
             if isinstance(value, (FileInfo, UserInfo, ConsumerSettings, InstanceFacts, HostFacts)):
                 value = asdict(value)
+            elif name_is_infos(f.name):
+                value = [asdict(v) for v in value]
             elif isinstance(value, Mapping):
                 value = dict(value)
             doc[f.name] = value
@@ -198,6 +204,11 @@ _NESTED = {"unit_file": FileInfo, "env_file": FileInfo, "credential_file": FileI
            "instance_facts": InstanceFacts, "host": HostFacts}
 
 
+def name_is_infos(name: str) -> bool:
+    """The fields that hold a tuple of FileInfo."""
+    return name == "trust_dirs"
+
+
 def from_json(doc: Mapping[str, Any], password: Optional[str] = None) -> InstalledState:
     """The facts :meth:`InstalledState.to_json` recorded (the password given separately)."""
     known = {f.name for f in fields(InstalledState)}
@@ -206,9 +217,11 @@ def from_json(doc: Mapping[str, Any], password: Optional[str] = None) -> Install
         if key not in known or key in ("password", "shadowed_password", "otlp_headers"):
             continue
         kind = _NESTED.get(key)
-        if kind is not None and value is not None:
+        if name_is_infos(key):
+            value = tuple(FileInfo(**v) for v in value)
+        elif kind is not None and value is not None:
             value = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-        elif key in ("credentials", "journal"):
+        elif key in ("credentials", "journal", "same_user_units") and value is not None:
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         values[key] = value
     return InstalledState(password=Secret(password) if password else None, **values)
@@ -263,6 +276,7 @@ def read(
         host=replace(host, systemd_version=systemd_version()) if host.systemd_pid1 and version else host,
         unit_file=unit_file, credentials=credentials, unit_values=unit_settings(texts),
         service_user=user_info(service_user), app_dir=lstat(app_dir),
+        trust_dirs=chains([app_dir, layout.CONFIG_DIR]),
         **_passwords(env_facts, secret), **_read_binary(props, app_dir, host.family == "rhel"),
         instance_facts=instances,
     )
@@ -429,6 +443,11 @@ def _slow_facts(state: InstalledState, systemd: Any, verify: bool, lines: int, p
         out["journal"] = tuple(mask(line) for line in systemd.journal_lines(lines))
     if process and state.main_pid:
         out["process_user"] = process_user(state.main_pid)
+    if process and state.host.systemd_pid1 and state.service_user.exists:
+        out["same_user_units"] = tuple(sorted(
+            unit for unit, user in systemd.service_users().items()
+            if user in (state.service_user.name, str(state.service_user.uid))
+            and unit != layout.UNIT_NAME and not unit.startswith(layout.INSTANCE_PREFIX)))
     return out
 
 

@@ -9,7 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class UserInfo:
     gid: int = -1
     shell: str = ""
     groups: Tuple[int, ...] = ()
+    group_names: Tuple[str, ...] = ()  # the names of ``groups`` the system knows, in their order
 
 
 def user_info(name: str) -> UserInfo:
@@ -72,7 +73,34 @@ def user_info(name: str) -> UserInfo:
         groups = tuple(sorted(set(os.getgrouplist(name, pw.pw_gid))))
     except OSError:
         groups = (pw.pw_gid,)
-    return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups)
+    names = group_names(groups)
+    return UserInfo(name, True, pw.pw_uid, pw.pw_gid, pw.pw_shell, groups,
+                    tuple(names[gid] for gid in groups if gid in names))
+
+
+def group_names(gids: Sequence[int]) -> Dict[int, str]:
+    """The name of each gid the system knows."""
+    import grp
+
+    names = {}
+    for gid in gids:
+        try:
+            names[gid] = grp.getgrgid(gid).gr_name
+        except KeyError:
+            continue
+    return names
+
+
+def primary_group(name: str) -> Optional[str]:
+    """The name of user ``name``'s primary group as the system has it (None: no such user yet,
+    or its gid has no name): the unit's ``Group=``."""
+    import pwd
+
+    try:
+        gid = pwd.getpwnam(name).pw_gid
+    except (KeyError, UnicodeEncodeError):
+        return None
+    return group_names([gid]).get(gid)
 
 
 def flavour_of(path: Path) -> Optional[str]:
@@ -96,9 +124,14 @@ def flavour_of(path: Path) -> Optional[str]:
 
 
 def read_stamp(path: Path) -> Dict[str, Any]:
-    """The build stamp beside the binary (its scalar members), {} when absent."""
-    if lstat(path).kind != "file":
+    """The build stamp beside the binary (its scalar members), {} when absent or not root's alone:
+    what it says is remembered for the next root run (the artifact, --insecure), so a stamp another
+    user wrote or may write is never believed."""
+    info = lstat(path)
+    if info.kind != "file":
         return {}
+    if info.uid != 0 or info.mode & 0o022:
+        return {"error": f"not root's alone (uid {info.uid}, mode {info.mode:04o}): ignored"}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -112,3 +145,21 @@ def selinux_label(path: Path) -> str:
                    "replace").rstrip("\x00")
     except OSError:
         return ""
+
+
+def chain(path: Path) -> Tuple[FileInfo, ...]:
+    """``lstat`` of ``path`` and of every directory above it, ``/`` first (a missing one
+    included as missing)."""
+    parts = Path(path).parts
+    return tuple(lstat(Path(*parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def chains(paths: Sequence[Path]) -> Tuple[FileInfo, ...]:
+    """The chain of each path and of where it resolves to: what :mod:`roboshop_dispatch.trust` judges."""
+    infos: List[FileInfo] = []
+    for path in paths:
+        infos += chain(path)
+        real = Path(os.path.realpath(path))
+        if real != Path(path):
+            infos += chain(real)
+    return tuple(infos)

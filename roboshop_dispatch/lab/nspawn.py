@@ -45,7 +45,7 @@ PACKAGES: Tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "python3", "passwd", "procps", "golang-go", "pipx", "sudo",
     "openssh-server", "python3-apt", "unzip",
 )
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4  # 4: no SSH host keys in the image (each host makes its own, HOSTKEYS_UNIT)
 # started on demand: every host shares the machine's network, so each sshd needs its own port
 NOT_AT_BOOT = ("ssh.service", "ssh.socket")
 # units that only slow the boot or do background work a test must not race with
@@ -55,6 +55,21 @@ MASKED_UNITS = (
     "e2scrub_reap.service", "fstrim.timer", "systemd-pstore.service",
 )
 READY_MARK = ".dispatchctl-rootfs-ready"
+# openssh-server's package makes host keys while the image is built: every host booted from it
+# would share them (and their private halves sit in the cache). The image keeps none; this unit
+# makes each host's own before its sshd first starts (ed25519 only: what the lab's sshd offers).
+HOSTKEYS_UNIT = "lab-ssh-hostkeys.service"  # not dispatch*: the tests list dispatch's units by that name
+HOSTKEY = "/etc/ssh/ssh_host_ed25519_key"
+HOSTKEYS_UNIT_TEXT = f"""[Unit]
+Description=This lab host's own SSH host key (the lab's image has none)
+Before=ssh.service
+ConditionPathExists=!{HOSTKEY}
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C "" -f {HOSTKEY}
+RemainAfterExit=yes
+"""
 PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # the tree this package is imported from: the checkout for an editable install (bound read-only
@@ -68,7 +83,8 @@ class HostError(DispatchctlError):
 
 def recipe_key() -> str:
     recipe = {"suite": SUITE, "variant": "minbase", "packages": sorted(PACKAGES),
-              "masked": sorted(MASKED_UNITS), "not_at_boot": sorted(NOT_AT_BOOT), "version": RECIPE_VERSION}
+              "masked": sorted(MASKED_UNITS), "not_at_boot": sorted(NOT_AT_BOOT), "version": RECIPE_VERSION,
+              "hostkeys": [HOSTKEYS_UNIT, HOSTKEYS_UNIT_TEXT]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -114,7 +130,7 @@ def ensure_rootfs(log=None) -> Path:
                             f"{_tail(proc.stdout + proc.stderr)}\n{_tail(detail)}")
         _customise(work)
         missing = [p for p in ("usr/bin/python3", "usr/bin/go", "usr/sbin/useradd", "usr/sbin/sshd",
-                                  "lib/systemd/systemd")
+                                  "usr/bin/ssh-keygen", "lib/systemd/systemd")
                    if not (work / p).exists()]
         if missing:
             raise HostError(f"the built rootfs lacks {', '.join(missing)} (see {work})")
@@ -125,6 +141,12 @@ def ensure_rootfs(log=None) -> Path:
 
 def _customise(root: Path) -> None:
     (root / "etc/machine-id").write_text("")  # a fresh id per boot (uninitialized)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):  # each host makes its own (HOSTKEYS_UNIT)
+        key.unlink()
+    (root / "etc/systemd/system" / HOSTKEYS_UNIT).write_text(HOSTKEYS_UNIT_TEXT)
+    requires = root / "etc/systemd/system/ssh.service.requires"
+    requires.mkdir(parents=True, exist_ok=True)
+    (requires / HOSTKEYS_UNIT).symlink_to(f"../{HOSTKEYS_UNIT}")
     (root / "etc/hostname").write_text("dispatch-test\n")
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     system = root / "etc/systemd/system"
@@ -429,9 +451,10 @@ class Container:
     # -- reaching it the way Ansible does -------------------------------------------------------
     def enable_ssh(self, port: int, authorized_key: str, address: str = "127.0.0.1") -> None:
         """Start sshd inside on ``address:port`` (the host's network is shared, so every host
-        needs a port of its own), accepting only ``authorized_key`` for root."""
+        needs a port of its own), accepting only ``authorized_key`` for root, with this host's own
+        host key (made by HOSTKEYS_UNIT as sshd starts)."""
         self.write("/etc/ssh/sshd_config.d/00-lab.conf",
-                   f"Port {port}\nListenAddress {address}\nPermitRootLogin prohibit-password\n"
+                   f"Port {port}\nListenAddress {address}\nHostKey {HOSTKEY}\nPermitRootLogin prohibit-password\n"
                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n", mode=0o644)
         ssh_dir = self.path("/root/.ssh")
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

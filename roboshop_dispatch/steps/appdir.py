@@ -3,7 +3,8 @@
 One that dispatchctl creates is root-owned, mode 0755, so the service user can read and run its
 binary but never replace it. ``/app`` is shared with the other RoboShop services: one that existed
 before is never chmod-ed or chown-ed (it is not dispatchctl's); it is only checked to be a real
-directory (not a link) that no other user can write into, which dispatch needs.
+directory (not a link), owned by root, that no other user can write into, which dispatch needs
+(the preflight, :mod:`roboshop_dispatch.trust`, checks it and every directory above it first).
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ def decide(path: Path, st: Optional[os.stat_result], ours: bool) -> Change[AppDi
         raise StepFailed(f"{path} exists and is {describe_mode(st.st_mode)}, not a directory",
                          "move it away or choose another --app-dir, then re-run")
     if not ours:
-        if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0):
+        if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
             raise StepFailed(f"{path} (not created by dispatchctl, so left as it is) is writable by other "
                              f"users (mode {stat.S_IMODE(st.st_mode):04o}): anyone could replace the binary",
                              f"make it writable by root only (chmod go-w {path}) or choose another --app-dir")
+        if st.st_uid != 0:
+            raise StepFailed(f"{path} (not created by dispatchctl, so left as it is) is owned by uid {st.st_uid}, "
+                             "not root: its owner could replace the binary",
+                             f"chown root:root {path}, or choose another --app-dir")
         return unchanged(f"{path} exists (shared: not created by dispatchctl, left as it is)", report)
     fixes = drift(st, MODE)
     if not fixes:

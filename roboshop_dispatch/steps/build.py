@@ -1,30 +1,37 @@
 """Step 4: ``/app/dispatch``.
 
-``bundled``: one self-contained zipapp (the consumer and pika) run by the system python3. The
-zipapp records a fingerprint of its sources in its zip comment, so a re-run compares fingerprints
-without rebuilding and rewrites the file only when the content changes.
+``bundled``: one self-contained zipapp (the consumer and pika) run by the system python3. Its
+bytes are deterministic: the installed file is compared byte for byte with a fresh build (never
+by the fingerprint in its own zip comment, which anyone who wrote the file could forge) and
+rewritten only when it differs; a re-run whose sources and installed file are unchanged (a
+root-only record of their stat) skips even the build.
 
 ``go``: the manual's route. Fetch the artifact, unzip it safely, ``go mod init dispatch`` when
-there is no go.mod, ``go get``, ``go build``. A stamp beside the binary records the sources'
-digest and the binary's sha256: unchanged sources and an untouched binary skip the build.
+there is no go.mod, ``go get``, ``go build``, all in a private directory of ours
+(layout.GO_BUILD_DIR, root 0700): the app directory is shared with the other RoboShop services,
+so nothing there is touched but the binary and the stamp (an ``/app/src`` is theirs). The sources
+of the last build are kept in layout.GO_SOURCES. A stamp beside the binary (root, 0600) records
+the sources' digest, the binary's sha256 and the artifact's address masked
+(:func:`roboshop_dispatch.artifact.shown`): unchanged sources and an untouched binary skip the
+build. A stamp that is not root's is never believed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_atomic
 from ..host import CommandError
 from ..layout import BUILD_STAMP_NAME as STAMP_NAME
-from ..layout import BUNDLE_CACHE, GO_CACHE, GO_CANDIDATES, PYTHON
+from ..layout import BUNDLE_CACHE, GO_BUILD_DIR, GO_CACHE, GO_CANDIDATES, GO_SOURCES, PYTHON
 from ..pkgfiles import archive_of
 from . import record
 from .base import Action, Change, Context, Step, StepFailed, load_cache, save_cache, unchanged
@@ -44,6 +51,7 @@ class FixPlan:
 class BundlePlan:
     fingerprint: str
     key: Optional[str]
+    data: bytes = field(default=b"", repr=False)  # the zipapp the check built and compared
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,30 @@ def _mode_fixes(st: os.stat_result) -> list:
     return drift(st, BINARY_MODE)
 
 
+def read_stamp(path: Path) -> Dict[str, Any]:
+    """The build stamp, or {} when absent, unreadable or not root's alone (then not believed:
+    whoever wrote it could make the next build skip, or fetch what they chose)."""
+    st = lstat_regular(path)
+    if st is None or st.st_uid != 0 or st.st_mode & 0o022:
+        return {}
+    try:
+        stamp = json.loads(read_regular(path) or b"{}")
+    except ValueError:
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only root may write in (made 0700 when missing), or StepFailed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise StepFailed(f"{path} is not a directory of root's alone (uid {st.st_uid}, mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}): the build will not run in it",
+                         f"remove {path} after checking who made it, then run the build again")
+    return path
+
+
 def sha256_file(path: Path) -> Optional[str]:
     data = read_regular(path)
     return None if data is None else hashlib.sha256(data).hexdigest()
@@ -140,7 +172,7 @@ class BuildStep(Step[BuildPlan]):
             return self._apply_go(ctx, change)
         from .. import bundle
 
-        data = bundle.build_zipapp(PYTHON)
+        data = plan.data or bundle.build_zipapp(PYTHON)
         before_change(ctx, "binary")
         write_atomic(binary, data, mode=BINARY_MODE, uid=0, gid=0)
         record.remember(ctx, "files", ctx.settings.binary)
@@ -177,22 +209,22 @@ class BuildStep(Step[BuildPlan]):
         save_cache(ctx, BUNDLE_CACHE, record)
 
     def _check_bundled_content(self, ctx: Context, key: Optional[str]) -> Change[BuildPlan]:
+        """The installed file against a fresh build, byte for byte (the build is deterministic)."""
         from .. import bundle
 
         path = ctx.settings.binary
         binary = ctx.host_path(path)
-        want = bundle.fingerprint(interpreter=PYTHON)
-        short = want[:12]
+        data = bundle.build_zipapp(PYTHON)
+        short = bundle.fingerprint(interpreter=PYTHON)[:12]
         report: Dict[str, object] = {"path": str(path), "flavour": "bundled", "fingerprint": short}
         st = _file_state(binary)
-        have = bundle.installed_fingerprint(binary) if st is not None else None
-        if have == want and st is not None:
+        if st is not None and read_regular(binary) == data:
             fixes = _mode_fixes(st)
             if not fixes:
                 return unchanged(f"{path} up to date (zipapp {short})", report)
             return Change([Action("fix", str(path), ": " + ", ".join(fixes))], FixPlan(key), report=report)
-        what = "write" if st is None else ("replace" if have is None else "update")
-        return Change([Action(what, str(path), f" (zipapp {short})")], BundlePlan(short, key),
+        what = "write" if st is None else ("update" if bundle.installed_fingerprint(binary) else "replace")
+        return Change([Action(what, str(path), f" (zipapp {short})")], BundlePlan(short, key, data),
                       marks=frozenset({"binary"}), report=report)
 
     # -- go -------------------------------------------------------------------------------------
@@ -231,10 +263,7 @@ class BuildStep(Step[BuildPlan]):
         binary = ctx.host_path(path)
         report: Dict[str, object] = {"path": str(path), "flavour": "go", "sources": digest[:12],
                                      "artifact_sha256": fetched.sha256}
-        try:
-            stamp = json.loads(read_regular(self._stamp_path(ctx)) or b"{}")
-        except ValueError:
-            stamp = {}
+        stamp = read_stamp(self._stamp_path(ctx))
         st = _file_state(binary)
         binary_sha = sha256_file(binary) if st is not None else None
         if stamp.get("sources") == digest and binary_sha is not None and stamp.get("binary") == binary_sha:
@@ -254,59 +283,65 @@ class BuildStep(Step[BuildPlan]):
         plan = change.the_plan()
         assert isinstance(plan, GoPlan)
         zip_path = plan.archive
-        go = find_go(ctx.root)
-        if go is None:
+        try:
+            go = find_go(ctx.root)
+            if go is None:
+                raise StepFailed("the go toolchain is not installed",
+                                 "run `dispatchctl install --flavour go` (it installs golang first)")
+            private_dir(ctx.host_path(GO_BUILD_DIR.parent))
+            staging = Path(tempfile.mkdtemp(prefix="build-", dir=str(private_dir(ctx.host_path(GO_BUILD_DIR)))))
+            try:
+                (staging / "unpacked").mkdir()
+                try:
+                    summary = archive.extract(zip_path, staging / "unpacked")
+                except archive.UnsafeArchive as exc:
+                    raise StepFailed(f"refusing to unpack {artifact.shown(ctx.settings.artifact)}: {exc}",
+                                     "use a trustworthy archive of Go sources") from None
+                if summary.digest != plan.digest:
+                    raise StepFailed("the artifact changed between check and build", self.retry_hint(ctx))
+                src = staging / "unpacked" / summary.module_root
+                data = self._go_build(ctx, go, src, staging / "dispatch")
+                self._install_go(ctx, plan, data, src)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
             shutil.rmtree(zip_path.parent, ignore_errors=True)
-            raise StepFailed("the go toolchain is not installed",
-                             "run `dispatchctl install --flavour go` (it installs golang first)")
-        app_dir = ctx.host_path(ctx.settings.app_dir)
+        return f"built {ctx.settings.binary} with go ({len(data) // 1024} KiB, sources {plan.digest[:12]})"
+
+    def _go_build(self, ctx: Context, go: str, src: Path, out: Path) -> bytes:
+        """``go mod init`` (when there is no go.mod), ``go get``, ``go build`` in ``src``: the binary's bytes."""
         cache = ctx.host_path(GO_CACHE)
         env = {
             "HOME": os.environ.get("HOME") or "/root",
             "GOPATH": str(cache / "path"), "GOCACHE": str(cache / "build"),
             "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod",
         }
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=str(app_dir)))
         try:
-            try:
-                summary = archive.extract(zip_path, staging)
-            except archive.UnsafeArchive as exc:
-                raise StepFailed(f"refusing to unpack {artifact.shown(ctx.settings.artifact)}: {exc}",
-                                 "use a trustworthy archive of Go sources") from None
-            if summary.digest != plan.digest:
-                raise StepFailed("the artifact changed between check and build", self.retry_hint(ctx))
-            src = staging / summary.module_root
-            out = app_dir / ".dispatch.new"
-            try:
-                if not (src / "go.mod").exists():
-                    ctx.runner.run([go, "mod", "init", "dispatch"], cwd=src, env=env, timeout=120)
-                ctx.runner.run([go, "get"], cwd=src, env=env, timeout=900)
-                ctx.runner.run(go_build_command(go, out), cwd=src, env=env, timeout=900)
-            except CommandError as exc:
-                raise StepFailed(f"{' '.join(exc.argv[1:3])} failed: {exc.output.strip()[-800:]}",
-                                 "fix the sources (or the network for `go get`), then run "
-                                 "`dispatchctl build --flavour go` again") from None
-            fix_owner_mode(out, BINARY_MODE)
-            binary_sha = sha256_file(out)
-            before_change(ctx, "binary")
-            lstat_regular(ctx.host_path(ctx.settings.binary))
-            os.replace(out, ctx.host_path(ctx.settings.binary))
-            # keep the sources beside the binary, as the manual's /app does
-            kept = app_dir / "src"
-            shutil.rmtree(kept, ignore_errors=True)
-            os.rename(src, kept)
-            stamp = {"artifact": artifact.shown(ctx.settings.artifact), "sources": plan.digest,
-                     "artifact_sha256": plan.artifact_sha256, "binary": binary_sha}
-            write_atomic(self._stamp_path(ctx), (json.dumps(stamp, indent=1) + "\n").encode(), mode=0o644)
-            for made in (ctx.settings.binary, ctx.settings.app_dir / STAMP_NAME, ctx.settings.app_dir / "src"):
-                record.remember(ctx, "files", made)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(zip_path.parent, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(app_dir / ".dispatch.new")
-        size = os.stat(ctx.host_path(ctx.settings.binary)).st_size
-        return f"built {ctx.settings.binary} with go ({size // 1024} KiB, sources {plan.digest[:12]})"
+            if not (src / "go.mod").exists():
+                ctx.runner.run([go, "mod", "init", "dispatch"], cwd=src, env=env, timeout=120)
+            ctx.runner.run([go, "get"], cwd=src, env=env, timeout=900)
+            ctx.runner.run(go_build_command(go, out), cwd=src, env=env, timeout=900)
+        except CommandError as exc:
+            raise StepFailed(f"{' '.join(exc.argv[1:3])} failed: {exc.output.strip()[-800:]}",
+                             "fix the sources (or the network for `go get`), then run "
+                             "`dispatchctl build --flavour go` again") from None
+        return out.read_bytes()
+
+    def _install_go(self, ctx: Context, plan: GoPlan, data: bytes, src: Path) -> None:
+        """The binary and its stamp into the app dir (nothing else there is touched); the sources
+        kept in our private GO_SOURCES."""
+        from .. import artifact
+
+        before_change(ctx, "binary")
+        write_atomic(ctx.host_path(ctx.settings.binary), data, mode=BINARY_MODE, uid=0, gid=0)
+        kept = ctx.host_path(GO_SOURCES)
+        shutil.rmtree(kept, ignore_errors=True)  # ours alone: the last build's sources
+        os.rename(src, kept)
+        stamp = {"artifact": artifact.shown(ctx.settings.artifact), "sources": plan.digest,
+                 "artifact_sha256": plan.artifact_sha256, "binary": hashlib.sha256(data).hexdigest()}
+        write_atomic(self._stamp_path(ctx), (json.dumps(stamp, indent=1) + "\n").encode(), mode=0o600, uid=0, gid=0)
+        for made in (ctx.settings.binary, ctx.settings.app_dir / STAMP_NAME):
+            record.remember(ctx, "files", made)
 
     def retry_hint(self, ctx: Context) -> str:
         return f"fix the cause above, then run `dispatchctl build --flavour {ctx.settings.flavour}` again"

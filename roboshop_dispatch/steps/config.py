@@ -98,9 +98,17 @@ def render_key(ctx: Context) -> str:
     s = ctx.settings
     # systemd's version is left out (asking costs a subprocess): a host upgraded past 247 keeps
     # its working environment-file route until the settings or dispatchctl change
-    inputs = {"masked": s.masked(), "env": s.environment()}
+    inputs = {"masked": s.masked(), "env": s.environment(), "group": unit_group(ctx)}
     digest.update(json.dumps(inputs, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def unit_group(ctx: Context) -> str:
+    """The unit's Group=: the service user's primary group as the system has it (its own name
+    before the user step made it)."""
+    from ..facts.paths import primary_group
+
+    return primary_group(ctx.settings.service_user) or ctx.settings.service_user
 
 
 def _sha256(path: Path) -> Optional[str]:
@@ -159,7 +167,8 @@ class ConfigStep(Step[ConfigPlan]):
                 WantedFile(INSTANCES, s.instances_file, f"{count}\n" if count > 1 else None, 0o644,
                            note=f" ({count} instances)"),
                 WantedFile("unit", s.template_path if count > 1 else s.unit_path,
-                           render_unit(s, PYTHON, credential=credential, template=count > 1), 0o644)]
+                           render_unit(s, PYTHON, credential=credential, template=count > 1, group=unit_group(ctx)),
+                           0o644)]
 
     def _cached(self, ctx: Context, key: str) -> bool:
         cache = load_cache(ctx, RENDER_CACHE)

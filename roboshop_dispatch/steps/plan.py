@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..facts.host import HostFacts
+from ..facts.paths import FileInfo
 from ..host import Runner
 from ..settings import Settings
 from ..systemd import Systemd
@@ -64,13 +65,20 @@ def operate(command: str, named: Sequence[str] = ()) -> List[Step[Any]]:
     return [StopUnitsStep(named) if command == "stop" else RestartUnitsStep(named)]
 
 
-def preflight(facts: HostFacts, *, dry_run: bool) -> None:
-    """Checks before any step: OS family always; root and systemd as PID 1 unless dry run."""
+def preflight(facts: HostFacts, *, dry_run: bool, dirs: Sequence[FileInfo] = ()) -> None:
+    """Checks before any step: OS family and the directories dispatch's files go in (``dirs``:
+    their lstat facts, :func:`roboshop_dispatch.trust.read`) always; root and systemd as PID 1
+    unless dry run."""
+    from .. import trust
+
     if facts.family is None:
         name = facts.os_name or facts.os_id or "an unknown OS"
         raise PreflightError(
             f"unsupported OS: {name} (ID={facts.os_id or '?'}, ID_LIKE={' '.join(facts.os_like) or '-'}); "
             "dispatchctl supports the RHEL family (dnf) and the Debian family (apt-get)")
+    untrusted = trust.problems(dirs)
+    if untrusted:
+        raise PreflightError(trust.message(untrusted))
     if dry_run:
         return
     if not facts.is_root:

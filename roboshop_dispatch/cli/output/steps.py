@@ -8,7 +8,7 @@ imported only when something is drawn on a terminal, and never for ``--json``.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...errors import ErrorKind
 from ...redact import Redactor
@@ -242,12 +242,15 @@ def show(command: str, results: List[StepResult], *, dry_run: bool, planned: Lis
          as_json: bool, show_diff: bool, redactor: Redactor = NO_SECRETS, quiet: bool = False,
          streamed: bool = False, log_path: str = "",
          section: Optional[Tuple[str, Dict[str, Any], str]] = None,
-         rollback: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+         rollback: Optional[Dict[str, Any]] = None, warnings: Sequence[str] = ()) -> Dict[str, Any]:
     """Print the results the way the user asked, redacted; return the JSON document either way.
     ``section`` (JSON key, JSON value, text): one more part of the JSON report, e.g. the settings'
-    sources (its text is printed before the steps run, see runplan)."""
+    sources (its text is printed before the steps run, see runplan); ``warnings`` (already said on
+    stderr) go in the JSON document too."""
     document = results_document(command, results, dry_run=dry_run, planned=planned, duration_s=duration_s,
                                 show_diff=show_diff, rollback=rollback)
+    if warnings:
+        document["warnings"] = list(warnings)
     if section is not None:
         document[section[0]] = section[1]
     if as_json:

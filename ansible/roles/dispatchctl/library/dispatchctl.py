@@ -63,6 +63,11 @@ options:
   user:
     description: "The service user (a system account, never root; install creates it when missing)."
     type: str
+  allow_groups:
+    description: "Accept a service user in these privileged groups (docker, lxd, disk, sudo, wheel, adm,
+      systemd-journal, kvm, shadow), which the service then gets: refused otherwise."
+    type: list
+    elements: str
   app_dir:
     description: "Where dispatch lives (DIR/dispatch)."
     type: path
@@ -92,6 +97,10 @@ options:
       absent)."
     type: str
     choices: [classic, quorum]
+  max_body:
+    description: "The largest message body the consumer parses as an order (DISPATCH_MAX_BODY, bytes,
+      1024..67108864): a larger one is quarantined unparsed (bundled flavour)."
+    type: int
   ready_timeout:
     description: "Seconds a started or restarted instance has to report ready (READY=1, sent once it consumes); a
       change whose restart does not is rolled back (default 30, plus 10 for each further AMQP host)."
@@ -149,6 +158,7 @@ SETTINGS = {
     "amqp_password_file": ("--amqp-pass-file", dict(type="path", no_log=False), AMQP_COMMANDS),
     "amqp_password": ("--amqp-pass", dict(type="str", no_log=True), AMQP_COMMANDS),  # given in the environment
     "user": ("--user", dict(type="str"), ("install", "configure", "check", "uninstall")),
+    "allow_groups": ("--allow-group", dict(type="list", elements="str"), ("install", "configure")),
     "app_dir": ("--app-dir", dict(type="path"), ("install", "configure", "build", "check", "uninstall")),
     "flavour": ("--flavour", dict(type="str", choices=["bundled", "go"]), ("install", "configure", "build")),
     "artifact": ("--artifact", dict(type="str"), ("install", "build")),
@@ -158,6 +168,7 @@ SETTINGS = {
     "instances": ("--instances", dict(type="int"), ("install", "configure")),
     "queue_type": ("--queue-type", dict(type="str", choices=["classic", "quorum"]),
                    ("install", "configure", "check-rabbitmq")),
+    "max_body": ("--max-body", dict(type="int"), ("install", "configure")),
     "ready_timeout": ("--ready-timeout", dict(type="int"),
                       ("install", "configure", "build", "start", "restart", "rollback")),
     "no_rollback": ("--no-rollback", dict(type="bool"), ("install", "configure", "build", "start")),
