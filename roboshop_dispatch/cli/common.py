@@ -62,6 +62,36 @@ class Invocation:
 INVOCATION = Invocation()
 
 
+def _echo_command(argv: Any) -> None:
+    """-vv: each command dispatchctl runs, on stderr as it starts (a command line holds no secret:
+    it would show in ``ps``). A run of steps shows them in its progress instead (runplan.traced)."""
+    import shlex
+    import sys
+
+    if not INVOCATION.quiet:
+        sys.stderr.write(f"$ {shlex.join(argv)}\n")
+        sys.stderr.flush()
+
+
+def _echo_done(result: Any) -> None:
+    """-vvv: each command's exit status and time, once it ended."""
+    import sys
+
+    if not INVOCATION.quiet:
+        sys.stderr.write(f"= exit {result.returncode} in {result.duration_s:.3f}s\n")
+        sys.stderr.flush()
+
+
+def _store_verbosity(ctx: Any, param: Any, value: Any) -> Any:
+    _store("verbosity")(ctx, param, value)
+    if value and value >= 2:
+        from ..host import TRACE
+
+        TRACE.command = _echo_command
+        TRACE.done = _echo_done if value >= 3 else None
+    return value
+
+
 def _store(field_name: str):
     def callback(ctx: Any, param: Any, value: Any) -> Any:
         if value is not None:
@@ -74,9 +104,10 @@ def _store(field_name: str):
 def _verbose(expose: bool) -> TyperOption:
     return TyperOption(param_decls=["--verbose", "-v", "verbose"], type=int, count=True, default=0, expose_value=expose,
                        metavar="",
-                       callback=_store("verbosity"),
-                       help="More detail: -v tracebacks of internal errors, -vv the output of every "
-                            "command a step runs (dnf, apt-get, go build) as it comes.")
+                       callback=_store_verbosity,
+                       help="More detail: -v tracebacks of internal errors; -vv each command dispatchctl "
+                            "runs ($ dpkg-query ...) and the output of those a step runs (dnf, apt-get, go "
+                            "build) as it comes, secrets masked; -vvv each command's exit status and time too.")
 
 
 def _quiet() -> TyperOption:
