@@ -324,7 +324,7 @@ class LazyPassword:
         if self.value is None and self._ask is not None and not self.asked:
             self.asked += 1
             text = self._ask()
-            if text:
+            if text is not None:  # Enter alone: an empty password, refused as such
                 self.value, self.source = validate_password("password prompt", text), Source(PROMPT, PROMPT)
         if self.value is None:
             raise no_password_error(self._why)

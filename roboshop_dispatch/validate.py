@@ -269,7 +269,7 @@ def validate_sha256(option: str, value: Optional[str]) -> Optional[str]:
 
 def validate_password(option: str, value: str) -> Secret:
     if value == "":
-        raise SettingsError(option, "the password is empty")
+        raise SettingsError(option, "empty password: the RabbitMQ user's password is needed")
     validate_text(option, value)
     return Secret(value)
 

@@ -205,7 +205,7 @@ def test_check_wrong_amqp_host_is_service_not_starting(systemd_host, broker, vho
     doc = check(host)
     f = assert_issue(doc, "service", "Service not starting", "Service not starting")
     assert "AMQP_HOST=127.0.0.3" in f["summary"] and f["data"]["log"]
-    tcp = assert_issue(doc, "rabbitmq.tcp", "Service not starting", "wrong RabbitMQ IP — verify AMQP_HOST")
+    tcp = assert_issue(doc, "rabbitmq.tcp", "Service not starting", "nothing listens on port")
     assert "127.0.0.3" in tcp["summary"]
 
 

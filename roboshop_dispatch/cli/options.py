@@ -130,12 +130,18 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def prompt() -> Optional[str]:
-    """The password from a hidden prompt on a terminal (None without one)."""
+    """The password from a hidden prompt on a terminal (None without one). Enter alone is an
+    empty password ("": validated as every password is, and refused); Ctrl-C or Ctrl-D ends the run (KeyboardInterrupt,
+    which no ``except Exception`` of a check catches: ``main`` ends the line, says "aborted",
+    exit 130)."""
     if not sys.stdin.isatty():
         return None
     import getpass
 
-    return getpass.getpass("RabbitMQ password: ")
+    try:
+        return getpass.getpass("RabbitMQ password: ")
+    except (KeyboardInterrupt, EOFError):
+        raise KeyboardInterrupt from None
 
 
 def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:
