@@ -11,8 +11,12 @@ import sys
 
 
 def wants_json(argv: list[str]) -> bool:
-    """``--json`` among the options (not after ``--``)."""
-    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+    """``--json`` or ``-o json`` (``-ojson``, ``--output json``, ``--output=json``) among the
+    options (not after ``--``)."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    pairs = zip(words, [*words[1:], ""])
+    return "--json" in words or any(w in ("-ojson", "--output=json") or (w in ("-o", "--output") and n == "json")
+                                    for w, n in pairs)
 
 
 def command_of(argv: list[str], names: set[str]) -> str:

@@ -32,6 +32,9 @@ SUMMARIES: Dict[str, str] = {
     "status": "The service at a glance (exit 0 running).",
     "logs": "The service's journal, password masked.",
     "uninstall": "Remove the service (--purge: what we created).",
+    "completion": "The completion script of bash, zsh or fish.",
+    "help": "The help of a command (COMMAND --help).",
+    "version": "dispatchctl's version (also --version).",
 }
 
 # what a value is, for options declared without a metavar (typer would show <str>)
@@ -122,6 +125,26 @@ def _exit_code() -> TyperOption:
                             "0 when nothing did (drift detection in CI).")
 
 
+OUTPUTS = ("text", "json")
+
+
+def _output_format(ctx: Any, param: Any, value: Any) -> Any:
+    if value is not None:
+        if value not in OUTPUTS:
+            import typer
+
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(OUTPUTS)}")
+        ctx.meta["dispatchctl.output"] = value
+    return value
+
+
+def _output() -> TyperOption:
+    """``-o json`` (kubectl's habit): the same as ``--json``, on every command that takes it."""
+    return TyperOption(param_decls=["--output", "-o", "output"], default=None, expose_value=False,
+                       metavar="text|json", callback=_output_format,
+                       help="-o json is --json (one JSON document); text: tables (the default).")
+
+
 def summary(name: str, help_text: Optional[str]) -> str:
     """The command list's line: ours, else the docstring's first sentence."""
     if name in SUMMARIES:
@@ -156,6 +179,8 @@ def common_params(params: List[Any]) -> List[Any]:
     out.append(_quiet())
     if "dry_run" in names:
         out.append(_exit_code())
+    if "json_output" in names:
+        out.append(_output())
     return out
 
 
@@ -169,3 +194,8 @@ class DispatchCommand(TyperCommand):
         settings.setdefault("help_option_names", HELP_OPTION_NAMES)
         kwargs["context_settings"] = settings
         super().__init__(name, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        if ctx.meta.get("dispatchctl.output") == "json" and "json_output" in ctx.params:
+            ctx.params["json_output"] = True  # -o json
+        return super().invoke(ctx)
