@@ -193,6 +193,10 @@ def test_a_failed_dry_run_ends_with_the_recap_after_the_error(host):
                                                                                            ["failed"], ["skipped"])])
     assert sum(int(n) for n in match.groups()[:4]) == rows, res.stdout
     assert "dispatchctl: next:" in res.stderr and "--dry-run` again" in res.stderr, res.stderr
+    code, out = terminal(host, "build", "--flavour", "go", "--artifact", "/nonexistent/dispatch.zip", "--app-dir",
+                         NOWHERE, "--dry-run")  # stdout and stderr on one screen: the recap comes last
+    lines = [line.rstrip() for line in ANSI.sub("", out).replace("\r", "").splitlines() if line.strip()]
+    assert code == 1 and lines[-1].startswith("recap: ok=") and lines[-2].startswith("dispatchctl: next:"), lines
 
 
 def test_a_run_the_host_refuses_ends_with_the_recap_every_step_skipped(host):
