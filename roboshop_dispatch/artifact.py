@@ -246,25 +246,33 @@ def _open_local(path: str) -> io.BufferedIOBase:
     return os.fdopen(fd, "rb")
 
 
-def _source(source: str, allow_http: bool) -> Tuple[str, str]:
-    """('url', url) or ('path', absolute path), or ArtifactError."""
+def source_of(source: str, allow_http: bool) -> Tuple[str, str]:
+    """('url', url) or ('path', absolute path), or ArtifactError naming the source as
+    :func:`shown` shows it (never its credentials). Pure: the CLI checks ``--artifact`` with it
+    when it reads the option, before any step runs."""
     if "://" not in source:
         if not os.path.isabs(source):
-            raise ArtifactError(f"{source!r}: give an https URL or an absolute path")
+            raise ArtifactError(f"{shown(source)}: give an https URL or an absolute path")
         return "path", source
-    parts = urllib.parse.urlsplit(source)
+    try:
+        parts = urllib.parse.urlsplit(source)
+        parts.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError as exc:
+        raise ArtifactError(f"{shown(source)}: not a valid URL ({exc})") from None
     scheme = parts.scheme.lower()
+    if parts.username is not None or parts.password is not None:
+        raise ArtifactError(f"{shown(source)}: credentials in the URL are refused (they show in process "
+                            "lists); use a pre-signed URL or a local path")
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise ArtifactError(f"{source!r}: a file URL names this host only")
+            raise ArtifactError(f"{shown(source)}: a file URL names this host only")
         return "path", urllib.request.url2pathname(parts.path)
     if scheme == "http" and not allow_http:
         raise ArtifactError(f"refusing plain http for {shown(source)}: use https, or --insecure to accept it")
     if scheme not in ("http", "https"):
         raise ArtifactError(f"{shown(source)}: only https (http with --insecure), file URLs and paths")
-    if parts.username is not None or parts.password is not None:
-        raise ArtifactError(f"{shown(source)}: credentials in the URL are refused (they show in process "
-                            "lists); use a pre-signed URL or a local path")
+    if not parts.hostname:
+        raise ArtifactError(f"{shown(source)}: the URL names no host")
     return "url", source
 
 
@@ -282,7 +290,7 @@ def fetch(source: str, dest_dir: Path, *, allow_http: bool = False, expected_sha
     pinned = check_sha256(expected_sha256) if expected_sha256 is not None else None
     path: Optional[Path] = None
     try:
-        kind, where = _source(source, allow_http)
+        kind, where = source_of(source, allow_http)
         fd, name = tempfile.mkstemp(prefix=".artifact-", suffix=".zip", dir=str(dest_dir))
         path = Path(name)
         with os.fdopen(fd, "wb") as out, _Deadline(deadline) as clock:

@@ -82,23 +82,40 @@ class _Scan:
         self.key_blank: Optional[int] = None  # where the key's trailing blanks start
         self.value_blank: Optional[int] = None  # where the unquoted value's trailing blanks start
         self.out: List[Tuple[str, str]] = []
+        self.pos = 0  # the index of the character being read
+        self.start = 0  # where the value being read starts (just after its ``=``)
+        self.spans: List[Tuple[str, int, int]] = []  # (key, start, end) of each value, as written
 
     def push(self, chomp: bool) -> None:
         value = self.value[: self.value_blank] if chomp and self.value_blank is not None else self.value
         key = self.key[: self.key_blank] if self.key_blank is not None else self.key
         self.out.append(("".join(key), "".join(value)))
+        self.spans.append(("".join(key), self.start, self.pos))
         self.key, self.value = [], []
         self.state = "pre_key"
 
 
-def assignments(text: str) -> List[Tuple[str, str]]:
-    """Every (key, value) systemd's scanner yields from ``text``, in order, names not yet checked."""
+def _scan(text: str) -> _Scan:
     s = _Scan()
-    for c in text.split("\x00", 1)[0]:
+    body = text.split("\x00", 1)[0]
+    for s.pos, c in enumerate(body):
         _STEP[s.state](s, c)
+    s.pos = len(body)
     if s.state in ("pre_value", "value", "value_escape", "single", "double", "double_escape"):
         s.push(chomp=s.state == "value")
-    return s.out
+    return s
+
+
+def assignments(text: str) -> List[Tuple[str, str]]:
+    """Every (key, value) systemd's scanner yields from ``text``, in order, names not yet checked."""
+    return _scan(text).out
+
+
+def value_spans(text: str) -> List[Tuple[str, int, int]]:
+    """Where each value is written in ``text``: (key as written, start, end), ``text[start:end]``
+    being everything from just after the ``=`` to the end of the value's last line (a quoted or
+    continued value may span lines). What masks a secret's value masks all of it."""
+    return _scan(text).spans
 
 
 def _pre_key(s: _Scan, c: str) -> None:
@@ -112,7 +129,7 @@ def _key(s: _Scan, c: str) -> None:
     if c in _NEWLINE:
         s.state, s.key = "pre_key", []
     elif c == "=":
-        s.state, s.value_blank, s.value = "pre_value", None, []
+        s.state, s.value_blank, s.value, s.start = "pre_value", None, [], s.pos + 1
     else:
         if c not in _BLANK:
             s.key_blank = None

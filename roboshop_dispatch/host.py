@@ -7,8 +7,9 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -21,7 +22,8 @@ SECRET_ENV_VARS = ("DISPATCHCTL_AMQP_PASS", "AMQP_PASS")
 
 
 class CommandError(DispatchctlError):
-    """A command that failed: carries the argv, exit code and the tail of its output."""
+    """A command that failed: carries the argv, exit code and the tail of its output (as the
+    Runner shows it: secrets masked)."""
 
     kind = ErrorKind.STEP
 
@@ -39,10 +41,42 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+    duration_s: float = 0.0
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+
+@dataclass
+class Trace:
+    """Who hears of every command a :class:`Runner` runs, whichever part of dispatchctl runs it:
+    ``command(argv)`` as it starts, ``done(result)`` when it ended (the CLI's ``-vv`` echoes
+    each command line, ``-vvv`` its exit status and time). None: nobody. A command line never
+    holds a secret (it would show in ``ps``); what a command prints may, and is masked by who shows it."""
+
+    command: Optional[Callable[[Sequence[str]], None]] = None
+    done: Optional[Callable[[Result], None]] = None
+
+
+TRACE = Trace()
+
+
+def traced_start(argv: Sequence[str]) -> float:
+    """Tell :data:`TRACE` a command starts (for a command run outside a Runner); its start time."""
+    if TRACE.command is not None:
+        TRACE.command(argv)
+    return time.monotonic()
+
+
+def traced_end(argv: Sequence[str], returncode: int, started: float) -> None:
+    """Tell :data:`TRACE` a command run outside a Runner ended (its output is not kept)."""
+    if TRACE.done is not None:
+        TRACE.done(Result(tuple(argv), returncode, "", "", time.monotonic() - started))
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def child_environment(base: Optional[Mapping[str, str]] = None,
@@ -61,18 +95,28 @@ class Runner:
     ``on_line`` (``-vv``) receives each line of a command's output (stdout and stderr) as it
     comes; ``on_result`` receives every finished command, also a failed one (the run log);
     ``on_notice`` receives a step's word to the operator while it waits (another dnf holds the
-    lock): stderr when none is given. Steps never see these: they call ``run`` and ``notice``."""
+    lock): stderr when none is given. Steps never see these: they call ``run`` and ``notice``.
+
+    ``mask`` (the run's :meth:`~roboshop_dispatch.redact.Redactor.text`) masks the secrets in a
+    command's output wherever it is shown: a :class:`CommandError`'s tail, and :meth:`shown` for
+    a step that quotes the output itself. The Result keeps the output as it is, for parsing."""
 
     def __init__(self, timeout: float = 300.0, env: Optional[Mapping[str, str]] = None, *,
                  on_line: Optional[Callable[[str], None]] = None,
                  on_result: Optional[Callable[[Result], None]] = None,
-                 on_notice: Optional[Callable[[str], None]] = None) -> None:
+                 on_notice: Optional[Callable[[str], None]] = None,
+                 mask: Optional[Callable[[str], str]] = None) -> None:
         self.timeout = timeout
         self.env = dict(env) if env is not None else None
         self.calls: List[Tuple[str, ...]] = []  # every argv run, in order (reports and tests)
         self.on_line = on_line
         self.on_result = on_result
         self.on_notice = on_notice
+        self.mask: Callable[[str], str] = mask or _as_is
+
+    def shown(self, output: str) -> str:
+        """A command's output fit to show: every secret this run knows masked (output can echo anything)."""
+        return self.mask(output)
 
     def notice(self, message: str) -> None:
         """Tell the operator something while a command waits (one line, no secret in it)."""
@@ -93,6 +137,7 @@ class Runner:
         env: Optional[Mapping[str, str]] = None,
     ) -> Result:
         self.calls.append(tuple(argv))
+        started = traced_start(argv)
         merged = child_environment(self.env, env)
         limit = timeout or self.timeout
         try:
@@ -105,27 +150,31 @@ class Runner:
                 )
                 result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         except FileNotFoundError:
-            result = Result(tuple(argv), 127, "", f"{argv[0]}: command not found")
+            result = Result(tuple(argv), 127, "", f"{argv[0]}: command not found", time.monotonic() - started)
             self._report(result)
             if check:
                 raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
             return result
         except subprocess.TimeoutExpired as exc:
             self._report(Result(tuple(argv), -1, _text(exc.stdout), _text(exc.stderr)
-                                + f"\ntimed out after {exc.timeout:.0f}s"))
+                                + f"\ntimed out after {exc.timeout:.0f}s", time.monotonic() - started))
             raise CommandError(argv, -1, f"timed out after {exc.timeout:.0f}s") from None
+        result = replace(result, duration_s=time.monotonic() - started)
         self._report(result)
         if check and result.returncode != 0:
-            raise CommandError(argv, result.returncode, (result.stderr or result.stdout))
+            raise CommandError(argv, result.returncode, self.mask(result.stderr or result.stdout))
         return result
 
     def _report(self, result: Result) -> None:
         if self.on_result is not None:
             self.on_result(result)
+        if TRACE.done is not None:
+            TRACE.done(result)
 
     def spawn(self, argv: Sequence[str]) -> subprocess.Popen:
         """Start a command in the background (stdout and stderr piped, as text), recorded like run()."""
         self.calls.append(tuple(argv))
+        traced_start(argv)
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=child_environment(self.env))
 

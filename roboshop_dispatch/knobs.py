@@ -204,6 +204,7 @@ KNOBS: Tuple[Knob, ...] = (
 )
 KNOB: Dict[str, Knob] = {k.name: k for k in KNOBS}
 TELEMETRY = ("otlp_endpoint", "metrics_listen", "otlp_headers")  # what the go flavour cannot have
+GO_ONLY = ("artifact", "artifact_sha256", "insecure")  # what only the go flavour reads (its build)
 
 # the password: two options (a file, or the value itself), never remembered as text
 PASSWORD = "amqp_pass"  # its name among the sources (sources.Resolved.document)

@@ -1,22 +1,30 @@
-"""Secrets never print: :class:`Secret` holds one (it shows as ``********`` wherever it is printed,
-logged or repr'd), and one redaction helper masks them in everything dispatchctl prints: tables,
-JSON, diffs, logs.
+"""Secrets never print. Masking is by field, never by searching dispatchctl's own text for a
+secret: a password that happens to be the service user's name (``roboshop``) leaves ``User=roboshop``
+and ``/etc/roboshop/dispatch.env`` as they are.
 
-``Redactor(secrets)`` is built from the secret values (``Secret.reveal()``, the passwords found in
-an old environment file or unit); ``.text(s)`` replaces each value, raw and URL-encoded, by
-``********``; ``.document(obj)`` does that to every string of a JSON-like object. For files that
-*assign* secrets (an environment file, a unit's ``Environment=`` lines) ``.assignments(text)`` also
-masks the value of every secret key whatever its quoting or an ``export`` prefix, so a value the
-parser cannot reproduce exactly is still never shown.
+- :class:`Secret` holds one secret value: it shows as ``********`` wherever it is printed, logged
+  or repr'd, so every field that holds one (the password, the OTLP headers) is masked where it is
+  formatted.
+- ``Redactor(secrets).text(s)`` replaces each secret value, raw and URL-encoded, by ``********``
+  in text that does not come from dispatchctl: a command's output (it can echo anything), the
+  journal, an exception's message.
+- ``Redactor(secrets).assignments(text)`` masks the files that hold secrets (an environment file,
+  a unit's ``Environment=`` lines) by key: the whole value of every secret key, whatever its
+  quoting, an ``export`` prefix or the lines it spans; the other assignments are fields and stay;
+  a free line (a comment, a stray word) of a file dispatchctl did not write is masked by value.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, List, Tuple
+from typing import Any, List, Set, Tuple
+
+from . import envfile
 
 MASK = "********"
+# an assignment (KEY=, export KEY=, a unit's Key=) or a unit's [Section]: a field, not free text
+_FIELD = re.compile(r"^\s*(?:(?:export\s+)?[A-Za-z_][A-Za-z0-9_-]*\s*=|\[[^\]]*\]\s*$)")
 # the variables whose values are secrets: the password, and the OTLP exporter's headers (a token)
 HEADER_KEYS: Tuple[str, ...] = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 SECRET_KEYS: Tuple[str, ...] = ("AMQP_PASS", *HEADER_KEYS)
@@ -71,7 +79,8 @@ class Redactor:
         self._values = tuple(values)
         names = "|".join(re.escape(k) for k in keys)
         # KEY=..., export KEY=..., Environment=KEY=..., Environment="KEY=... OTHER=...", # KEY=...
-        self._assignment = re.compile(rf"(?m)^([^\n]*?\b(?:{names})\s*=)[^\n]*$") if names else None
+        self._assignment = re.compile(rf"^([^\n]*?\b(?:{names})\s*=)[^\n]*$") if names else None
+        self._keys = frozenset(keys)
 
     def __bool__(self) -> bool:
         return bool(self._values)
@@ -92,12 +101,23 @@ class Redactor:
             return [self.document(v) for v in obj]
         return obj
 
-    def assignments(self, text: str, label: str = MASK) -> str:
-        """``text`` with the rest of every line that assigns a secret key replaced by ``label``,
-        then every known secret value masked too."""
-        if self._assignment is not None:
-            text = self._assignment.sub(lambda m: m.group(1) + self._shown(m.group(1), label), text)
-        return self.text(text)
+    def assignments(self, text: str, label: str = MASK, ours: Iterable[str] = ()) -> str:
+        """``text`` (an environment file or a unit) with the value of every secret key replaced by
+        ``label``, all of it (a quoted or continued value spans lines); the other assignments as
+        they are (fields, never secrets); every other line (a comment, a continuation) with the
+        known secret values masked, unless it is one of ``ours`` (a line dispatchctl writes)."""
+        for key, start, end in reversed(envfile.value_spans(text)):
+            if key.split() and key.split()[-1] in self._keys:
+                prefix = text[text.rfind("\n", 0, start) + 1:start]
+                text = text[:start] + self._shown(prefix, label) + text[end:]
+        own = set(ours)
+        return "\n".join(self._line(line, label, own) for line in text.split("\n"))
+
+    def _line(self, line: str, label: str, ours: Set[str]) -> str:
+        match = self._assignment.match(line) if self._assignment is not None else None
+        if match is not None:
+            return match.group(1) + self._shown(match.group(1), label)
+        return line if _FIELD.match(line) or line in ours else self.text(line)
 
     @staticmethod
     def _shown(prefix: str, label: str) -> str:

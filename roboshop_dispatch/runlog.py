@@ -3,10 +3,12 @@
 the command line, each step's result, and the full output of every command a failed step ran
 (the screen shows only its last lines).
 
-The command line is masked argument by argument before it is joined: the value of a secret
-option (``--amqp-pass VALUE``, ``--amqp-pass=VALUE``) becomes ``********`` whatever it holds (a
-quote in it would otherwise be shell-quoted into a form no text search finds), and every other
-argument is redacted before it is quoted. A log is appended to, so it is not written by temp +
+Masked by field, as on the screen (redact.py): the command line argument by argument before it
+is joined, the value of a secret option (``--amqp-pass VALUE``, ``--amqp-pass=VALUE``) becoming
+``********`` whatever it holds (a quote in it would otherwise be shell-quoted into a form no text
+search finds) and an ``--artifact`` URL's credentials and query ``***`` (artifact.shown); a
+step's result as it is (it holds no secret); what the commands printed with every secret value
+masked (a command's output can echo anything). A log is appended to, so it is not written by temp +
 rename; it is opened without following a link and without blocking (a FIFO planted there would
 hang every run while it holds the host lock), refused unless it is a regular file of its own, and
 set to root 0600 on the open file. The log written by 0.4 and earlier, ``/var/log/
@@ -31,25 +33,28 @@ from .redact import MASK, Redactor
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
-def masked_argv(argv: Sequence[str], secret_options: Sequence[str], redactor: Redactor) -> List[str]:
+URL_OPTIONS = ("--artifact",)  # a URL that may carry credentials or a signature: shown by artifact.shown
+
+
+def masked_argv(argv: Sequence[str], secret_options: Sequence[str]) -> List[str]:
     """``argv`` with the value of every secret option replaced by the mask, as an argument (never
-    by searching the joined text), and every other argument redacted."""
+    by searching the joined text), and an ``--artifact`` URL's secrets masked."""
+    from .artifact import shown
+
     out: List[str] = []
-    hide_next = False
+    hide_next, url_next = False, False
     for arg in argv:
-        if hide_next:
-            out.append(MASK)
-            hide_next = False
+        if hide_next or url_next:
+            out.append(MASK if hide_next else shown(arg))
+            hide_next = url_next = False
             continue
-        option, eq, _value = arg.partition("=")
-        if option in secret_options:
-            if eq:
-                out.append(f"{option}={MASK}")
-            else:
-                out.append(arg)
-                hide_next = True
+        option, eq, value = arg.partition("=")
+        if option in secret_options or option in URL_OPTIONS:
+            masked = MASK if option in secret_options else shown(value)
+            out.append(f"{option}={masked}" if eq else arg)
+            hide_next, url_next = not eq and option in secret_options, not eq and option in URL_OPTIONS
             continue
-        out.append(redactor.text(arg))
+        out.append(arg)
     return out
 
 
@@ -121,17 +126,21 @@ class RunLog:
         return cls(fd, path, redactor), ""
 
     def write(self, text: str) -> None:
-        data = self.redactor.text(text).encode("utf-8", "replace")
+        data = text.encode("utf-8", "replace")
         try:
             while data:
                 data = data[os.write(self.fd, data):]
         except OSError:  # a full disk must not fail the run
             pass
 
-    def start(self, command: str, argv: Sequence[str], secret_options: Sequence[str] = ()) -> None:
-        """The run's first line: the command line, masked argument by argument (see the module text)."""
+    def start(self, command: str, argv: Sequence[str], secret_options: Optional[Sequence[str]] = None) -> None:
+        """The run's first line: the command line, masked argument by argument (see the module
+        text); ``secret_options``: those whose value is masked (default: every secret option)."""
+        from .knobs import OPTIONS
+
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        shown = shlex.join(masked_argv(argv, secret_options, self.redactor))
+        secret = [k.option for k in OPTIONS if k.secret] if secret_options is None else secret_options
+        shown = shlex.join(masked_argv(argv, secret))
         self.write(f"\n=== {stamp} dispatchctl {command} (pid {os.getpid()}): {shown}\n")
 
     def command_done(self, result: Any) -> None:
@@ -150,10 +159,10 @@ class RunLog:
         self.write("".join(f"  | {line}\n" for line in result.message.splitlines()[1:]))
         if result.next_action:
             self.write(f"  next: {result.next_action}\n")
-        for cmd in self._commands:
-            self.write(f"  $ {shlex.join(masked_argv(cmd.argv, (), self.redactor))}  (exit {cmd.returncode})\n")
+        for cmd in self._commands:  # a command line holds no secret (it would show in `ps`); its output may
+            self.write(f"  $ {shlex.join(cmd.argv)}  (exit {cmd.returncode})\n")
             for name, text in (("stdout", cmd.stdout), ("stderr", cmd.stderr)):
-                self.write("".join(f"  {name}| {line}\n" for line in text.splitlines()))
+                self.write("".join(f"  {name}| {self.redactor.text(line)}\n" for line in text.splitlines()))
 
     def finish(self, summary: str) -> None:
         self.write(f"=== {summary}\n")

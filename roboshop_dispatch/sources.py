@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from . import layout
-from .knobs import COMMAND_KNOBS, KNOB, PASS_FILE_ENV, PASSWORD, PASSWORD_ENV, Knob, cross_check, no_password_error
+from .knobs import (
+    COMMAND_KNOBS,
+    GO_ONLY,
+    KNOB,
+    PASS_FILE_ENV,
+    PASSWORD,
+    PASSWORD_ENV,
+    Knob,
+    cross_check,
+    no_password_error,
+)
 from .redact import MASK, Secret
 from .settings import Settings
 from .validate import SettingsError, read_password_file, validate_password
@@ -58,11 +68,18 @@ class Resolved:
     password_source: Optional[Source] = None
 
     def document(self) -> Dict[str, Dict[str, Any]]:
-        """``{name: {"value", "source", "from"}}`` for --dry-run, the password masked."""
+        """``{name: {"value", "source", "from"}}`` for --dry-run: the password masked, the
+        artifact's URL without its secrets (artifact.shown), and the go flavour's own settings
+        only for the go flavour (a bundled run reads none of them)."""
+        from .artifact import shown as url_shown
+
         doc: Dict[str, Dict[str, Any]] = {}
         for name, value in self.values.items():
+            if name in GO_ONLY and self.values.get("flavour", "go") != "go":
+                continue
             shown = [str(v) for v in value] if isinstance(value, tuple) else value
             shown = str(shown) if isinstance(shown, (Path, Secret)) else shown  # a Secret shows as its mask
+            shown = url_shown(shown) if name == "artifact" and isinstance(shown, str) else shown
             doc[name] = {"value": shown, "source": self.sources[name].kind, "from": self.sources[name].where}
         if self.password_source is not None:
             doc[PASSWORD] = {"value": MASK if self.password else None, "source": self.password_source.kind,
@@ -307,7 +324,7 @@ class LazyPassword:
         if self.value is None and self._ask is not None and not self.asked:
             self.asked += 1
             text = self._ask()
-            if text:
+            if text is not None:  # Enter alone: an empty password, refused as such
                 self.value, self.source = validate_password("password prompt", text), Source(PROMPT, PROMPT)
         if self.value is None:
             raise no_password_error(self._why)

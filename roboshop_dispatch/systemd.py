@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .host import Runner
 from .layout import READY_TIMEOUT_S
@@ -63,10 +63,10 @@ class Started:
     timed_out: bool = False
     waited: float = START_TIMEOUT  # the timeout it was given
 
-    def not_ready(self, *, named: bool = True) -> str:
+    def not_ready(self, *, named: bool = True, mask: Callable[[str], str] = str) -> str:
         """Why the units did not become ready: what the stuck ones say (each after its unit's name
-        unless ``named=False``), or the time waited."""
-        said = [f"{unit}: {text}" if named else text for unit, text in self.stuck]
+        unless ``named=False``; ``mask``: what shows the service's own words), or the time waited."""
+        said = [f"{unit}: {mask(text)}" if named else mask(text) for unit, text in self.stuck]
         return "; ".join(said) or f"not ready within {self.waited:.0f}s (--ready-timeout)"
 
 

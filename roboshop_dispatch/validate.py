@@ -235,21 +235,26 @@ def validate_queue_type(option: str, value: str, flavour: str = "bundled") -> st
 
 
 def validate_artifact(option: str, value: str, *, insecure: bool = False) -> str:
+    """A URL (https; http with --insecure; file) or an absolute path, checked as the fetch will
+    check it (artifact.source_of: the scheme, no credentials in it, a valid host and port), when
+    the option is read: a bad one is a usage error before any step runs. Every message shows the
+    URL without its credentials or query (artifact.shown)."""
     validate_text(option, value)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
-        from .artifact import is_masked
+    from .artifact import ArtifactError, is_masked, shown, source_of
 
-        if is_masked(value):  # a build stamp's record: its secret (a signature, a token) was never kept
-            raise SettingsError(option, f"{value!r} was recorded with its secret masked (***): give the full "
-                                "address with --artifact")
-        if not value.startswith(("http://", "https://", "file://")):
-            raise SettingsError(option, f"{value!r}: only http, https and file URLs are supported")
-        if value.startswith("http://") and not insecure:
-            raise SettingsError(option, f"{value!r} is plain http (anyone on the path can change it): use https, "
-                                "or add --insecure (best with --sha256)")
-        return value
-    if not Path(value).is_absolute():
-        raise SettingsError(option, f"{value!r}: give a URL or an absolute path")
+    if is_masked(value):  # a build stamp's record: its secret (a signature, a token) was never kept
+        raise SettingsError(option, f"{value!r} was recorded with its secret masked (***): give the full "
+                            "address with --artifact")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) and not value.lower().startswith(
+            ("http://", "https://", "file://")):
+        raise SettingsError(option, f"{shown(value)}: only http, https and file URLs are supported")
+    if value.lower().startswith("http://") and not insecure:
+        raise SettingsError(option, f"{shown(value)} is plain http (anyone on the path can change it): use https, "
+                            "or add --insecure (best with --sha256)")
+    try:
+        source_of(value, allow_http=True)
+    except ArtifactError as exc:
+        raise SettingsError(option, str(exc)) from None
     return value
 
 
@@ -264,7 +269,7 @@ def validate_sha256(option: str, value: Optional[str]) -> Optional[str]:
 
 def validate_password(option: str, value: str) -> Secret:
     if value == "":
-        raise SettingsError(option, "the password is empty")
+        raise SettingsError(option, "empty password: the RabbitMQ user's password is needed")
     validate_text(option, value)
     return Secret(value)
 

@@ -433,9 +433,9 @@ def test_broker_stopped_means_port_closed(broker, vhost, tmp_path):
     broker.outage()
     try:
         run = check(*target(broker, vhost), password=broker.password, tmp=tmp_path)
-        f = assert_named_failure(run, "tcp", "Service not starting: wrong RabbitMQ IP — verify AMQP_HOST",
-                                 issue="Service not starting")
-        assert "connection refused" in f["summary"]
+        f = assert_named_failure(run, "tcp", f"Service not starting: nothing listens on port {broker.port} — "
+                                 "verify AMQP_HOST and AMQP_PORT", issue="Service not starting")
+        assert "connection refused" in f["summary"] and f"AMQP_PORT ({broker.port})" in f["fix"]
         assert run.statuses()["handshake"] == "skip"
     finally:
         broker.recover()
@@ -501,9 +501,9 @@ def test_a_host_that_drops_packets_answers_within_the_bound(broker, tmp_path, ip
     with pytest.raises(OSError):  # the rule really drops: no connection, no refusal
         socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
     run = check(*target(broker, port=port), password=broker.password, tmp=tmp_path)
-    f = assert_named_failure(run, "tcp", "RabbitMQ does not answer — verify AMQP_HOST and the firewall",
-                             issue="Service not starting")
-    assert "no answer" in f["summary"]
+    f = assert_named_failure(run, "tcp", f"RabbitMQ does not answer on port {port} — verify AMQP_HOST and the "
+                             "firewall", issue="Service not starting")
+    assert "no answer" in f["summary"] and f"--add-port={port}/tcp" in f["fix"] and "5672" not in f["fix"]
 
 
 def _serve(srv: socket.socket, behaviour: str) -> None:

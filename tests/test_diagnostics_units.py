@@ -177,7 +177,8 @@ def test_a_closed_port_is_refused_at_once_and_named():
         report = d.check_rabbitmq(amqp, budget=60, connect_timeout=30)
     tcp = report.get("tcp")
     assert tcp is not None and tcp.status == FAIL and tcp.issue == SERVICE_NOT_STARTING
-    assert "wrong RabbitMQ IP" in tcp.diagnosis
+    assert f"nothing listens on port {port}" in tcp.diagnosis  # the port given, named (issue 20)
+    assert f"AMQP_PORT ({port})" in tcp.fix and "5672" not in tcp.fix
     assert [f.status for f in report.findings[2:]] == [SKIP] * (len(report.findings) - 2)
     assert report.elapsed_s < 30 / 3, report.elapsed_s
 

@@ -46,13 +46,36 @@ def test_a_secret_option_is_masked_as_an_argument_whatever_it_holds(tmp_path_fac
     assert password not in path.read_text()
 
 
-def test_masked_argv_leaves_every_other_argument_as_it_is():
-    red = Redactor(["pw"])
+def test_masked_argv_masks_by_field_and_leaves_every_other_argument_as_it_is():
+    """Issue 20: by field, never by value: the password `roboshop` is also the user's name, and
+    `--user roboshop` stays as it is; an --artifact URL loses its credentials and query values."""
     assert masked_argv(["install", "--amqp-pass", "x y", "--amqp-pass-file", "/root/p", "--amqp-pass=z'"],
-                       ["--amqp-pass"], red) == ["install", "--amqp-pass", MASK, "--amqp-pass-file", "/root/p",
-                                                 f"--amqp-pass={MASK}"]
-    assert masked_argv(["--amqp-user", "pw"], ["--amqp-pass"], red) == ["--amqp-user", MASK]
-    assert SECRET_OPTIONS == ["--amqp-pass", "--otlp-header"]  # every secret option is masked in the run log
+                       ["--amqp-pass"]) == ["install", "--amqp-pass", MASK, "--amqp-pass-file", "/root/p",
+                                            f"--amqp-pass={MASK}"]
+    assert masked_argv(["--user", "roboshop", "--amqp-pass", "roboshop"], ["--amqp-pass"]) == \
+        ["--user", "roboshop", "--amqp-pass", MASK]
+    assert masked_argv(["--artifact", "https://u:pw@h/d.zip?sig=abc", "--artifact=https://h/d.zip?t=1"], []) == \
+        ["--artifact", "https://u:***@h/d.zip?sig=***", "--artifact=https://h/d.zip?t=***"]
+    assert SECRET_OPTIONS == ["--amqp-pass", "--otlp-header"]
+
+
+def test_a_failed_steps_commands_are_logged_their_output_masked_by_value(tmp_path):
+    """A command line holds no secret (it would show in `ps`): logged as it is. What the command
+    printed can echo anything: every secret value masked in it."""
+    from roboshop_dispatch.host import Result
+    from roboshop_dispatch.steps.base import FAILED, StepResult
+
+    path = tmp_path / "dispatchctl.log"
+    log, why = RunLog.open(Redactor(["roboshop"]), path=path)
+    assert log is not None, why
+    log.step_started("user")
+    log.command_done(Result(("useradd", "--system", "roboshop"), 9, "", "useradd: user 'roboshop' exists"))
+    log.step_done(StepResult("user", FAILED, "useradd roboshop failed", next_action="fix it"))
+    log.close()
+    text = path.read_text()
+    assert "step user: failed in 0.00s: useradd roboshop failed" in text
+    assert "  $ useradd --system roboshop  (exit 9)" in text
+    assert "  stderr| useradd: user '********' exists" in text
 
 
 def test_a_fifo_planted_at_the_log_is_refused_without_hanging(tmp_path):

@@ -11,8 +11,12 @@ import sys
 
 
 def wants_json(argv: list[str]) -> bool:
-    """``--json`` among the options (not after ``--``)."""
-    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+    """``--json`` or ``-o json`` (``-ojson``, ``--output json``, ``--output=json``) among the
+    options (not after ``--``)."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    pairs = zip(words, [*words[1:], ""])
+    return "--json" in words or any(w in ("-ojson", "--output=json") or (w in ("-o", "--output") and n == "json")
+                                    for w, n in pairs)
 
 
 def command_of(argv: list[str], names: set[str]) -> str:
@@ -98,15 +102,28 @@ def _run() -> tuple[int, str, str]:
         if message:
             output.error(message)
         return ExitStatus.USAGE, ErrorKind.USAGE, message or "a command is required (see `dispatchctl --help`)"
-    except typer.Abort:
-        print("dispatchctl: aborted", file=sys.stderr)
-        return ExitStatus.ABORTED, ErrorKind.ABORTED, "interrupted"
+    except typer.Abort:  # click's Ctrl-D (and an older typer's Ctrl-C): the line is ended already
+        return _aborted(newline=False)
+    except KeyboardInterrupt:
+        return _aborted()
     except Exception as exc:  # a bug: one line (the traceback with -v), and the JSON document
         return ExitStatus.FAILED, ErrorKind.INTERNAL, _internal(exc)
     code = code if isinstance(code, int) else 0
+    if code == ExitStatus.ABORTED:  # typer's own answer to Ctrl-C (a KeyboardInterrupt in a command)
+        return _aborted()
     if code == ExitStatus.USAGE and not output.json_printed():  # a usage error found by the command itself
         return code, ErrorKind.USAGE, output.last_error()
     return code, "", ""
+
+
+def _aborted(newline: bool = True) -> tuple[int, str, str]:
+    """Ctrl-C (or Ctrl-D at the password prompt): a new line on a terminal (the cursor is after
+    the prompt or the ^C), "aborted", exit 130."""
+    from ..errors import ErrorKind, ExitStatus
+
+    lead = "\n" if newline and sys.stderr.isatty() else ""
+    print(f"{lead}dispatchctl: aborted", file=sys.stderr)
+    return ExitStatus.ABORTED, ErrorKind.ABORTED, "interrupted"
 
 
 def _internal(exc: Exception) -> str:

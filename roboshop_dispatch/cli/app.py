@@ -8,9 +8,23 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from .common import HELP_OPTION_NAMES, DispatchCommand
+
+
+class DispatchGroup(TyperGroup):
+    """The command list, without typer's --install-completion and --show-completion (they guess
+    the shell from the parent process; ``dispatchctl completion SHELL`` is told it): hidden,
+    still accepted."""
+
+    def get_params(self, ctx: Any) -> Any:  # typer adds them after the group is made
+        params = super().get_params(ctx)
+        for param in params:
+            if param.name in ("install_completion", "show_completion"):
+                param.hidden = True  # type: ignore[attr-defined]
+        return params
 
 
 class DispatchTyper(typer.Typer):
@@ -24,7 +38,8 @@ app = DispatchTyper(
     name="dispatchctl",
     help="Provision and operate the RoboShop dispatch service, safely and idempotently.",
     no_args_is_help=True,
-    add_completion=True,
+    add_completion=True,  # typer's completion protocol (dispatchctl completion SHELL prints its scripts)
+    cls=DispatchGroup,
     rich_markup_mode=None,  # plain help: wraps at word boundaries, never cuts a default off
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": HELP_OPTION_NAMES},
@@ -56,7 +71,7 @@ def _register() -> None:
 
     package = __name__.rpartition(".")[0]  # not __package__: Python 3.9's zipimport sets it only afterwards
     lab = importlib.util.find_spec(f"{package.rsplit('.', 1)[0]}.lab") is not None
-    for module in ("provision", "operate", "check", "status", "logs", "uninstall", *(("lab",) if lab else ())):
+    for module in ("provision", "operate", "check", "status", "logs", "uninstall", "about", *(("lab",) if lab else ())):
         importlib.import_module(f"{package}.{module}")
 
 

@@ -74,14 +74,17 @@ def check_rabbitmq(
     from ..redact import Redactor
 
     report = run_checks(amqp, declare=declare, budget=max(0.5, timeout), password=password, queue_type=queue_type)
-    redactor = Redactor([password.value.reveal()] if password.value else [])
+    report = report.masked(Redactor([password.value.reveal()] if password.value else []).text)
     target = amqp.masked()
+    if not password.value:  # never given nor asked for: the checks stopped before the login
+        target["password"] = None
     if json_output:
-        print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()}, redactor)
+        print_json({"command": "check-rabbitmq", "target": target, **report.as_dict()})
     else:
         hosts = ",".join(amqp.hosts)
-        title = f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} user {amqp.user} (password ********)"
-        print_findings(report, mask=redactor.text, verbose=verbose, title=title)
+        said = "password ********" if password.value else "no password given"
+        title = f"RabbitMQ {hosts}:{amqp.port} vhost {amqp.vhost} user {amqp.user} ({said})"
+        print_findings(report, verbose=verbose, title=title)
     opt.finish(ExitStatus.OK if report.ok else ExitStatus.FAILED)
 
 
@@ -100,8 +103,9 @@ def check(
 
     report, redactor = check_host(service_user=str(given["service_user"]), app_dir=Path(str(given["app_dir"])),
                                   env_file=Path(env_file) if env_file else None, log_lines=max(1, lines))
+    report = report.masked(redactor.text)
     if json_output:
-        print_json({"command": "check", **report.as_dict()}, redactor)
+        print_json({"command": "check", **report.as_dict()})
     else:
-        print_findings(report, mask=redactor.text, verbose=verbose, title="dispatchctl check")
+        print_findings(report, verbose=verbose, title="dispatchctl check")
     opt.finish(ExitStatus.OK if report.ok else ExitStatus.FAILED)

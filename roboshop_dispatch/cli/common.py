@@ -32,6 +32,9 @@ SUMMARIES: Dict[str, str] = {
     "status": "The service at a glance (exit 0 running).",
     "logs": "The service's journal, password masked.",
     "uninstall": "Remove the service (--purge: what we created).",
+    "completion": "The completion script of bash, zsh or fish.",
+    "help": "The help of a command (COMMAND --help).",
+    "version": "dispatchctl's version (also --version).",
 }
 
 # what a value is, for options declared without a metavar (typer would show <str>)
@@ -62,6 +65,36 @@ class Invocation:
 INVOCATION = Invocation()
 
 
+def _echo_command(argv: Any) -> None:
+    """-vv: each command dispatchctl runs, on stderr as it starts (a command line holds no secret:
+    it would show in ``ps``). A run of steps shows them in its progress instead (runplan.traced)."""
+    import shlex
+    import sys
+
+    if not INVOCATION.quiet:
+        sys.stderr.write(f"$ {shlex.join(argv)}\n")
+        sys.stderr.flush()
+
+
+def _echo_done(result: Any) -> None:
+    """-vvv: each command's exit status and time, once it ended."""
+    import sys
+
+    if not INVOCATION.quiet:
+        sys.stderr.write(f"= exit {result.returncode} in {result.duration_s:.3f}s\n")
+        sys.stderr.flush()
+
+
+def _store_verbosity(ctx: Any, param: Any, value: Any) -> Any:
+    _store("verbosity")(ctx, param, value)
+    if value and value >= 2:
+        from ..host import TRACE
+
+        TRACE.command = _echo_command
+        TRACE.done = _echo_done if value >= 3 else None
+    return value
+
+
 def _store(field_name: str):
     def callback(ctx: Any, param: Any, value: Any) -> Any:
         if value is not None:
@@ -74,9 +107,10 @@ def _store(field_name: str):
 def _verbose(expose: bool) -> TyperOption:
     return TyperOption(param_decls=["--verbose", "-v", "verbose"], type=int, count=True, default=0, expose_value=expose,
                        metavar="",
-                       callback=_store("verbosity"),
-                       help="More detail: -v tracebacks of internal errors, -vv the output of every "
-                            "command a step runs (dnf, apt-get, go build) as it comes.")
+                       callback=_store_verbosity,
+                       help="More detail: -v tracebacks of internal errors; -vv each command dispatchctl "
+                            "runs ($ dpkg-query ...) and the output of those a step runs (dnf, apt-get, go "
+                            "build) as it comes, secrets masked; -vvv each command's exit status and time too.")
 
 
 def _quiet() -> TyperOption:
@@ -89,6 +123,26 @@ def _exit_code() -> TyperOption:
                        callback=_store("exit_code"),
                        help=f"Exit {int(ExitStatus.CHANGES)} when something would change (with --dry-run) or changed, "
                             "0 when nothing did (drift detection in CI).")
+
+
+OUTPUTS = ("text", "json")
+
+
+def _output_format(ctx: Any, param: Any, value: Any) -> Any:
+    if value is not None:
+        if value not in OUTPUTS:
+            import typer
+
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(OUTPUTS)}")
+        ctx.meta["dispatchctl.output"] = value
+    return value
+
+
+def _output() -> TyperOption:
+    """``-o json`` (kubectl's habit): the same as ``--json``, on every command that takes it."""
+    return TyperOption(param_decls=["--output", "-o", "output"], default=None, expose_value=False,
+                       metavar="text|json", callback=_output_format,
+                       help="-o json is --json (one JSON document); text: tables (the default).")
 
 
 def summary(name: str, help_text: Optional[str]) -> str:
@@ -125,6 +179,8 @@ def common_params(params: List[Any]) -> List[Any]:
     out.append(_quiet())
     if "dry_run" in names:
         out.append(_exit_code())
+    if "json_output" in names:
+        out.append(_output())
     return out
 
 
@@ -138,3 +194,8 @@ class DispatchCommand(TyperCommand):
         settings.setdefault("help_option_names", HELP_OPTION_NAMES)
         kwargs["context_settings"] = settings
         super().__init__(name, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        if ctx.meta.get("dispatchctl.output") == "json" and "json_output" in ctx.params:
+            ctx.params["json_output"] = True  # -o json
+        return super().invoke(ctx)

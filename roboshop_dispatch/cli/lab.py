@@ -61,7 +61,9 @@ def _out(text: str, as_json: bool) -> None:
 
 @lab_app.command("up", short_help="Make the lab (again: nothing changes).")
 def up(
-    hosts: int = typer.Option(1, "--hosts", "-n", min=1, max=8, metavar="1..8", help="How many systemd hosts."),
+    hosts: int = typer.Option(1, "--hosts", min=1, max=8, metavar="1..8", help="How many systemd hosts."),
+    hosts_n: Optional[int] = typer.Option(None, "-n", min=1, max=8, hidden=True,
+                                          help="Deprecated: --hosts (-n means log lines in every other command)."),
     no_install: bool = typer.Option(False, "--no-install",
                                     help="Boot the hosts (reachable by ssh) and start the broker, but do not "
                                          "install dispatch: for the Ansible fleet."),
@@ -72,6 +74,11 @@ def up(
     from ..lab.report import format_phase
     from ..lab.session import LabError
 
+    if hosts_n is not None:  # the old spelling still works, once more
+        from .output import warning
+
+        warning("`lab up -n N` is deprecated: use `lab up --hosts N` (-n means log lines in every other command)")
+        hosts = hosts_n
     lab = _lab("lab up", json_output)
     try:
         report = lab.up(hosts, install=not no_install, on_phase=lambda p: _out(format_phase(p) + "\n", json_output),

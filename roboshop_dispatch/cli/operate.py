@@ -11,7 +11,19 @@ from ..settings import SettingsError
 from . import options as opt
 from .app import app
 
-Instances = typer.Argument(None, metavar="[INSTANCE]...", show_default=False,
+
+def installed_units(incomplete: str) -> List[str]:
+    """Shell completion of INSTANCE: the units this host is configured for (the instance count
+    install recorded: dispatch@1..N; else dispatch), read from the files alone (no systemctl)."""
+    from .. import layout
+    from ..facts.instances import recorded_instances
+
+    count = recorded_instances(layout.INSTANCES_FILE)
+    units = [f"dispatch@{n}" for n in range(1, count + 1)] if count > 1 else ["dispatch"]
+    return [unit for unit in units if unit.startswith(incomplete)]
+
+
+Instances = typer.Argument(None, metavar="[INSTANCE]...", show_default=False, autocompletion=installed_units,
                            help="Only these: N or dispatch@N (an instance), dispatch (dispatch.service). "
                                 "Default: all of them.")
 

@@ -10,7 +10,7 @@ import sys
 import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 import typer
 
@@ -48,6 +48,13 @@ def help_of(knob: Knob, command: str) -> str:
     return f"{knob.help} Else ${knob.envvar}, else {remembered}{default}."
 
 
+def completer(choices: Sequence[str]) -> Callable[[str], List[str]]:
+    """Shell completion (``dispatchctl completion SHELL``) of a value among ``choices``."""
+    def complete(incomplete: str) -> List[str]:
+        return [choice for choice in choices if choice.startswith(incomplete)]
+    return complete
+
+
 def option(knob: Knob, command: str) -> Tuple[Any, Any]:
     """(the typer option, its annotation) of ``knob`` on ``command``."""
     if knob.flag:
@@ -55,9 +62,12 @@ def option(knob: Knob, command: str) -> Tuple[Any, Any]:
     if knob.join is not None:
         return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command)), \
             Optional[List[str]]
+    complete = completer(knob.choices) if knob.choices else None
     if command in knob.plain:
-        return typer.Option(knob.default, knob.option, metavar=knob.metavar, help=help_of(knob, command)), str
-    return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command)), Optional[str]
+        return typer.Option(knob.default, knob.option, metavar=knob.metavar, help=help_of(knob, command),
+                            autocompletion=complete), str
+    return typer.Option(None, knob.option, metavar=knob.metavar, help=help_of(knob, command),
+                        autocompletion=complete), Optional[str]
 
 
 def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -130,12 +140,18 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def prompt() -> Optional[str]:
-    """The password from a hidden prompt on a terminal (None without one)."""
+    """The password from a hidden prompt on a terminal (None without one). Enter alone is an
+    empty password ("": validated as every password is, and refused); Ctrl-C or Ctrl-D ends the run (KeyboardInterrupt,
+    which no ``except Exception`` of a check catches: ``main`` ends the line, says "aborted",
+    exit 130)."""
     if not sys.stdin.isatty():
         return None
     import getpass
 
-    return getpass.getpass("RabbitMQ password: ")
+    try:
+        return getpass.getpass("RabbitMQ password: ")
+    except (KeyboardInterrupt, EOFError):
+        raise KeyboardInterrupt from None
 
 
 def warn_if_pass_on_command_line(pass_value: Optional[str]) -> None:

@@ -1,12 +1,14 @@
 """Run a plan of steps for a command (install, build, configure, start, uninstall): check the host,
-take the host lock, run the steps with progress, show the results redacted, log a run that
-changes the host. One function for all."""
+take the host lock, run the steps with progress, show the results, log a run that changes the
+host. One function for all. The run's secrets are masked by field (redact.py); what the commands
+the steps run print is masked by value (the Runner's ``mask``, the progress's ``child_line``)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ExitStatus
 from ..facts.host import HostFacts
@@ -37,6 +39,10 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
         error(str(exc))
         if as_json:
             print_json(error_document(command, exc.kind, str(exc), dry_run=dry_run))
+        elif not INVOCATION.quiet:
+            from .output.steps import print_not_run
+
+            print_not_run([s.name for s in steps], dry_run=dry_run)
         return ExitStatus.FAILED
     lock = None if dry_run else opt.change_lock()
     try:
@@ -61,9 +67,7 @@ def _open_log(command: str, settings: Settings, facts: HostFacts, dry_run: bool)
     if log is None:
         warning(f"{reason}: this run is not logged")
         return None
-    from ..knobs import OPTIONS
-
-    log.start(command, sys.argv[1:], [knob.option for knob in OPTIONS if knob.secret])
+    log.start(command, sys.argv[1:])
     return log
 
 
@@ -81,20 +85,20 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
     title = f"dispatchctl {command}" + (" (dry run)" if dry_run else "")
     planned = [s.name for s in steps]
     if section is not None and not as_json and not INVOCATION.quiet:
-        write(section[2], redactor)  # the values this run uses, and where each came from, first
+        write(section[2])  # the values this run uses, and where each came from, first
     started = time.monotonic()
     with Progress(mode, planned, title, dry_run=dry_run, stream=sys.stderr if as_json else sys.stdout,
-                  redactor=redactor) as progress:
+                  redactor=redactor) as progress, traced(progress):
         runner = Runner(timeout=300, on_line=progress.child_line if INVOCATION.streaming else None,
                         on_result=log.command_done if log is not None else None,
-                        on_notice=lambda message: write(message + "\n", redactor, err=True))
+                        on_notice=lambda message: write(message + "\n", err=True), mask=redactor.text)
         ctx = context(settings, dry_run=dry_run, facts=facts, runner=runner)
         ctx.confirmed, ctx.command, ctx.returning = confirmed, command, command == "rollback"
         results = run_steps(steps, ctx, _both(progress.on_start, log and (lambda s: log.step_started(s.name))),
                             _both(progress.on_done, log and (lambda s, r: log.step_done(r))))
     try:
         document = show(command, results, dry_run=dry_run, planned=planned, duration_s=time.monotonic() - started,
-                        as_json=as_json, show_diff=diff, redactor=redactor, quiet=INVOCATION.quiet,
+                        as_json=as_json, show_diff=diff, quiet=INVOCATION.quiet,
                         streamed=mode == "rows" and not as_json, log_path=str(log.path) if log else "", section=section,
                         rollback=ctx.rollback, warnings=warnings)
     finally:
@@ -102,6 +106,22 @@ def _run(command: str, steps: List[Step[Any]], settings: Settings, facts: HostFa
             log.finish("ok" if all(not r.failed for r in results) else "failed")
             log.close()
     return document, results
+
+
+@contextlib.contextmanager
+def traced(progress: Any) -> Iterator[None]:
+    """-vv: every command the steps run is shown in the progress as it starts (-vvv: with its exit
+    status and time), in place of the stderr echo the other commands get (common.py)."""
+    from ..host import TRACE
+
+    before = (TRACE.command, TRACE.done)
+    if INVOCATION.verbosity >= 2 and progress.mode != "off":
+        TRACE.command = progress.command_line
+        TRACE.done = progress.command_done if INVOCATION.verbosity >= 3 else None
+    try:
+        yield
+    finally:
+        TRACE.command, TRACE.done = before
 
 
 def failed_status(results: List[StepResult]) -> int:

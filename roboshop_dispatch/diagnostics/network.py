@@ -118,17 +118,19 @@ def _unreachable(tcp: Sequence[Dict[str, Any]], port: int, timeout: float) -> Tu
     kinds = {t["kind"] for t in tcp}
     where = ", ".join(host_label(t["host"], port) for t in tcp)
     if kinds == {"refused"}:
-        return ("Service not starting: wrong RabbitMQ IP — verify AMQP_HOST",
+        return (f"Service not starting: nothing listens on port {port} — verify AMQP_HOST and AMQP_PORT",
                 f"nothing listens on {where} (connection refused): AMQP_HOST points at a host that "
-                "is not the RabbitMQ server, the port is wrong, or RabbitMQ is stopped",
-                "verify AMQP_HOST and AMQP_PORT (5672) name the RabbitMQ server: "
-                "dispatchctl configure --amqp-host IP; on the broker: systemctl status rabbitmq-server")
+                f"is not the RabbitMQ server, port {port} is not its AMQP port, or RabbitMQ is stopped",
+                f"verify that AMQP_HOST and AMQP_PORT ({port}) name the RabbitMQ server and its AMQP port: "
+                "dispatchctl configure --amqp-host IP --amqp-port PORT; on the broker: systemctl status "
+                "rabbitmq-server")
     if "timeout" in kinds:
-        return ("Service not starting: RabbitMQ does not answer — verify AMQP_HOST and the firewall",
+        return (f"Service not starting: RabbitMQ does not answer on port {port} — verify AMQP_HOST and the "
+                "firewall",
                 f"no answer from {where} within {timeout:.1f}s: packets are dropped on the way (a "
                 "firewall or security group), or AMQP_HOST is an address nobody answers at",
-                "verify AMQP_HOST (dispatchctl configure --amqp-host IP) and open 5672/tcp on the broker: "
-                "firewall-cmd --permanent --add-port=5672/tcp && firewall-cmd --reload "
+                f"verify AMQP_HOST (dispatchctl configure --amqp-host IP) and open {port}/tcp on the broker: "
+                f"firewall-cmd --permanent --add-port={port}/tcp && firewall-cmd --reload "
                 "(and the cloud security group)")
     detail = "; ".join(e for t in tcp for e in t["errors"])
     return ("Service not starting: no route to RabbitMQ — verify AMQP_HOST",

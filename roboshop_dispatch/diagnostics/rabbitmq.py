@@ -81,8 +81,8 @@ def _check(report: Report, amqp: AmqpSettings, clock: Clock, declare: bool, reso
         except SettingsError as exc:
             report.add(finding("handshake", SKIP, "not tried: there is no password to log in with"))
             report.add(finding("auth", FAIL, exc.message, diagnosis="No AMQP password", cause=str(exc),
-                               fix="give --amqp-pass-file FILE, or set DISPATCHCTL_AMQP_PASS, or run "
-                                   "dispatchctl check-rabbitmq on a terminal to be asked"))
+                               fix="give --amqp-pass-file FILE, or set DISPATCHCTL_AMQP_PASS, or type it at "
+                                   "the prompt (dispatchctl check-rabbitmq on a terminal asks for it)"))
             report.skip_rest(names, "auth", "no password", TITLES)
             return
         clock.extend(time.monotonic() - asked)

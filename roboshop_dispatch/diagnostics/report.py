@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 OK = "ok"
 WARN = "warn"
@@ -25,7 +25,9 @@ INTERNAL_ERROR = "Internal error in dispatchctl"
 class Finding:
     """One check's outcome. ``diagnosis`` is the named problem (empty when ok), ``issue`` the
     manual's common-issue row it is an instance of, if any. ``traceback``: set only for an
-    internal error (a bug in the check), shown at ``-v``."""
+    internal error (a bug in the check), shown at ``-v``. ``quotes``: its text quotes what
+    dispatchctl did not write (an exception's message), so it is shown with every secret value
+    masked (:meth:`Report.masked`); the other findings' fields hold no secret and show as they are."""
 
     name: str
     title: str
@@ -38,6 +40,7 @@ class Finding:
     data: Dict[str, Any] = field(default_factory=dict)
     elapsed_ms: float = 0.0
     traceback: str = ""
+    quotes: bool = False
 
     def as_dict(self) -> Dict[str, Any]:
         doc = {
@@ -56,7 +59,7 @@ def internal_error(name: str, title: str, exc: BaseException) -> Finding:
         name=name, title=title, status=FAIL, summary=f"the check itself failed: {type(exc).__name__}: {exc}",
         diagnosis=INTERNAL_ERROR, cause="an unexpected error inside dispatchctl (not a problem of this host)",
         fix="re-run with -v for the traceback and report it", data={"exception": type(exc).__name__},
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), quotes=True)
 
 
 @dataclass
@@ -98,6 +101,14 @@ class Report:
 
     def counts(self) -> Dict[str, int]:
         return {s: sum(1 for f in self.findings if f.status == s) for s in STATUSES}
+
+    def masked(self, mask: Callable[[str], str]) -> Report:
+        """This report fit to show: every finding that quotes what dispatchctl did not write with
+        ``mask`` (a Redactor's text) applied to its text; the others as they are."""
+        def shown(f: Finding) -> Finding:
+            return replace(f, summary=mask(f.summary), diagnosis=mask(f.diagnosis), cause=mask(f.cause),
+                           fix=mask(f.fix), traceback=mask(f.traceback)) if f.quotes else f
+        return Report([shown(f) for f in self.findings], self.elapsed_s)
 
     def as_dict(self) -> Dict[str, Any]:
         return {

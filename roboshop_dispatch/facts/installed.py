@@ -432,14 +432,14 @@ def _read_binary(props: Mapping[str, str], app_dir: Path, selinux_host: bool) ->
 
 
 def _slow_facts(state: InstalledState, systemd: Any, verify: bool, lines: int, process: bool) -> Dict[str, Any]:
+    from ..redact import Redactor
+
     out: Dict[str, Any] = {}
+    mask = Redactor(state.secrets()).text  # what systemd-analyze and the journal say is quoted: masked
     if verify and state.installed and state.unit_file.exists:
         res = systemd.verify(Path(state.unit_file.path))
-        out["unit_verify"] = {"returncode": res["returncode"], "stderr": str(res["stderr"])}
+        out["unit_verify"] = {"returncode": res["returncode"], "stderr": mask(str(res["stderr"]))}
     if lines > 0 and state.installed and not state.active:
-        from ..redact import Redactor
-
-        mask = Redactor(state.secrets()).text
         out["journal"] = tuple(mask(line) for line in systemd.journal_lines(lines))
     if process and state.main_pid:
         out["process_user"] = process_user(state.main_pid)

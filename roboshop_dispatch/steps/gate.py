@@ -53,10 +53,10 @@ def start_units(ctx: Context, verb: str, units: Sequence[str]) -> Tuple[bool, st
     if started.job_error:
         states = "".join(f"\n  {b.get('Id', '')}: {b.get('ActiveState', '')}/{b.get('SubState', '')} "
                          f"(result {b.get('Result', '')})" for b in ctx.systemd.show_units(units))
-        return False, f"{verb} {', '.join(units)} failed: {started.job_error}{states}"
+        return False, f"{verb} {', '.join(units)} failed: {ctx.runner.shown(started.job_error)}{states}"
     if started.down:
         return False, "not running after start: " + ", ".join(f"{unit} {state}" for unit, state in started.down)
-    return False, f"{', '.join(units)} did not become ready: {started.not_ready()}"
+    return False, f"{', '.join(units)} did not become ready: {started.not_ready(mask=ctx.runner.shown)}"
 
 
 def journal_tail(ctx: Context, units: Sequence[str], lines: int = 6) -> List[str]:
@@ -64,7 +64,7 @@ def journal_tail(ctx: Context, units: Sequence[str], lines: int = 6) -> List[str
     for unit in units:
         argv += ["-u", unit]
     res = ctx.runner.run(argv, check=False, timeout=15)
-    return [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("-- ")]
+    return [ctx.runner.shown(ln) for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("-- ")]
 
 
 def with_tail(reason: str, tail: List[str]) -> str:

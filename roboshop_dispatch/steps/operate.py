@@ -109,7 +109,8 @@ class StopUnitsStep(_UnitsStep):
         units = change.the_plan().units
         res = ctx.runner.run(["systemctl", "stop", *units], check=False)
         if not res.ok:
-            failed = StepFailed(f"systemctl stop {' '.join(units)} failed: {(res.stderr or res.stdout).strip()}",
+            said = ctx.runner.shown(res.stderr or res.stdout).strip()
+            failed = StepFailed(f"systemctl stop {' '.join(units)} failed: {said}",
                                 "see `dispatchctl status` and `dispatchctl logs`")
             failed.exit_status = res.returncode
             raise failed

@@ -247,4 +247,4 @@ def dnf_failed(runner: Runner, res: Result, argv: List[str], output: str) -> Non
                          f"({', '.join(repos) if repos else 'none enabled'}); nothing was installed",
                          f"enable a repository that has {', '.join(absent)} (dnf repolist --all; "
                          "dnf config-manager --set-enabled REPO), then re-run")
-    raise CommandError(argv, res.returncode, output)
+    raise CommandError(argv, res.returncode, runner.shown(output))

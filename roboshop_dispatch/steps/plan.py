@@ -91,6 +91,6 @@ def preflight(facts: HostFacts, *, dry_run: bool, dirs: Sequence[FileInfo] = ())
 
 def context(settings: Settings, *, dry_run: bool, facts: Optional[HostFacts] = None,
             runner: Optional[Runner] = None) -> Context:
-    runner = runner or Runner(timeout=300)
+    runner = runner or Runner(timeout=300, mask=settings.redactor().text)
     return Context(settings=settings, facts=facts or HostFacts.gather(), runner=runner,
                    systemd=Systemd(runner), dry_run=dry_run)

@@ -177,7 +177,7 @@ class ServiceStep(Step[ServicePlan]):
         if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
             props = self._settle(ctx)
         if not started.ok or props.get("ActiveState") not in UP_STATES:
-            stuck = started.not_ready(named=False) if started.stuck or started.timed_out else ""
+            stuck = started.not_ready(named=False, mask=ctx.runner.shown) if started.stuck or started.timed_out else ""
             raise gate.not_ready(ctx, self._failure(ctx, verb, props, stuck), [sd.unit])
         clear_pending(ctx)
         gate.passed(ctx, keep=not ctx.returning)

@@ -1,6 +1,7 @@
 """The text files the steps write or put back (the unit, the environment file, the credential):
-what is wanted, what is there, and their diff with every secret masked. Shared by the config
-step and the rollback's restore step."""
+what is wanted, what is there, and their diff with every secret masked, by field (redact.py):
+the secret keys' values and the credentials; the user, the paths and the other settings shown as
+they are. Shared by the config step and the rollback's restore step."""
 
 from __future__ import annotations
 
@@ -77,5 +78,7 @@ def file_diff(want: WantedFile, old: Current, redactor: Redactor) -> str:
     secret_changed = (previous is not None and want.text is not None and want.secret
                       and any(k in changed_keys(previous, want.text) for k in SECRET_KEYS))
     new_label = "******** (changed)" if secret_changed else "********"
-    return unified_diff(None if previous is None else redactor.assignments(previous),
-                        None if want.text is None else redactor.assignments(want.text, new_label), str(want.path))
+    ours = (want.text or "").split("\n")  # what dispatchctl writes: fields and its own comments, never masked
+    return unified_diff(None if previous is None else redactor.assignments(previous, ours=ours),
+                        None if want.text is None else redactor.assignments(want.text, new_label, ours=ours),
+                        str(want.path))

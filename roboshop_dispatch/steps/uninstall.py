@@ -292,8 +292,9 @@ class UserStep(Step[None]):
         name = ctx.settings.service_user
         res = ctx.runner.run(["userdel", name], check=False, timeout=60)
         if not res.ok:
-            raise StepFailed(f"userdel {name} failed: {(res.stderr or res.stdout).strip()}",
-                             f"stop what still runs as {name} (ps -u {name}), then run uninstall --purge again")
+            raise StepFailed(f"userdel {name} failed: {ctx.runner.shown(res.stderr or res.stdout).strip()}",
+                             f"stop what still runs as {name} (ps -u {name}), then run "
+                             "`dispatchctl uninstall --purge` again")
         record.forget(ctx, "users", name)
         return f"deleted user {name}"
 

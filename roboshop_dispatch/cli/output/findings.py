@@ -16,7 +16,7 @@ from ..common import INVOCATION
 ANSI = {"ok": "32", "warn": "33", "fail": "1;31", "skip": "2"}
 
 
-def finding_lines(findings: List[Any], mask: Callable[[str], str]) -> List[Tuple[str, str, str]]:
+def finding_lines(findings: List[Any], mask: Callable[[str], str] = str) -> List[Tuple[str, str, str]]:
     """(status, title, summary) per line of the findings table: a run of skipped checks with the
     same reason is one line ("9 checks"), naming them."""
     out: List[Tuple[str, str, str]] = []
@@ -51,7 +51,7 @@ def wrap(text: str, first: str, rest: str, width: int) -> str:
     return "\n".join(lines)
 
 
-def print_findings(report: Any, *, title: str, mask: Callable[[str], str], verbose: bool = False) -> None:
+def print_findings(report: Any, *, title: str, mask: Callable[[str], str] = str, verbose: bool = False) -> None:
     """The findings as an aligned text table, then each diagnosis with its cause and fix."""
     import os
     import shutil
