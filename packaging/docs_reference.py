@@ -153,7 +153,8 @@ def exit_codes_page() -> str:
               "| kind | exit | meaning |", "|---|---|---|"]
     for kind in errors.ErrorKind.ALL:
         name = next(n for n, v in vars(errors.ErrorKind).items() if v == kind and n.isupper())
-        lines.append(f"| `{kind}` | {int(errors.ErrorKind.exit_status(kind))} | {cell(said.get('ErrorKind.' + name, ''))} |")
+        meaning = cell(said.get(f"ErrorKind.{name}", ""))
+        lines.append(f"| `{kind}` | {int(errors.ErrorKind.exit_status(kind))} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +201,8 @@ def usage_error_example() -> str:
     exe = Path(sys.prefix) / "bin" / "dispatchctl"
     res = subprocess.run([str(exe), "install", "--amqp-port", "70000", "--json"], capture_output=True,
                          text=True, timeout=60, env=env)
-    return f"$ dispatchctl install --amqp-port 70000 --json; echo \"exit $?\"\n{res.stdout.strip()}\nexit {res.returncode}"
+    shown = '$ dispatchctl install --amqp-port 70000 --json; echo "exit $?"'
+    return f"{shown}\n{res.stdout.strip()}\nexit {res.returncode}"
 
 
 def json_page() -> str:
