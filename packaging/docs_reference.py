@@ -247,7 +247,8 @@ def metrics_page() -> str:
         labels = sorted({f"{k}={v}" for s in family.samples for k, v in s.labels.items() if k != "le"})
         lines.append(f"| `{shown}` | {family.type} | {', '.join(f'`{x}`' for x in labels)} | "
                      f"{cell(family.documentation)} |")
-    lines += ["", "`dispatch_order_processing_seconds` buckets (seconds): "
+    lines += ["", "Every label above is present from the start, at 0 (this table is read from a fresh registry).",
+              "`dispatch_order_processing_seconds` buckets (seconds): "
               + ", ".join(f"{b:g}" for b in metrics.BUCKETS) + "."]
     return "\n".join(lines) + "\n"
 
