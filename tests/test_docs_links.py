@@ -20,8 +20,7 @@ CODE = re.compile(r"`[^`\n]*`")
 
 def links(text: str) -> Iterator[str]:
     """The targets of the Markdown links outside code blocks and code spans."""
-    for target in LINK.findall(CODE.sub("", FENCE.sub("", text))):
-        yield target
+    yield from LINK.findall(CODE.sub("", FENCE.sub("", text)))
 
 
 def slug(heading: str) -> str:
@@ -86,3 +85,49 @@ REGISTRIES = ("pypi.org", "pythonhosted.org", "deb.debian.org", "security.debian
 def test_no_doc_names_a_package_registry(path):
     text = path.read_text().lower()
     assert [host for host in REGISTRIES if host in text] == []
+
+
+MENTION = re.compile(r"dispatchctl ([a-z][a-z-]*)( [a-z]+)?([^`|;&#)<>\n]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-zA-Z]{1,3})(?![\w-])")
+
+
+def mentions(text: str) -> Iterator[Tuple[str, List[str]]]:
+    """(command, the flags written after it) for each `dispatchctl COMMAND ...` in ``text``."""
+    for match in MENTION.finditer(text):
+        command, sub, rest = match.group(1), match.group(2) or "", match.group(3)
+        if command == "lab" and sub:
+            command = f"lab {sub.strip()}"
+        else:
+            rest = sub + rest
+        yield command, FLAG.findall(rest.split(" -- ")[0])
+
+
+def test_every_documented_command_and_flag_exists():
+    """Each `dispatchctl COMMAND --flag` the hand-written docs show is in that command's --help."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.prefix) / "bin" / "dispatchctl"
+    top = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60,
+                         env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"}).stdout
+    commands = {line.split()[0] for line in top.split("Commands:")[1].splitlines() if line.strip()}
+    helps = {}
+    bad, seen = [], 0
+    for path in DOCS:
+        if "reference" in path.parts and path.name not in ("steps.md", "platforms.md"):
+            continue  # generated from --help itself
+        for command, flags in mentions(path.read_text()):
+            if command.split()[0] not in commands:
+                continue  # prose: "dispatchctl itself", "dispatchctl turns ..."
+            seen += 1
+            if command not in helps:
+                res = subprocess.run([str(exe), *command.split(), "--help"], capture_output=True, text=True,
+                                     timeout=60, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
+                helps[command] = res.stdout if res.returncode == 0 else ""
+            if not helps[command]:
+                bad.append(f"{path.relative_to(REPO)}: dispatchctl {command}: no such command")
+            for flag in flags:
+                if not re.search(r"(^|[ ,])" + re.escape(flag) + r"($|[ ,=\[])", helps[command], re.M):
+                    bad.append(f"{path.relative_to(REPO)}: dispatchctl {command} {flag}: not in its --help")
+    assert seen > 50, seen  # the docs' commands were really read
+    assert bad == []
