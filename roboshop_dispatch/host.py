@@ -62,6 +62,19 @@ class Trace:
 TRACE = Trace()
 
 
+def traced_start(argv: Sequence[str]) -> float:
+    """Tell :data:`TRACE` a command starts (for a command run outside a Runner); its start time."""
+    if TRACE.command is not None:
+        TRACE.command(argv)
+    return time.monotonic()
+
+
+def traced_end(argv: Sequence[str], returncode: int, started: float) -> None:
+    """Tell :data:`TRACE` a command run outside a Runner ended (its output is not kept)."""
+    if TRACE.done is not None:
+        TRACE.done(Result(tuple(argv), returncode, "", "", time.monotonic() - started))
+
+
 def _as_is(text: str) -> str:
     return text
 
@@ -124,11 +137,9 @@ class Runner:
         env: Optional[Mapping[str, str]] = None,
     ) -> Result:
         self.calls.append(tuple(argv))
-        if TRACE.command is not None:
-            TRACE.command(argv)
+        started = traced_start(argv)
         merged = child_environment(self.env, env)
         limit = timeout or self.timeout
-        started = time.monotonic()
         try:
             if self.on_line is not None and input is None:
                 result = stream_command(argv, self.on_line, timeout=limit, cwd=cwd, env=merged)
@@ -163,8 +174,7 @@ class Runner:
     def spawn(self, argv: Sequence[str]) -> subprocess.Popen:
         """Start a command in the background (stdout and stderr piped, as text), recorded like run()."""
         self.calls.append(tuple(argv))
-        if TRACE.command is not None:
-            TRACE.command(argv)
+        traced_start(argv)
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=child_environment(self.env))
 

@@ -53,7 +53,8 @@ def test_piped_run_prints_title_header_one_row_per_step_then_the_summary(host):
     assert [r.split()[0] for r in rows] == ["packages", "user", "appdir", "build", "config", "service"], res.stdout
     for row in rows:
         assert re.match(r"^\S+\s+(ok|would change)\s+\d+\.\d\ds  \S", row), row
-    assert re.match(r"^6 step\(s\): \d would change, \d ok in \d+\.\d\ds$", lines[-1]), lines[-1]
+    # the recap, Ansible's (issue 20): every row counted once, in Ansible's order
+    assert re.match(r"^recap: ok=1 changed=5 failed=0 skipped=0 in \d+\.\d\ds \(dry run\)$", lines[-1]), lines[-1]
     assert "\x1b" not in res.stdout and PASSWORD not in res.stdout
 
 
@@ -106,7 +107,7 @@ def test_diff_lines_are_never_wrapped_on_an_80_column_terminal(host):
     assert any(len(line) > 80 for line in added), "no diff line longer than the terminal: the test proves nothing"
     # a wrapped line would leave a continuation line in the diff without its +/-/space prefix
     start = next(i for i, line in enumerate(lines) if line.startswith("── diff:"))
-    body = [line for line in lines[start:] if line and not line.startswith(("── diff:", "6 step(s)"))]
+    body = [line for line in lines[start:] if line and not line.startswith(("── diff:", "recap: "))]
     assert all(line[0] in "+- @" for line in body), [line for line in body if line[0] not in "+- @"][:3]
 
 

@@ -146,7 +146,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 # -- the lab: a development and demo tool, outside the production import graph ------------------------
 PRODUCTION_COMMANDS = ["install", "configure", "build", "start", "stop", "restart", "rollback", "check-rabbitmq",
-                       "check", "status", "logs", "uninstall"]
+                       "check", "status", "logs", "uninstall", "completion", "help", "version"]
 
 
 def test_only_the_lab_command_reaches_the_lab_and_only_when_it_runs():

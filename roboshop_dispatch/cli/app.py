@@ -71,8 +71,7 @@ def _register() -> None:
 
     package = __name__.rpartition(".")[0]  # not __package__: Python 3.9's zipimport sets it only afterwards
     lab = importlib.util.find_spec(f"{package.rsplit('.', 1)[0]}.lab") is not None
-    for module in ("provision", "operate", "check", "status", "logs", "uninstall", *(("lab",) if lab else ()),
-                   "about"):
+    for module in ("provision", "operate", "check", "status", "logs", "uninstall", "about", *(("lab",) if lab else ())):
         importlib.import_module(f"{package}.{module}")
 
 

@@ -42,12 +42,14 @@ def _journal_document(argv: List[str], mask: Callable[[str], str]) -> int:
     """``logs --json``: the lines (masked) in one document; journalctl's exit code."""
     import subprocess
 
-    from ..host import child_environment
+    from ..host import child_environment, traced_end, traced_start
 
     doc: Dict[str, Any] = {"command": "logs", "unit": argv[2], "lines": []}  # the service (and its instances)
+    started = traced_start([*argv, "-q"])  # -vv: $ journalctl ...
     try:
         proc = subprocess.run([*argv, "-q"], capture_output=True, text=True, errors="replace", timeout=60,
                               stdin=subprocess.DEVNULL, env=child_environment())
+        traced_end([*argv, "-q"], proc.returncode, started)
     except (OSError, subprocess.SubprocessError) as exc:
         doc["error"] = {"kind": ErrorKind.INTERNAL if not isinstance(exc, FileNotFoundError) else ErrorKind.NO_SYSTEMD,
                         "message": f"journalctl: {exc}"}
@@ -68,7 +70,7 @@ def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -
     import signal
     import subprocess
 
-    from ..host import child_environment
+    from ..host import child_environment, traced_end, traced_start
 
     procs: List[subprocess.Popen] = []
     stopped: List[int] = []
@@ -80,6 +82,7 @@ def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
+    started = traced_start(argv)  # -vv: $ journalctl ...
     try:
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                       errors="replace", bufsize=1, env=child_environment()))
@@ -100,5 +103,6 @@ def _stream_journal(argv: List[str], mask: Callable[[str], str], follow: bool) -
         proc.wait()
         return 0
     code = proc.wait()
+    traced_end(argv, code, started)  # -vvv: its exit status and time
     interrupted = code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
     return 0 if stopped or (follow and interrupted) else code

@@ -39,6 +39,10 @@ def run_plan(command: str, steps: List[Step[Any]], settings: Settings, *,
         error(str(exc))
         if as_json:
             print_json(error_document(command, exc.kind, str(exc), dry_run=dry_run))
+        elif not INVOCATION.quiet:
+            from .output.steps import print_not_run
+
+            print_not_run([s.name for s in steps], dry_run=dry_run)
         return ExitStatus.FAILED
     lock = None if dry_run else opt.change_lock()
     try:

@@ -15,9 +15,11 @@ from typing import Dict, List, Optional, Tuple
 
 
 def on_terminal(argv: List[str], env: Dict[str, str], *, columns: int = 80, prompt: Optional[bytes] = None,
-                answer: Optional[str] = None, timeout: float = 30.0) -> Tuple[int, bytes]:
-    """Run ``argv``; type ``answer`` (and Enter) once ``prompt`` shows. Returns the exit code and
-    everything the terminal showed. A child still running at ``timeout`` is killed."""
+                answer: Optional[str] = None, keys: Optional[bytes] = None,
+                timeout: float = 30.0) -> Tuple[int, bytes]:
+    """Run ``argv``; type ``answer`` (and Enter), or press ``keys`` as they are (``b"\\x03"``:
+    Ctrl-C), once ``prompt`` shows. Returns the exit code and everything the terminal showed. A
+    child still running at ``timeout`` is killed."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its controlling terminal
         try:
@@ -38,8 +40,8 @@ def on_terminal(argv: List[str], env: Dict[str, str], *, columns: int = 80, prom
             if not chunk:
                 break
             shown += chunk
-            if answer is not None and prompt is not None and not answered and prompt in shown:
-                os.write(fd, answer.encode() + b"\n")
+            if (answer is not None or keys is not None) and prompt is not None and not answered and prompt in shown:
+                os.write(fd, keys if keys is not None else (answer or "").encode() + b"\n")
                 answered = True
     else:
         os.kill(pid, 9)

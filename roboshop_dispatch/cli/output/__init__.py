@@ -1,5 +1,6 @@
-"""The CLI's one output layer: one console, one JSON printer, one way to print an error, and the
-redaction every printed text and document goes through (:class:`roboshop_dispatch.redact.Redactor`).
+"""The CLI's one output layer: one console, one JSON printer, one way to print an error. Secrets
+are masked by field where they are formatted (redact.py); ``print_json``, ``write`` and ``error``
+take a :class:`roboshop_dispatch.redact.Redactor` only for text quoted from elsewhere.
 
 Every JSON document goes through :func:`print_json`, which gives it the envelope
 ``{"command", "ok", "version", "error"?, ...}`` (described by ``schema/dispatchctl.schema.json``)

@@ -181,8 +181,28 @@ def dry_run_hint(hint: str) -> str:
 def recap(document: Dict[str, Any]) -> str:
     """The run's last line: ``recap: ok=N changed=N failed=N skipped=N in S`` (Ansible's order)."""
     counts = " ".join(f"{status}={document['recap'][status]}" for status in RECAP)
-    dry = " (dry run: changed counts what would change)" if document["dry_run"] else ""
+    dry = " (dry run)" if document["dry_run"] else ""  # changed: what would change
     return f"recap: {counts} in {document['duration_s']:.2f}s{dry}"
+
+
+def print_recap(document: Dict[str, Any]) -> None:
+    """The recap, last (after the failure's lines on stderr): yellow on a terminal when something
+    changed, red when a step failed, else green; plain into a pipe."""
+    line = recap(document)
+    if not sys.stdout.isatty():
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return
+    from rich.text import Text
+
+    style = "red" if document["recap"][FAILED] else "yellow" if document["changed"] else "green"
+    console().print(Text(line, style=style))
+
+
+def print_not_run(planned: Sequence[str], *, dry_run: bool) -> None:
+    """The recap of a run the host refused before any step ran (preflight): every step skipped."""
+    print_recap({"dry_run": dry_run, "changed": False, "duration_s": 0.0,
+                 "recap": {status: len(planned) if status == SKIPPED else 0 for status in RECAP}})
 
 
 def _shown(status: str, dry_run: bool) -> str:
@@ -210,15 +230,15 @@ def print_table(document: Dict[str, Any], results: List[StepResult], *, show_dif
     diffs = [(r.name, r.diff) for r in results if r.diff] if show_diff else []
     rows = _rows(document)
     if sys.stdout.isatty():
-        _print_rich(title, rows, diffs, recap(document), bool(document["changed"]))
+        _print_rich(title, rows, diffs)
         return
     width = max([len("step"), *(len(r[0]) for r in rows)])  # the streamed rows' width: every planned step
     if streamed:
         rows = [row for row in rows if row[4] == SKIPPED]
-    _print_plain(None if streamed else title, rows, diffs, recap(document), width)
+    _print_plain(None if streamed else title, rows, diffs, width)
 
 
-def _print_plain(title: Optional[str], rows: List[List[str]], diffs, summary: str, width: int) -> None:
+def _print_plain(title: Optional[str], rows: List[List[str]], diffs, width: int) -> None:
     out = [title] if title is not None else []
     if title is not None:
         out.extend(row_text("step", "result", "time", "details", width))
@@ -227,12 +247,12 @@ def _print_plain(title: Optional[str], rows: List[List[str]], diffs, summary: st
     for name, diff in diffs:
         out.append(f"-- diff: {name} --")
         out.append(diff.rstrip("\n"))
-    out.append(summary)
-    sys.stdout.write("\n".join(out) + "\n")
+    if out:
+        sys.stdout.write("\n".join(out) + "\n")
     sys.stdout.flush()
 
 
-def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed: bool) -> None:
+def _print_rich(title: str, rows: List[List[str]], diffs) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -253,7 +273,6 @@ def _print_rich(title: str, rows: List[List[str]], diffs, summary: str, changed:
                      "cyan" if line.startswith("@@") else "")
             # never wrapped: a continuation line would lose its +/- (the terminal folds it instead)
             con.print(Text(line, style=style), soft_wrap=True)
-    con.print(Text(summary, style="yellow" if changed else "green"))
 
 
 def print_failure(document: Dict[str, Any], log_path: str = "") -> None:
@@ -290,4 +309,6 @@ def show(command: str, results: List[StepResult], *, dry_run: bool, planned: Lis
     elif not quiet:
         print_table(document, results, show_diff=show_diff, streamed=streamed)
     print_failure(document, log_path)
+    if not as_json and not quiet:
+        print_recap(document)  # every run's last line, Ansible's
     return document
