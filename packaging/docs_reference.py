@@ -80,15 +80,53 @@ def takes(recs: List[Tuple[str, str, str]], flag: str) -> bool:
     return any(flag in shown.replace(",", " ").split() for kind, shown, _ in recs if kind == "option")
 
 
-def command_section(path: str, command: Any, ctx: Any) -> List[str]:
+COMMON_OPTIONS = ("--dry-run", "--diff", "--json", "--output", "--exit-code", "--verbose", "--quiet", "--help")
+
+
+def common(shown: str) -> str:
+    """The common option a help record names ('' when it is the command's own)."""
+    words = shown.replace(",", " ").split()
+    return next((flag for flag in COMMON_OPTIONS if flag in words), "")
+
+
+def command_section(path: str, command: Any, ctx: Any, canon: Dict[str, Tuple[str, str]]) -> List[str]:
+    """A command's usage, help, own arguments and options, and the common options it takes (an
+    option whose help differs from the common one's is listed as its own)."""
     recs = records(command, ctx)
     usage = " ".join([path, *command.collect_usage_pieces(ctx)])
     lines = [f"## `{path}`", "", "```", usage, "```", "", " ".join((command.help or "").split()), ""]
+
+    def is_common(kind: str, shown: str, helped: str) -> bool:
+        return kind == "option" and canon.get(common(shown), ("", ""))[1] == helped
+
     for kind, title in (("argument", "Arguments"), ("option", "Options")):
-        shown = [(s, h) for k, s, h in recs if k == kind]
+        shown = [(s, h) for k, s, h in recs if k == kind and not is_common(k, s, h)]
         if shown:
             lines += [f"{title}:", ""] + [f"- `{s}`: {' '.join(h.split())}" for s, h in shown] + [""]
+    taken = [s.split(",")[0].split()[0] for k, s, h in recs if is_common(k, s, h)]
+    lines += ["[Common options](#common-options): " + ", ".join(f"`{t}`" for t in taken) + ".", ""]
     return lines
+
+
+def canonical(found: List[Tuple[str, Any, Any]]) -> Dict[str, Tuple[str, str]]:
+    """Each common option as most commands show it: (the option, its help)."""
+    from collections import Counter
+
+    counts: Dict[str, Counter] = {}
+    for _, command, ctx in found:
+        for kind, shown, helped in records(command, ctx):
+            flag = common(shown) if kind == "option" else ""
+            if flag:
+                counts.setdefault(flag, Counter())[(shown, helped)] += 1
+    return {flag: counter.most_common(1)[0][0] for flag, counter in counts.items()}
+
+
+def common_section(canon: Dict[str, Tuple[str, str]]) -> List[str]:
+    lines = ["## Common options", "",
+             "The same in every command that takes them (the table above says which; a command whose",
+             "option says more lists it as its own):", ""]
+    lines += [f"- `{canon[flag][0]}`: {' '.join(canon[flag][1].split())}" for flag in COMMON_OPTIONS if flag in canon]
+    return [*lines, ""]
 
 
 def commands_page() -> str:
@@ -111,8 +149,10 @@ def commands_page() -> str:
         marks = ["yes" if takes(recs, flag) else "" for flag, _ in COMMON]
         lines.append(f"| `{path[len('dispatchctl '):]}` | " + " | ".join(marks) + " |")
     lines.append("")
+    canon = canonical(found)
+    lines += common_section(canon)
     for path, command, ctx in found:
-        lines += command_section(path, command, ctx)
+        lines += command_section(path, command, ctx, canon)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
