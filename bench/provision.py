@@ -296,7 +296,7 @@ def our_rerun(host: Container, args: List[str], f: Figures) -> None:
     started = time.perf_counter()
     res = host.run(["script", "-qec", line, "/dev/null"], check=False)
     f.tty.append(time.perf_counter() - started)
-    if res.returncode != 0 or "0 changed" not in res.stdout or service_state(host) != before:
+    if res.returncode != 0 or "changed=0 " not in res.stdout or service_state(host) != before:  # the recap
         f.problems.append(f"re-run on a terminal changed something:\n{res.stdout}")
 
 

@@ -173,7 +173,8 @@ def test_a_rolled_back_change_fails_saying_so_and_what_failed():
     from tests.support.schema import schema_errors
 
     doc = step_failure_document()
-    doc.update(version="0.4.0", rolled_back=True, rollback={
+    doc.update(version="0.4.0", recap={"ok": 0, "changed": 1, "failed": 1, "skipped": 0})
+    doc.update(rolled_back=True, rollback={
         "rolled_back": True, "reason": "dispatch.service did not become ready: login refused",
         "units": ["dispatch.service"], "journal": ["ERROR authentication failed"], "ok": True,
         "restored": ["/etc/roboshop/dispatch.amqp-pass"], "generation": "20261206T082501-f64e8994",
