@@ -9,8 +9,9 @@ Each page is rendered from the one place its facts live, so it cannot drift from
 - ``metrics.md``: the consumer's metric declarations (``consumer/metrics.py``, instantiated);
 - ``consumer-environment.md``: the consumer's variables (``consumer/config.VARIABLES``).
 
-``--check`` writes nothing and exits 1 naming the stale pages (tests/test_reference_docs.py does
-the same). scripts/reference runs it.
+``--check`` writes nothing and exits 1 naming the stale pages; page names limit either to those
+pages. scripts/reference runs it; tests/test_reference_docs.py runs ``--check PAGE`` in a fresh
+interpreter (the command list's order is the order the CLI's modules are first imported in).
 """
 
 from __future__ import annotations
@@ -326,8 +327,12 @@ PAGES: Dict[str, Callable[[], str]] = {
 
 
 def main(argv: List[str]) -> int:
+    """Write the pages (``--check``: only say which are stale, exit 1); page names limit it."""
     stale = []
+    chosen = [a for a in argv if not a.startswith("-")] or list(PAGES)
     for name, render in PAGES.items():
+        if name not in chosen:
+            continue
         text, path = render(), OUT / name
         if path.exists() and path.read_text() == text:
             continue
