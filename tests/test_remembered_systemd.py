@@ -84,7 +84,9 @@ def test_dry_run_shows_where_each_value_came_from(host, broker, shared_vhost):
     assert sources["service_user"] == ("installed", f"{UNIT}: User=")
     assert sources["app_dir"] == ("installed", f"{UNIT}: ExecStart=")
     assert sources["flavour"] == ("installed", "/app/dispatch (the installed binary)")
-    assert sources["artifact"][0] == "default"
+    # the bundled flavour reads none of the go flavour's own settings: not listed (issue 20)
+    assert doc["settings"]["flavour"]["value"] == "bundled"
+    assert not {"artifact", "artifact_sha256", "insecure"} & set(sources), sources
     assert doc["settings"]["amqp_pass"] == {"value": MASK, "source": "installed", "from": CREDENTIAL}
     assert doc["settings"]["amqp_hosts"]["value"] == ["127.0.0.1"]
     assert changed(doc) == []
