@@ -10,8 +10,8 @@ digit rule alone stops the bodies), with the consumer's simulated work off:
   hostile:  60 digit-heavy bodies of 1 MiB (valid JSON: an order holding a thousand 999-digit
             numbers), then the same 20 good orders, timed the same way.
 
-Prints each time and ``ratio=<hostile/baseline>`` per case; the product promise (README, Threat
-model) is the hostile time under 10 s, tested in tests/test_consumer_hostile.py.
+Prints each time and ``ratio=<hostile/baseline>`` per case; the product promise (docs/design/threat-model.md)
+is the hostile time under 10 s, tested in tests/test_consumer_hostile.py.
 
     .venv/bin/python bench/hostile_orders.py [--rounds R]
 """

@@ -63,7 +63,7 @@ def _root(
 
 def _register() -> None:
     """Each command module adds its commands to ``app``, in the order the command list shows them.
-    ``lab`` only where the lab is (a development and demo tool, README: Development): the zipapp
+    ``lab`` only where the lab is (a development and demo tool, docs/development.md): the zipapp
     and the RPM, the production artifacts, leave ``roboshop_dispatch/lab/`` out, and with it the
     command. Looked up, not imported: the lab itself is imported only when a lab command runs."""
     import importlib

@@ -43,7 +43,7 @@ def help_of(knob: Knob, command: str) -> str:
         return f"{knob.help} Else ${knob.envvar}=1" + (", else the installed value." if knob.installed else ".")
     if knob.default is None and knob.optional and not knob.installed:
         return f"{knob.help} Else ${knob.envvar}."
-    default = "none" if knob.default is None else knob.default
+    default = "none" if knob.default in (None, "") else knob.default
     remembered = "the installed value, else " if knob.installed else ""
     return f"{knob.help} Else ${knob.envvar}, else {remembered}{default}."
 

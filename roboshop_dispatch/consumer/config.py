@@ -33,7 +33,7 @@ MAX_PREFETCH = 65535  # basic.qos prefetch_count is an unsigned short; 0 (unlimi
 DEFAULT_QUARANTINE_LOG_S = 60
 HEADERS_CREDENTIAL = "otlp-headers"  # LoadCredential=otlp-headers:...: OTEL_EXPORTER_OTLP_HEADERS, kept secret
 
-# name -> (default shown in --help, one-line description); the README's reference mirrors this.
+# name -> (default shown in --help, one-line description); docs/reference/consumer-environment.md is generated from it.
 VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("AMQP_HOST", DEFAULT_HOST, "broker host name or address; a comma-separated list of cluster nodes "
      "is tried in turn"),

@@ -198,8 +198,8 @@ class Connector:
             self.noted.add((queue, current))
             self.log.warning(
                 f"queue {queue!r} exists as a {current} queue but DISPATCH_QUEUE_TYPE={self.queue_type}: using it as "
-                f"it is (passive declare); set DISPATCH_QUEUE_TYPE={current} to match, or move it (README: "
-                "Scaling out)")
+                f"it is (passive declare); set DISPATCH_QUEUE_TYPE={current} to match, or move it (docs/howto/"
+                "scaling.md)")
         sess.conn.channel(on_open_callback=functools.partial(self._on_channel, sess))
 
     def _on_qchannel(self, sess: Session, qchannel: Any) -> None:

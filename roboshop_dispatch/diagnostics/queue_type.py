@@ -118,7 +118,7 @@ def queue_type_finding(view: ManagementView, amqp_type: Optional[str], hosts: in
             diagnosis="Classic queue orders on a cluster: lost with its node",
             cause=(f"a classic queue lives on one node ({leader}): while that node is down, '{contract.QUEUE}' "
                    "is unavailable and its orders wait there; a quorum queue is replicated over the nodes"),
-            fix=("move it to a quorum queue without losing orders (README: Scaling out), then install with "
+            fix=("move it to a quorum queue without losing orders (docs/howto/scaling.md), then install with "
                  "--queue-type quorum (DISPATCH_QUEUE_TYPE=quorum)"))
     if kind == contract.QUORUM and members and len(online) < len(members):
         return finding(
