@@ -111,8 +111,17 @@ class FrameReader:
                     break
                 if data[end - 1] != _FRAME_END:
                     raise pika.exceptions.InvalidFrameError("Invalid FRAME_END marker")
-                if channel == ours and not self._other_content and self._frame(data, pos, end, ftype):
-                    fast += 1
+                if channel == ours and not self._other_content:
+                    if ftype == _METHOD and self._delivery is None:
+                        whole = self._whole(data, pos, end, size)
+                        if whole:
+                            fast += 3
+                            pos = whole
+                            continue
+                    if self._frame(data, pos, end, ftype):
+                        fast += 1
+                    else:
+                        self._slow(data, pos, end, ftype, True)
                 else:
                     self._slow(data, pos, end, ftype, channel == ours)
                 pos = end
@@ -126,6 +135,35 @@ class FrameReader:
             else:
                 self._pending_len = 0
         return pos, fast
+
+    def _whole(self, buf: bytes, pos: int, end: int, size: int) -> int:
+        """The common case at once: a ``basic.deliver`` (``buf[pos:end]``) whose content header and
+        one body frame, the whole body within the limit, follow it in ``buf``. Decodes and hands
+        over that delivery and returns where its frames end; 0 when it is not that case (then the
+        frames are taken one by one, by :meth:`_frame`, which also judges bad ones)."""
+        if _U32(buf, pos + 7)[0] != _DELIVER or size - end < 8:
+            return 0
+        htype, channel, hlen = _FRAME_HEAD(buf, end)
+        hend = end + 8 + hlen
+        if htype != _HEADER or channel != self._channel or hlen < 14 or hend + 8 > size \
+                or buf[hend - 1] != _FRAME_END:
+            return 0
+        body_size = _CONTENT_HEAD(buf, end + 7)[2]
+        btype, channel, blen = _FRAME_HEAD(buf, hend)
+        bend = hend + 8 + blen
+        if btype != _BODY or channel != self._channel or blen != body_size or not 0 < blen <= self._limit \
+                or bend > size or buf[bend - 1] != _FRAME_END:
+            return 0
+        p = pos + 11
+        ctag = buf[p + 1:p + 1 + buf[p]].decode("utf-8", "surrogateescape")
+        p += 1 + buf[p]
+        raw = buf[end + 19:hend - 1]
+        properties, error = decode_properties(raw)
+        delivery = Delivery(_U64(buf, p)[0], bool(buf[p + 8] & 1), ctag, properties, buf[hend + 7:bend - 1],
+                            raw_properties=raw, decode_error=error, limit=self._limit)
+        if self._handler is not None:
+            self._handler(delivery)
+        return bend
 
     def _frame(self, buf: bytes, pos: int, end: int, ftype: int) -> bool:
         """One frame of our channel; False when it is not a delivery's (pika takes it)."""

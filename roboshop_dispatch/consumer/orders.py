@@ -45,8 +45,33 @@ def _parse_constant(name: str) -> float:
 # quadratic on Python 3.9) or checked after (the numbers the log line formats must be finite).
 # The look-behind makes the scan linear: a match is tried only where a run of digits starts (a
 # plain [0-9]{N} retries up to N digits at every position of a long run: 0.84 s per MiB at N=1000).
-_decode_json = json.JSONDecoder(parse_constant=_parse_constant).decode
+# A body with at most MAX_DIGITS digits in all (a payment order has about 35) cannot hold a longer
+# run: counting them (one C pass, 0.2 us) spares most orders the scan (2.5 us for a small order).
+_decoder = json.JSONDecoder(parse_constant=_parse_constant)
+_decode_json = _decoder.decode
+_scan_json = _decoder.scan_once
 _LONG_DIGITS = re.compile(b"(?<![0-9])[0-9]{%d}" % (MAX_DIGITS + 1)).search
+_DIGITS = b"0123456789"
+
+
+def long_digit_run(body: bytes) -> bool:
+    """Whether ``body`` holds a run of more than :data:`MAX_DIGITS` digits (linear in its size)."""
+    return len(body) - len(body.translate(None, _DIGITS)) > MAX_DIGITS and _LONG_DIGITS(body) is not None
+
+
+def _json(text: str) -> Any:
+    """``json.loads(text)`` with the constants refused: the C scanner called directly when the
+    text is one object with nothing around it (an order), else the decoder's own way (the same
+    value, or the same error)."""
+    if text[:1] == "{":
+        try:
+            value, end = _scan_json(text, 0)
+        except StopIteration:
+            pass  # not JSON at 0: let decode() say why
+        else:
+            if end == len(text):
+                return value
+    return _decode_json(text)
 
 
 def _type_name(value: Any) -> str:
@@ -84,14 +109,14 @@ def parse_order(body: bytes, headers: Optional[Mapping[str, Any]] = None, limit:
     if size > limit:
         raise InvalidMessage(f"body too large ({size} bytes, limit {limit})")
     check_headers(headers)
-    if _LONG_DIGITS(body):
+    if long_digit_run(body):
         raise InvalidMessage(f"number too long (a run of over {MAX_DIGITS} digits)")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"body is not UTF-8 (byte {exc.start}: {exc.reason})") from None
     try:
-        order = _decode_json(text)
+        order = _json(text)
     except InvalidMessage:
         raise
     except ValueError as exc:  # json.JSONDecodeError
