@@ -41,10 +41,10 @@ def run(host, command: str, *args: str, expect: int = 0) -> Dict:
 
 
 def install(host, broker, vhost, *extra: str, password: Optional[str] = None, amqp_host: str = "127.0.0.1",
-            user: Optional[str] = None, command: str = "install", dry_run: bool = False) -> Dict:
+            user: Optional[str] = None, command: str = "install", dry_run: bool = False, expect: int = 0) -> Dict:
     host.write(PASS_FILE, (password if password is not None else broker.password) + "\n")
     args = amqp_args(broker, vhost, amqp_host, user) + list(extra) + (["--dry-run"] if dry_run else [])
-    return run(host, command, *args)
+    return run(host, command, *args, expect=expect)
 
 
 def changed(doc: Dict) -> List[str]:
@@ -118,10 +118,20 @@ def starts(host) -> int:
 # -- the tests ------------------------------------------------------------------------------------
 
 
+def manager_reloads(host) -> int:
+    """How often systemd (PID 1) reloaded itself so far (its "Reloading." journal lines)."""
+    out = host.run(["journalctl", "_PID=1", "-o", "cat", "--no-pager"], check=False).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("Reloading"))
+
+
 def test_fresh_install_runs_dispatch_as_the_service_user(systemd_host, broker, vhost):
     host = systemd_host
     predicted = install(host, broker, vhost, dry_run=True)
+    reloads = manager_reloads(host)
     doc = install(host, broker, vhost)
+    # systemd (252 here) reads a unit written since it was looked up on first use: enabled and
+    # started without a full reload of the manager
+    assert manager_reloads(host) == reloads
     assert doc["ok"] and doc["command"] == "install" and doc["dry_run"] is False
     assert changed(doc) == ["user", "appdir", "build", "config", "service"]
     # the dry run predicted exactly what the real run then did
@@ -130,8 +140,8 @@ def test_fresh_install_runs_dispatch_as_the_service_user(systemd_host, broker, v
 
     p = props(host, "ActiveState", "SubState", "UnitFileState", "MainPID", "Type", "User")
     assert (p["ActiveState"], p["SubState"], p["UnitFileState"]) == ("active", "running", "enabled")
-    status = host.run(["systemctl", "status", "dispatch", "--no-pager"], check=False).stdout
-    assert "active (running)" in status
+    status = host.run(["systemctl", "status", "dispatch", "--no-pager"], check=False)
+    assert "active (running)" in status.stdout and "daemon-reload" not in status.stdout + status.stderr
     pid = p["MainPID"]
     assert host.run(["ps", "-o", "user=", "-p", pid]).stdout.strip() == "roboshop"
     uids = next(ln for ln in host.path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
@@ -443,6 +453,35 @@ def test_go_flavour_builds_with_a_real_go_build(systemd_host, broker, vhost, art
     assert service_actions(doc) == ["restart"]
     host.wait_for(lambda: "dispatch-go v2 ready" in host.journal(), timeout=15, what="v2 running")
     assert starts(host) == 2
+
+
+DYING_GO_PROGRAM = """package main
+
+import (
+	"log"
+	"time"
+)
+
+func main() {
+	time.Sleep(80 * time.Millisecond) // a fatal error a moment after start (a refused declare, say)
+	log.Fatal("dispatch-go: giving up")
+}
+"""
+
+
+def test_a_go_binary_that_dies_right_after_start_fails_the_service_step(systemd_host, broker, vhost,
+                                                                        artifact_server):
+    """Type=simple has no READY: a main process gone within layout.SIMPLE_SETTLE_S is a failed start."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("dispatch/main.go", DYING_GO_PROGRAM)
+    artifact_server.body = buf.getvalue()
+    doc = install(systemd_host, broker, vhost, "--flavour", "go", "--artifact", artifact_server.url, "--insecure",
+                  expect=1)
+    assert doc["failed_step"] == "service"
+    service = next(s for s in doc["steps"] if s["name"] == "service")
+    assert "dispatch.service failed to start" in service["message"], service["message"]
+    assert "giving up" in service["message"], service["message"]  # the journal tail says why
 
 
 def test_go_flavour_refuses_an_unsafe_archive(systemd_host, broker, vhost, artifact_server, tmp_path):
