@@ -226,9 +226,14 @@ def details(order: Mapping[str, Any]) -> str:
     ``items`` is the number of cart lines, ``total`` the cart total; missing parts show as ``?``.
     """
     user = order.get("user")
+    cart = order.get("cart")
+    if type(user) is str and type(cart) is dict:  # what payment sends: the same line, built at once
+        total = cart.get("total")
+        lines = cart.get("items")
+        if type(total) is float and type(lines) is list:
+            return f"user={field(user)} items={len(lines)} total={total:.2f}"
     if not isinstance(user, str):
         user = "?" if user is None else _short_json(user)
-    cart = order.get("cart")
     items: Any = "?"
     total = "?"
     if isinstance(cart, dict):
