@@ -104,10 +104,8 @@ class Systemd:
     def daemon_reload(self) -> None:
         self.runner.run(["systemctl", "daemon-reload"])
 
-    def enable(self, *, reload: bool = True) -> None:
-        """``systemctl enable`` (which reloads the manager after making the links, unless
-        ``reload=False``: for a unit the manager already holds as it is on disk)."""
-        self.runner.run(["systemctl", "enable", "--quiet", *([] if reload else ["--no-reload"]), self.unit])
+    def enable(self) -> None:
+        self.runner.run(["systemctl", "enable", "--quiet", self.unit])
 
     def reset_failed(self) -> None:
         self.runner.run(["systemctl", "reset-failed", self.unit], check=False)

@@ -156,15 +156,13 @@ class ServiceStep(Step[ServicePlan]):
         done: List[str] = []
         if "enable" in plan.actions:
             # `systemctl enable` reloads the manager itself after creating the links: a separate
-            # daemon-reload first would be a second full reload (0.1 to 0.25 s each). No reload at
-            # all when the manager holds the unit as it is on disk: one it had not loaded before is
-            # read on first use (systemd >= 246: a unit written since it was looked up), and
-            # NeedDaemonReload says whether a loaded one changed since
-            current = loaded_as_on_disk(sd.show())
-            sd.enable(reload=not current)
-            if not current and "daemon-reload" in plan.actions and sd.show().get("NeedDaemonReload") == "yes":
+            # daemon-reload first would be a second full reload (0.1 to 0.25 s each). Never
+            # `enable --no-reload`: systemd keeps the UnitFileState it last computed until a reload,
+            # so a unit looked at before (a reinstall) would still say "disabled" to the next run
+            sd.enable()
+            if "daemon-reload" in plan.actions and sd.show().get("NeedDaemonReload") == "yes":
                 sd.daemon_reload()
-            done.append("reloaded systemd, enabled" if "daemon-reload" in plan.actions and not current else "enabled")
+            done.append("reloaded systemd, enabled" if "daemon-reload" in plan.actions else "enabled")
         elif "daemon-reload" in plan.actions:
             sd.daemon_reload()
             done.append("reloaded systemd")
@@ -219,11 +217,6 @@ class ServiceStep(Step[ServicePlan]):
         if stuck:
             return f"{ctx.systemd.unit} did not become ready: {stuck}"
         return f"{ctx.systemd.unit} failed to {verb}: it is {state}"
-
-
-def loaded_as_on_disk(props: Dict[str, str]) -> bool:
-    """Whether the manager holds the unit (``systemctl show``'s answer) as its files are now."""
-    return props.get("LoadState") == "loaded" and props.get("NeedDaemonReload") == "no"
 
 
 def process_alive(pid: str) -> bool:
