@@ -269,7 +269,7 @@ def test_the_header_is_never_shown_and_a_second_identical_install_changes_nothin
     for path in holders:
         mode, owner = lab.host.run(["stat", "-c", "%a %U", path]).stdout.split()
         assert int(mode, 8) & 0o077 == 0 and owner in ("root", "roboshop"), (path, mode, owner)
-    log = lab.host.path("/var/log/dispatchctl.log").read_text()
+    log = lab.host.path("/var/log/dispatchctl/dispatchctl.log").read_text()
     assert "--otlp-header" in log and TOKEN not in log
     # uninstall removes the credential with the rest
     lab.dispatchctl("uninstall", "--json")

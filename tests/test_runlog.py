@@ -52,7 +52,7 @@ def test_masked_argv_leaves_every_other_argument_as_it_is():
                        ["--amqp-pass"], red) == ["install", "--amqp-pass", MASK, "--amqp-pass-file", "/root/p",
                                                  f"--amqp-pass={MASK}"]
     assert masked_argv(["--amqp-user", "pw"], ["--amqp-pass"], red) == ["--amqp-user", MASK]
-    assert SECRET_OPTIONS == ["--amqp-pass"]
+    assert SECRET_OPTIONS == ["--amqp-pass", "--otlp-header"]  # every secret option is masked in the run log
 
 
 def test_a_fifo_planted_at_the_log_is_refused_without_hanging(tmp_path):
