@@ -169,8 +169,8 @@ class Bench:
                             seen += 1
                     if seen >= ends:
                         end = now
-            peak_kb = _vm_hwm_kb(proc.pid) if proc.poll() is None else 0.0
-            cpu = _cpu_seconds(proc.pid) if proc.poll() is None else 0.0
+            peak_kb = vm_hwm_kb(proc.pid) if proc.poll() is None else 0.0
+            cpu = cpu_seconds(proc.pid) if proc.poll() is None else 0.0
             if end_marks != BASELINE_END:  # the baseline closes its connection and exits by itself
                 proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=15)
@@ -191,13 +191,13 @@ class Bench:
         return result
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process (start-up included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _vm_hwm_kb(pid: int) -> float:
+def vm_hwm_kb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return float(line.split()[1])

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from consumer_throughput import Bench, _vm_hwm_kb  # noqa: E402
+from consumer_throughput import Bench, vm_hwm_kb  # noqa: E402
 
 from roboshop_dispatch import bundle  # noqa: E402
 from roboshop_dispatch.lab.broker import Broker  # noqa: E402
@@ -170,7 +170,7 @@ def _start_once(python: str, app: Path, broker: Broker) -> tuple:
         if b" consuming orders " in line:
             break
     seconds = time.monotonic() - start
-    kb = _vm_hwm_kb(proc.pid)
+    kb = vm_hwm_kb(proc.pid)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=20)
     return seconds, kb

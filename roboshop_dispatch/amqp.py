@@ -10,7 +10,10 @@ import re
 from collections.abc import Sequence
 from typing import Dict, List, Optional, Tuple, Union
 
-import pika
+from .pikaload import load
+
+load()  # pika without its asyncio adapter: neither the consumer nor the checks use it
+import pika  # noqa: E402
 
 EXCHANGE = "robot-shop"
 EXCHANGE_TYPE = "direct"

@@ -161,6 +161,7 @@ def _own_sources() -> Dict[str, bytes]:
     files: Dict[str, bytes] = {"__main__.py": MAIN.encode()}
     files["roboshop_dispatch/__init__.py"] = read_bytes(own / "__init__.py")
     files["roboshop_dispatch/amqp.py"] = read_bytes(own / "amqp.py")
+    files["roboshop_dispatch/pikaload.py"] = read_bytes(own / "pikaload.py")
     for name, path in _python_files(own / "consumer", "roboshop_dispatch/consumer"):
         files[name] = read_bytes(path)
     for name, path in _python_files(Path(spec.origin).resolve().parent, "pika"):

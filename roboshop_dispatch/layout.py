@@ -69,6 +69,9 @@ STAGED_POINTER = GENERATIONS_DIR / "staged"  # the one running while a change is
 # this, plus some for each further AMQP host (the consumer tries them in turn, 10 s each at most)
 READY_TIMEOUT_S = 30
 READY_TIMEOUT_PER_HOST_S = 10
+# a Type=simple unit (the go flavour) has no READY: its started main process must outlive this
+# (a bad binary, a missing library or a fatal error at start ends it within tens of ms)
+SIMPLE_SETTLE_S = 0.2
 CACHE_DIR = Path("/var/cache/dispatchctl")
 RENDER_CACHE = CACHE_DIR / "rendered.json"
 BUNDLE_CACHE = CACHE_DIR / "bundle.json"

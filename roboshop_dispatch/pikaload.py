@@ -1,10 +1,11 @@
-"""pika for dispatchctl's on-call commands, imported without its asyncio adapter.
+"""pika imported without its asyncio adapter, for dispatchctl's on-call commands and the consumer.
 
 ``import pika`` imports every connection adapter, and the asyncio one imports asyncio: about 55 ms
-of the 400 ms that ``status`` and ``check-rabbitmq`` may take on these machines. The commands use
-only BlockingConnection, so while pika loads, ``pika.adapters.asyncio_connection`` is a
-placeholder; it is removed afterwards, so a later ``import pika.adapters.asyncio_connection``
-still gets the real module. The consumer never uses this (it imports pika plainly).
+of the 400 ms that ``status`` and ``check-rabbitmq`` may take on these machines, and a tenth of the
+consumer's start-up. The commands use only BlockingConnection, the consumer only SelectConnection,
+so while pika loads, ``pika.adapters.asyncio_connection`` is a placeholder; it is removed
+afterwards, so a later ``import pika.adapters.asyncio_connection`` still gets the real module.
+Standard library only: the consumer's zipapp carries this module beside ``amqp.py``.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class Started:
     down: Tuple[Tuple[str, str], ...] = ()
     timed_out: bool = False
     waited: float = START_TIMEOUT  # the timeout it was given
+    states: Tuple[Dict[str, str], ...] = ()  # after a job that succeeded: each unit's properties then
 
     def not_ready(self, *, named: bool = True, mask: Callable[[str], str] = str) -> str:
         """Why the units did not become ready: what the stuck ones say (each after its unit's name
@@ -133,9 +134,10 @@ class Systemd:
                 return Started(False, stuck=stuck, timed_out=not stuck, waited=timeout)
         if proc.returncode != 0:
             return Started(False, job_error=err.strip() or f"systemctl {verb} exited {proc.returncode}")
+        states = tuple(self.show_units(units))
         down = tuple((b.get("Id", ""), f"{b.get('ActiveState', '')}/{b.get('SubState', '')}")
-                     for b in self.show_units(units) if b.get("ActiveState") not in UP_STATES)
-        return Started(not down, down=down)
+                     for b in states if b.get("ActiveState") not in UP_STATES)
+        return Started(not down, down=down, states=states)
 
     # -- logs ---------------------------------------------------------------------------------
     def journal_lines(self, lines: int = 20) -> List[str]:

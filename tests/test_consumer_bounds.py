@@ -23,10 +23,11 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 # == the digit rule ===============================================================================
 @given(st.lists(st.integers(min_value=1, max_value=3 * orders.MAX_DIGITS), min_size=1, max_size=20),
-       st.booleans())
-def test_a_run_of_more_than_max_digits_is_refused_before_parsing_wherever_it_is(runs, in_string):
-    """Numbers or digits in a string: refused iff some run is longer than MAX_DIGITS."""
-    values = ['"' + "7" * n + '"' if in_string else "7" * n for n in runs]
+       st.booleans(), st.integers(min_value=0, max_value=9))
+def test_a_run_of_more_than_max_digits_is_refused_before_parsing_wherever_it_is(runs, in_string, start):
+    """Numbers or digits in a string, of every digit: refused iff some run is longer than MAX_DIGITS."""
+    digits = "123456789" + "0123456789" * (3 * orders.MAX_DIGITS // 10 + 1)  # no number starts with 0
+    values = ['"' + digits[start:start + n] + '"' if in_string else digits[start % 9:start % 9 + n] for n in runs]
     body = ('{"orderid": "a", "n": [' + ", ".join(values) + "]}").encode()
     too_long = max(runs) > orders.MAX_DIGITS
     try:

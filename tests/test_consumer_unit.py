@@ -257,6 +257,21 @@ def test_log_line_details():
         'user=7 items=? total="\\"n/a\\""'
 
 
+class _Dict(dict):
+    """A dict that is not exactly ``dict``: details() takes its general path for it."""
+
+
+@given(st.one_of(st.text(max_size=40), st.none(), st.integers()), st.floats(allow_nan=True, allow_infinity=True),
+       st.lists(st.just({"qty": 1}), max_size=4))
+def test_log_line_details_of_payment_shaped_orders_equal_the_general_path(user, total, items):
+    """The payment-shaped shortcut (str user, float total, a list of lines) says what the general
+    path says."""
+    fast = orders.details({"user": user, "cart": {"total": total, "items": items}})
+    assert fast == orders.details(_Dict(user=user, cart=_Dict(total=total, items=items)))
+    if isinstance(user, str):
+        assert fast == f"user={orders.field(user)} items={len(items)} total={total:.2f}"
+
+
 @pytest.mark.parametrize("value", ["line\nbreak", "with space", 'q"uote', "a=b", "", "y \n" * 500, "\x1b[31m"])
 def test_log_fields_stay_on_one_unambiguous_line(value):
     text = orders.field(value)

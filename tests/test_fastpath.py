@@ -13,6 +13,7 @@ import pika.exceptions
 import pytest
 from pika import frame as pika_frame
 from pika import spec
+from pika.adapters.utils import io_services_utils
 
 from roboshop_dispatch.consumer import config, fastpath, service
 from roboshop_dispatch.consumer.delivery import MAX_BODY, TRUNCATED_PREFIX, Delivery
@@ -174,10 +175,16 @@ def test_fast_deliveries_on_a_real_connection(broker, vhost):
     conn = fastpath.DispatchConnection(
         params, on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
         on_close_callback=lambda c, e: c.ioloop.stop())
+    reads: List[int] = []
+    feed = conn._on_data_available
+    conn._on_data_available = lambda data: (reads.append(len(data)), feed(data))  # type: ignore[method-assign]
     timer = threading.Timer(20, lambda: conn.ioloop.add_callback_threadsafe(conn.ioloop.stop))
     timer.start()
     conn.ioloop.start()
     timer.cancel()
+    # the 200 kB body came in reads wider than pika's 4 KiB; pika's own transports keep theirs
+    assert 4096 < max(reads) <= fastpath.READ_SIZE, reads
+    assert io_services_utils._AsyncTransportBase._MAX_RECV_BYTES == 4096
     assert "pika" not in state  # every delivery went through the fast path
     assert [d.body for d in got] == bodies and [d.raw_properties for d in got] == raws
     assert all(d.consumer_tag == tag for d in got)

@@ -41,10 +41,10 @@ def run(host, command: str, *args: str, expect: int = 0) -> Dict:
 
 
 def install(host, broker, vhost, *extra: str, password: Optional[str] = None, amqp_host: str = "127.0.0.1",
-            user: Optional[str] = None, command: str = "install", dry_run: bool = False) -> Dict:
+            user: Optional[str] = None, command: str = "install", dry_run: bool = False, expect: int = 0) -> Dict:
     host.write(PASS_FILE, (password if password is not None else broker.password) + "\n")
     args = amqp_args(broker, vhost, amqp_host, user) + list(extra) + (["--dry-run"] if dry_run else [])
-    return run(host, command, *args)
+    return run(host, command, *args, expect=expect)
 
 
 def changed(doc: Dict) -> List[str]:
@@ -443,6 +443,35 @@ def test_go_flavour_builds_with_a_real_go_build(systemd_host, broker, vhost, art
     assert service_actions(doc) == ["restart"]
     host.wait_for(lambda: "dispatch-go v2 ready" in host.journal(), timeout=15, what="v2 running")
     assert starts(host) == 2
+
+
+DYING_GO_PROGRAM = """package main
+
+import (
+	"log"
+	"time"
+)
+
+func main() {
+	time.Sleep(80 * time.Millisecond) // a fatal error a moment after start (a refused declare, say)
+	log.Fatal("dispatch-go: giving up")
+}
+"""
+
+
+def test_a_go_binary_that_dies_right_after_start_fails_the_service_step(systemd_host, broker, vhost,
+                                                                        artifact_server):
+    """Type=simple has no READY: a main process gone within layout.SIMPLE_SETTLE_S is a failed start."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("dispatch/main.go", DYING_GO_PROGRAM)
+    artifact_server.body = buf.getvalue()
+    doc = install(systemd_host, broker, vhost, "--flavour", "go", "--artifact", artifact_server.url, "--insecure",
+                  expect=1)
+    assert doc["failed_step"] == "service"
+    service = next(s for s in doc["steps"] if s["name"] == "service")
+    assert "dispatch.service failed to start" in service["message"], service["message"]
+    assert "giving up" in service["message"], service["message"]  # the journal tail says why
 
 
 def test_go_flavour_refuses_an_unsafe_archive(systemd_host, broker, vhost, artifact_server, tmp_path):

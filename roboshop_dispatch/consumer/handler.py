@@ -52,7 +52,9 @@ class OrderHandler:
             self._not_ours(sess, delivery)
             return
         sess.tracker.delivered()
-        self.telemetry.delivered(delivery)
+        telemetry = self.telemetry
+        if telemetry.on:
+            telemetry.delivered(delivery)
         try:
             reason = problem(delivery)
             if reason is None:
@@ -67,10 +69,10 @@ class OrderHandler:
             self._quarantine(sess, delivery, reason)
             return
         tag = delivery.tag
-        trace = self.telemetry.order_started(delivery, summary.orderid) if self.telemetry.on else None
+        trace = telemetry.order_started(delivery, summary.orderid) if telemetry.on else None
         del delivery  # only the summary (and the order's spans) live on while the order is worked on
         if self.processing is None:
-            self._finish(sess, tag, summary, self._fails(), trace)
+            self._finish(sess, tag, summary, self.error_percent > 0 and self._fails(), trace)
         else:
             self.ioloop.call_later(self._work(), functools.partial(self._halfway, sess, tag, summary, trace))
 
@@ -107,7 +109,7 @@ class OrderHandler:
                 trace: Optional[OrderTrace] = None) -> None:
         if not sess.alive:
             return  # the delivery went back to the queue with its connection: handled on redelivery
-        traced = self.telemetry.order_finished(trace, failed)
+        traced = "" if trace is None else self.telemetry.order_finished(trace, failed)
         if failed:
             self.stats["failed"] += 1
             self.log.order_line("ERROR", f"order {summary.orderid} failed {summary.details} "

@@ -42,13 +42,15 @@ class LineLog:
         self.fd: Optional[int] = fd
         self.journal = _is_journal(env if env is not None else os.environ, fd)
         self._buf: List[str] = []
+        self._prefixes = {level: f"<{priority}>{level} " if self.journal else f"{level} "
+                          for level, priority in PRIORITY.items()}
 
     def _prefix(self, level: str) -> str:
-        return f"<{PRIORITY[level]}>{level} " if self.journal else f"{level} "
+        return self._prefixes[level]
 
     # -- per-order lines: buffered --------------------------------------------------------------
     def order_line(self, level: str, text: str) -> None:
-        self._buf.append(self._prefix(level) + escape(text) + "\n")
+        self._buf.append(self._prefixes[level] + (text if text.isprintable() else escape(text)) + "\n")
 
     # -- events: written at once ------------------------------------------------------------------
     def event(self, level: str, text: str) -> None:

@@ -61,7 +61,6 @@ from .. import layout
 from ..facts.installed import InstalledState
 from ..redact import Redactor
 from .catalog import DEFAULT_BUDGET_S
-from .host_checks import host_findings
 from .report import FAIL, SERVICE_NOT_STARTING, SKIP, Finding, Report, internal_error
 
 __all__ = ["check_host", "check_installed", "check_rabbitmq"]
@@ -105,6 +104,8 @@ def check_installed(state: InstalledState, *, rabbitmq: bool = True, budget: flo
                     started: Optional[float] = None) -> Tuple[Report, Redactor]:
     """``check`` on facts already read (or recorded): the host checks, then RabbitMQ with the
     installed settings."""
+    from .host_checks import host_findings  # check's alone: check-rabbitmq never loads the host checks
+
     started = time.monotonic() if started is None else started
     report = Report(findings=host_findings(state))
     if rabbitmq:

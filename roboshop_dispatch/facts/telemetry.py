@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import socket
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..consumer.telemetry_settings import (
@@ -77,6 +75,8 @@ def metrics_doc(environment: Mapping[str, str], configured: int) -> Dict[str, An
 # == what the running instances report (check) ====================================================
 def scrape(url: str, timeout: float = TIMEOUT_S) -> Dict[str, Any]:
     """``{"samples": {name: value}}`` of the dispatch metrics at ``url``, or ``{"error": reason}``."""
+    import urllib.request
+
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -114,6 +114,8 @@ def reach(url: str, timeout: float = TIMEOUT_S) -> Dict[str, Any]:
 def read(environment: Mapping[str, str], configured: int, running: List[str]) -> Dict[str, Any]:
     """What check judges: each running instance's scrape (by unit) and the collector's connect,
     side by side, each bounded by TIMEOUT_S."""
+    from concurrent.futures import ThreadPoolExecutor
+
     metrics = metrics_doc(environment, configured)
     tracing = tracing_doc(environment, headers=False)
     targets = [row for row in metrics["instances"] if row["unit"] in running]

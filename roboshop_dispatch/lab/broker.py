@@ -50,12 +50,12 @@ class Broker:
 
     def __init__(self, port: Optional[int] = None, *, dir: Optional[Path] = None, node: Optional[str] = None,
                  dist_port: Optional[int] = None, user: str = USER, password: str = PASSWORD,
-                 started: bool = False) -> None:
+                 started: bool = False, host: str = "127.0.0.1") -> None:
         if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
             raise BrokerUnavailable(
                 "rabbitmq-server is not installed: run scripts/setup-dev (apt-get install -y rabbitmq-server)"
             )
-        self.host = "127.0.0.1"
+        self.host = host  # a loopback address: AMQP listens there only
         self.port = port or free_port()
         self.dist_port = dist_port or free_port()
         self.node = node or f"dispatchtest{uuid.uuid4().hex[:8]}@localhost"
@@ -72,7 +72,7 @@ class Broker:
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.dir / "log"),
             RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_PID_FILE=str(self.dir / "node.pid"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),

@@ -7,7 +7,8 @@ rewritten only when it differs; a re-run whose sources and installed file are un
 root-only record of their stat) skips even the build.
 
 ``go``: the manual's route. Fetch the artifact, unzip it safely, ``go mod init dispatch`` when
-there is no go.mod, ``go get``, ``go build``, all in a private directory of ours
+there is no go.mod, ``go get`` (left out when that module imports only the standard library and
+itself), ``go build``, all in a private directory of ours
 (layout.GO_BUILD_DIR, root 0700): the app directory is shared with the other RoboShop services,
 so nothing there is touched but the binary and the stamp (an ``/app/src`` is theirs). The sources
 of the last build are kept in layout.GO_SOURCES. A stamp beside the binary (root, 0600) records
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .. import goimports
 from ..files import drift, fix_owner_mode, lstat_regular, read_regular, write_atomic
 from ..host import CommandError
 from ..layout import BUILD_STAMP_NAME as STAMP_NAME
@@ -309,7 +311,8 @@ class BuildStep(Step[BuildPlan]):
         return f"built {ctx.settings.binary} with go ({len(data) // 1024} KiB, sources {plan.digest[:12]})"
 
     def _go_build(self, ctx: Context, go: str, src: Path, out: Path) -> bytes:
-        """``go mod init`` (when there is no go.mod), ``go get``, ``go build`` in ``src``: the binary's bytes."""
+        """``go mod init`` (when there is no go.mod), ``go get`` (unless that init's module imports
+        nothing from elsewhere: :mod:`..goimports`), ``go build`` in ``src``: the binary's bytes."""
         cache = ctx.host_path(GO_CACHE)
         env = {
             "HOME": os.environ.get("HOME") or "/root",
@@ -317,9 +320,12 @@ class BuildStep(Step[BuildPlan]):
             "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod",
         }
         try:
+            fetch = True
             if not (src / "go.mod").exists():
                 ctx.runner.run([go, "mod", "init", "dispatch"], cwd=src, env=env, timeout=120)
-            ctx.runner.run([go, "get"], cwd=src, env=env, timeout=900)
+                fetch = goimports.needs_get(src, "dispatch")  # nothing to get: the standard library only
+            if fetch:
+                ctx.runner.run([go, "get"], cwd=src, env=env, timeout=900)
             ctx.runner.run(go_build_command(go, out), cwd=src, env=env, timeout=900)
         except CommandError as exc:
             raise StepFailed(f"{' '.join(exc.argv[1:3])} failed: {exc.output.strip()[-800:]}",

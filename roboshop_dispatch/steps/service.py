@@ -16,6 +16,7 @@ from typing import Collection, Dict, List, Optional, Tuple
 
 from ..facts.instances import InstanceFacts
 from ..layout import RESTART_PENDING as PENDING
+from ..layout import SIMPLE_SETTLE_S
 from ..systemd import RUNNING_STATES, UP_STATES
 from . import dropins, gate, instances
 from .base import Action, Change, Context, Step, StepFailed, unchanged
@@ -155,7 +156,9 @@ class ServiceStep(Step[ServicePlan]):
         done: List[str] = []
         if "enable" in plan.actions:
             # `systemctl enable` reloads the manager itself after creating the links: a separate
-            # daemon-reload first would be a second full reload (a quarter second each)
+            # daemon-reload first would be a second full reload (0.1 to 0.25 s each). Never
+            # `enable --no-reload`: systemd keeps the UnitFileState it last computed until a reload,
+            # so a unit looked at before (a reinstall) would still say "disabled" to the next run
             sd.enable()
             if "daemon-reload" in plan.actions and sd.show().get("NeedDaemonReload") == "yes":
                 sd.daemon_reload()
@@ -173,9 +176,9 @@ class ServiceStep(Step[ServicePlan]):
         sd = ctx.systemd
         sd.reset_failed()  # a unit that failed or hit its start limit refuses a plain start
         started = sd.start_and_wait(verb, [sd.unit], timeout=gate.ready_timeout(ctx))
-        props = sd.show()
+        props = started.states[0] if len(started.states) == 1 else sd.show()
         if started.ok and props.get("Type") != "notify" and props.get("ActiveState") == "active":
-            props = self._settle(ctx)
+            props = self._settle(ctx, props)
         if not started.ok or props.get("ActiveState") not in UP_STATES:
             stuck = started.not_ready(named=False, mask=ctx.runner.shown) if started.stuck or started.timed_out else ""
             raise gate.not_ready(ctx, self._failure(ctx, verb, props, stuck), [sd.unit])
@@ -184,13 +187,28 @@ class ServiceStep(Step[ServicePlan]):
         return f"{verb}ed (pid {props.get('MainPID', '?')})"
 
     @staticmethod
-    def _settle(ctx: Context, seconds: float = 1.0) -> Dict[str, str]:
-        """A Type=simple service is 'active' at once; make sure it did not die straight away."""
-        deadline = time.monotonic() + seconds
+    def _settle(ctx: Context, props: Dict[str, str], seconds: float = SIMPLE_SETTLE_S) -> Dict[str, str]:
+        """A Type=simple service is 'active' as soon as it was forked: make sure its main process
+        did not die straight away: it is watched in /proc (no systemctl call per look) until it
+        has run ``seconds`` since systemd started it (both clocks are CLOCK_MONOTONIC); then
+        systemd's view, waited for a moment when the process ended. ``props``: systemd's view
+        right after the start."""
+        pid = props.get("MainPID", "0")
+        started = props.get("ExecMainStartTimestampMonotonic", "")
+        now = time.monotonic()
+        deadline = min(int(started) / 1e6, now) + seconds if started.isdigit() and started != "0" else now + seconds
+        alive = process_alive(pid)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = process_alive(pid)
         props = ctx.systemd.show()
-        while time.monotonic() < deadline and props.get("ActiveState") == "active":
-            time.sleep(0.1)
+        settle = time.monotonic() + 2.0  # systemd may not have noticed the exit yet
+        while not alive and props.get("MainPID") == pid and props.get("ActiveState") == "active" \
+                and time.monotonic() < settle:
+            time.sleep(0.02)
             props = ctx.systemd.show()
+        if not alive and props.get("ActiveState") == "active" and props.get("MainPID") == pid:
+            props = dict(props, ActiveState="failed", SubState=f"main process {pid} exited")
         return props
 
     @staticmethod
@@ -199,3 +217,15 @@ class ServiceStep(Step[ServicePlan]):
         if stuck:
             return f"{ctx.systemd.unit} did not become ready: {stuck}"
         return f"{ctx.systemd.unit} failed to {verb}: it is {state}"
+
+
+def process_alive(pid: str) -> bool:
+    """Whether process ``pid`` (a MainPID: "0" when none) runs and is no zombie."""
+    if not pid.isdigit() or pid == "0":
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
