@@ -4,4 +4,4 @@ This module is packed into the self-contained consumer executable, so it must st
 imports beyond the standard library (and import nothing at all, to keep start-up fast).
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
