@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.support.hosts import booted
+from tests.support.hosts import booted, uninstalled
 from tests.test_provision_systemd import PASS_FILE, amqp_args, changed, props
 
 pytestmark = [pytest.mark.systemd, pytest.mark.broker]
@@ -29,13 +29,9 @@ def host(systemd_rootfs):
 @pytest.fixture
 def clean(host):
     """Every test starts (and leaves the host) without dispatch, its user and /app."""
-    def reset() -> None:
-        host.dispatchctl("uninstall")
-        host.sh("userdel roboshop 2>/dev/null; rm -rf /app /var/lib/dispatchctl /var/cache/dispatchctl "
-                "/run/dispatchctl /usr/local/bin/victim /etc/roboshop; true")
-    reset()
-    yield host
-    reset()
+    with uninstalled(host, "userdel roboshop 2>/dev/null; rm -rf /app /var/lib/dispatchctl /var/cache/dispatchctl "
+                           "/run/dispatchctl /usr/local/bin/victim /etc/roboshop"):
+        yield host
 
 
 def install(host, broker, vhost, *extra: str, expect: int = 0) -> dict:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support.hosts import booted
+from tests.support.hosts import booted, uninstalled
 from tests.test_provision_systemd import PASS_FILE, ArtifactServer, _go_zip, amqp_args, props
 from tests.test_safety_systemd import exists, install
 
@@ -31,15 +31,12 @@ def host(systemd_rootfs):
 @pytest.fixture
 def clean(host):
     """Every test starts (and leaves the host) without dispatch, its users and what a test made."""
-    def reset() -> None:
-        host.dispatchctl("uninstall")
-        host.sh("systemctl stop other-roboshop.service 2>/dev/null; rm -f /etc/systemd/system/other-roboshop.service; "
-                "systemctl daemon-reload; userdel roboshop 2>/dev/null; userdel alice 2>/dev/null; "
-                "groupdel services 2>/dev/null; groupdel roboshop 2>/dev/null; rm -rf /app /srv/* /var/lib/dispatchctl "
-                "/var/cache/dispatchctl /run/dispatchctl /etc/roboshop /var/log/dispatchctl; true")
-    reset()
-    yield host
-    reset()
+    with uninstalled(host, "systemctl stop other-roboshop.service 2>/dev/null; "
+                           "rm -f /etc/systemd/system/other-roboshop.service; systemctl daemon-reload; "
+                           "userdel roboshop 2>/dev/null; userdel alice 2>/dev/null; groupdel services 2>/dev/null; "
+                           "groupdel roboshop 2>/dev/null; rm -rf /app /srv/* /var/lib/dispatchctl "
+                           "/var/cache/dispatchctl /run/dispatchctl /etc/roboshop /var/log/dispatchctl"):
+        yield host
 
 
 # -- 3: directories another user controls ----------------------------------------------------------

@@ -30,6 +30,20 @@ def booted(rootfs):
         container.poweroff()
 
 
+@contextlib.contextmanager
+def uninstalled(host, wipe: str):
+    """``host`` without dispatch before and after the block: ``dispatchctl uninstall``, then the
+    shell commands ``wipe`` (what the tests made: users, directories), whatever each one's exit."""
+    def reset() -> None:
+        host.dispatchctl("uninstall")
+        host.sh(wipe + "; true")
+    reset()
+    try:
+        yield host
+    finally:
+        reset()
+
+
 class Unbooted(Container):
     """A throwaway container that is *not* booted and stays up: its PID 1 is ``sleep``, so it is
     a host without systemd (what a Docker container or a chroot looks like) that many commands can
