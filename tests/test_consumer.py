@@ -550,10 +550,13 @@ def test_queue_type_setting_and_an_existing_queue_of_the_other_type(broker, vhos
     consumer.wait_consuming()
     assert f"queue_type={setting}" in consumer.output
     sent = [make_order(i) for i in range(50)]
+    # payment stays connected: a quorum queue's channel may still hold orders over its command
+    # buffer (quorum_commands_soft_limit, 32) when a publisher without confirms closes at once
     with PaymentPublisher(params(broker, vhost)) as payment:
         for order in sent:
             payment.publish(order)
-    consumer.wait_orders([str(o["orderid"]) for o in sent], timeout=30)
+        consumer.wait_orders([str(o["orderid"]) for o in sent], timeout=30,
+                             state=lambda: f"queues (messages, consumers): {broker.queue_counts(vhost)}")
     broker.ctl("close_all_connections", "-p", vhost, "test: reconnect")  # a reconnect must not log it again
     consumer.wait_consuming(count=2)
     kind = existing or setting

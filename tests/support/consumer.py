@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Union
 
 import pytest
 
@@ -66,7 +66,7 @@ class Consumer:
         with self.cond:
             return sum(text in line for line in self.lines)
 
-    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: Union[str, Callable[[], str]]) -> None:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not predicate():
@@ -74,7 +74,8 @@ class Consumer:
                 if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
                     tail = "\n".join(self.lines[-30:])
                     state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-                    pytest.fail(f"timed out waiting for {what} ({state}); output tail:\n{tail}")
+                    said = what() if callable(what) else what
+                    pytest.fail(f"timed out waiting for {said} ({state}); output tail:\n{tail}")
                 self.cond.wait(min(left, 0.5))
 
     def wait_line(self, text: str, timeout: float = 30, count: int = 1) -> None:
@@ -83,10 +84,16 @@ class Consumer:
     def wait_consuming(self, count: int = 1, timeout: float = 30) -> None:
         self.wait_line(" consuming orders ", timeout, count)
 
-    def wait_orders(self, ids, timeout: float = 60) -> None:
+    def wait_orders(self, ids, timeout: float = 60, state: Optional[Callable[[], str]] = None) -> None:
+        """Until every order of ``ids`` was dispatched; on a timeout, what is missing (and
+        ``state()``: e.g. the broker's view of the queue, to tell a lost order from a stuck one)."""
         wanted = set(ids)
-        self.wait(lambda: wanted.issubset(self.orders), timeout,
-                  f"{len(wanted)} orders (have {len(wanted & set(self.orders))})")
+
+        def said() -> str:
+            missing = sorted(wanted - set(self.orders))
+            return (f"{len(wanted)} orders (have {len(wanted) - len(missing)}, missing {missing[:10]})"
+                    + (f"; {state()}" if state is not None else ""))
+        self.wait(lambda: wanted.issubset(self.orders), timeout, said)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple:
         """Send ``sig``; returns (exit code, seconds it took)."""
