@@ -41,20 +41,24 @@ def masked_argv(argv: Sequence[str], secret_options: Sequence[str]) -> List[str]
     by searching the joined text), and an ``--artifact`` URL's secrets masked."""
     from .artifact import shown
 
+    def value_shown(option: str, value: str) -> str:
+        return MASK if option in secret_options else shown(value)
+
     out: List[str] = []
-    hide_next, url_next = False, False
+    pending: Optional[str] = None  # an option whose value is the next argument
     for arg in argv:
-        if hide_next or url_next:
-            out.append(MASK if hide_next else shown(arg))
-            hide_next = url_next = False
+        if pending is not None:
+            out.append(value_shown(pending, arg))
+            pending = None
             continue
         option, eq, value = arg.partition("=")
-        if option in secret_options or option in URL_OPTIONS:
-            masked = MASK if option in secret_options else shown(value)
-            out.append(f"{option}={masked}" if eq else arg)
-            hide_next, url_next = not eq and option in secret_options, not eq and option in URL_OPTIONS
-            continue
-        out.append(arg)
+        if option not in secret_options and option not in URL_OPTIONS:
+            out.append(arg)
+        elif eq:
+            out.append(f"{option}={value_shown(option, value)}")
+        else:
+            out.append(arg)
+            pending = option
     return out
 
 
