@@ -11,6 +11,8 @@ from typing import List
 import pika
 import pika.exceptions
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pika import frame as pika_frame
 from pika import spec
 from pika.adapters.utils import io_services_utils
@@ -106,6 +108,40 @@ def test_a_corrupt_frame_end_is_a_protocol_error():
     data[struct.unpack_from(">L", data, 3)[0] + 7] = 0  # the first frame's end marker
     with pytest.raises(pika.exceptions.InvalidFrameError):
         Reader().feed(bytes(data), 1 << 20)
+
+
+# three deliveries, and between them a method without arguments on the same channel (pika's)
+_STREAM = b"".join(frames(1, tag, encoded(pika.BasicProperties(headers={})), body)
+                   for tag, body in ((1, GOOD), (2, b"{}"))) + pika_frame.Method(1, spec.Basic.QosOk()).marshal() + \
+    frames(1, 3, encoded(pika.BasicProperties(headers={})), GOOD * 3)
+
+
+def _outcome(data: bytes, chunk: int):
+    """What the reader makes of ``data`` fed ``chunk`` bytes at a time: each delivery's fields, the
+    frames handed to pika, and the error's type if it raised."""
+    r = Reader()
+    try:
+        r.feed(data, chunk)
+        error = None
+    except Exception as exc:  # the reader's verdict on a corrupt stream, compared below
+        error = type(exc).__name__
+    seen = [(d.tag, d.redelivered, d.consumer_tag, d.raw_properties, d.body, d.body_size, d.truncated)
+            for d in r.seen]
+    return seen, r.slow, error
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.data())
+def test_a_whole_delivery_at_once_and_frame_by_frame_agree_on_any_corrupted_byte(data):
+    """A delivery whose three frames are in one read is decoded at once (issue 22); any byte of the
+    stream changed, that shortcut decides exactly as the frame-by-frame reader does (one byte per
+    read never gives it a whole delivery): the same deliveries, the same frames for pika, the same
+    error."""
+    assert [d[0] for d in _outcome(_STREAM, 1 << 20)[0]] == [1, 2, 3] and len(_outcome(_STREAM, 1)[1]) == 1
+    stream = bytearray(_STREAM)
+    index = data.draw(st.integers(0, len(stream) - 1))
+    stream[index] = data.draw(st.integers(0, 255).filter(lambda b: b != stream[index]))
+    assert _outcome(bytes(stream), 1 << 20) == _outcome(bytes(stream), 1)
 
 
 # == the start-up self-test and the fallback ======================================================

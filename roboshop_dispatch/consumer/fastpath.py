@@ -69,6 +69,35 @@ def decode_properties(raw: bytes) -> Tuple[Any, Optional[str]]:
     return props, None
 
 
+def _method_id(buf: bytes, pos: int, end: int) -> int:
+    """The class and method id of the method frame ``buf[pos:end]``; a frame too short to hold
+    them is a protocol error (read on, they would be the next frame's bytes)."""
+    if end - pos < 12:  # 7 bytes of frame head, 4 of ids (a method may have no arguments), a frame end
+        raise pika.exceptions.InvalidFrameError("a method frame too short for its method's id")
+    return _U32(buf, pos + 7)[0]
+
+
+def _body_size(buf: bytes, pos: int, end: int) -> int:
+    """The body size the content header frame ``buf[pos:end]`` announces; a frame too short to
+    hold it and the property flags is a protocol error."""
+    if end - pos < 22:  # 7 bytes of frame head, 14 of class, weight, size and flags, a frame end
+        raise pika.exceptions.InvalidFrameError("a content header frame too short for its body size")
+    return _CONTENT_HEAD(buf, pos + 7)[2]
+
+
+def _deliver_fields(buf: bytes, pos: int, end: int) -> Tuple[str, int, bool]:
+    """(consumer tag, delivery tag, redelivered) of the ``basic.deliver`` frame ``buf[pos:end]``
+    (the one decoder of them, for both ways a delivery is read). Its fields must lie within its
+    frame, before the frame end byte: a corrupt length would read the next frame's bytes as a
+    delivery tag, and is a protocol error as pika's own decoder would find it."""
+    p = pos + 11
+    if p + 10 > end - 1 or p + 10 + buf[p] > end - 1:  # the tag's length byte, tag, u64, bit
+        raise pika.exceptions.InvalidFrameError("basic.deliver: its fields overrun its frame")
+    ctag = buf[p + 1:p + 1 + buf[p]].decode("utf-8", "surrogateescape")
+    p += 1 + buf[p]
+    return ctag, _U64(buf, p)[0], bool(buf[p + 8] & 1)
+
+
 class FrameReader:
     """Frames from the inbound byte stream; deliveries of one channel decoded here."""
 
@@ -147,7 +176,7 @@ class FrameReader:
         one body frame, the whole body within the limit, follow it in ``buf``. Decodes and hands
         over that delivery and returns where its frames end; 0 when it is not that case (then the
         frames are taken one by one, by :meth:`_frame`, which also judges bad ones)."""
-        if _U32(buf, pos + 7)[0] != _DELIVER or size - end < 8:
+        if _method_id(buf, pos, end) != _DELIVER or size - end < 8:
             return 0
         htype, channel, hlen = _FRAME_HEAD(buf, end)
         hend = end + 8 + hlen
@@ -160,12 +189,10 @@ class FrameReader:
         if btype != _BODY or channel != self._channel or blen != body_size or not 0 < blen <= self._limit \
                 or bend > size or buf[bend - 1] != _FRAME_END:
             return 0
-        p = pos + 11
-        ctag = buf[p + 1:p + 1 + buf[p]].decode("utf-8", "surrogateescape")
-        p += 1 + buf[p]
+        ctag, tag, redelivered = _deliver_fields(buf, pos, end)
         raw = buf[end + 19:hend - 1]
         properties, error = decode_properties(raw)
-        delivery = Delivery(_U64(buf, p)[0], bool(buf[p + 8] & 1), ctag, properties, buf[hend + 7:bend - 1],
+        delivery = Delivery(tag, redelivered, ctag, properties, buf[hend + 7:bend - 1],
                             raw_properties=raw, decode_error=error, limit=self._limit)
         if self._handler is not None:
             self._handler(delivery)
@@ -174,21 +201,19 @@ class FrameReader:
     def _frame(self, buf: bytes, pos: int, end: int, ftype: int) -> bool:
         """One frame of our channel; False when it is not a delivery's (pika takes it)."""
         if ftype == _METHOD:
-            if _U32(buf, pos + 7)[0] != _DELIVER:
+            if _method_id(buf, pos, end) != _DELIVER:
                 return False
             if self._delivery is not None:
                 raise pika.exceptions.UnexpectedFrameError("basic.deliver inside a delivery")
-            p = pos + 11
-            ctag = buf[p + 1:p + 1 + buf[p]].decode("utf-8", "surrogateescape")
-            p += 1 + buf[p]
-            self._delivery = Delivery(_U64(buf, p)[0], bool(buf[p + 8] & 1), ctag, None, b"", limit=self._limit)
+            ctag, tag, redelivered = _deliver_fields(buf, pos, end)
+            self._delivery = Delivery(tag, redelivered, ctag, None, b"", limit=self._limit)
             self._left = -1
             return True
         delivery = self._delivery
         if delivery is None:
             return False
         if ftype == _HEADER and self._left < 0:
-            body_size = _CONTENT_HEAD(buf, pos + 7)[2]
+            body_size = _body_size(buf, pos, end)
             raw = buf[pos + 19:end - 1]
             delivery.properties, delivery.decode_error = decode_properties(raw)
             delivery.raw_properties = raw
@@ -225,10 +250,10 @@ class FrameReader:
 
     def _slow(self, buf: bytes, pos: int, end: int, ftype: int, ours: bool) -> None:
         if ours:  # track content that pika assembles on our channel (basic.get-ok, basic.return)
-            if ftype == _METHOD and spec.has_content(_U32(buf, pos + 7)[0]):
+            if ftype == _METHOD and spec.has_content(_method_id(buf, pos, end)):
                 self._other_content = True
             elif ftype == _HEADER and self._other_content:
-                self._left = _CONTENT_HEAD(buf, pos + 7)[2]
+                self._left = _body_size(buf, pos, end)
                 self._other_content = self._left > 0
             elif ftype == _BODY and self._other_content:
                 self._left -= end - pos - 8
